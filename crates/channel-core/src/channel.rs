@@ -1,0 +1,193 @@
+//! The `Channel` contract: what a provider (Telegram, email) implements.
+//!
+//! The engine runs a channel with [`Channel::run`], handing it an [`Inbound`] sink. The
+//! channel maps provider events to [`InboundMessage`]s and calls [`Inbound::deliver`], which
+//! returns only after the message (and the cursor it carries) is committed: a channel advances
+//! nothing on its own before that, so a crash at any point means the message is fetched again
+//! and deduplicated, never lost. Sends come through [`Channel::send`] under a timeout chosen by
+//! the engine; errors are classified ([`ChannelError`]) so the engine can retry, snooze or
+//! give up.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::*;
+use crate::store::IngestOutcome;
+
+/// What a provider can do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Capabilities {
+    /// Reports edits of earlier messages.
+    pub edits: bool,
+    /// Sends and receives media.
+    pub media: bool,
+    /// Fetches older history on request.
+    pub history: bool,
+    /// Captures what the owner sent from other apps.
+    pub outgoing_capture: bool,
+}
+
+/// Why a channel operation failed, classified for the engine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// A passing fault (network, server busy): retry with backoff.
+    #[error("transient channel error: {0}")]
+    Transient(String),
+    /// Will not succeed on retry (unknown recipient, message too large): give up.
+    #[error("permanent channel error: {0}")]
+    Permanent(String),
+    /// The provider asks us to wait: snooze without spending an attempt.
+    #[error("rate limited: retry after {retry_after:?}")]
+    RateLimited {
+        /// How long to wait.
+        retry_after: Duration,
+    },
+    /// Credentials or session rejected: the account needs a new login.
+    #[error("the account needs a new login: {0}")]
+    NeedsLogin(String),
+    /// The operation did not finish in time (treated as transient).
+    #[error("`{operation}` timed out after {after:?}")]
+    Timeout {
+        /// The operation.
+        operation: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// The input was refused before anything was sent (a CR/LF in a header, an invalid
+    /// address): fix the message.
+    #[error("invalid message: {0}")]
+    InvalidInput(String),
+    /// The channel was cancelled (shutdown).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl ChannelError {
+    /// Whether a retry later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ChannelError::Transient(_) | ChannelError::Timeout { .. } | ChannelError::Cancelled
+        )
+    }
+}
+
+/// An outbound message as the channel sends it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    /// Our message id.
+    pub message_id: MessageId,
+    /// Our idempotency key: reuse it on every attempt (Telegram `random_id`, email
+    /// Message-ID) so that the provider deduplicates retries.
+    pub client_key: String,
+    /// The thread to send in (Telegram chat, email thread root).
+    pub thread_key: String,
+    /// The recipient.
+    pub remote: IdentityInfo,
+    /// Plain text.
+    pub text: Option<String>,
+    /// HTML.
+    pub html: Option<String>,
+    /// Provider id of the message replied to.
+    pub reply_to: Option<String>,
+    /// Provider ids of the thread's earlier messages (email References).
+    pub references: Vec<String>,
+    /// Attachments; the bytes are in the blob store under `blob_key`.
+    pub attachments: Vec<Attachment>,
+}
+
+/// What the provider said when it accepted a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendReceipt {
+    /// The provider's id of the sent message.
+    pub provider_id: String,
+    /// The provider's time.
+    pub at: Timestamp,
+}
+
+/// A request for older history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRequest {
+    /// One thread, or the whole account.
+    pub thread_key: Option<String>,
+    /// How many messages (default 100, at most 500).
+    pub limit: usize,
+    /// Only messages before this provider id.
+    pub before: Option<String>,
+    /// Only messages after this provider id.
+    pub after: Option<String>,
+}
+
+impl HistoryRequest {
+    /// The default page size.
+    pub const DEFAULT_LIMIT: usize = 100;
+    /// The largest page size.
+    pub const MAX_LIMIT: usize = 500;
+}
+
+impl Default for HistoryRequest {
+    fn default() -> Self {
+        Self { thread_key: None, limit: Self::DEFAULT_LIMIT, before: None, after: None }
+    }
+}
+
+/// Where a channel hands what it receives. Implemented by the engine.
+#[async_trait]
+pub trait Inbound: Send + Sync {
+    /// Stores the message (and the cursor it carries) and returns after the commit.
+    /// Idempotent on the provider id. An error means nothing was stored: do not advance past
+    /// the message; retry it or reconnect.
+    async fn deliver(&self, message: InboundMessage) -> Result<IngestOutcome, ChannelError>;
+    /// Stores several messages (a fetched batch) and returns after the commit, in order.
+    /// The default delivers them one by one; the engine stores the batch in one transaction.
+    async fn deliver_batch(
+        &self,
+        messages: Vec<InboundMessage>,
+    ) -> Result<Vec<IngestOutcome>, ChannelError> {
+        let mut out = Vec::with_capacity(messages.len());
+        for message in messages {
+            out.push(self.deliver(message).await?);
+        }
+        Ok(out)
+    }
+    /// Reads a value of the account's state (decrypted): a session, a cursor.
+    async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, ChannelError>;
+    /// Writes a value of the account's state (encrypted at rest). A cursor that covers
+    /// messages goes with them in [`Inbound::deliver`] instead, so that it advances only with
+    /// their commit.
+    async fn state_put(&self, key: &str, value: &[u8]) -> Result<(), ChannelError>;
+    /// Removes a value of the account's state.
+    async fn state_delete(&self, key: &str) -> Result<(), ChannelError>;
+    /// Reports the account's connection state.
+    async fn report_state(&self, state: ConnectionState);
+    /// Tells the watchdog the channel's loop is alive. Call it every cycle (cheap).
+    fn alive(&self);
+}
+
+/// A provider of one account: Telegram, email, or the in-memory test channel.
+#[async_trait]
+pub trait Channel: Send + Sync + 'static {
+    /// The provider.
+    fn kind(&self) -> ChannelKind;
+    /// What it can do.
+    fn capabilities(&self) -> Capabilities;
+    /// Connects and receives until `cancel` fires, catching up on (re)connect, delivering
+    /// through `inbound`. Returns `Ok` on cancellation; an error makes the supervisor restart
+    /// it with backoff (or stop it, for `NeedsLogin` and `Permanent`).
+    async fn run(
+        &self,
+        inbound: std::sync::Arc<dyn Inbound>,
+        cancel: CancellationToken,
+    ) -> Result<(), ChannelError>;
+    /// Sends one message. The engine calls it under a timeout and may call it again with the
+    /// same `client_key` after an error.
+    async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt, ChannelError>;
+    /// Fetches older history; the engine ingests the result (deduplicated).
+    async fn fetch_history(
+        &self,
+        request: &HistoryRequest,
+    ) -> Result<Vec<InboundMessage>, ChannelError>;
+}

@@ -1,0 +1,166 @@
+//! The dispatcher: claims jobs of the durable queue (sends, history syncs, lifecycle sweeps)
+//! with a lease and runs them.
+//!
+//! It wakes when this process queues a job (an in-process `Notify`), when another process
+//! does (the store's `channel_jobs` notifications, forwarded by the runtime), when the
+//! earliest waiting job's `run_at` comes, and at the latest every `poll_interval`.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::jobs::JobRun;
+use crate::model::*;
+
+/// The job kinds the dispatcher runs.
+pub const DISPATCHED_KINDS: [JobKind; 3] =
+    [JobKind::Send, JobKind::HistorySync, JobKind::LifecycleSweep];
+
+/// Claims and runs jobs.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use channel_core::{*, testing::{MemoryStore, MemoryChannel}, state::StateKey, dispatcher::Dispatcher};
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// # let store = Arc::new(MemoryStore::new());
+/// # let engine = Engine::builder(store.clone(), StateKey::generate()).blob_store(BlobStore::in_memory()).build().unwrap();
+/// # let account = store.create_account(NewAccount::new(ChannelKind::Memory, "a"), engine.now()).await.unwrap();
+/// let channel = Arc::new(MemoryChannel::new());
+/// engine.attach_channel(account.id, channel.clone());
+/// # let msg = InboundMessage::text("m1", "chat", IdentityInfo::new("tg:1"), "hi", engine.now());
+/// # let conversation = engine.deliver(account.id, msg).await.unwrap().conversation_id;
+/// let id = engine
+///     .send(None, OutboundMessage {
+///         conversation_id: conversation,
+///         text: Some("hello".into()),
+///         html: None,
+///         reply_to: None,
+///         attachments: vec![],
+///         label: "manual".into(),
+///     })
+///     .await
+///     .unwrap();
+/// Dispatcher::new(engine.clone()).run_once().await.unwrap();
+/// assert_eq!(store.message(id).await.unwrap().status, MessageStatus::Sent);
+/// assert_eq!(channel.sends().len(), 1);
+/// # });
+/// ```
+#[derive(Clone, Debug)]
+pub struct Dispatcher {
+    engine: Engine,
+}
+
+impl Dispatcher {
+    /// A dispatcher for `engine`.
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+
+    /// Claims one batch of due jobs and runs them concurrently to their end; returns how
+    /// many were claimed.
+    pub async fn run_once(&self) -> Result<usize, EngineError> {
+        let e = &self.engine;
+        let cfg = e.config();
+        let now = e.now();
+        let claim = e.store().claim(
+            &cfg.worker_id,
+            &DISPATCHED_KINDS,
+            cfg.claim_batch,
+            cfg.job_lease_ttl,
+            now,
+        );
+        let leases = e.db("claim", claim).await?;
+        let n = leases.len();
+        join_all(leases.into_iter().map(|lease| self.run_job(JobRun { lease }))).await;
+        Ok(n)
+    }
+
+    async fn run_job(&self, run: JobRun) {
+        let e = &self.engine;
+        let result = match run.lease.job.kind {
+            JobKind::Send => e.run_send_job(&run).await,
+            JobKind::HistorySync => e.run_history_job(&run).await,
+            JobKind::LifecycleSweep => e.run_sweep_job(&run).await,
+        };
+        if let Err(err) = result {
+            // The store failed while the job was ours, before anything irrevocable happened
+            // (after a successful send the handler records it itself and never comes here):
+            // try to put it back with backoff; if that fails too, the lease expires and the
+            // rescuer takes it.
+            let job = &run.lease.job;
+            tracing::warn!(job = %job.id, kind = %job.kind, error = %err, "job failed on a store error");
+            match run.retry_or_give_up(e, &err.to_string(), "store").await {
+                Ok(Some(final_error)) => {
+                    let outcome = job
+                        .message_id
+                        .map(|_| MessageOutcome::Failed { error: final_error.clone() });
+                    match run.discard_applied(e, &final_error, outcome).await {
+                        Ok(true) => {
+                            if let (Some(account_id), Some(message_id)) =
+                                (job.account_id, job.message_id)
+                            {
+                                e.publish_if_failed(account_id, message_id).await;
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(e2) => {
+                            tracing::warn!(job = %job.id, error = %e2, "could not discard; left to the rescuer");
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e2) => {
+                    tracing::warn!(job = %job.id, error = %e2, "could not retry; left to the rescuer")
+                }
+            }
+        }
+    }
+
+    /// How long to sleep before looking at the queue again.
+    async fn idle_wait(&self) -> Duration {
+        let e = &self.engine;
+        let poll = e.config().poll_interval;
+        match e.db("next_run_at", e.store().next_run_at(&DISPATCHED_KINDS)).await {
+            Ok(Some(t)) => t.since(e.now()).min(poll),
+            Ok(None) => poll,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not read the queue");
+                poll.min(Duration::from_secs(5))
+            }
+        }
+    }
+
+    /// Runs until `cancel` fires. Jobs in flight finish (each bounded by its timeout) before
+    /// it returns. `alive` is called every cycle (the watchdog's ping).
+    pub async fn run(&self, cancel: CancellationToken, alive: impl Fn() + Send + Sync) {
+        let wake = &self.engine.inner.wake;
+        while !cancel.is_cancelled() {
+            alive();
+            let notified = wake.notified();
+            let claimed = match self.run_once().await {
+                Ok(n) => n,
+                Err(err) => {
+                    tracing::warn!(error = %err, "claiming jobs failed");
+                    0
+                }
+            };
+            if claimed >= self.engine.config().claim_batch {
+                continue;
+            }
+            let wait = self.idle_wait().await;
+            if wait.is_zero() {
+                // A job became due between the claim and now: look again, without spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = notified => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! # channel-core
+//!
+//! The domain model, the contracts and the durable engine of the channel family.
+//!
+//! * [`model`]: accounts, identities (linked to a contact or unlinked), conversations,
+//!   messages, jobs, leases and events.
+//! * [`Channel`]: what a provider implements; [`Store`]: persistence; [`BlobStore`]:
+//!   attachment bytes.
+//! * The [`Engine`]: idempotent ingest ([`Engine::deliver`]), durable sends
+//!   ([`Engine::send`] and the [`Dispatcher`](dispatcher::Dispatcher)), history syncs, the
+//!   conversation lifecycle ([`Engine::sweep_account`]) and encrypted account state
+//!   ([`state`]).
+//! * The [`Runtime`](runtime::Runtime): runs it all in a process, sharing a database with
+//!   other processes through leases ([`lease_keeper`]).
+//! * [`testing`] (feature `testing`): `MemoryStore`, `MemoryChannel` and the store
+//!   conformance suite.
+
+pub mod blob;
+pub mod channel;
+pub mod clock;
+pub mod dispatcher;
+mod engine;
+mod error;
+pub mod events;
+pub mod history;
+mod ingest;
+mod jobs;
+pub mod lease_keeper;
+pub mod lifecycle;
+pub mod model;
+pub mod outbound;
+pub mod retry;
+pub mod runtime;
+pub mod send_policy;
+pub mod state;
+pub mod store;
+#[cfg(any(feature = "testing", doc))]
+pub mod testing;
+pub mod validate;
+
+pub use blob::{BlobError, BlobStore};
+pub use channel::{
+    Capabilities, Channel, ChannelError, HistoryRequest, Inbound, OutgoingMessage, SendReceipt,
+};
+pub use engine::{
+    DEFAULT_DB_TIMEOUT, DEFAULT_HISTORY_TIMEOUT, DEFAULT_SEND_TIMEOUT, Engine, EngineBuilder,
+    EngineConfig,
+};
+pub use error::{EngineError, with_timeout};
+pub use ingest::AccountSink;
+pub use model::*;
+pub use store::{
+    DueConversations, IngestDisposition, IngestOutcome, IngestRequest, Notification, SendRequest,
+    Store, StoreError, StoredInbound,
+};
+
+/// The README's examples, run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,65 @@
+//! Events published after commits. They carry ids, never message content.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    AccountId, ConnectionState, ConversationId, ConversationStatus, MessageId, MessageStatus,
+};
+
+/// Something that happened, published after it was committed.
+///
+/// Events carry ids and states only, never message text or addresses, so they can be logged
+/// and sent over `LISTEN/NOTIFY` freely.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// A message was stored (inbound, or outbound from another app).
+    MessageReceived {
+        /// The account.
+        account_id: AccountId,
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The message.
+        message_id: MessageId,
+    },
+    /// An outbound message was accepted by the provider.
+    MessageSent {
+        /// The account.
+        account_id: AccountId,
+        /// The message.
+        message_id: MessageId,
+    },
+    /// A message changed status (for example to `Failed`).
+    MessageStatusChanged {
+        /// The account.
+        account_id: AccountId,
+        /// The message.
+        message_id: MessageId,
+        /// The new status.
+        status: MessageStatus,
+    },
+    /// A conversation was opened.
+    ConversationOpened {
+        /// The account.
+        account_id: AccountId,
+        /// The conversation.
+        conversation_id: ConversationId,
+    },
+    /// A conversation changed status (idle, closed, expired, reopened).
+    ConversationStatusChanged {
+        /// The account.
+        account_id: AccountId,
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The new status.
+        status: ConversationStatus,
+    },
+    /// An account's connection state changed.
+    AccountStateChanged {
+        /// The account.
+        account_id: AccountId,
+        /// The new state.
+        state: ConnectionState,
+    },
+}

@@ -1,0 +1,291 @@
+//! Messages, attachments and what channels hand to the engine.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    AccountId, ConversationId, IdentityId, IdentityInfo, MessageId, Timestamp, UnknownValue,
+};
+
+/// Which way a message went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// From the remote party to the account.
+    Inbound,
+    /// From the account to the remote party.
+    Outbound,
+}
+
+impl Direction {
+    /// `inbound` or `outbound`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+impl FromStr for Direction {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "inbound" => Ok(Self::Inbound),
+            "outbound" => Ok(Self::Outbound),
+            other => Err(UnknownValue { what: "direction", value: other.to_owned() }),
+        }
+    }
+}
+
+/// Who wrote a message.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "origin", content = "label", rename_all = "snake_case")]
+pub enum Origin {
+    /// The remote party.
+    Remote,
+    /// The account owner, from another app (Telegram on a phone, a desktop mail client).
+    OtherApp,
+    /// This service, with a label such as `chat_manual` or `autoreply`.
+    Service(String),
+}
+
+impl Origin {
+    /// `remote`, `other_app` or `service:<label>`.
+    pub fn to_stored(&self) -> String {
+        match self {
+            Origin::Remote => "remote".to_owned(),
+            Origin::OtherApp => "other_app".to_owned(),
+            Origin::Service(label) => format!("service:{label}"),
+        }
+    }
+}
+
+impl FromStr for Origin {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "remote" => Ok(Self::Remote),
+            "other_app" => Ok(Self::OtherApp),
+            other => match other.strip_prefix("service:") {
+                Some(label) => Ok(Self::Service(label.to_owned())),
+                None => Err(UnknownValue { what: "origin", value: other.to_owned() }),
+            },
+        }
+    }
+}
+
+/// Delivery status of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    /// Queued for sending; no provider id yet.
+    Pending,
+    /// Accepted by the provider (inbound messages are stored as sent).
+    Sent,
+    /// Gave up after the last attempt, or rejected permanently: in the dead-letter state.
+    Failed,
+    /// Reserved: delivered to the recipient.
+    Delivered,
+    /// Reserved: read by the recipient.
+    Read,
+}
+
+impl MessageStatus {
+    /// `pending`, `sent`, `failed`, `delivered` or `read`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MessageStatus::Pending => "pending",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Failed => "failed",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Read => "read",
+        }
+    }
+
+    /// Sent, failed, delivered and read are final for the send path.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, MessageStatus::Pending)
+    }
+}
+
+impl fmt::Display for MessageStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for MessageStatus {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(Self::Pending),
+            "sent" => Ok(Self::Sent),
+            "failed" => Ok(Self::Failed),
+            "delivered" => Ok(Self::Delivered),
+            "read" => Ok(Self::Read),
+            other => Err(UnknownValue { what: "message status", value: other.to_owned() }),
+        }
+    }
+}
+
+/// An attachment as stored: its bytes live in the [`BlobStore`](crate::BlobStore) under `blob_key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The file name, if the provider gave one.
+    pub name: Option<String>,
+    /// The MIME type.
+    pub mime_type: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the bytes, lower-case hex.
+    pub sha256: String,
+    /// Where the bytes are in the blob store.
+    pub blob_key: String,
+}
+
+/// A stored message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Its id.
+    pub id: MessageId,
+    /// The account.
+    pub account_id: AccountId,
+    /// The conversation it belongs to.
+    pub conversation_id: ConversationId,
+    /// The remote identity: the sender of an inbound message, the recipient of an outbound one.
+    pub identity_id: IdentityId,
+    /// Which way it went.
+    pub direction: Direction,
+    /// Who wrote it.
+    pub origin: Origin,
+    /// The provider's id (email: the Message-ID); `None` while pending.
+    pub provider_id: Option<String>,
+    /// Our idempotency key for sends (email: the Message-ID we generated; Telegram: the
+    /// `random_id`), by which the provider's echo of our own send is recognised.
+    pub client_key: Option<String>,
+    /// The delivery status.
+    pub status: MessageStatus,
+    /// Plain text body.
+    pub text: Option<String>,
+    /// HTML body.
+    pub html: Option<String>,
+    /// The provider id of the message this replies to.
+    pub reply_to: Option<String>,
+    /// Attachments.
+    pub attachments: Vec<Attachment>,
+    /// Set when the provider's message could not be parsed; the raw bytes are then the first
+    /// attachment (`message/rfc822` or `application/octet-stream`).
+    pub parse_error: Option<String>,
+    /// The last send error, for failed messages.
+    pub error: Option<String>,
+    /// The provider's time of the message (for pending messages: when it was queued).
+    pub sent_at: Timestamp,
+    /// When it was stored.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+}
+
+/// An attachment handed over by a channel, before it is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundAttachment {
+    /// File name, if any.
+    pub name: Option<String>,
+    /// MIME type.
+    pub mime_type: String,
+    /// The bytes.
+    pub data: bytes::Bytes,
+}
+
+/// A cursor value that advances in the same transaction as the message it covers.
+///
+/// The key names a slot of the account state (for example `imap:INBOX`); the value is opaque
+/// to the core and stored encrypted like all account state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CursorUpdate {
+    /// The account-state key.
+    pub key: String,
+    /// The new value.
+    pub value: Vec<u8>,
+}
+
+/// A message as a channel reports it: new inbound mail, a Telegram update, the owner's message
+/// sent from another app, or the echo of our own send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundMessage {
+    /// The provider's id, unique per account (email: Message-ID; Telegram: `chat:msg`).
+    pub provider_id: String,
+    /// The thread this message belongs to (Telegram chat id; email thread root Message-ID).
+    pub thread_key: String,
+    /// The remote party: sender of inbound, recipient of outbound.
+    pub remote: IdentityInfo,
+    /// Inbound from the remote party, or outbound by the owner (from another app, or the echo
+    /// of our own send).
+    pub direction: Direction,
+    /// Set on outbound messages that carry our idempotency key (the echo of our own send).
+    pub client_key: Option<String>,
+    /// Plain text.
+    pub text: Option<String>,
+    /// HTML.
+    pub html: Option<String>,
+    /// Provider id of the message it replies to.
+    pub reply_to: Option<String>,
+    /// Provider ids of the thread's earlier messages, nearest last (email References), used
+    /// to find the conversation.
+    pub references: Vec<String>,
+    /// Attachments with their bytes.
+    pub attachments: Vec<InboundAttachment>,
+    /// Set when the message could not be parsed (the raw bytes are then an attachment).
+    pub parse_error: Option<String>,
+    /// The provider's time.
+    pub sent_at: Timestamp,
+    /// A cursor to advance in the same commit.
+    pub cursor: Option<CursorUpdate>,
+}
+
+impl InboundMessage {
+    /// A plain-text inbound message from `remote` in `thread_key`.
+    pub fn text(
+        provider_id: impl Into<String>,
+        thread_key: impl Into<String>,
+        remote: IdentityInfo,
+        text: impl Into<String>,
+        sent_at: Timestamp,
+    ) -> Self {
+        Self {
+            provider_id: provider_id.into(),
+            thread_key: thread_key.into(),
+            remote,
+            direction: Direction::Inbound,
+            client_key: None,
+            text: Some(text.into()),
+            html: None,
+            reply_to: None,
+            references: Vec::new(),
+            attachments: Vec::new(),
+            parse_error: None,
+            sent_at,
+            cursor: None,
+        }
+    }
+}
+
+/// What the service asks to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboundMessage {
+    /// The conversation to reply in.
+    pub conversation_id: ConversationId,
+    /// Plain text.
+    pub text: Option<String>,
+    /// HTML (email).
+    pub html: Option<String>,
+    /// Provider id of the message this replies to.
+    pub reply_to: Option<String>,
+    /// Attachments (stored before the message is queued).
+    pub attachments: Vec<InboundAttachment>,
+    /// Origin label, such as `chat_manual`.
+    pub label: String,
+}

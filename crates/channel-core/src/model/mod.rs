@@ -1,0 +1,26 @@
+//! The domain model: accounts, identities, conversations, messages, jobs, leases and events.
+
+mod account;
+mod conversation;
+mod event;
+mod identity;
+mod ids;
+mod job;
+mod lease;
+mod message;
+mod timestamp;
+
+pub use account::{Account, ChannelKind, ConnectionState, NewAccount, UnknownValue, UserAction};
+pub use conversation::{Conversation, ConversationStatus, LifecyclePolicy, OnClosed};
+pub use event::Event;
+pub use identity::{Identity, IdentityInfo};
+pub use ids::{AccountId, ContactId, ConversationId, IdentityId, JobId, MessageId};
+pub use job::{
+    AttemptOutcome, Enqueued, Job, JobAttempt, JobKind, JobLease, JobState, MessageOutcome, NewJob,
+};
+pub use lease::Lease;
+pub use message::{
+    Attachment, CursorUpdate, Direction, InboundAttachment, InboundMessage, Message, MessageStatus,
+    Origin, OutboundMessage,
+};
+pub use timestamp::Timestamp;

@@ -1,0 +1,419 @@
+//! Outbound messages: [`Engine::send`] queues them durably; the dispatcher runs their send
+//! jobs through the send policy and the account's channel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::channel::{Channel, ChannelError, OutgoingMessage, SendReceipt};
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::jobs::{JobRun, ReadyChannel};
+use crate::model::*;
+use crate::send_policy::{SendContext, SendDecision};
+use crate::store::{SendRequest, StoreError};
+use crate::validate;
+
+/// How the `error` of a message starts when the provider accepted it but the store refused
+/// its provider id (already stored for another message of the account): the message is
+/// final (`Failed`), the recipient did get it, and the engine never sends it again. Services
+/// can tell this case from a real failure by this prefix (and should not offer a re-send).
+pub const SENT_BUT_NOT_RECORDED: &str = "sent but not recorded";
+
+/// A short class of a store error, for logs and metrics.
+pub(crate) fn store_error_class(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::Timeout { .. } => "store_timeout",
+        StoreError::Unavailable(_) => "store_unavailable",
+        StoreError::LeaseLost { .. } => "lease_lost",
+        StoreError::InvalidInput { .. } => "store_invalid_input",
+        StoreError::NotFound { .. } => "store_not_found",
+        StoreError::VersionConflict { .. } => "store_conflict",
+        StoreError::Corrupt(_) => "store_corrupt",
+        _ => "store_backend",
+    }
+}
+
+/// Our idempotency key for a new outbound message, in the form the provider expects:
+///
+/// * email: an RFC 5322 Message-ID, `<uuid@domain>`;
+/// * Telegram: a `random_id`, a non-zero `i64` in decimal, from the random bits of the
+///   message id;
+/// * others: the message id.
+///
+/// ```
+/// use channel_core::{ChannelKind, MessageId, outbound::client_key_for};
+/// let id = MessageId::new();
+/// assert!(client_key_for(ChannelKind::Email, id, "example.org").ends_with("@example.org>"));
+/// assert!(client_key_for(ChannelKind::Telegram, id, "x").parse::<i64>().is_ok());
+/// assert_eq!(client_key_for(ChannelKind::Telegram, id, "x"), client_key_for(ChannelKind::Telegram, id, "x"));
+/// ```
+pub fn client_key_for(kind: ChannelKind, message_id: MessageId, email_domain: &str) -> String {
+    match kind {
+        ChannelKind::Email => format!("<{}@{}>", message_id.as_uuid().simple(), email_domain),
+        ChannelKind::Telegram => {
+            let bytes = message_id.as_uuid().into_bytes();
+            let mut low = [0u8; 8];
+            low.copy_from_slice(&bytes[8..]);
+            let n = i64::from_be_bytes(low);
+            (if n == 0 { 1 } else { n }).to_string()
+        }
+        _ => message_id.to_string(),
+    }
+}
+
+impl Engine {
+    /// Queues an outbound message and returns its id at once.
+    ///
+    /// The message (status `Pending`, with its client key) and its send job are committed
+    /// together; then the dispatcher is woken, here and (through the store's notifications) in
+    /// other processes. When `account` is given, the conversation must belong to it.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use channel_core::{*, testing::MemoryStore, state::StateKey};
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// # let store = Arc::new(MemoryStore::new());
+    /// # let engine = Engine::builder(store.clone(), StateKey::generate()).blob_store(BlobStore::in_memory()).build().unwrap();
+    /// # let account = store.create_account(NewAccount::new(ChannelKind::Memory, "a"), engine.now()).await.unwrap();
+    /// # let msg = InboundMessage::text("m1", "chat", IdentityInfo::new("tg:1"), "hi", engine.now());
+    /// let conversation = engine.deliver(account.id, msg).await.unwrap().conversation_id;
+    /// let reply = OutboundMessage {
+    ///     conversation_id: conversation,
+    ///     text: Some("hello!".into()),
+    ///     html: None,
+    ///     reply_to: None,
+    ///     attachments: vec![],
+    ///     label: "manual".into(),
+    /// };
+    /// let id = engine.send(Some(account.id), reply).await.unwrap();
+    /// assert_eq!(store.message(id).await.unwrap().status, MessageStatus::Pending);
+    /// # });
+    /// ```
+    pub async fn send(
+        &self,
+        account: Option<AccountId>,
+        message: OutboundMessage,
+    ) -> Result<MessageId, EngineError> {
+        validate::check_outbound(&message, &self.inner.config.limits)?;
+        let conversation = match self
+            .db("conversation", self.inner.store.conversation(message.conversation_id))
+            .await
+        {
+            Ok(c) => c,
+            Err(StoreError::NotFound { .. }) => {
+                return Err(EngineError::UnknownConversation(message.conversation_id));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if account.is_some_and(|a| a != conversation.account_id) {
+            return Err(EngineError::UnknownConversation(message.conversation_id));
+        }
+        let account = self.db("account", self.inner.store.account(conversation.account_id)).await?;
+        let mut attachments = Vec::with_capacity(message.attachments.len());
+        for a in &message.attachments {
+            attachments.push(self.inner.blobs.put_attachment(a).await?);
+        }
+        let message_id = MessageId::new();
+        let now = self.now();
+        let req = SendRequest {
+            message_id,
+            job_id: JobId::new(),
+            conversation_id: conversation.id,
+            origin: Origin::Service(message.label),
+            client_key: client_key_for(account.kind, message_id, &self.inner.config.email_domain),
+            text: message.text,
+            html: message.html,
+            reply_to: message.reply_to,
+            attachments,
+            max_attempts: self.inner.config.retry.max_attempts,
+            run_at: now,
+            now,
+        };
+        self.db("enqueue_send", self.inner.store.enqueue_send(req)).await?;
+        self.announce_jobs("send").await;
+        Ok(message_id)
+    }
+
+    /// Runs one claimed send job to its end (sent, retried, snoozed or failed).
+    pub(crate) async fn run_send_job(&self, run: &JobRun) -> Result<(), StoreError> {
+        let store = &self.inner.store;
+        let Some(message_id) = run.lease.job.message_id else {
+            return run.discard(self, "send job without a message", None).await;
+        };
+        let message = match self.db("message", store.message(message_id)).await {
+            Ok(m) => m,
+            Err(StoreError::NotFound { .. }) => {
+                return run.discard(self, "the message no longer exists", None).await;
+            }
+            Err(e) => return Err(e),
+        };
+        if message.status != MessageStatus::Pending {
+            // The provider's echo proved it sent already.
+            return run.complete(self, None).await;
+        }
+        let channel = match self.ready_channel(run, message.account_id).await? {
+            ReadyChannel::Ready(c) => c,
+            ReadyChannel::Snoozed => return Ok(()),
+        };
+        let conversation =
+            self.db("conversation", store.conversation(message.conversation_id)).await?;
+        let identity = self.db("identity", store.identity(message.identity_id)).await?;
+
+        let ctx = SendContext {
+            account_id: message.account_id,
+            kind: channel.kind(),
+            thread_key: &conversation.thread_key,
+            message_id,
+            attempt: run.lease.attempt,
+            now: self.now(),
+        };
+        match self.inner.send_policy.check(&ctx).await {
+            SendDecision::Allow => {}
+            SendDecision::DelayUntil(t) => {
+                return run.snooze(self, t, "held back by the send policy", "send_policy").await;
+            }
+            SendDecision::Reject(reason) => {
+                let reason = format!("refused by the send policy: {reason}");
+                return self.fail_message(run, &message, &reason).await;
+            }
+        }
+
+        let references = self
+            .db("messages", store.messages(conversation.id, 100))
+            .await?
+            .into_iter()
+            .filter(|m| m.id != message.id)
+            .filter_map(|m| m.provider_id)
+            .collect();
+        let outgoing = OutgoingMessage {
+            message_id,
+            client_key: message.client_key.clone().unwrap_or_else(|| message_id.to_string()),
+            thread_key: conversation.thread_key.clone(),
+            remote: IdentityInfo {
+                address: identity.address,
+                display_name: identity.display_name,
+                username: identity.username,
+            },
+            text: message.text.clone(),
+            html: message.html.clone(),
+            reply_to: message.reply_to.clone(),
+            references,
+            attachments: message.attachments.clone(),
+        };
+        match self.call_send(&channel, &outgoing).await {
+            Ok(receipt) => {
+                // From here on the message is out: whatever the store does, never send again.
+                self.record_sent(run, &message, receipt).await;
+                Ok(())
+            }
+            Err(e) => self.send_failed(run, &message, e).await,
+        }
+    }
+
+    /// Records a send the provider accepted, and never calls the channel again for it.
+    ///
+    /// * The `Sent` outcome (with the provider id) is retried with backoff (100 ms doubling
+    ///   to 5 s) for up to one `job_lease_ttl` while the store fails transiently, extending the
+    ///   job's lease so that it is not rescued meanwhile.
+    /// * If the store refuses it for good (`InvalidInput`: the provider id is already stored
+    ///   for another message of the account, or cannot be stored), the job is completed with
+    ///   the message `Failed`, its `error` starting with [`SENT_BUT_NOT_RECORDED`] and naming
+    ///   the provider id: a final state, honest about what happened (the recipient got it;
+    ///   the store could not link it), and not a dead letter, since nothing may be re-driven.
+    ///   `MessageStatusChanged { Failed }` is published. The status cannot be `Sent`: the
+    ///   contract's `Sent` outcome requires the provider id that was refused.
+    /// * If the lease is lost, or the store stays unavailable past the window, the job is
+    ///   left to the rescuer; its next attempt calls the channel again **with the same client
+    ///   key**, which the provider deduplicates (Telegram `random_id`, email Message-ID), so
+    ///   the recipient still gets one message, but the channel is called twice. That residual
+    ///   case needs a store that is down longer than a job lease.
+    async fn record_sent(&self, run: &JobRun, message: &Message, receipt: SendReceipt) {
+        let store = &self.inner.store;
+        let cfg = &self.inner.config;
+        let job = &run.lease.job;
+        let started = self.now();
+        let deadline = started.plus(cfg.job_lease_ttl);
+        let mut lease_until = job.lease_expires_at.unwrap_or(started);
+        let mut outcome =
+            MessageOutcome::Sent { provider_id: receipt.provider_id.clone(), at: receipt.at };
+        let mut refused = false;
+        let mut delay = Duration::from_millis(100);
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            match run.try_complete(self, Some(outcome.clone())).await {
+                Ok(()) => {
+                    run.count("complete");
+                    metrics::counter!("channel_messages_sent_total").increment(1);
+                    if refused {
+                        run.count("sent_not_recorded");
+                        self.publish_if_failed(message.account_id, message.id).await;
+                    } else {
+                        if tries > 1 {
+                            tracing::info!(job = %job.id, message = %message.id, tries, "the send was recorded after store failures");
+                        }
+                        let event = Event::MessageSent {
+                            account_id: message.account_id,
+                            message_id: message.id,
+                        };
+                        self.inner.events.publish(event).await;
+                    }
+                    return;
+                }
+                Err(StoreError::LeaseLost { .. }) => {
+                    // An earlier try that timed out may have committed after all.
+                    if tries > 1
+                        && let Ok(m) = self.db("message", store.message(message.id)).await
+                        && m.status == MessageStatus::Sent
+                    {
+                        run.count("complete");
+                        metrics::counter!("channel_messages_sent_total").increment(1);
+                        let event = Event::MessageSent {
+                            account_id: message.account_id,
+                            message_id: message.id,
+                        };
+                        self.inner.events.publish(event).await;
+                        return;
+                    }
+                    run.count("lease_lost");
+                    tracing::warn!(
+                        job = %job.id,
+                        message = %message.id,
+                        attempt = run.lease.attempt,
+                        "sent, but the job's lease was lost before the send was recorded: its next attempt calls the channel again with the same client key, which the provider deduplicates"
+                    );
+                    return;
+                }
+                Err(err @ (StoreError::InvalidInput { .. } | StoreError::NotFound { .. })) => {
+                    if refused || matches!(err, StoreError::NotFound { .. }) {
+                        // Even the fallback was refused, or the job is gone: nothing left to
+                        // record; at least never send again from here.
+                        run.count("store_error");
+                        tracing::error!(job = %job.id, message = %message.id, error = %err, "sent, but the store refused to record it; the job stays as it is");
+                        return;
+                    }
+                    refused = true;
+                    let reason = format!(
+                        "{SENT_BUT_NOT_RECORDED}: the provider accepted it as `{}`, but the store refused that id ({err}); it is not sent again",
+                        receipt.provider_id.replace('\0', "\u{FFFD}")
+                    );
+                    tracing::error!(
+                        job = %job.id,
+                        message = %message.id,
+                        error = %err,
+                        "sent, but the store refused the provider id: completing the job with the message failed"
+                    );
+                    outcome = MessageOutcome::Failed { error: reason };
+                }
+                Err(err) => {
+                    let now = self.now();
+                    if now >= deadline {
+                        run.count("store_error");
+                        tracing::error!(
+                            job = %job.id,
+                            message = %message.id,
+                            error = %err,
+                            tries,
+                            "sent, but the store did not record it within a job lease: the job will be rescued and its next attempt calls the channel again with the same client key, which the provider deduplicates"
+                        );
+                        return;
+                    }
+                    // Keep the job ours while we wait for the store.
+                    if lease_until.since(now) < delay + cfg.db_timeout * 2 {
+                        let extend = store.extend_job_lease(&run.lease, cfg.job_lease_ttl, now);
+                        match self.db("extend_job_lease", extend).await {
+                            Ok(()) => lease_until = now.plus(cfg.job_lease_ttl),
+                            Err(StoreError::LeaseLost { .. }) => {
+                                run.count("lease_lost");
+                                tracing::warn!(job = %job.id, message = %message.id, "sent, but the job's lease was lost before the send was recorded: its next attempt calls the channel again with the same client key, which the provider deduplicates");
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::debug!(job = %job.id, error = %e, "could not extend the job's lease")
+                            }
+                        }
+                    }
+                    tracing::warn!(
+                        job = %job.id,
+                        message = %message.id,
+                        attempt = run.lease.attempt,
+                        tries,
+                        retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        class = store_error_class(&err),
+                        "sent, but recording it failed; retrying the record (never the send)"
+                    );
+                    metrics::counter!("channel_send_record_retries_total").increment(1);
+                    tokio::time::sleep(delay.min(deadline.since(now))).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn call_send(
+        &self,
+        channel: &Arc<dyn Channel>,
+        m: &OutgoingMessage,
+    ) -> Result<crate::SendReceipt, ChannelError> {
+        let after = self.inner.config.send_timeout;
+        match tokio::time::timeout(after, channel.send(m)).await {
+            Ok(r) => r,
+            Err(_) => Err(ChannelError::Timeout { operation: "send".to_owned(), after }),
+        }
+    }
+
+    /// Publishes `MessageStatusChanged { Failed }` if the message is failed now (after a store
+    /// call that may have failed it, such as a discard or a rescue).
+    pub(crate) async fn publish_if_failed(&self, account_id: AccountId, message_id: MessageId) {
+        match self.db("message", self.inner.store.message(message_id)).await {
+            Ok(m) if m.status == MessageStatus::Failed => {
+                self.inner
+                    .events
+                    .publish(Event::MessageStatusChanged {
+                        account_id,
+                        message_id,
+                        status: MessageStatus::Failed,
+                    })
+                    .await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(message = %message_id, error = %e, "could not read a failed message; its status event is not published")
+            }
+        }
+    }
+
+    async fn send_failed(
+        &self,
+        run: &JobRun,
+        message: &Message,
+        e: ChannelError,
+    ) -> Result<(), StoreError> {
+        match self.classify(run, message.account_id, e).await? {
+            Some(error) => self.fail_message(run, message, &error).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Discards the job and fails its message, publishing the status change.
+    async fn fail_message(
+        &self,
+        run: &JobRun,
+        message: &Message,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let outcome = Some(MessageOutcome::Failed { error: error.to_owned() });
+        if !run.discard_applied(self, error, outcome).await? {
+            return Ok(());
+        }
+        self.inner
+            .events
+            .publish(Event::MessageStatusChanged {
+                account_id: message.account_id,
+                message_id: message.id,
+                status: MessageStatus::Failed,
+            })
+            .await;
+        Ok(())
+    }
+}

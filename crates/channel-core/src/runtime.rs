@@ -1,0 +1,570 @@
+//! The [`Runtime`]: runs the engine in a process under the watchdog (`channel-watchdog`).
+//!
+//! Supervised loops, each pinging the watchdog every cycle and restarted with backoff when
+//! it fails or falls silent:
+//!
+//! * `leases`: the [`LeaseKeeper`] takes and renews the leader lease and the lease of every
+//!   enabled account that no other process holds (TTL 15 s, renewed every 5 s);
+//! * `account:<id>`: one per account whose lease this process took: it creates the account's
+//!   channel through the [`ChannelFactory`], attaches it to the engine for sends, and runs it
+//!   while the lease is held;
+//! * `dispatcher`: the [`Dispatcher`];
+//! * `leader`: while this process is the leader, rescues jobs of crashed workers and queues
+//!   lifecycle sweeps;
+//! * `notifications` (stores with cross-process notifications): wakes the dispatcher on
+//!   `channel_jobs` and hands other processes' events to local subscribers.
+//!
+//! [`Runtime::shutdown`] stops the loops (channels first, the dispatcher last, so jobs in
+//! flight finish), records the accounts it connected as disconnected (`TransientDisconnect`,
+//! reason [`WORKER_STOPPED`]) and releases the leases so other processes take over at once.
+//!
+//! This module is the only place that uses the watchdog's API.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use channel_watchdog::{Intensity, LoopContext, LoopResult, LoopSpec, ShutdownReport, Watchdog};
+use tokio::sync::{Notify, watch};
+
+use crate::channel::{Channel, ChannelError};
+use crate::dispatcher::Dispatcher;
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::events::JOBS_TOPIC;
+use crate::lease_keeper::LeaseKeeper;
+use crate::model::*;
+use crate::store::Notification;
+
+/// Creates the channel of an account when this process takes the account's lease.
+#[async_trait]
+pub trait ChannelFactory: Send + Sync + 'static {
+    /// The channel for `account`. `NeedsLogin` and `Permanent` errors are recorded as the
+    /// account's state and the account waits for [`Runtime::reconnect`]; other errors are
+    /// retried with backoff.
+    async fn create(&self, account: &Account) -> Result<Arc<dyn Channel>, ChannelError>;
+}
+
+/// A [`ChannelFactory`] over channels made in advance (tests, fixed setups).
+#[derive(Default)]
+pub struct StaticChannels {
+    channels: Mutex<HashMap<AccountId, Arc<dyn Channel>>>,
+}
+
+impl fmt::Debug for StaticChannels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticChannels").finish_non_exhaustive()
+    }
+}
+
+impl StaticChannels {
+    /// No channels yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the channel of `account`.
+    pub fn with(self, account: AccountId, channel: Arc<dyn Channel>) -> Self {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner()).insert(account, channel);
+        self
+    }
+}
+
+#[async_trait]
+impl ChannelFactory for StaticChannels {
+    async fn create(&self, account: &Account) -> Result<Arc<dyn Channel>, ChannelError> {
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&account.id)
+            .cloned()
+            .ok_or_else(|| {
+                ChannelError::Permanent(format!("no channel configured for account {}", account.id))
+            })
+    }
+}
+
+/// Builds and starts a [`Runtime`].
+pub struct RuntimeBuilder {
+    engine: Engine,
+    factory: Arc<dyn ChannelFactory>,
+    watchdog: Option<Watchdog>,
+    channel_max_silence: Duration,
+    shutdown_deadline: Duration,
+}
+
+impl fmt::Debug for RuntimeBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuntimeBuilder")
+            .field("channel_max_silence", &self.channel_max_silence)
+            .field("shutdown_deadline", &self.shutdown_deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RuntimeBuilder {
+    /// Runs the loops under this watchdog (default: one with the watchdog's defaults).
+    pub fn watchdog(mut self, watchdog: Watchdog) -> Self {
+        self.watchdog = Some(watchdog);
+        self
+    }
+
+    /// How long a channel may go without calling `Inbound::alive` before it is restarted
+    /// (default 10 min: IMAP IDLE cycles are up to 29 min, so email channels ping while idle).
+    pub fn channel_max_silence(mut self, d: Duration) -> Self {
+        self.channel_max_silence = d;
+        self
+    }
+
+    /// The deadline of [`Runtime::shutdown`] (default 30 s).
+    pub fn shutdown_deadline(mut self, d: Duration) -> Self {
+        self.shutdown_deadline = d;
+        self
+    }
+
+    /// Registers the loops and starts them.
+    pub async fn start(self) -> Result<Runtime, EngineError> {
+        let watchdog = match self.watchdog {
+            Some(w) => w,
+            None => Watchdog::builder().build().map_err(|e| EngineError::Config(e.to_string()))?,
+        };
+        let cfg = self.engine.config().clone();
+        let keeper = LeaseKeeper::new(
+            Arc::clone(self.engine.store()),
+            cfg.worker_id.clone(),
+            Arc::clone(&self.engine.inner.clock),
+        )
+        .with_ttl(cfg.lease_ttl, cfg.db_timeout);
+        let shared = Arc::new(Shared {
+            engine: self.engine.clone(),
+            factory: self.factory,
+            watchdog: watchdog.clone(),
+            keeper: tokio::sync::Mutex::new(keeper),
+            leader: AtomicBool::new(false),
+            slots: Mutex::new(HashMap::new()),
+            channel_max_silence: self.channel_max_silence,
+        });
+        let reg = |spec: LoopSpec| {
+            watchdog.register(spec).map(|_| ()).map_err(|e| EngineError::Config(e.to_string()))
+        };
+
+        // Registered first, stopped last: jobs in flight finish before the process exits.
+        let s = Arc::clone(&shared);
+        let lease_ttl = cfg.job_lease_ttl;
+        reg(LoopSpec::new("dispatcher", move |ctx: LoopContext| {
+            let dispatcher = Dispatcher::new(s.engine.clone());
+            async move {
+                let ping = ctx.clone();
+                dispatcher.run(ctx.token().clone(), move || ping.ping()).await;
+                Ok(())
+            }
+        })
+        // A batch ends within: its store reads and the send (each under its timeout), then
+        // recording a successful send for up to one job lease.
+        .max_silence((lease_ttl * 2).max(lease_ttl + cfg.send_timeout + cfg.db_timeout * 8))
+        .grace(cfg.send_timeout + Duration::from_secs(5))
+        .critical(true))?;
+
+        let s = Arc::clone(&shared);
+        reg(LoopSpec::new("leader", move |ctx| leader_loop(Arc::clone(&s), ctx))
+            .max_silence(cfg.db_timeout * 4 + cfg.rescue_interval)
+            .critical(true))?;
+
+        if let Some(rx) = self.engine.store().notifications() {
+            let s = Arc::clone(&shared);
+            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            reg(LoopSpec::new("notifications", move |ctx| {
+                notifications_loop(Arc::clone(&s), Arc::clone(&rx), ctx)
+            })
+            .max_silence(Duration::from_secs(120)))?;
+        }
+
+        let s = Arc::clone(&shared);
+        reg(LoopSpec::new("leases", move |ctx| lease_loop(Arc::clone(&s), ctx))
+            .max_silence(cfg.lease_ttl * 2 + cfg.db_timeout * 2)
+            .critical(true))?;
+
+        Ok(Runtime { shared, shutdown_deadline: self.shutdown_deadline })
+    }
+}
+
+/// The running engine of one process. See the [module documentation](self).
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use std::time::Duration;
+/// use channel_core::runtime::{Runtime, StaticChannels};
+/// use channel_core::testing::{MemoryChannel, MemoryStore};
+/// use channel_core::{state::StateKey, *};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let store = Arc::new(MemoryStore::new());
+/// let engine = Engine::builder(store.clone(), StateKey::generate())
+///     .blob_store(BlobStore::in_memory())
+///     .clock(Arc::new(channel_core::clock::TokioClock::new()))
+///     .build()
+///     .unwrap();
+/// let account = store.create_account(NewAccount::new(ChannelKind::Memory, "a"), engine.now()).await.unwrap();
+/// let channel = Arc::new(MemoryChannel::new());
+/// let channels = StaticChannels::new().with(account.id, channel.clone());
+/// let runtime = Runtime::builder(engine.clone(), Arc::new(channels)).start().await.unwrap();
+///
+/// channel.push_inbound(InboundMessage::text("m1", "chat", IdentityInfo::new("tg:1"), "hi", engine.now()));
+/// let delivered = channel.wait_for_deliveries(1).await;
+/// assert!(delivered[0].is_ok());
+/// assert!(runtime.holds_account(account.id));
+///
+/// let report = runtime.shutdown().await;
+/// assert!(report.within_deadline());
+/// # }
+/// ```
+pub struct Runtime {
+    shared: Arc<Shared>,
+    shutdown_deadline: Duration,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime").field("engine", &self.shared.engine).finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    engine: Engine,
+    factory: Arc<dyn ChannelFactory>,
+    watchdog: Watchdog,
+    keeper: tokio::sync::Mutex<LeaseKeeper>,
+    leader: AtomicBool,
+    slots: Mutex<HashMap<AccountId, Arc<Slot>>>,
+    channel_max_silence: Duration,
+}
+
+/// What the lease loop tells an account loop.
+struct Slot {
+    held: watch::Sender<bool>,
+    reconnect: Notify,
+}
+
+impl Runtime {
+    /// Starts building a runtime for `engine`, creating channels with `factory`.
+    pub fn builder(engine: Engine, factory: Arc<dyn ChannelFactory>) -> RuntimeBuilder {
+        RuntimeBuilder {
+            engine,
+            factory,
+            watchdog: None,
+            channel_max_silence: Duration::from_secs(600),
+            shutdown_deadline: Duration::from_secs(30),
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    /// The watchdog supervising the loops (status and health reports).
+    pub fn watchdog(&self) -> &Watchdog {
+        &self.shared.watchdog
+    }
+
+    /// Whether this process is the leader now.
+    pub fn is_leader(&self) -> bool {
+        self.shared.leader.load(Ordering::Relaxed)
+    }
+
+    /// Whether this process holds the account's lease (and so runs its channel).
+    pub fn holds_account(&self, account: AccountId) -> bool {
+        self.shared.slot(account).is_some_and(|s| *s.held.borrow())
+    }
+
+    /// Makes the account's loop try again after a login or configuration fix (it waits after
+    /// `NeedsLogin` and `Permanent` errors).
+    pub fn reconnect(&self, account: AccountId) {
+        if let Some(s) = self.shared.slot(account) {
+            s.reconnect.notify_one();
+        }
+    }
+
+    /// Stops every loop within the deadline, records the accounts this process connected as
+    /// disconnected, and releases the leases.
+    ///
+    /// Each account whose lease this process still holds and whose recorded state is
+    /// `Connecting` or `Connected` becomes `TransientDisconnect { reason: "worker stopped" }`
+    /// (publishing `AccountStateChanged`): nobody is connected to it now, and nothing is
+    /// asked of the user; the process that takes the lease over reports `Connecting` and
+    /// `Connected` again. States that ask the user for something (`NeedsLogin`, `Failed`,
+    /// `LoggedOut`) are kept. The state is written before the lease is released, so it never
+    /// overwrites what a new holder reports.
+    pub async fn shutdown(self) -> ShutdownReport {
+        let stopped = self.shared.watchdog.shutdown(self.shutdown_deadline).await;
+        let mut keeper = self.shared.keeper.lock().await;
+        // Only leases still safely ours: one that ran out may have a new holder by now.
+        let held: Vec<AccountId> = keeper
+            .held()
+            .filter(|name| keeper.holds(name))
+            .filter_map(|name| name.strip_prefix("account:"))
+            .filter_map(|id| id.parse().ok())
+            .collect();
+        let engine = &self.shared.engine;
+        for account in held {
+            engine.detach_channel(account);
+            match engine.db("account", engine.store().account(account)).await {
+                Ok(a)
+                    if matches!(
+                        a.connection,
+                        ConnectionState::Connecting | ConnectionState::Connected
+                    ) =>
+                {
+                    let state =
+                        ConnectionState::TransientDisconnect { reason: WORKER_STOPPED.to_owned() };
+                    report(engine, account, state).await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(%account, error = %e, "could not record the account as disconnected")
+                }
+            }
+        }
+        keeper.release_all().await;
+        drop(keeper);
+        self.shared.leader.store(false, Ordering::Relaxed);
+        stopped
+    }
+}
+
+impl Shared {
+    fn slot(&self, account: AccountId) -> Option<Arc<Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).get(&account).cloned()
+    }
+
+    /// The account's slot, registering its supervised loop the first time.
+    fn ensure_slot(self: &Arc<Self>, account: AccountId) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = slots.get(&account) {
+            return Arc::clone(s);
+        }
+        let slot = Arc::new(Slot { held: watch::channel(false).0, reconnect: Notify::new() });
+        slots.insert(account, Arc::clone(&slot));
+        drop(slots);
+        let me = Arc::clone(self);
+        let spec = LoopSpec::new(format!("account:{account}"), move |ctx| {
+            account_loop(Arc::clone(&me), account, ctx)
+        })
+        .max_silence(self.channel_max_silence)
+        .intensity(Intensity::new(30, Duration::from_secs(600)));
+        if let Err(e) = self.watchdog.register(spec) {
+            tracing::warn!(%account, error = %e, "could not register the account's loop");
+        }
+        slot
+    }
+}
+
+/// Renews and acquires leases every `lease_renew_every`; flips account slots and the leader
+/// flag.
+async fn lease_loop(s: Arc<Shared>, ctx: LoopContext) -> LoopResult {
+    let every = s.engine.config().lease_renew_every;
+    loop {
+        ctx.ping();
+        let mut wanted = vec![Lease::LEADER.to_owned()];
+        match s.engine.db("accounts", s.engine.store().accounts()).await {
+            Ok(accounts) => wanted
+                .extend(accounts.iter().filter(|a| a.enabled).map(|a| Lease::account_name(a.id))),
+            Err(e) => {
+                // Keep what we hold; acquire nothing new.
+                tracing::warn!(error = %e, "could not list accounts");
+                let keeper = s.keeper.lock().await;
+                wanted = keeper.held().map(str::to_owned).collect();
+            }
+        }
+        let changes = s.keeper.lock().await.tick(&wanted).await;
+        for name in changes.lost.iter().chain(&changes.gained) {
+            let gained = changes.gained.contains(name);
+            if name == Lease::LEADER {
+                s.leader.store(gained, Ordering::Relaxed);
+                tracing::info!(leader = gained, "leadership changed");
+            } else if let Some(account) =
+                name.strip_prefix("account:").and_then(|id| id.parse().ok())
+            {
+                let slot = if gained { Some(s.ensure_slot(account)) } else { s.slot(account) };
+                if let Some(slot) = slot {
+                    slot.held.send_replace(gained);
+                }
+            }
+        }
+        tokio::select! {
+            _ = ctx.cancelled() => {
+                // Stop the account loops' channels first; shutdown releases the leases.
+                return Ok(());
+            }
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Runs the account's channel while its lease is held.
+async fn account_loop(s: Arc<Shared>, account: AccountId, ctx: LoopContext) -> LoopResult {
+    let Some(slot) = s.slot(account) else { return Ok(()) };
+    let mut held = slot.held.subscribe();
+    let idle_ping = Duration::from_secs(5).min(s.channel_max_silence / 4);
+    loop {
+        // Wait for the lease.
+        loop {
+            ctx.ping();
+            if *held.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                _ = ctx.cancelled() => return Ok(()),
+                _ = held.changed() => {}
+                _ = tokio::time::sleep(idle_ping) => {}
+            }
+        }
+        let engine = &s.engine;
+        let acc = engine.db("account", engine.store().account(account)).await?;
+        let result = match s.factory.create(&acc).await {
+            Ok(channel) => run_channel(&s, account, channel, &ctx, &mut held).await,
+            Err(e) => Err(e),
+        };
+        let park = match result {
+            Ok(()) => false,
+            Err(ChannelError::NeedsLogin(reason)) => {
+                report(engine, account, ConnectionState::NeedsLogin { reason }).await;
+                true
+            }
+            Err(ChannelError::Permanent(reason)) => {
+                report(engine, account, ConnectionState::Failed { reason }).await;
+                true
+            }
+            Err(e) => {
+                report(
+                    engine,
+                    account,
+                    ConnectionState::TransientDisconnect { reason: e.to_string() },
+                )
+                .await;
+                return Err(Box::new(e));
+            }
+        };
+        if ctx.is_cancelled() {
+            return Ok(());
+        }
+        if park {
+            // Wait for a fix (reconnect), the loss of the lease, or shutdown.
+            loop {
+                ctx.ping();
+                tokio::select! {
+                    _ = ctx.cancelled() => return Ok(()),
+                    _ = slot.reconnect.notified() => break,
+                    _ = held.changed() => if !*held.borrow_and_update() { break },
+                    _ = tokio::time::sleep(idle_ping) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs the channel until it ends, the lease is lost or the loop is cancelled.
+async fn run_channel(
+    s: &Arc<Shared>,
+    account: AccountId,
+    channel: Arc<dyn Channel>,
+    ctx: &LoopContext,
+    held: &mut watch::Receiver<bool>,
+) -> Result<(), ChannelError> {
+    let engine = &s.engine;
+    engine.attach_channel(account, Arc::clone(&channel));
+    let token = ctx.token().child_token();
+    let ping = ctx.clone();
+    let sink = Arc::new(engine.inbound(account).with_alive(Arc::new(move || ping.ping())));
+    let run = channel.run(sink, token.clone());
+    tokio::pin!(run);
+    let result = loop {
+        tokio::select! {
+            r = &mut run => break r,
+            _ = held.changed(), if !token.is_cancelled() => {
+                if !*held.borrow_and_update() {
+                    tracing::info!(%account, "account lease lost: stopping its channel");
+                    engine.detach_channel(account);
+                    token.cancel();
+                }
+            }
+        }
+    };
+    engine.detach_channel(account);
+    result
+}
+
+/// The reason recorded for the accounts of a process that shut down.
+pub const WORKER_STOPPED: &str = "worker stopped";
+
+async fn report(engine: &Engine, account: AccountId, state: ConnectionState) {
+    if let Err(e) = engine.report_state(account, state).await {
+        tracing::warn!(%account, error = %e, "could not record the connection state");
+    }
+}
+
+/// While leader: rescue expired jobs every `rescue_interval`, queue sweeps every
+/// `sweep_interval`.
+async fn leader_loop(s: Arc<Shared>, ctx: LoopContext) -> LoopResult {
+    let cfg = s.engine.config().clone();
+    let tick = cfg.rescue_interval.min(cfg.sweep_interval);
+    let mut last_sweep: Option<tokio::time::Instant> = None;
+    loop {
+        ctx.ping();
+        if s.leader.load(Ordering::Relaxed) {
+            let engine = &s.engine;
+            if let Err(e) = engine.rescue_expired_jobs().await {
+                tracing::warn!(error = %e, "rescue failed");
+            }
+            if last_sweep.is_none_or(|t| t.elapsed() >= cfg.sweep_interval) {
+                last_sweep = Some(tokio::time::Instant::now());
+                if let Err(e) = engine.schedule_sweeps().await {
+                    tracing::warn!(error = %e, "scheduling sweeps failed");
+                }
+            }
+        }
+        tokio::select! {
+            _ = ctx.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(tick) => {}
+        }
+    }
+}
+
+/// Forwards the store's cross-process notifications.
+async fn notifications_loop(
+    s: Arc<Shared>,
+    rx: Arc<tokio::sync::Mutex<tokio::sync::broadcast::Receiver<Notification>>>,
+    ctx: LoopContext,
+) -> LoopResult {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = rx.lock().await;
+    loop {
+        ctx.ping();
+        let next = tokio::select! {
+            _ = ctx.cancelled() => return Ok(()),
+            n = rx.recv() => n,
+            _ = tokio::time::sleep(Duration::from_secs(30)) => continue,
+        };
+        match next {
+            Ok(n) if n.topic == JOBS_TOPIC => s.engine.wake_dispatcher(),
+            Ok(n) => {
+                s.engine.events().forward_remote(&n);
+            }
+            Err(RecvError::Lagged(_)) => s.engine.wake_dispatcher(),
+            Err(RecvError::Closed) => {
+                // The store's listener is gone: poll instead, and let the watchdog see us alive.
+                loop {
+                    ctx.ping();
+                    tokio::select! {
+                        _ = ctx.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! The `Store` contract: persistence of accounts, identities, conversations, messages, the
+//! durable job queue, leases and the raw account state.
+//!
+//! A store is a transactional backend. Every method that changes more than one row does so
+//! atomically: it either commits all of it or nothing. Times are passed in (`now`) so that the
+//! engine, not the database clock, decides them. Implementations: [`MemoryStore`] (behind the
+//! `testing` feature) and `channel_store::SqlStore` (SQLite, PostgreSQL). The conformance suite
+//! in [`testing::conformance`](crate::testing) checks every promise on any implementation.
+//!
+//! [`MemoryStore`]: crate::testing::MemoryStore
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::model::*;
+
+/// Why a store call failed, and what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The row does not exist: check the id.
+    #[error("{what} {id} not found")]
+    NotFound {
+        /// What was looked up (`account`, `message`, ...).
+        what: &'static str,
+        /// The id that was not found.
+        id: String,
+    },
+    /// A compare-and-set lost: the row changed since it was read. Re-read and decide again.
+    #[error("{what} {id} changed concurrently (expected version {expected}, found {actual})")]
+    VersionConflict {
+        /// What was updated.
+        what: &'static str,
+        /// Its id.
+        id: String,
+        /// The version the caller read.
+        expected: i64,
+        /// The version found.
+        actual: i64,
+    },
+    /// The job's lease was lost (it expired and the job was rescued or claimed again), or the
+    /// named lease has a new holder: stop working on it; nothing was written.
+    #[error("lease lost on {what}: another worker owns it now")]
+    LeaseLost {
+        /// The job id or lease name.
+        what: String,
+    },
+    /// The input cannot be stored as given (too long, a NUL byte, an inconsistent reference).
+    /// Fix the input; nothing was written.
+    #[error("invalid {field}: {reason}")]
+    InvalidInput {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The database did not answer in time: retry later.
+    #[error("database operation `{operation}` timed out after {after:?}")]
+    Timeout {
+        /// The operation.
+        operation: &'static str,
+        /// The limit that was exceeded.
+        after: Duration,
+    },
+    /// The database is unreachable or busy: retry later with backoff.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be read back (an unknown value from a newer version, a corrupt
+    /// row): needs an operator.
+    #[error("corrupt data in the store: {0}")]
+    Corrupt(String),
+    /// Any other backend error.
+    #[error("store backend error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// Whether retrying the same call later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Timeout { .. } | StoreError::Unavailable(_))
+    }
+
+    /// A `NotFound` for `what` with `id`.
+    pub fn not_found(what: &'static str, id: impl std::fmt::Display) -> Self {
+        StoreError::NotFound { what, id: id.to_string() }
+    }
+}
+
+impl From<UnknownValue> for StoreError {
+    fn from(e: UnknownValue) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+/// One inbound message to store, with everything decided that the store cannot decide itself.
+///
+/// The store, in one transaction: returns the existing message if `provider_id` is known for
+/// the account (a duplicate); else, for outbound messages carrying a `client_key`, updates the
+/// pending message with that key (the echo of our own send: status `Sent`, provider id set);
+/// else gets or creates the identity (unlinked; a merged identity resolves to the one it was
+/// merged into), finds the thread (a known message among `reply_to` and `references` gives
+/// its conversation's thread, else `thread_key`), finds its active conversation or opens one
+/// (`policy.on_closed` decides between reopening the latest closed one and opening a new one;
+/// expired ones are never reopened), inserts the message, bumps the conversation's activity
+/// and version, and writes `cursor` into the account state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestRequest {
+    /// The account.
+    pub account_id: AccountId,
+    /// Id for the message if it is new.
+    pub new_message_id: MessageId,
+    /// Id for the identity if it is new.
+    pub new_identity_id: IdentityId,
+    /// Id for the conversation if one is opened.
+    pub new_conversation_id: ConversationId,
+    /// The message (attachment bytes already in the blob store).
+    pub message: StoredInbound,
+    /// The account's lifecycle policy (reopen or start new; expiry of a new conversation).
+    pub policy: LifecyclePolicy,
+    /// The time of the commit.
+    pub now: Timestamp,
+}
+
+/// An [`InboundMessage`] whose attachments are already in the blob store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredInbound {
+    /// The provider's id, unique per account.
+    pub provider_id: String,
+    /// The thread key.
+    pub thread_key: String,
+    /// The remote party.
+    pub remote: IdentityInfo,
+    /// Inbound or outbound.
+    pub direction: Direction,
+    /// Who wrote it: `Remote` for inbound, `OtherApp` for the owner's other clients.
+    pub origin: Origin,
+    /// Our idempotency key, on the echo of our own send.
+    pub client_key: Option<String>,
+    /// Plain text.
+    pub text: Option<String>,
+    /// HTML.
+    pub html: Option<String>,
+    /// Provider id of the message replied to.
+    pub reply_to: Option<String>,
+    /// Earlier provider ids of the thread.
+    pub references: Vec<String>,
+    /// Stored attachments.
+    pub attachments: Vec<Attachment>,
+    /// Parse error, if any.
+    pub parse_error: Option<String>,
+    /// The provider's time.
+    pub sent_at: Timestamp,
+    /// The cursor to advance in the same commit (value already sealed).
+    pub cursor: Option<CursorUpdate>,
+}
+
+/// What [`Store::ingest`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IngestDisposition {
+    /// A new message was stored.
+    Stored,
+    /// The provider id was already stored: nothing changed but the cursor.
+    Duplicate,
+    /// The echo of our own pending send: that message is now `Sent`.
+    EchoMatched,
+}
+
+/// The result of [`Store::ingest`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// The stored (or existing) message.
+    pub message_id: MessageId,
+    /// Its conversation.
+    pub conversation_id: ConversationId,
+    /// The remote identity.
+    pub identity_id: IdentityId,
+    /// What happened.
+    pub disposition: IngestDisposition,
+    /// Whether a conversation was opened for it.
+    pub conversation_opened: bool,
+    /// Whether a closed conversation was reopened, or an idle one became open again.
+    pub conversation_reactivated: bool,
+}
+
+/// An outbound message to queue: a `Pending` message and its send job, in one transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendRequest {
+    /// Id of the new message.
+    pub message_id: MessageId,
+    /// Id of its send job.
+    pub job_id: JobId,
+    /// The conversation (its account and primary identity are used).
+    pub conversation_id: ConversationId,
+    /// Who wrote it (normally `Origin::Service(label)`).
+    pub origin: Origin,
+    /// Our idempotency key (email Message-ID, Telegram random_id), recorded before the first
+    /// attempt.
+    pub client_key: String,
+    /// Plain text.
+    pub text: Option<String>,
+    /// HTML.
+    pub html: Option<String>,
+    /// Provider id of the message replied to.
+    pub reply_to: Option<String>,
+    /// Stored attachments.
+    pub attachments: Vec<Attachment>,
+    /// Attempts allowed for the send job.
+    pub max_attempts: i32,
+    /// When the job may first run.
+    pub run_at: Timestamp,
+    /// The time of the commit.
+    pub now: Timestamp,
+}
+
+/// Thresholds for finding conversations that the lifecycle sweep should look at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DueConversations {
+    /// Open conversations with last activity before this become idle.
+    pub idle_before: Option<Timestamp>,
+    /// Active conversations with last activity before this are closed.
+    pub close_before: Option<Timestamp>,
+    /// Active conversations opened before this expire.
+    pub expire_before: Option<Timestamp>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// A cross-process notification (PostgreSQL `LISTEN/NOTIFY`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notification {
+    /// The topic (for example `channel_events`, `channel_jobs`).
+    pub topic: String,
+    /// The payload (JSON, ids only).
+    pub payload: String,
+}
+
+/// Persistence of everything in the model. See the module documentation for the rules every
+/// implementation keeps.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // ----- accounts -----
+
+    /// Creates an account (connection state `Connecting`).
+    async fn create_account(&self, new: NewAccount, now: Timestamp) -> Result<Account, StoreError>;
+    /// The account, or `NotFound`.
+    async fn account(&self, id: AccountId) -> Result<Account, StoreError>;
+    /// All accounts, oldest first.
+    async fn accounts(&self) -> Result<Vec<Account>, StoreError>;
+    /// Enables or disables an account.
+    async fn set_account_enabled(
+        &self,
+        id: AccountId,
+        enabled: bool,
+        now: Timestamp,
+    ) -> Result<Account, StoreError>;
+    /// Records the connection state a channel reported.
+    async fn set_connection_state(
+        &self,
+        id: AccountId,
+        state: &ConnectionState,
+        now: Timestamp,
+    ) -> Result<Account, StoreError>;
+
+    // ----- account state (values are sealed by the core before they get here) -----
+
+    /// A value of the account's state.
+    async fn state_get(&self, account: AccountId, key: &str)
+    -> Result<Option<Vec<u8>>, StoreError>;
+    /// Sets a value of the account's state.
+    async fn state_put(
+        &self,
+        account: AccountId,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError>;
+    /// Removes a value.
+    async fn state_delete(&self, account: AccountId, key: &str) -> Result<(), StoreError>;
+    /// Removes every value of the account (sign-out).
+    async fn state_clear(&self, account: AccountId) -> Result<(), StoreError>;
+
+    // ----- identities -----
+
+    /// The identity, or `NotFound`.
+    async fn identity(&self, id: IdentityId) -> Result<Identity, StoreError>;
+    /// The identity with this address on the account (following merges), if any.
+    async fn find_identity(
+        &self,
+        account: AccountId,
+        address: &str,
+    ) -> Result<Option<Identity>, StoreError>;
+    /// The account's identities (not merged ones), optionally only the unlinked ones.
+    async fn identities(
+        &self,
+        account: AccountId,
+        unlinked_only: bool,
+    ) -> Result<Vec<Identity>, StoreError>;
+    /// Links the identity to a contact (`None` unlinks it). Active conversations whose primary
+    /// identity it is take the contact too.
+    async fn link_identity(
+        &self,
+        id: IdentityId,
+        contact: Option<ContactId>,
+        now: Timestamp,
+    ) -> Result<Identity, StoreError>;
+    /// Merges `merge` into `keep` (two identities of one person on the same account):
+    /// conversations and messages move to `keep`, `merge` records `merged_into`, and lookups of
+    /// its address find `keep`. `keep` takes `merge`'s contact if it had none.
+    async fn merge_identities(
+        &self,
+        keep: IdentityId,
+        merge: IdentityId,
+        now: Timestamp,
+    ) -> Result<Identity, StoreError>;
+
+    // ----- conversations -----
+
+    /// The conversation, or `NotFound`.
+    async fn conversation(&self, id: ConversationId) -> Result<Conversation, StoreError>;
+    /// The account's conversations, newest activity first, optionally of one status.
+    async fn conversations(
+        &self,
+        account: AccountId,
+        status: Option<ConversationStatus>,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError>;
+    /// The active (open or idle) conversation of a thread, if any. There is at most one.
+    async fn active_conversation(
+        &self,
+        account: AccountId,
+        thread_key: &str,
+    ) -> Result<Option<Conversation>, StoreError>;
+    /// Active conversations of the account that a sweep with these thresholds would change.
+    async fn due_conversations(
+        &self,
+        account: AccountId,
+        due: DueConversations,
+    ) -> Result<Vec<Conversation>, StoreError>;
+    /// Compare-and-set of a conversation's status: succeeds only while its version is still
+    /// `expected_version`, then bumps the version. Reactivating (to open) is refused with
+    /// `InvalidInput` when another conversation of the thread is active.
+    async fn set_conversation_status(
+        &self,
+        id: ConversationId,
+        expected_version: i64,
+        status: ConversationStatus,
+        now: Timestamp,
+    ) -> Result<Conversation, StoreError>;
+
+    // ----- messages -----
+
+    /// The message, or `NotFound`.
+    async fn message(&self, id: MessageId) -> Result<Message, StoreError>;
+    /// The message with this provider id on the account, if any.
+    async fn message_by_provider_id(
+        &self,
+        account: AccountId,
+        provider_id: &str,
+    ) -> Result<Option<Message>, StoreError>;
+    /// The conversation's messages, oldest first (by `sent_at`, then id), at most `limit`.
+    async fn messages(
+        &self,
+        conversation: ConversationId,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+    /// Stores an inbound message (see [`IngestRequest`]). Idempotent on the provider id, also
+    /// under concurrent calls with the same message.
+    async fn ingest(&self, req: IngestRequest) -> Result<IngestOutcome, StoreError>;
+    /// Stores several inbound messages (a fetched batch), in order, with the same per-message
+    /// rules as [`Store::ingest`]. SQL stores do it in one transaction (all or nothing). The
+    /// default runs them one by one: a failure leaves the earlier ones stored, which is
+    /// harmless because ingest is idempotent; the caller retries the batch.
+    async fn ingest_batch(
+        &self,
+        reqs: Vec<IngestRequest>,
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
+        let mut out = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            out.push(self.ingest(req).await?);
+        }
+        Ok(out)
+    }
+    /// Queues an outbound message: a `Pending` message and its `Send` job in one transaction.
+    async fn enqueue_send(&self, req: SendRequest) -> Result<Message, StoreError>;
+
+    // ----- the durable job queue -----
+
+    /// Enqueues a job; with a unique key already held by an unfinished job, returns that job
+    /// instead (`inserted: false`).
+    async fn enqueue(&self, job: NewJob, now: Timestamp) -> Result<Enqueued, StoreError>;
+    /// Claims up to `limit` jobs of these kinds whose `run_at` has passed (available or
+    /// retryable), oldest `run_at` first: each becomes `Running` with the next attempt number,
+    /// leased to `worker` until `now + lease_ttl`, and an attempt row is recorded. No job is
+    /// ever handed to two workers.
+    async fn claim(
+        &self,
+        worker: &str,
+        kinds: &[JobKind],
+        limit: usize,
+        lease_ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Vec<JobLease>, StoreError>;
+    /// Completes a claimed job and applies the message outcome, atomically. `LeaseLost` if the
+    /// lease is stale.
+    async fn complete(
+        &self,
+        lease: &JobLease,
+        outcome: Option<MessageOutcome>,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Ends the attempt with an error; the job is retryable at `run_at`.
+    async fn retry(
+        &self,
+        lease: &JobLease,
+        error: &str,
+        run_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Puts the job back until `run_at` without spending the attempt (rate limits).
+    async fn snooze(
+        &self,
+        lease: &JobLease,
+        run_at: Timestamp,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Moves the job to the dead-letter state and applies the message outcome, atomically.
+    async fn discard(
+        &self,
+        lease: &JobLease,
+        error: &str,
+        outcome: Option<MessageOutcome>,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Extends a running job's lease (for long jobs). `LeaseLost` if it is stale.
+    async fn extend_job_lease(
+        &self,
+        lease: &JobLease,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Rescues running jobs whose lease expired before `now`: retryable at `now` when attempts
+    /// remain, else discarded (a send job's message then becomes `Failed`). Returns how many.
+    async fn rescue_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
+    /// Cancels an unfinished, unclaimed job.
+    async fn cancel_job(&self, id: JobId, now: Timestamp) -> Result<Job, StoreError>;
+    /// The job, or `NotFound`.
+    async fn job(&self, id: JobId) -> Result<Job, StoreError>;
+    /// The job's attempts, first first.
+    async fn job_attempts(&self, id: JobId) -> Result<Vec<JobAttempt>, StoreError>;
+    /// Jobs in a state (for example the dead letter: `Discarded`), oldest first.
+    async fn jobs_in_state(&self, state: JobState, limit: usize) -> Result<Vec<Job>, StoreError>;
+    /// The earliest `run_at` among claimable jobs of these kinds, so a dispatcher can sleep
+    /// until then.
+    async fn next_run_at(&self, kinds: &[JobKind]) -> Result<Option<Timestamp>, StoreError>;
+
+    // ----- leases -----
+
+    /// Takes the named lease for `holder` if it is free, expired or already held by `holder`
+    /// (then renewed, same term). A new holder gets term + 1. `None` if someone else holds it.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Option<Lease>, StoreError>;
+    /// Renews a held lease; `LeaseLost` if the holder or term changed or it expired.
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Lease, StoreError>;
+    /// Gives a lease up (no-op if it was lost).
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    // ----- cross-process notifications -----
+
+    /// Sends a notification to every process on the same database. Stores without such a
+    /// mechanism (memory, SQLite) do nothing: in-process wake-ups already cover them.
+    async fn notify(&self, _notification: &Notification) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// A stream of notifications from other processes, if the store has them.
+    fn notifications(&self) -> Option<tokio::sync::broadcast::Receiver<Notification>> {
+        None
+    }
+}

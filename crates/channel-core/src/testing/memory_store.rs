@@ -1,0 +1,1309 @@
+//! [`MemoryStore`]: the reference implementation of [`Store`], in memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::model::*;
+use crate::store::*;
+
+/// A complete [`Store`] in memory: one [`Mutex`] over plain collections, so every call is one
+/// atomic step.
+///
+/// It is the reference implementation of the contract: the
+/// [conformance suite](crate::testing::conformance) passes on it, and its behaviour is what
+/// the SQL stores match. Use it in tests and examples; it keeps nothing across restarts.
+///
+/// ```
+/// use channel_core::testing::MemoryStore;
+/// use channel_core::{ChannelKind, NewAccount, Store, Timestamp};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// let account = store
+///     .create_account(NewAccount::new(ChannelKind::Memory, "test"), Timestamp(1))
+///     .await
+///     .unwrap();
+/// assert_eq!(store.accounts().await.unwrap(), vec![account]);
+/// # });
+/// ```
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    faults: Mutex<HashMap<&'static str, VecDeque<StoreError>>>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.lock();
+        f.debug_struct("MemoryStore")
+            .field("accounts", &inner.accounts.len())
+            .field("messages", &inner.messages.len())
+            .field("jobs", &inner.jobs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    accounts: HashMap<AccountId, Account>,
+    state: HashMap<(AccountId, String), Vec<u8>>,
+    identities: HashMap<IdentityId, Identity>,
+    identity_by_address: HashMap<(AccountId, String), IdentityId>,
+    conversations: HashMap<ConversationId, Conversation>,
+    messages: HashMap<MessageId, Message>,
+    message_by_provider: HashMap<(AccountId, String), MessageId>,
+    message_by_client_key: HashMap<(AccountId, String), MessageId>,
+    jobs: HashMap<JobId, Job>,
+    /// Attempt rows in insertion order per job.
+    attempts: HashMap<JobId, Vec<JobAttempt>>,
+    leases: HashMap<String, Lease>,
+}
+
+fn no_nul(field: &'static str, value: &str) -> Result<(), StoreError> {
+    if value.contains('\0') {
+        Err(StoreError::InvalidInput { field, reason: "contains a NUL byte".to_owned() })
+    } else {
+        Ok(())
+    }
+}
+
+fn no_nul_opt(field: &'static str, value: Option<&str>) -> Result<(), StoreError> {
+    value.map_or(Ok(()), |v| no_nul(field, v))
+}
+
+fn check_attachments(attachments: &[Attachment]) -> Result<(), StoreError> {
+    for a in attachments {
+        no_nul_opt("attachment.name", a.name.as_deref())?;
+        no_nul("attachment.mime_type", &a.mime_type)?;
+        no_nul("attachment.sha256", &a.sha256)?;
+        no_nul("attachment.blob_key", &a.blob_key)?;
+    }
+    Ok(())
+}
+
+fn check_inbound(m: &StoredInbound) -> Result<(), StoreError> {
+    no_nul("provider_id", &m.provider_id)?;
+    no_nul("thread_key", &m.thread_key)?;
+    no_nul("remote.address", &m.remote.address)?;
+    no_nul_opt("remote.display_name", m.remote.display_name.as_deref())?;
+    no_nul_opt("remote.username", m.remote.username.as_deref())?;
+    if let Origin::Service(label) = &m.origin {
+        no_nul("origin", label)?;
+    }
+    no_nul_opt("client_key", m.client_key.as_deref())?;
+    no_nul_opt("text", m.text.as_deref())?;
+    no_nul_opt("html", m.html.as_deref())?;
+    no_nul_opt("reply_to", m.reply_to.as_deref())?;
+    for r in &m.references {
+        no_nul("references", r)?;
+    }
+    check_attachments(&m.attachments)?;
+    no_nul_opt("parse_error", m.parse_error.as_deref())?;
+    if let Some(c) = &m.cursor {
+        no_nul("cursor.key", &c.key)?;
+    }
+    Ok(())
+}
+
+fn lease_lost(lease: &JobLease) -> StoreError {
+    StoreError::LeaseLost { what: format!("job {}", lease.job.id) }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the next calls of `operation` fail with these errors, in order, before they
+    /// touch any data (fault injection for tests: a database that is down, a timeout, a
+    /// refusal). Then the operation works again.
+    ///
+    /// Operations with injectable faults: `account`, `set_connection_state`, `message`,
+    /// `claim`, `complete`, `retry`, `snooze`, `discard`, `extend_job_lease`,
+    /// `rescue_expired`, `job`, `jobs_in_state`, `acquire_lease`, `renew_lease`,
+    /// `release_lease`.
+    ///
+    /// ```
+    /// use channel_core::testing::MemoryStore;
+    /// use channel_core::{AccountId, Store, StoreError};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// store.fail_next("account", [StoreError::Unavailable("down".into())]);
+    /// let id = AccountId::new();
+    /// assert!(matches!(store.account(id).await, Err(StoreError::Unavailable(_))));
+    /// assert!(matches!(store.account(id).await, Err(StoreError::NotFound { .. })));
+    /// # });
+    /// ```
+    pub fn fail_next(&self, operation: &'static str, errors: impl IntoIterator<Item = StoreError>) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(operation)
+            .or_default()
+            .extend(errors);
+    }
+
+    /// Removes every fault still waiting (the database is back).
+    pub fn clear_faults(&self) {
+        self.faults.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The next injected fault of `operation`, if any.
+    fn injected(&self, operation: &'static str) -> Result<(), StoreError> {
+        let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        match faults.get_mut(operation).and_then(VecDeque::pop_front) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave half a change behind: every method
+        // validates before it mutates. So a poisoned lock is still consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Inner {
+    fn account_exists(&self, id: AccountId) -> Result<(), StoreError> {
+        if self.accounts.contains_key(&id) {
+            Ok(())
+        } else {
+            Err(StoreError::not_found("account", id))
+        }
+    }
+
+    fn account_mut(&mut self, id: AccountId) -> Result<&mut Account, StoreError> {
+        self.accounts.get_mut(&id).ok_or_else(|| StoreError::not_found("account", id))
+    }
+
+    /// Follows `merged_into` to the identity that is kept.
+    fn resolve_identity(&self, mut id: IdentityId) -> IdentityId {
+        // Bounded: a merge chain can't be longer than the number of identities.
+        for _ in 0..=self.identities.len() {
+            match self.identities.get(&id).and_then(|i| i.merged_into) {
+                Some(next) => id = next,
+                None => break,
+            }
+        }
+        id
+    }
+
+    fn find_identity(&self, account: AccountId, address: &str) -> Option<IdentityId> {
+        self.identity_by_address
+            .get(&(account, address.to_owned()))
+            .map(|id| self.resolve_identity(*id))
+    }
+
+    fn active_conversation(&self, account: AccountId, thread_key: &str) -> Option<ConversationId> {
+        self.conversations
+            .values()
+            .find(|c| c.account_id == account && c.thread_key == thread_key && c.status.is_active())
+            .map(|c| c.id)
+    }
+
+    fn latest_conversation(&self, account: AccountId, thread_key: &str) -> Option<ConversationId> {
+        self.conversations
+            .values()
+            .filter(|c| c.account_id == account && c.thread_key == thread_key)
+            .max_by_key(|c| (c.opened_at, c.id))
+            .map(|c| c.id)
+    }
+
+    fn write_cursor(&mut self, account: AccountId, cursor: &Option<CursorUpdate>) {
+        if let Some(c) = cursor {
+            self.state.insert((account, c.key.clone()), c.value.clone());
+        }
+    }
+
+    fn validate_ingest(&self, req: &IngestRequest) -> Result<(), StoreError> {
+        self.account_exists(req.account_id)?;
+        check_inbound(&req.message)
+    }
+
+    /// Ingests a validated request; cannot fail.
+    fn apply_ingest(&mut self, req: IngestRequest) -> IngestOutcome {
+        let account = req.account_id;
+        let m = req.message;
+        let now = req.now;
+
+        // 1. A known provider id: a duplicate; only the cursor moves.
+        if let Some(id) = self.message_by_provider.get(&(account, m.provider_id.clone())) {
+            let existing = &self.messages[id];
+            let outcome = IngestOutcome {
+                message_id: existing.id,
+                conversation_id: existing.conversation_id,
+                identity_id: existing.identity_id,
+                disposition: IngestDisposition::Duplicate,
+                conversation_opened: false,
+                conversation_reactivated: false,
+            };
+            self.write_cursor(account, &m.cursor);
+            return outcome;
+        }
+
+        // 2. The echo of our own send: the pending message becomes sent. An echo of a message
+        //    that already has its provider id is a duplicate.
+        if m.direction == Direction::Outbound
+            && let Some(key) = &m.client_key
+            && let Some(id) = self.message_by_client_key.get(&(account, key.clone())).copied()
+            && let Some(msg) = self.messages.get_mut(&id)
+        {
+            let disposition = if msg.provider_id.is_none() {
+                msg.provider_id = Some(m.provider_id.clone());
+                msg.status = MessageStatus::Sent;
+                msg.error = None;
+                msg.sent_at = m.sent_at;
+                msg.updated_at = now;
+                IngestDisposition::EchoMatched
+            } else {
+                IngestDisposition::Duplicate
+            };
+            let outcome = IngestOutcome {
+                message_id: msg.id,
+                conversation_id: msg.conversation_id,
+                identity_id: msg.identity_id,
+                disposition,
+                conversation_opened: false,
+                conversation_reactivated: false,
+            };
+            if disposition == IngestDisposition::EchoMatched {
+                self.message_by_provider.insert((account, m.provider_id.clone()), id);
+            }
+            self.write_cursor(account, &m.cursor);
+            return outcome;
+        }
+
+        // 3. The identity: found (following merges) or created unlinked.
+        let identity_id = match self.find_identity(account, &m.remote.address) {
+            Some(id) => {
+                if let Some(identity) = self.identities.get_mut(&id) {
+                    let mut changed = false;
+                    if m.remote.display_name.is_some()
+                        && identity.display_name != m.remote.display_name
+                    {
+                        identity.display_name = m.remote.display_name.clone();
+                        changed = true;
+                    }
+                    if m.remote.username.is_some() && identity.username != m.remote.username {
+                        identity.username = m.remote.username.clone();
+                        changed = true;
+                    }
+                    if changed {
+                        identity.updated_at = now;
+                    }
+                }
+                id
+            }
+            None => {
+                let id = req.new_identity_id;
+                self.identities.insert(
+                    id,
+                    Identity {
+                        id,
+                        account_id: account,
+                        address: m.remote.address.clone(),
+                        display_name: m.remote.display_name.clone(),
+                        username: m.remote.username.clone(),
+                        contact_id: None,
+                        merged_into: None,
+                        created_at: now,
+                        updated_at: now,
+                    },
+                );
+                self.identity_by_address.insert((account, m.remote.address.clone()), id);
+                id
+            }
+        };
+
+        // 4. The thread: that of a known message replied to or referenced, else the key given.
+        let referenced = m.reply_to.iter().chain(m.references.iter().rev());
+        let thread_key = referenced
+            .filter_map(|p| self.message_by_provider.get(&(account, p.clone())))
+            .filter_map(|id| self.messages.get(id))
+            .filter_map(|msg| self.conversations.get(&msg.conversation_id))
+            .map(|c| c.thread_key.clone())
+            .next()
+            .unwrap_or_else(|| m.thread_key.clone());
+
+        // 5. The conversation: the active one, a reopened closed one, or a new one.
+        let mut opened = false;
+        let mut reactivated = false;
+        let conversation_id = match self.active_conversation(account, &thread_key) {
+            Some(id) => {
+                if let Some(c) = self.conversations.get_mut(&id)
+                    && c.status == ConversationStatus::Idle
+                {
+                    c.status = ConversationStatus::Open;
+                    reactivated = true;
+                }
+                id
+            }
+            None => {
+                let reopen = match self.latest_conversation(account, &thread_key) {
+                    Some(id)
+                        if req.policy.on_closed == OnClosed::Reopen
+                            && self.conversations[&id].status == ConversationStatus::Closed =>
+                    {
+                        Some(id)
+                    }
+                    _ => None,
+                };
+                match reopen {
+                    Some(id) => {
+                        if let Some(c) = self.conversations.get_mut(&id) {
+                            c.status = ConversationStatus::Open;
+                            c.closed_at = None;
+                        }
+                        reactivated = true;
+                        id
+                    }
+                    None => {
+                        let id = req.new_conversation_id;
+                        let contact_id =
+                            self.identities.get(&identity_id).and_then(|i| i.contact_id.clone());
+                        self.conversations.insert(
+                            id,
+                            Conversation {
+                                id,
+                                account_id: account,
+                                thread_key: thread_key.clone(),
+                                primary_identity: identity_id,
+                                contact_id,
+                                status: ConversationStatus::Open,
+                                opened_at: now,
+                                last_activity_at: now,
+                                expires_at: req.policy.expire_after.map(|d| now.plus(d)),
+                                closed_at: None,
+                                version: 0,
+                            },
+                        );
+                        opened = true;
+                        id
+                    }
+                }
+            }
+        };
+        if let Some(c) = self.conversations.get_mut(&conversation_id) {
+            c.last_activity_at = c.last_activity_at.max(now);
+            c.version += 1;
+        }
+
+        // 6. The message, and the cursor in the same step.
+        let message_id = req.new_message_id;
+        let status = MessageStatus::Sent;
+        if let Some(key) = &m.client_key {
+            self.message_by_client_key.entry((account, key.clone())).or_insert(message_id);
+        }
+        self.message_by_provider.insert((account, m.provider_id.clone()), message_id);
+        self.messages.insert(
+            message_id,
+            Message {
+                id: message_id,
+                account_id: account,
+                conversation_id,
+                identity_id,
+                direction: m.direction,
+                origin: m.origin.clone(),
+                provider_id: Some(m.provider_id.clone()),
+                client_key: m.client_key.clone(),
+                status,
+                text: m.text.clone(),
+                html: m.html.clone(),
+                reply_to: m.reply_to.clone(),
+                attachments: m.attachments.clone(),
+                parse_error: m.parse_error.clone(),
+                error: None,
+                sent_at: m.sent_at,
+                created_at: now,
+                updated_at: now,
+            },
+        );
+        self.write_cursor(account, &m.cursor);
+
+        IngestOutcome {
+            message_id,
+            conversation_id,
+            identity_id,
+            disposition: IngestDisposition::Stored,
+            conversation_opened: opened,
+            conversation_reactivated: reactivated,
+        }
+    }
+
+    /// The running job behind a lease, or `LeaseLost`.
+    fn leased_job(&mut self, lease: &JobLease) -> Result<&mut Job, StoreError> {
+        match self.jobs.get_mut(&lease.job.id) {
+            Some(job)
+                if job.state == JobState::Running
+                    && job.attempt == lease.attempt
+                    && job.leased_by.as_deref() == Some(lease.worker.as_str()) =>
+            {
+                Ok(job)
+            }
+            Some(_) => Err(lease_lost(lease)),
+            None => Err(StoreError::not_found("job", lease.job.id)),
+        }
+    }
+
+    /// Ends the running attempt row of `job`.
+    fn finish_attempt(
+        &mut self,
+        job: JobId,
+        attempt: i32,
+        outcome: AttemptOutcome,
+        error: Option<&str>,
+        now: Timestamp,
+    ) {
+        if let Some(rows) = self.attempts.get_mut(&job)
+            && let Some(row) = rows
+                .iter_mut()
+                .rev()
+                .find(|r| r.attempt == attempt && r.outcome == AttemptOutcome::Running)
+        {
+            row.outcome = outcome;
+            row.finished_at = Some(now);
+            row.error = error.map(str::to_owned);
+        }
+    }
+
+    fn check_outcome(&self, job: &Job, outcome: Option<&MessageOutcome>) -> Result<(), StoreError> {
+        match outcome {
+            Some(MessageOutcome::Sent { provider_id, .. }) => {
+                no_nul("provider_id", provider_id)?;
+                if let (Some(account), Some(message)) = (job.account_id, job.message_id)
+                    && let Some(other) =
+                        self.message_by_provider.get(&(account, provider_id.clone()))
+                    && *other != message
+                {
+                    return Err(StoreError::InvalidInput {
+                        field: "provider_id",
+                        reason: format!("already used by message {other}"),
+                    });
+                }
+                Ok(())
+            }
+            Some(MessageOutcome::Failed { error }) => no_nul("error", error),
+            None => Ok(()),
+        }
+    }
+
+    fn apply_outcome(
+        &mut self,
+        message: Option<MessageId>,
+        outcome: Option<MessageOutcome>,
+        now: Timestamp,
+    ) {
+        let (Some(id), Some(outcome)) = (message, outcome) else { return };
+        let Some(msg) = self.messages.get_mut(&id) else { return };
+        match outcome {
+            MessageOutcome::Sent { provider_id, at } => {
+                msg.status = MessageStatus::Sent;
+                msg.error = None;
+                msg.sent_at = at;
+                msg.updated_at = now;
+                if msg.provider_id.is_none() {
+                    msg.provider_id = Some(provider_id.clone());
+                    self.message_by_provider.insert((msg.account_id, provider_id), id);
+                }
+            }
+            MessageOutcome::Failed { error } => {
+                // The echo may have proved it sent already; never downgrade that.
+                if msg.status == MessageStatus::Pending {
+                    msg.status = MessageStatus::Failed;
+                    msg.error = Some(error);
+                    msg.updated_at = now;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create_account(&self, new: NewAccount, now: Timestamp) -> Result<Account, StoreError> {
+        no_nul("display_name", &new.display_name)?;
+        let mut inner = self.lock();
+        if inner.accounts.contains_key(&new.id) {
+            return Err(StoreError::InvalidInput {
+                field: "id",
+                reason: format!("account {} already exists", new.id),
+            });
+        }
+        let account = Account {
+            id: new.id,
+            kind: new.kind,
+            display_name: new.display_name,
+            enabled: new.enabled,
+            connection: ConnectionState::Connecting,
+            created_at: now,
+            updated_at: now,
+        };
+        inner.accounts.insert(account.id, account.clone());
+        Ok(account)
+    }
+
+    async fn account(&self, id: AccountId) -> Result<Account, StoreError> {
+        self.injected("account")?;
+        self.lock().accounts.get(&id).cloned().ok_or_else(|| StoreError::not_found("account", id))
+    }
+
+    async fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+        let mut all: Vec<Account> = self.lock().accounts.values().cloned().collect();
+        all.sort_by_key(|a| (a.created_at, a.id));
+        Ok(all)
+    }
+
+    async fn set_account_enabled(
+        &self,
+        id: AccountId,
+        enabled: bool,
+        now: Timestamp,
+    ) -> Result<Account, StoreError> {
+        let mut inner = self.lock();
+        let account = inner.account_mut(id)?;
+        account.enabled = enabled;
+        account.updated_at = now;
+        Ok(account.clone())
+    }
+
+    async fn set_connection_state(
+        &self,
+        id: AccountId,
+        state: &ConnectionState,
+        now: Timestamp,
+    ) -> Result<Account, StoreError> {
+        self.injected("set_connection_state")?;
+        match state {
+            ConnectionState::TransientDisconnect { reason }
+            | ConnectionState::NeedsLogin { reason }
+            | ConnectionState::Failed { reason } => no_nul("reason", reason)?,
+            _ => {}
+        }
+        let mut inner = self.lock();
+        let account = inner.account_mut(id)?;
+        account.connection = state.clone();
+        account.updated_at = now;
+        Ok(account.clone())
+    }
+
+    async fn state_get(
+        &self,
+        account: AccountId,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().state.get(&(account, key.to_owned())).cloned())
+    }
+
+    async fn state_put(
+        &self,
+        account: AccountId,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        no_nul("key", key)?;
+        let mut inner = self.lock();
+        inner.account_exists(account)?;
+        inner.state.insert((account, key.to_owned()), value.to_vec());
+        Ok(())
+    }
+
+    async fn state_delete(&self, account: AccountId, key: &str) -> Result<(), StoreError> {
+        self.lock().state.remove(&(account, key.to_owned()));
+        Ok(())
+    }
+
+    async fn state_clear(&self, account: AccountId) -> Result<(), StoreError> {
+        self.lock().state.retain(|(a, _), _| *a != account);
+        Ok(())
+    }
+
+    async fn identity(&self, id: IdentityId) -> Result<Identity, StoreError> {
+        self.lock()
+            .identities
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("identity", id))
+    }
+
+    async fn find_identity(
+        &self,
+        account: AccountId,
+        address: &str,
+    ) -> Result<Option<Identity>, StoreError> {
+        let inner = self.lock();
+        Ok(inner.find_identity(account, address).and_then(|id| inner.identities.get(&id).cloned()))
+    }
+
+    async fn identities(
+        &self,
+        account: AccountId,
+        unlinked_only: bool,
+    ) -> Result<Vec<Identity>, StoreError> {
+        let inner = self.lock();
+        let mut out: Vec<Identity> = inner
+            .identities
+            .values()
+            .filter(|i| i.account_id == account && i.merged_into.is_none())
+            .filter(|i| !unlinked_only || i.contact_id.is_none())
+            .cloned()
+            .collect();
+        out.sort_by_key(|i| (i.created_at, i.id));
+        Ok(out)
+    }
+
+    async fn link_identity(
+        &self,
+        id: IdentityId,
+        contact: Option<ContactId>,
+        now: Timestamp,
+    ) -> Result<Identity, StoreError> {
+        if let Some(c) = &contact {
+            no_nul("contact_id", c.as_str())?;
+        }
+        let mut inner = self.lock();
+        let identity =
+            inner.identities.get_mut(&id).ok_or_else(|| StoreError::not_found("identity", id))?;
+        identity.contact_id = contact.clone();
+        identity.updated_at = now;
+        let identity = identity.clone();
+        for c in inner.conversations.values_mut() {
+            if c.primary_identity == id && c.status.is_active() {
+                c.contact_id = contact.clone();
+                c.version += 1;
+            }
+        }
+        Ok(identity)
+    }
+
+    async fn merge_identities(
+        &self,
+        keep: IdentityId,
+        merge: IdentityId,
+        now: Timestamp,
+    ) -> Result<Identity, StoreError> {
+        let mut inner = self.lock();
+        let kept = inner
+            .identities
+            .get(&keep)
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("identity", keep))?;
+        let merged = inner
+            .identities
+            .get(&merge)
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("identity", merge))?;
+        if keep == merge {
+            return Err(StoreError::InvalidInput {
+                field: "merge",
+                reason: "an identity cannot be merged into itself".to_owned(),
+            });
+        }
+        if kept.account_id != merged.account_id {
+            return Err(StoreError::InvalidInput {
+                field: "merge",
+                reason: "identities of different accounts cannot be merged".to_owned(),
+            });
+        }
+        if kept.merged_into.is_some() || merged.merged_into.is_some() {
+            return Err(StoreError::InvalidInput {
+                field: "merge",
+                reason: "the identity was already merged".to_owned(),
+            });
+        }
+        for c in inner.conversations.values_mut() {
+            if c.primary_identity == merge {
+                c.primary_identity = keep;
+                c.version += 1;
+            }
+        }
+        for m in inner.messages.values_mut() {
+            if m.identity_id == merge {
+                m.identity_id = keep;
+                m.updated_at = now;
+            }
+        }
+        if let Some(m) = inner.identities.get_mut(&merge) {
+            m.merged_into = Some(keep);
+            m.updated_at = now;
+        }
+        let k = inner
+            .identities
+            .get_mut(&keep)
+            .ok_or_else(|| StoreError::not_found("identity", keep))?;
+        if k.contact_id.is_none() {
+            k.contact_id = merged.contact_id;
+        }
+        k.updated_at = now;
+        Ok(k.clone())
+    }
+
+    async fn conversation(&self, id: ConversationId) -> Result<Conversation, StoreError> {
+        self.lock()
+            .conversations
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("conversation", id))
+    }
+
+    async fn conversations(
+        &self,
+        account: AccountId,
+        status: Option<ConversationStatus>,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        let inner = self.lock();
+        let mut out: Vec<Conversation> = inner
+            .conversations
+            .values()
+            .filter(|c| c.account_id == account && status.is_none_or(|s| c.status == s))
+            .cloned()
+            .collect();
+        out.sort_by_key(|c| std::cmp::Reverse((c.last_activity_at, c.id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn active_conversation(
+        &self,
+        account: AccountId,
+        thread_key: &str,
+    ) -> Result<Option<Conversation>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .active_conversation(account, thread_key)
+            .and_then(|id| inner.conversations.get(&id).cloned()))
+    }
+
+    async fn due_conversations(
+        &self,
+        account: AccountId,
+        due: DueConversations,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        let inner = self.lock();
+        let mut out: Vec<Conversation> = inner
+            .conversations
+            .values()
+            .filter(|c| c.account_id == account && c.status.is_active())
+            .filter(|c| {
+                let idle = c.status == ConversationStatus::Open
+                    && due.idle_before.is_some_and(|t| c.last_activity_at < t);
+                let close = due.close_before.is_some_and(|t| c.last_activity_at < t);
+                let expire = due.expire_before.is_some_and(|t| c.opened_at < t);
+                idle || close || expire
+            })
+            .cloned()
+            .collect();
+        out.sort_by_key(|c| (c.last_activity_at, c.id));
+        out.truncate(due.limit);
+        Ok(out)
+    }
+
+    async fn set_conversation_status(
+        &self,
+        id: ConversationId,
+        expected_version: i64,
+        status: ConversationStatus,
+        now: Timestamp,
+    ) -> Result<Conversation, StoreError> {
+        let mut inner = self.lock();
+        let current = inner
+            .conversations
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("conversation", id))?;
+        if current.version != expected_version {
+            return Err(StoreError::VersionConflict {
+                what: "conversation",
+                id: id.to_string(),
+                expected: expected_version,
+                actual: current.version,
+            });
+        }
+        if status.is_active()
+            && !current.status.is_active()
+            && let Some(other) = inner.active_conversation(current.account_id, &current.thread_key)
+        {
+            return Err(StoreError::InvalidInput {
+                field: "status",
+                reason: format!("conversation {other} of the thread is active"),
+            });
+        }
+        let c = inner
+            .conversations
+            .get_mut(&id)
+            .ok_or_else(|| StoreError::not_found("conversation", id))?;
+        c.status = status;
+        c.closed_at = if status.is_active() { None } else { c.closed_at.or(Some(now)) };
+        c.version += 1;
+        Ok(c.clone())
+    }
+
+    async fn message(&self, id: MessageId) -> Result<Message, StoreError> {
+        self.injected("message")?;
+        self.lock().messages.get(&id).cloned().ok_or_else(|| StoreError::not_found("message", id))
+    }
+
+    async fn message_by_provider_id(
+        &self,
+        account: AccountId,
+        provider_id: &str,
+    ) -> Result<Option<Message>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .message_by_provider
+            .get(&(account, provider_id.to_owned()))
+            .and_then(|id| inner.messages.get(id).cloned()))
+    }
+
+    async fn messages(
+        &self,
+        conversation: ConversationId,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let inner = self.lock();
+        let mut out: Vec<Message> = inner
+            .messages
+            .values()
+            .filter(|m| m.conversation_id == conversation)
+            .cloned()
+            .collect();
+        out.sort_by_key(|m| (m.sent_at, m.id));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn ingest(&self, req: IngestRequest) -> Result<IngestOutcome, StoreError> {
+        let mut inner = self.lock();
+        inner.validate_ingest(&req)?;
+        Ok(inner.apply_ingest(req))
+    }
+
+    async fn ingest_batch(
+        &self,
+        reqs: Vec<IngestRequest>,
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
+        let mut inner = self.lock();
+        for req in &reqs {
+            inner.validate_ingest(req)?;
+        }
+        Ok(reqs.into_iter().map(|req| inner.apply_ingest(req)).collect())
+    }
+
+    async fn enqueue_send(&self, req: SendRequest) -> Result<Message, StoreError> {
+        no_nul("client_key", &req.client_key)?;
+        no_nul_opt("text", req.text.as_deref())?;
+        no_nul_opt("html", req.html.as_deref())?;
+        no_nul_opt("reply_to", req.reply_to.as_deref())?;
+        if let Origin::Service(label) = &req.origin {
+            no_nul("origin", label)?;
+        }
+        check_attachments(&req.attachments)?;
+        let mut inner = self.lock();
+        let conversation = inner
+            .conversations
+            .get(&req.conversation_id)
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("conversation", req.conversation_id))?;
+        let account = conversation.account_id;
+        if inner.message_by_client_key.contains_key(&(account, req.client_key.clone())) {
+            return Err(StoreError::InvalidInput {
+                field: "client_key",
+                reason: "already used by another message of the account".to_owned(),
+            });
+        }
+        if inner.messages.contains_key(&req.message_id) || inner.jobs.contains_key(&req.job_id) {
+            return Err(StoreError::InvalidInput {
+                field: "id",
+                reason: "message or job id already exists".to_owned(),
+            });
+        }
+        let message = Message {
+            id: req.message_id,
+            account_id: account,
+            conversation_id: conversation.id,
+            identity_id: conversation.primary_identity,
+            direction: Direction::Outbound,
+            origin: req.origin,
+            provider_id: None,
+            client_key: Some(req.client_key.clone()),
+            status: MessageStatus::Pending,
+            text: req.text,
+            html: req.html,
+            reply_to: req.reply_to,
+            attachments: req.attachments,
+            parse_error: None,
+            error: None,
+            sent_at: req.now,
+            created_at: req.now,
+            updated_at: req.now,
+        };
+        let job = Job {
+            id: req.job_id,
+            kind: JobKind::Send,
+            account_id: Some(account),
+            message_id: Some(req.message_id),
+            payload: serde_json::Value::Null,
+            unique_key: None,
+            state: JobState::Available,
+            attempt: 0,
+            max_attempts: req.max_attempts,
+            run_at: req.run_at,
+            leased_by: None,
+            lease_expires_at: None,
+            last_error: None,
+            created_at: req.now,
+            updated_at: req.now,
+        };
+        inner.message_by_client_key.insert((account, req.client_key), message.id);
+        inner.messages.insert(message.id, message.clone());
+        inner.jobs.insert(job.id, job);
+        if let Some(c) = inner.conversations.get_mut(&conversation.id) {
+            c.last_activity_at = c.last_activity_at.max(req.now);
+            c.version += 1;
+        }
+        Ok(message)
+    }
+
+    async fn enqueue(&self, job: NewJob, now: Timestamp) -> Result<Enqueued, StoreError> {
+        no_nul_opt("unique_key", job.unique_key.as_deref())?;
+        let mut inner = self.lock();
+        if let Some(key) = &job.unique_key
+            && let Some(existing) = inner
+                .jobs
+                .values()
+                .find(|j| j.unique_key.as_ref() == Some(key) && !j.state.is_final())
+        {
+            return Ok(Enqueued { job_id: existing.id, inserted: false });
+        }
+        if inner.jobs.contains_key(&job.id) {
+            return Err(StoreError::InvalidInput {
+                field: "id",
+                reason: format!("job {} already exists", job.id),
+            });
+        }
+        if let Some(account) = job.account_id {
+            inner.account_exists(account)?;
+        }
+        let id = job.id;
+        inner.jobs.insert(
+            id,
+            Job {
+                id,
+                kind: job.kind,
+                account_id: job.account_id,
+                message_id: job.message_id,
+                payload: job.payload,
+                unique_key: job.unique_key,
+                state: JobState::Available,
+                attempt: 0,
+                max_attempts: job.max_attempts,
+                run_at: job.run_at,
+                leased_by: None,
+                lease_expires_at: None,
+                last_error: None,
+                created_at: now,
+                updated_at: now,
+            },
+        );
+        Ok(Enqueued { job_id: id, inserted: true })
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        kinds: &[JobKind],
+        limit: usize,
+        lease_ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Vec<JobLease>, StoreError> {
+        self.injected("claim")?;
+        no_nul("worker", worker)?;
+        let mut inner = self.lock();
+        let mut due: Vec<(Timestamp, JobId)> = inner
+            .jobs
+            .values()
+            .filter(|j| matches!(j.state, JobState::Available | JobState::Retryable))
+            .filter(|j| j.run_at <= now && kinds.contains(&j.kind))
+            .map(|j| (j.run_at, j.id))
+            .collect();
+        due.sort();
+        due.truncate(limit);
+        let mut out = Vec::with_capacity(due.len());
+        for (_, id) in due {
+            let Some(job) = inner.jobs.get_mut(&id) else { continue };
+            job.state = JobState::Running;
+            job.attempt += 1;
+            job.leased_by = Some(worker.to_owned());
+            job.lease_expires_at = Some(now.plus(lease_ttl));
+            job.updated_at = now;
+            let lease =
+                JobLease { job: job.clone(), attempt: job.attempt, worker: worker.to_owned() };
+            inner.attempts.entry(id).or_default().push(JobAttempt {
+                job_id: id,
+                attempt: lease.attempt,
+                worker: worker.to_owned(),
+                started_at: now,
+                finished_at: None,
+                outcome: AttemptOutcome::Running,
+                error: None,
+            });
+            out.push(lease);
+        }
+        Ok(out)
+    }
+
+    async fn complete(
+        &self,
+        lease: &JobLease,
+        outcome: Option<MessageOutcome>,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.injected("complete")?;
+        let mut inner = self.lock();
+        let job = inner.leased_job(lease)?.clone();
+        inner.check_outcome(&job, outcome.as_ref())?;
+        if let Some(j) = inner.jobs.get_mut(&job.id) {
+            j.state = JobState::Completed;
+            j.leased_by = None;
+            j.lease_expires_at = None;
+            j.updated_at = now;
+        }
+        inner.finish_attempt(job.id, lease.attempt, AttemptOutcome::Completed, None, now);
+        inner.apply_outcome(job.message_id, outcome, now);
+        Ok(())
+    }
+
+    async fn retry(
+        &self,
+        lease: &JobLease,
+        error: &str,
+        run_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.injected("retry")?;
+        let error = error.replace('\0', "\u{FFFD}");
+        let mut inner = self.lock();
+        let job = inner.leased_job(lease)?;
+        job.state = JobState::Retryable;
+        job.run_at = run_at;
+        job.leased_by = None;
+        job.lease_expires_at = None;
+        job.last_error = Some(error.clone());
+        job.updated_at = now;
+        inner.finish_attempt(
+            lease.job.id,
+            lease.attempt,
+            AttemptOutcome::Retried,
+            Some(&error),
+            now,
+        );
+        Ok(())
+    }
+
+    async fn snooze(
+        &self,
+        lease: &JobLease,
+        run_at: Timestamp,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.injected("snooze")?;
+        let reason = reason.replace('\0', "\u{FFFD}");
+        let mut inner = self.lock();
+        let job = inner.leased_job(lease)?;
+        job.state = JobState::Available;
+        job.attempt = job.attempt.saturating_sub(1).max(0);
+        job.run_at = run_at;
+        job.leased_by = None;
+        job.lease_expires_at = None;
+        job.updated_at = now;
+        inner.finish_attempt(
+            lease.job.id,
+            lease.attempt,
+            AttemptOutcome::Snoozed,
+            Some(&reason),
+            now,
+        );
+        Ok(())
+    }
+
+    async fn discard(
+        &self,
+        lease: &JobLease,
+        error: &str,
+        outcome: Option<MessageOutcome>,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.injected("discard")?;
+        let error = error.replace('\0', "\u{FFFD}");
+        let mut inner = self.lock();
+        let job = inner.leased_job(lease)?.clone();
+        inner.check_outcome(&job, outcome.as_ref())?;
+        if let Some(j) = inner.jobs.get_mut(&job.id) {
+            j.state = JobState::Discarded;
+            j.leased_by = None;
+            j.lease_expires_at = None;
+            j.last_error = Some(error.clone());
+            j.updated_at = now;
+        }
+        inner.finish_attempt(job.id, lease.attempt, AttemptOutcome::Discarded, Some(&error), now);
+        inner.apply_outcome(job.message_id, outcome, now);
+        Ok(())
+    }
+
+    async fn extend_job_lease(
+        &self,
+        lease: &JobLease,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.injected("extend_job_lease")?;
+        let mut inner = self.lock();
+        let job = inner.leased_job(lease)?;
+        job.lease_expires_at = Some(now.plus(ttl));
+        job.updated_at = now;
+        Ok(())
+    }
+
+    async fn rescue_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        self.injected("rescue_expired")?;
+        let mut inner = self.lock();
+        let expired: Vec<JobId> = inner
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Running && j.lease_expires_at.is_some_and(|t| t < now))
+            .map(|j| j.id)
+            .collect();
+        let error = "lease expired: the worker stopped or hung";
+        for id in &expired {
+            let Some(job) = inner.jobs.get_mut(id) else { continue };
+            let attempt = job.attempt;
+            let exhausted = job.attempt >= job.max_attempts;
+            job.leased_by = None;
+            job.lease_expires_at = None;
+            job.last_error = Some(error.to_owned());
+            job.updated_at = now;
+            if exhausted {
+                job.state = JobState::Discarded;
+            } else {
+                job.state = JobState::Retryable;
+                job.run_at = now;
+            }
+            let message = job.message_id;
+            inner.finish_attempt(*id, attempt, AttemptOutcome::Rescued, Some(error), now);
+            if exhausted {
+                inner.apply_outcome(
+                    message,
+                    Some(MessageOutcome::Failed { error: error.to_owned() }),
+                    now,
+                );
+            }
+        }
+        Ok(expired.len() as u64)
+    }
+
+    async fn cancel_job(&self, id: JobId, now: Timestamp) -> Result<Job, StoreError> {
+        let mut inner = self.lock();
+        let job = inner.jobs.get_mut(&id).ok_or_else(|| StoreError::not_found("job", id))?;
+        if job.state.is_final() || job.state == JobState::Running {
+            return Err(StoreError::InvalidInput {
+                field: "job",
+                reason: format!("job {id} is {} and cannot be cancelled", job.state.as_str()),
+            });
+        }
+        job.state = JobState::Cancelled;
+        job.updated_at = now;
+        Ok(job.clone())
+    }
+
+    async fn job(&self, id: JobId) -> Result<Job, StoreError> {
+        self.injected("job")?;
+        self.lock().jobs.get(&id).cloned().ok_or_else(|| StoreError::not_found("job", id))
+    }
+
+    async fn job_attempts(&self, id: JobId) -> Result<Vec<JobAttempt>, StoreError> {
+        Ok(self.lock().attempts.get(&id).cloned().unwrap_or_default())
+    }
+
+    async fn jobs_in_state(&self, state: JobState, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.injected("jobs_in_state")?;
+        let inner = self.lock();
+        let mut out: Vec<Job> = inner.jobs.values().filter(|j| j.state == state).cloned().collect();
+        out.sort_by_key(|j| (j.created_at, j.id));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn next_run_at(&self, kinds: &[JobKind]) -> Result<Option<Timestamp>, StoreError> {
+        Ok(self
+            .lock()
+            .jobs
+            .values()
+            .filter(|j| matches!(j.state, JobState::Available | JobState::Retryable))
+            .filter(|j| kinds.contains(&j.kind))
+            .map(|j| j.run_at)
+            .min())
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Option<Lease>, StoreError> {
+        self.injected("acquire_lease")?;
+        no_nul("name", name)?;
+        no_nul("holder", holder)?;
+        let mut inner = self.lock();
+        let expires_at = now.plus(ttl);
+        let lease = match inner.leases.get(name) {
+            None => Lease { name: name.to_owned(), holder: holder.to_owned(), term: 1, expires_at },
+            Some(l) if l.holder == holder => Lease { expires_at, ..l.clone() },
+            Some(l) if l.expires_at <= now => Lease {
+                name: name.to_owned(),
+                holder: holder.to_owned(),
+                term: l.term + 1,
+                expires_at,
+            },
+            Some(_) => return Ok(None),
+        };
+        inner.leases.insert(name.to_owned(), lease.clone());
+        Ok(Some(lease))
+    }
+
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Lease, StoreError> {
+        self.injected("renew_lease")?;
+        let mut inner = self.lock();
+        match inner.leases.get_mut(&lease.name) {
+            Some(l) if l.holder == lease.holder && l.term == lease.term && l.expires_at > now => {
+                l.expires_at = now.plus(ttl);
+                Ok(l.clone())
+            }
+            _ => Err(StoreError::LeaseLost { what: lease.name.clone() }),
+        }
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.injected("release_lease")?;
+        let mut inner = self.lock();
+        if let Some(l) = inner.leases.get_mut(&lease.name)
+            && l.holder == lease.holder
+            && l.term == lease.term
+        {
+            // Keep the row so the next holder's term is higher: only make it expired.
+            l.expires_at = Timestamp(i64::MIN);
+        }
+        Ok(())
+    }
+}

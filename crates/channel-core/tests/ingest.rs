@@ -1,0 +1,280 @@
+//! Ingest through the engine: validation first, attachments in the blob store, sealed
+//! cursors, commit, then events.
+
+mod common;
+
+use std::sync::Arc;
+
+use channel_core::state::{StateError, StateKey};
+use channel_core::validate::Problem;
+use channel_core::*;
+use common::*;
+use secrecy::ExposeSecret;
+
+#[tokio::test(start_paused = true)]
+async fn a_message_handed_to_the_engine_is_stored_once_and_its_event_published_after_commit() {
+    let mut h = harness().await;
+    let msg = text("m-1", "chat-1", "tg:1", "hello");
+    let out = h.engine.deliver(h.account.id, msg.clone()).await.unwrap();
+    assert_eq!(out.disposition, IngestDisposition::Stored);
+
+    let events = h.drain_events();
+    assert_eq!(
+        events,
+        vec![
+            Event::ConversationOpened {
+                account_id: h.account.id,
+                conversation_id: out.conversation_id
+            },
+            Event::MessageReceived {
+                account_id: h.account.id,
+                conversation_id: out.conversation_id,
+                message_id: out.message_id
+            },
+        ]
+    );
+    // Published after the commit: what the event names is readable.
+    assert_eq!(h.store.message(out.message_id).await.unwrap().text.as_deref(), Some("hello"));
+
+    let again = h.engine.deliver(h.account.id, msg).await.unwrap();
+    assert_eq!(again.disposition, IngestDisposition::Duplicate);
+    assert_eq!(again.message_id, out.message_id);
+    assert!(h.drain_events().is_empty(), "a duplicate publishes nothing");
+    assert_eq!(h.store.messages(out.conversation_id, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_message_delivered_concurrently_through_the_engine_is_stored_once() {
+    let h = harness().await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let engine = h.engine.clone();
+            let account = h.account.id;
+            tokio::spawn(async move {
+                engine.deliver(account, text("m-1", "chat", "tg:1", "x")).await.unwrap()
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for t in tasks {
+        if t.await.unwrap().disposition == IngestDisposition::Stored {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_carry_ids_never_content() {
+    let mut h = harness().await;
+    let mut msg = text("m-1", "chat-secret-thread", "secret@address.example", "the secret body");
+    msg.remote = msg.remote.with_display_name("Secret Name");
+    let out = h.engine.deliver(h.account.id, msg).await.unwrap();
+    let id = h.engine.send(None, reply(out.conversation_id, "secret reply")).await.unwrap();
+    channel_core::dispatcher::Dispatcher::new(h.engine.clone()).run_once().await.unwrap();
+    assert_eq!(h.store.message(id).await.unwrap().status, MessageStatus::Sent);
+    let events = h.drain_events();
+    assert!(events.len() >= 3, "{events:?}");
+    for e in events {
+        let json = serde_json::to_string(&e).unwrap();
+        for secret in ["secret", "Secret", "chat-", "address"] {
+            assert!(!json.contains(secret), "event leaks content: {json}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_input_is_refused_with_a_typed_error_and_nothing_is_written() {
+    let h = harness().await;
+    let acc = h.account.id;
+    let with_attachment = |mut m: InboundMessage| {
+        m.attachments = vec![InboundAttachment {
+            name: None,
+            mime_type: "text/plain".into(),
+            data: bytes::Bytes::from_static(b"att"),
+        }];
+        m
+    };
+
+    let mut nul = with_attachment(text("m-1", "chat", "tg:1", "a\0b"));
+    nul.cursor = Some(CursorUpdate { key: "c".into(), value: b"1".to_vec() });
+    match h.engine.deliver(acc, nul).await {
+        Err(EngineError::Invalid(v)) => {
+            assert_eq!((v.field.as_str(), v.problem), ("text", Problem::NulByte))
+        }
+        other => panic!("NUL byte: {other:?}"),
+    }
+    let empty_id = text("", "chat", "tg:1", "x");
+    assert!(
+        matches!(h.engine.deliver(acc, empty_id).await, Err(EngineError::Invalid(v)) if v.problem == Problem::Empty)
+    );
+    let long = text("m-2", &"t".repeat(5000), "tg:1", "x");
+    assert!(matches!(
+        h.engine.deliver(acc, long).await,
+        Err(EngineError::Invalid(v)) if v.field == "thread_key" && matches!(v.problem, Problem::TooLong { .. })
+    ));
+    let huge_text = text("m-3", "chat", "tg:1", &"x".repeat(2 << 20));
+    assert!(matches!(h.engine.deliver(acc, huge_text).await, Err(EngineError::Invalid(_))));
+    let unknown = AccountId::new();
+    assert!(matches!(
+        h.engine.deliver(unknown, with_attachment(text("m-4", "chat", "tg:1", "x"))).await,
+        Err(EngineError::UnknownAccount(a)) if a == unknown
+    ));
+
+    assert!(h.store.conversations(acc, None, 10).await.unwrap().is_empty());
+    assert!(h.store.identities(acc, false).await.unwrap().is_empty());
+    assert_eq!(h.store.state_get(acc, "c").await.unwrap(), None);
+    assert!(
+        !h.engine.blobs().contains(&blob_key_of(b"att")).await.unwrap(),
+        "no attachment bytes written for refused messages"
+    );
+}
+
+fn blob_key_of(bytes: &[u8]) -> String {
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
+    format!("sha256/{}/{}", &hash[..2], hash)
+}
+
+#[tokio::test(start_paused = true)]
+async fn attachments_are_stored_content_addressed_and_the_size_limit_is_a_typed_error() {
+    let h = harness_with(|b| b.blob_store(BlobStore::in_memory().with_max_size(1024))).await;
+    let att = |data: &'static [u8]| InboundAttachment {
+        name: Some("photo.jpg".into()),
+        mime_type: "image/jpeg".into(),
+        data: bytes::Bytes::from_static(data),
+    };
+    let mut a = text("m-1", "chat", "tg:1", "photo");
+    a.attachments = vec![att(b"same bytes")];
+    let mut b = text("m-2", "chat", "tg:1", "same photo again");
+    b.attachments = vec![att(b"same bytes")];
+    let a = h.engine.deliver(h.account.id, a).await.unwrap();
+    let b = h.engine.deliver(h.account.id, b).await.unwrap();
+    let a = h.store.message(a.message_id).await.unwrap().attachments;
+    let b = h.store.message(b.message_id).await.unwrap().attachments;
+    assert_eq!(a[0].blob_key, b[0].blob_key, "one blob for the same bytes");
+    assert_eq!(a[0].size, 10);
+    assert_eq!(a[0].blob_key, blob_key_of(b"same bytes"));
+    assert_eq!(h.engine.blobs().get(&a[0].blob_key).await.unwrap(), "same bytes");
+
+    let mut big = text("m-3", "chat", "tg:1", "too big");
+    big.attachments = vec![InboundAttachment {
+        name: None,
+        mime_type: "a/b".into(),
+        data: vec![0u8; 2048].into(),
+    }];
+    assert!(matches!(
+        h.engine.deliver(h.account.id, big).await,
+        Err(EngineError::Blob(BlobError::TooLarge { size: 2048, limit: 1024 }))
+    ));
+    assert!(h.store.message_by_provider_id(h.account.id, "m-3").await.unwrap().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cursor_is_sealed_by_the_engine_before_it_reaches_the_store() {
+    let h = harness().await;
+    let mut m = text("m-1", "chat", "tg:1", "x");
+    m.cursor =
+        Some(CursorUpdate { key: "imap:INBOX".into(), value: b"uidvalidity=7;uid=4242".to_vec() });
+    h.engine.deliver(h.account.id, m).await.unwrap();
+    let raw = h.store.state_get(h.account.id, "imap:INBOX").await.unwrap().unwrap();
+    assert!(!raw.windows(4).any(|w| w == b"4242"), "the store holds ciphertext only");
+    let plain = h.engine.account_state(h.account.id).get("imap:INBOX").await.unwrap().unwrap();
+    assert_eq!(plain.expose_secret(), b"uidvalidity=7;uid=4242");
+    let sink = h.engine.inbound(h.account.id);
+    assert_eq!(
+        Inbound::state_get(&sink, "imap:INBOX").await.unwrap().as_deref(),
+        Some(&b"uidvalidity=7;uid=4242"[..])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn account_state_round_trip_is_encrypted_and_a_wrong_key_is_a_typed_error() {
+    let h = harness().await;
+    let state = h.engine.account_state(h.account.id);
+    state.put("session", b"very secret session blob").await.unwrap();
+    assert_eq!(
+        state.get("session").await.unwrap().unwrap().expose_secret(),
+        b"very secret session blob"
+    );
+    let raw = h.store.state_get(h.account.id, "session").await.unwrap().unwrap();
+    assert!(!raw.windows(6).any(|w| w == b"secret"), "raw bytes do not contain the plaintext");
+
+    let other = Engine::builder(h.store.clone(), StateKey::from_bytes([8; 32]))
+        .blob_store(BlobStore::in_memory())
+        .build()
+        .unwrap();
+    let err = other.account_state(h.account.id).get("session").await.unwrap_err();
+    assert!(matches!(err, StateError::Decrypt { ref key } if key == "session"), "{err:?}");
+    assert!(!err.to_string().contains("very secret"));
+
+    // A value moved to another slot does not open either.
+    h.store.state_put(h.account.id, "other-slot", &raw).await.unwrap();
+    assert!(matches!(state.get("other-slot").await, Err(StateError::Decrypt { .. })));
+
+    state.delete("session").await.unwrap();
+    assert!(state.get("session").await.unwrap().is_none());
+    state.put("a", b"1").await.unwrap();
+    state.clear().await.unwrap();
+    assert!(state.get("a").await.unwrap().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_echo_of_our_send_marks_it_sent_without_a_second_message() {
+    let mut h = harness().await;
+    let conversation = h.conversation("chat").await;
+    let id = h.engine.send(None, reply(conversation, "hi")).await.unwrap();
+    let key = h.store.message(id).await.unwrap().client_key.unwrap();
+    h.drain_events();
+    let mut echo = text("p-echo", "chat", "tg:42", "hi");
+    echo.direction = Direction::Outbound;
+    echo.client_key = Some(key);
+    let out = h.engine.deliver(h.account.id, echo).await.unwrap();
+    assert_eq!(out.disposition, IngestDisposition::EchoMatched);
+    assert_eq!(out.message_id, id);
+    assert_eq!(
+        h.drain_events(),
+        vec![Event::MessageSent { account_id: h.account.id, message_id: id }]
+    );
+    assert_eq!(h.store.messages(conversation, 10).await.unwrap().len(), 2);
+    // The dispatcher then finds it sent and does not send it again.
+    channel_core::dispatcher::Dispatcher::new(h.engine.clone()).run_once().await.unwrap();
+    assert!(h.channel.sends().is_empty(), "an echoed message is not sent again");
+    assert_eq!(h.job_of(id).await.state, JobState::Completed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sink_reports_connection_state_once_per_change() {
+    let mut h = harness().await;
+    let sink = h.engine.inbound(h.account.id);
+    let state = ConnectionState::NeedsLogin { reason: "session revoked".into() };
+    sink.report_state(state.clone()).await;
+    sink.report_state(state.clone()).await;
+    assert_eq!(h.store.account(h.account.id).await.unwrap().connection, state);
+    assert_eq!(
+        h.drain_events(),
+        vec![Event::AccountStateChanged { account_id: h.account.id, state }]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_is_validated_whole_before_anything_is_written() {
+    let h = harness().await;
+    let ok = text("m-1", "chat", "tg:1", "fine");
+    let bad = text("m-2", "chat", "tg:1", "bad\0");
+    assert!(h.engine.deliver_batch(h.account.id, vec![ok.clone(), bad]).await.is_err());
+    assert!(h.store.message_by_provider_id(h.account.id, "m-1").await.unwrap().is_none());
+    let outs = h.engine.deliver_batch(h.account.id, vec![ok.clone(), ok]).await.unwrap();
+    assert_eq!(
+        outs.iter().map(|o| o.disposition).collect::<Vec<_>>(),
+        vec![IngestDisposition::Stored, IngestDisposition::Duplicate]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_engine_without_a_blob_store_is_a_configuration_error() {
+    let store = Arc::new(channel_core::testing::MemoryStore::new());
+    assert!(matches!(
+        Engine::builder(store, StateKey::generate()).build(),
+        Err(EngineError::Config(_))
+    ));
+}

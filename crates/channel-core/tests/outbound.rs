@@ -1,0 +1,559 @@
+//! Outbound: send queues durably; the dispatcher sends with retries, snoozes and the dead
+//! letter; every attempt uses the same client key and is audited.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use channel_core::dispatcher::Dispatcher;
+use channel_core::retry::RetryPolicy;
+use channel_core::send_policy::{RateLimitPolicy, SendContext, SendDecision, SendPolicy};
+use channel_core::testing::SendScript;
+use channel_core::*;
+use common::*;
+use tokio_util::sync::CancellationToken;
+
+/// Runs the dispatcher loop in the background until the returned token is cancelled.
+fn spawn_dispatcher(engine: &Engine) -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let d = Dispatcher::new(engine.clone());
+    let c = cancel.clone();
+    tokio::spawn(async move { d.run(c, || {}).await });
+    cancel
+}
+
+fn is_final_for(id: MessageId) -> impl Fn(&Event) -> bool {
+    move |e| match e {
+        Event::MessageSent { message_id, .. } => *message_id == id,
+        Event::MessageStatusChanged { message_id, status: MessageStatus::Failed, .. } => {
+            *message_id == id
+        }
+        _ => false,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outbound_message_reaches_sent_with_the_provider_id() {
+    let mut h = harness().await;
+    let conversation = h.conversation("chat").await;
+    h.channel.script_sends([SendScript::OkWithId("tg-msg-77".into())]);
+    let id = h.engine.send(Some(h.account.id), reply(conversation, "hello")).await.unwrap();
+    let pending = h.store.message(id).await.unwrap();
+    assert_eq!(
+        pending.status,
+        MessageStatus::Pending,
+        "send returns at once with a pending message"
+    );
+    let key = pending.client_key.clone().unwrap();
+
+    let cancel = spawn_dispatcher(&h.engine);
+    let e = h.wait_event(is_final_for(id)).await;
+    cancel.cancel();
+    assert_eq!(e, Event::MessageSent { account_id: h.account.id, message_id: id });
+    let sent = h.store.message(id).await.unwrap();
+    assert_eq!(sent.status, MessageStatus::Sent);
+    assert_eq!(sent.provider_id.as_deref(), Some("tg-msg-77"));
+    let sends = h.channel.sends();
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].client_key, key);
+    assert_eq!(sends[0].thread_key, "chat");
+    assert_eq!(sends[0].remote.address, "tg:42");
+    assert_eq!(sends[0].references, vec!["first-chat".to_owned()]);
+    assert_eq!(h.job_of(id).await.state, JobState::Completed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transient_failure_is_retried_with_backoff_and_then_sent_with_the_same_client_key() {
+    let mut h = harness().await;
+    let conversation = h.conversation("chat").await;
+    h.channel.script_sends([
+        SendScript::Transient("reset".into()),
+        SendScript::Transient("reset".into()),
+    ]);
+    let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
+    let cancel = spawn_dispatcher(&h.engine);
+    let e = h.wait_event(is_final_for(id)).await;
+    cancel.cancel();
+    assert!(matches!(e, Event::MessageSent { .. }));
+
+    let sends = h.channel.sends();
+    assert_eq!(sends.len(), 3);
+    assert!(
+        sends.iter().all(|s| s.client_key == sends[0].client_key),
+        "one client key for every attempt"
+    );
+    let attempts = h.store.job_attempts(h.job_of(id).await.id).await.unwrap();
+    let outcomes: Vec<_> = attempts.iter().map(|a| (a.attempt, a.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (1, AttemptOutcome::Retried),
+            (2, AttemptOutcome::Retried),
+            (3, AttemptOutcome::Completed)
+        ]
+    );
+    // Backoff: between half and all of 2 s, then of 4 s.
+    let gap = |i: usize| attempts[i].started_at.since(attempts[i - 1].finished_at.unwrap());
+    assert!((Duration::from_secs(1)..=Duration::from_secs(2)).contains(&gap(1)), "{:?}", gap(1));
+    assert!((Duration::from_secs(2)..=Duration::from_secs(4)).contains(&gap(2)), "{:?}", gap(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_snoozes_without_spending_an_attempt() {
+    let h = harness().await;
+    let conversation = h.conversation("chat").await;
+    h.channel.script_sends([SendScript::RateLimited(Duration::from_secs(30))]);
+    let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
+    let d = Dispatcher::new(h.engine.clone());
+    assert_eq!(d.run_once().await.unwrap(), 1);
+    let job = h.job_of(id).await;
+    assert_eq!(job.attempt, 0, "the attempt is given back");
+    assert_eq!(job.run_at, h.engine.now().plus(Duration::from_secs(30)));
+    assert_eq!(h.store.message(id).await.unwrap().status, MessageStatus::Pending);
+
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert_eq!(d.run_once().await.unwrap(), 0, "not before the provider's wait is over");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(d.run_once().await.unwrap(), 1);
+    assert_eq!(h.store.message(id).await.unwrap().status, MessageStatus::Sent);
+    let attempts = h.store.job_attempts(job.id).await.unwrap();
+    assert_eq!(
+        attempts.iter().map(|a| (a.attempt, a.outcome)).collect::<Vec<_>>(),
+        vec![(1, AttemptOutcome::Snoozed), (1, AttemptOutcome::Completed)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_attempts_failure_ends_failed_in_the_dead_letter_with_every_attempt_audited() {
+    let mut h =
+        harness_with(|b| b.retry(RetryPolicy { max_attempts: 4, ..RetryPolicy::DEFAULT })).await;
+    let conversation = h.conversation("chat").await;
+    h.channel.script_sends((0..4).map(|i| SendScript::Transient(format!("failure {i}"))));
+    let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
+    let cancel = spawn_dispatcher(&h.engine);
+    let e = h.wait_event(is_final_for(id)).await;
+    cancel.cancel();
+    assert_eq!(
+        e,
+        Event::MessageStatusChanged {
+            account_id: h.account.id,
+            message_id: id,
+            status: MessageStatus::Failed
+        }
+    );
+    let failed = h.store.message(id).await.unwrap();
+    assert_eq!(failed.status, MessageStatus::Failed);
+    assert!(failed.error.as_deref().unwrap().contains("failure 3"), "{failed:?}");
+    let job = h.job_of(id).await;
+    assert_eq!(job.state, JobState::Discarded);
+    assert!(
+        h.store
+            .jobs_in_state(JobState::Discarded, 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|j| j.id == job.id)
+    );
+    let attempts = h.store.job_attempts(job.id).await.unwrap();
+    assert_eq!(
+        attempts.iter().map(|a| (a.attempt, a.outcome)).collect::<Vec<_>>(),
+        vec![
+            (1, AttemptOutcome::Retried),
+            (2, AttemptOutcome::Retried),
+            (3, AttemptOutcome::Retried),
+            (4, AttemptOutcome::Discarded)
+        ]
+    );
+    assert!(attempts.iter().all(|a| a.error.is_some() && a.finished_at.is_some()));
+    assert_eq!(h.channel.sends().len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permanent_error_fails_the_message_at_once() {
+    let h = harness().await;
+    let conversation = h.conversation("chat").await;
+    h.channel.script_sends([SendScript::Permanent("user is deactivated".into())]);
+    let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
+    Dispatcher::new(h.engine.clone()).run_once().await.unwrap();
+    let m = h.store.message(id).await.unwrap();
+    assert_eq!(m.status, MessageStatus::Failed);
+    assert!(m.error.unwrap().contains("deactivated"));
+    assert_eq!(h.job_of(id).await.state, JobState::Discarded);
+    assert_eq!(h.channel.sends().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_send_times_out_and_is_retried() {
+    let mut h = harness_with(|b| b.send_timeout(Duration::from_secs(30))).await;
+    let conversation = h.conversation("chat").await;
+    h.channel.script_sends([SendScript::Hang]);
+    let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
+    let started = h.engine.now();
+    let cancel = spawn_dispatcher(&h.engine);
+    let e = h.wait_event(is_final_for(id)).await;
+    cancel.cancel();
+    assert!(matches!(e, Event::MessageSent { .. }));
+    let attempts = h.store.job_attempts(h.job_of(id).await.id).await.unwrap();
+    assert_eq!(attempts[0].outcome, AttemptOutcome::Retried);
+    assert!(attempts[0].error.as_deref().unwrap().contains("timed out"), "{:?}", attempts[0].error);
+    assert_eq!(
+        attempts[0].finished_at.unwrap().since(started),
+        Duration::from_secs(30),
+        "ended by the send timeout"
+    );
+    assert_eq!(attempts[1].outcome, AttemptOutcome::Completed);
+    let sends = h.channel.sends();
+    assert_eq!(sends.len(), 2);
+    assert_eq!(sends[0].client_key, sends[1].client_key);
+}
+
+#[tokio::test(start_paused = true)]
+async fn needs_login_snoozes_the_job_and_reports_the_account_state() {
+    let mut h = harness().await;
+    let conversation = h.conversation("chat").await;
+    h.drain_events();
+    h.channel.script_sends([SendScript::NeedsLogin("AUTH_KEY_UNREGISTERED".into())]);
+    let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
+    Dispatcher::new(h.engine.clone()).run_once().await.unwrap();
+    let job = h.job_of(id).await;
+    assert_eq!(job.attempt, 0, "no attempt spent");
+    assert_eq!(job.run_at, h.engine.now().plus(h.engine.config().needs_login_snooze));
+    let account = h.store.account(h.account.id).await.unwrap();
+    assert!(matches!(account.connection, ConnectionState::NeedsLogin { .. }));
+    assert!(h.drain_events().iter().any(|e| matches!(e, Event::AccountStateChanged { .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_of_an_account_connected_elsewhere_waits_without_spending_attempts() {
+    let h = harness().await;
+    let conversation = h.conversation("chat").await;
+    h.engine.detach_channel(h.account.id);
+    let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
+    let d = Dispatcher::new(h.engine.clone());
+    d.run_once().await.unwrap();
+    let job = h.job_of(id).await;
+    assert_eq!((job.attempt, job.state), (0, JobState::Available));
+    assert!(job.run_at > h.engine.now());
+    h.engine.attach_channel(h.account.id, h.channel.clone());
+    tokio::time::advance(Duration::from_secs(4)).await;
+    d.run_once().await.unwrap();
+    assert_eq!(h.store.message(id).await.unwrap().status, MessageStatus::Sent);
+}
+
+struct Scripted(Vec<SendDecision>, std::sync::Mutex<usize>);
+
+#[async_trait]
+impl SendPolicy for Scripted {
+    async fn check(&self, _ctx: &SendContext<'_>) -> SendDecision {
+        let mut i = self.1.lock().unwrap();
+        *i += 1;
+        self.0.get(*i - 1).cloned().unwrap_or(SendDecision::Allow)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_send_policy_runs_first_and_can_delay_or_reject() {
+    let later = START.plus(Duration::from_secs(3600));
+    let policy = Scripted(
+        vec![SendDecision::DelayUntil(later), SendDecision::Reject("opted out".into())],
+        Default::default(),
+    );
+    let h = harness_with(|b| b.send_policy(Arc::new(policy))).await;
+    let conversation = h.conversation("chat").await;
+    let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
+    let d = Dispatcher::new(h.engine.clone());
+    d.run_once().await.unwrap();
+    let job = h.job_of(id).await;
+    assert_eq!((job.attempt, job.run_at), (0, later), "delayed without spending an attempt");
+    assert!(h.channel.sends().is_empty(), "the policy runs before the channel");
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    d.run_once().await.unwrap();
+    let m = h.store.message(id).await.unwrap();
+    assert_eq!(m.status, MessageStatus::Failed);
+    assert!(m.error.unwrap().contains("opted out"));
+    assert!(h.channel.sends().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_rate_limits_space_out_sends_in_one_chat() {
+    let h = harness_with(|b| b.send_policy(Arc::new(RateLimitPolicy::default()))).await;
+    let conversation = h.conversation("chat").await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(h.engine.send(None, reply(conversation, &format!("m{i}"))).await.unwrap());
+    }
+    let cancel = spawn_dispatcher(&h.engine);
+    // Burst of 3, then one every 3 s.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.channel.sends().len(), 3);
+    h.channel.wait_for_sends(5).await;
+    let elapsed = h.engine.now().since(START);
+    cancel.cancel();
+    assert!(elapsed >= Duration::from_secs(6), "{elapsed:?}");
+    for id in ids {
+        let job = h.job_of(id).await;
+        let attempts = h.store.job_attempts(job.id).await.unwrap();
+        assert_eq!(attempts.last().unwrap().attempt, 1, "rate-limit waits spend no attempt");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_of_a_crashed_worker_is_rescued_and_sent_exactly_once() {
+    let h = harness().await;
+    let conversation = h.conversation("chat").await;
+    let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
+    // A worker claims the job and dies before sending.
+    let ttl = h.engine.config().job_lease_ttl;
+    let stale = h
+        .store
+        .claim("dead-worker", &[JobKind::Send], 1, ttl, h.engine.now())
+        .await
+        .unwrap()
+        .remove(0);
+    let d = Dispatcher::new(h.engine.clone());
+    assert_eq!(d.run_once().await.unwrap(), 0, "a leased job is not claimed twice");
+    tokio::time::advance(ttl + Duration::from_secs(1)).await;
+    assert_eq!(h.store.rescue_expired(h.engine.now()).await.unwrap(), 1);
+    d.run_once().await.unwrap();
+    assert_eq!(h.store.message(id).await.unwrap().status, MessageStatus::Sent);
+    let late = h.store.complete(&stale, None, h.engine.now()).await;
+    assert!(matches!(late, Err(StoreError::LeaseLost { .. })), "{late:?}");
+    assert_eq!(h.channel.sends().len(), 1, "sent once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_outbound_input_is_refused_before_anything_is_queued() {
+    let h = harness().await;
+    let conversation = h.conversation("chat").await;
+    let empty = OutboundMessage { text: None, ..reply(conversation, "") };
+    assert!(matches!(h.engine.send(None, empty).await, Err(EngineError::Invalid(_))));
+    let nul = reply(conversation, "a\0b");
+    assert!(matches!(h.engine.send(None, nul).await, Err(EngineError::Invalid(_))));
+    let unknown = ConversationId::new();
+    assert!(matches!(
+        h.engine.send(None, reply(unknown, "x")).await,
+        Err(EngineError::UnknownConversation(c)) if c == unknown
+    ));
+    assert!(
+        matches!(
+            h.engine.send(Some(AccountId::new()), reply(conversation, "x")).await,
+            Err(EngineError::UnknownConversation(_))
+        ),
+        "the conversation must belong to the given account"
+    );
+    assert!(h.store.jobs_in_state(JobState::Available, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn email_accounts_get_rfc_message_ids_as_client_keys() {
+    let h = harness_with(|b| b.email_domain("mail.example.org".into())).await;
+    let email = h
+        .store
+        .create_account(NewAccount::new(ChannelKind::Email, "box"), h.engine.now())
+        .await
+        .unwrap();
+    let c = h
+        .engine
+        .deliver(email.id, text("<a@b>", "<a@b>", "a@b", "hi"))
+        .await
+        .unwrap()
+        .conversation_id;
+    let id = h.engine.send(None, reply(c, "answer")).await.unwrap();
+    let key = h.store.message(id).await.unwrap().client_key.unwrap();
+    assert!(key.starts_with('<') && key.ends_with("@mail.example.org>"), "{key}");
+}
+
+/// The store's `complete` fails (database down) after the provider accepted the message.
+fn store_down(h: &Harness, operation: &'static str, times: usize) {
+    h.store.fail_next(
+        operation,
+        (0..times).map(|_| StoreError::Unavailable("database restarting (injected)".into())),
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sent_message_is_never_sent_again_when_recording_it_fails() {
+    let mut h = harness().await;
+    let conversation = h.conversation("chat").await;
+    h.channel.script_sends([SendScript::OkWithId("tg-1".into())]);
+    let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
+    h.drain_events();
+    // The database is down for 85 s right after the provider accepted the message.
+    store_down(&h, "complete", 10_000);
+    let d = Dispatcher::new(h.engine.clone());
+    let running = tokio::spawn(async move { d.run_once().await });
+    tokio::time::sleep(Duration::from_secs(85)).await;
+    assert_eq!(h.channel.sends().len(), 1, "never sent again while the store is down");
+    let job = h.job_of(id).await;
+    assert_eq!(job.state, JobState::Running);
+    let claimed_lease_end = START.plus(h.engine.config().job_lease_ttl);
+    assert!(
+        job.lease_expires_at.unwrap() > claimed_lease_end,
+        "the lease is extended while the record is retried: {:?}",
+        job.lease_expires_at
+    );
+    h.store.clear_faults();
+    assert_eq!(running.await.unwrap().unwrap(), 1);
+
+    let m = h.store.message(id).await.unwrap();
+    assert_eq!((m.status, m.provider_id.as_deref()), (MessageStatus::Sent, Some("tg-1")));
+    assert_eq!(h.job_of(id).await.state, JobState::Completed);
+    assert!(
+        h.drain_events().contains(&Event::MessageSent { account_id: h.account.id, message_id: id })
+    );
+    // Nothing is left to run; later passes never send it again.
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    assert_eq!(h.engine.rescue_expired_jobs().await.unwrap(), 0);
+    let d = Dispatcher::new(h.engine.clone());
+    assert_eq!(d.run_once().await.unwrap(), 0);
+    assert_eq!(h.channel.sends().len(), 1, "sent exactly once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sent_message_whose_provider_id_is_refused_ends_final_and_is_not_sent_again() {
+    let mut h = harness().await;
+    let conversation = h.conversation("chat").await;
+    // The provider reports an id the store already holds for another message.
+    h.channel.script_sends([SendScript::OkWithId("first-chat".into())]);
+    let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
+    h.drain_events();
+    let d = Dispatcher::new(h.engine.clone());
+    assert_eq!(d.run_once().await.unwrap(), 1);
+
+    let m = h.store.message(id).await.unwrap();
+    assert_eq!(m.status, MessageStatus::Failed, "a final state");
+    assert_eq!(m.provider_id, None, "the id stays with the message that had it");
+    let error = m.error.unwrap();
+    assert!(error.starts_with(outbound::SENT_BUT_NOT_RECORDED), "{error}");
+    assert!(error.contains("`first-chat`"), "{error}");
+    assert_eq!(h.job_of(id).await.state, JobState::Completed, "not a dead letter to re-drive");
+    assert_eq!(
+        h.drain_events(),
+        vec![Event::MessageStatusChanged {
+            account_id: h.account.id,
+            message_id: id,
+            status: MessageStatus::Failed
+        }]
+    );
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    assert_eq!(h.engine.rescue_expired_jobs().await.unwrap(), 0);
+    assert_eq!(d.run_once().await.unwrap(), 0);
+    assert_eq!(h.channel.sends().len(), 1, "sent exactly once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sent_message_unrecorded_past_the_lease_is_resent_only_with_the_same_client_key() {
+    // The residual case: the store stays down longer than a job lease. The job is rescued and
+    // the channel called again, with the same client key, so the provider deduplicates.
+    let h = harness().await;
+    let conversation = h.conversation("chat").await;
+    let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
+    store_down(&h, "complete", 10_000);
+    store_down(&h, "extend_job_lease", 10_000);
+    let d = Dispatcher::new(h.engine.clone());
+    assert_eq!(d.run_once().await.unwrap(), 1, "the job ends: nothing hangs");
+    assert_eq!(h.store.message(id).await.unwrap().status, MessageStatus::Pending);
+    h.store.clear_faults();
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(h.engine.rescue_expired_jobs().await.unwrap(), 1);
+    assert_eq!(d.run_once().await.unwrap(), 1);
+    let m = h.store.message(id).await.unwrap();
+    assert_eq!(m.status, MessageStatus::Sent);
+    let sends = h.channel.sends();
+    assert_eq!(sends.len(), 2);
+    assert_eq!(sends[0].client_key, sends[1].client_key, "the provider deduplicates by it");
+    assert_eq!(m.provider_id, Some(format!("mem-{}", sends[0].client_key)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rescued_send_that_ran_out_of_attempts_publishes_its_failure() {
+    let mut h =
+        harness_with(|b| b.retry(RetryPolicy { max_attempts: 1, ..RetryPolicy::DEFAULT })).await;
+    let conversation = h.conversation("chat").await;
+    let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
+    let ttl = h.engine.config().job_lease_ttl;
+    // A worker claims the last attempt and dies.
+    h.store.claim("dead-worker", &[JobKind::Send], 1, ttl, h.engine.now()).await.unwrap();
+    h.drain_events();
+    tokio::time::advance(ttl + Duration::from_secs(1)).await;
+    assert_eq!(h.engine.rescue_expired_jobs().await.unwrap(), 1);
+    assert_eq!(h.store.message(id).await.unwrap().status, MessageStatus::Failed);
+    assert_eq!(h.job_of(id).await.state, JobState::Discarded);
+    assert!(
+        h.drain_events().contains(&Event::MessageStatusChanged {
+            account_id: h.account.id,
+            message_id: id,
+            status: MessageStatus::Failed
+        }),
+        "the failure is published like any other"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_channel_provider_ids_are_unique_across_processes() {
+    let h = harness().await;
+    let conversation = h.conversation("chat").await;
+    let first = h.engine.send(None, reply(conversation, "one")).await.unwrap();
+    Dispatcher::new(h.engine.clone()).run_once().await.unwrap();
+    // A second process on the same database: a fresh channel.
+    let again = Arc::new(channel_core::testing::MemoryChannel::new());
+    h.engine.attach_channel(h.account.id, again.clone());
+    let second = h.engine.send(None, reply(conversation, "two")).await.unwrap();
+    Dispatcher::new(h.engine.clone()).run_once().await.unwrap();
+
+    let (a, b) = (h.store.message(first).await.unwrap(), h.store.message(second).await.unwrap());
+    assert_eq!((a.status, b.status), (MessageStatus::Sent, MessageStatus::Sent));
+    assert_ne!(a.provider_id, b.provider_id);
+    assert_eq!(b.provider_id, Some(format!("mem-{}", b.client_key.unwrap())));
+    assert_eq!((h.channel.sends().len(), again.sends().len()), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_threads_own_send_script_fails_only_that_recipient() {
+    let h = harness().await;
+    let alice = h.conversation("chat-alice").await;
+    let bob = h.conversation("chat-bob").await;
+    h.channel.script_thread("chat-bob", [SendScript::Permanent("blocked".into())]);
+    // Whatever the order the dispatcher sends them in.
+    let to_alice = h.engine.send(None, reply(alice, "hi alice")).await.unwrap();
+    let to_bob = h.engine.send(None, reply(bob, "hi bob")).await.unwrap();
+    let to_alice_2 = h.engine.send(None, reply(alice, "again")).await.unwrap();
+    Dispatcher::new(h.engine.clone()).run_once().await.unwrap();
+    for id in [to_alice, to_alice_2] {
+        assert_eq!(h.store.message(id).await.unwrap().status, MessageStatus::Sent);
+    }
+    let m = h.store.message(to_bob).await.unwrap();
+    assert_eq!(m.status, MessageStatus::Failed);
+    assert!(m.error.unwrap().contains("blocked"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_record_that_timed_out_but_committed_is_not_sent_again() {
+    let mut h = harness().await;
+    let conversation = h.conversation("chat").await;
+    let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
+    h.drain_events();
+    let d = Dispatcher::new(h.engine.clone());
+    // The first record times out, yet another worker's view says the job is done: simulate
+    // a commit that landed after the timeout by completing it behind the engine's back.
+    h.store.fail_next(
+        "complete",
+        [StoreError::Timeout { operation: "complete", after: Duration::from_secs(10) }],
+    );
+    let store = h.store.clone();
+    let running = tokio::spawn(async move { d.run_once().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let job = h.job_of(id).await;
+    let lease = JobLease { attempt: job.attempt, worker: job.leased_by.clone().unwrap(), job };
+    let key = h.channel.sends()[0].client_key.clone();
+    let outcome = MessageOutcome::Sent { provider_id: format!("mem-{key}"), at: START };
+    store.complete(&lease, Some(outcome), h.engine.now()).await.unwrap();
+    running.await.unwrap().unwrap();
+    assert_eq!(h.store.message(id).await.unwrap().status, MessageStatus::Sent);
+    assert!(
+        h.drain_events().contains(&Event::MessageSent { account_id: h.account.id, message_id: id })
+    );
+    assert_eq!(h.channel.sends().len(), 1);
+}

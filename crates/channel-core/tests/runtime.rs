@@ -1,0 +1,203 @@
+//! The runtime: channels run under the watchdog while this process holds their account
+//! lease; sends go out through them; several processes share one store.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use channel_core::clock::TokioClock;
+use channel_core::runtime::{Runtime, StaticChannels};
+use channel_core::state::StateKey;
+use channel_core::testing::{MemoryChannel, MemoryStore};
+use channel_core::*;
+use common::*;
+
+fn engine(store: &Arc<MemoryStore>, worker: &str) -> Engine {
+    Engine::builder(store.clone(), StateKey::from_bytes([7; 32]))
+        .blob_store(BlobStore::in_memory())
+        .clock(Arc::new(TokioClock::starting_at(START)))
+        .send_policy(Arc::new(channel_core::send_policy::AllowAll))
+        .worker_id(worker.to_owned())
+        .build()
+        .unwrap()
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_runtime_runs_the_channel_delivers_inbound_and_sends_outbound() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = engine(&store, "w1");
+    let account = store
+        .create_account(NewAccount::new(ChannelKind::Memory, "a"), engine.now())
+        .await
+        .unwrap();
+    let channel = Arc::new(MemoryChannel::new());
+    let runtime = Runtime::builder(
+        engine.clone(),
+        Arc::new(StaticChannels::new().with(account.id, channel.clone())),
+    )
+    .start()
+    .await
+    .unwrap();
+
+    channel.push_inbound(text("m-1", "chat", "tg:5", "hello"));
+    let delivered = channel.wait_for_deliveries(1).await;
+    let conversation = delivered[0].as_ref().unwrap().conversation_id;
+    assert_eq!(store.account(account.id).await.unwrap().connection, ConnectionState::Connected);
+
+    let id = engine.send(None, reply(conversation, "hi back")).await.unwrap();
+    channel.wait_for_sends(1).await;
+    let s = store.clone();
+    let mut sent = false;
+    for _ in 0..100 {
+        if s.message(id).await.unwrap().status == MessageStatus::Sent {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sent, "the dispatcher sent it through the attached channel");
+    assert!(runtime.is_leader());
+    assert!(runtime.watchdog().health().healthy);
+
+    let report = runtime.shutdown().await;
+    assert!(report.within_deadline(), "{report:?}");
+    assert!(engine.channel(account.id).is_none(), "the channel is detached at shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_processes_on_one_store_connect_each_account_once_and_take_over_on_shutdown() {
+    let store = Arc::new(MemoryStore::new());
+    let e1 = engine(&store, "w1");
+    let e2 = engine(&store, "w2");
+    let account =
+        store.create_account(NewAccount::new(ChannelKind::Memory, "a"), e1.now()).await.unwrap();
+    let c1 = Arc::new(MemoryChannel::new());
+    let c2 = Arc::new(MemoryChannel::new());
+    let r1 =
+        Runtime::builder(e1.clone(), Arc::new(StaticChannels::new().with(account.id, c1.clone())))
+            .start()
+            .await
+            .unwrap();
+    until("the first process holds the account", || r1.holds_account(account.id)).await;
+    let r2 =
+        Runtime::builder(e2.clone(), Arc::new(StaticChannels::new().with(account.id, c2.clone())))
+            .start()
+            .await
+            .unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(r1.holds_account(account.id) && !r2.holds_account(account.id), "one holder");
+    assert!(r1.is_leader() && !r2.is_leader());
+    assert_eq!(c2.runs(), 0, "the second process never ran the channel");
+
+    r1.shutdown().await;
+    until("the second process takes over", || r2.holds_account(account.id) && r2.is_leader()).await;
+    until("its channel runs", || c2.runs() == 1).await;
+    c2.push_inbound(text("m-1", "chat", "tg:5", "hello"));
+    assert!(c2.wait_for_deliveries(1).await[0].is_ok());
+    r2.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_channel_that_needs_login_is_parked_until_reconnect() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = engine(&store, "w1");
+    let account = store
+        .create_account(NewAccount::new(ChannelKind::Memory, "a"), engine.now())
+        .await
+        .unwrap();
+    let channel = Arc::new(MemoryChannel::new());
+    channel.fail_runs([ChannelError::NeedsLogin("session expired".into())]);
+    let runtime = Runtime::builder(
+        engine.clone(),
+        Arc::new(StaticChannels::new().with(account.id, channel.clone())),
+    )
+    .start()
+    .await
+    .unwrap();
+    until("the channel ran once", || channel.runs() == 1).await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(channel.runs(), 1, "not restarted while the login is missing");
+    let acc = store.account(account.id).await.unwrap();
+    assert!(matches!(acc.connection, ConnectionState::NeedsLogin { .. }), "{:?}", acc.connection);
+    runtime.reconnect(account.id);
+    until("it runs again", || channel.runs() == 2).await;
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transient_channel_failure_is_restarted_with_backoff() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = engine(&store, "w1");
+    let account = store
+        .create_account(NewAccount::new(ChannelKind::Memory, "a"), engine.now())
+        .await
+        .unwrap();
+    let channel = Arc::new(MemoryChannel::new());
+    channel.fail_runs([ChannelError::Transient("connection reset".into())]);
+    let runtime = Runtime::builder(
+        engine.clone(),
+        Arc::new(StaticChannels::new().with(account.id, channel.clone())),
+    )
+    .start()
+    .await
+    .unwrap();
+    until("restarted", || channel.runs() == 2).await;
+    channel.push_inbound(text("m-1", "chat", "tg:5", "hello"));
+    assert!(channel.wait_for_deliveries(1).await[0].is_ok());
+    runtime.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_leaves_the_accounts_it_held_recorded_as_disconnected() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = engine(&store, "w1");
+    let new = |name: &str| NewAccount::new(ChannelKind::Memory, name);
+    let running = store.create_account(new("running"), engine.now()).await.unwrap();
+    let parked = store.create_account(new("parked"), engine.now()).await.unwrap();
+    let channel = Arc::new(MemoryChannel::new());
+    let needs_login = Arc::new(MemoryChannel::new());
+    needs_login.fail_runs([ChannelError::NeedsLogin("session expired".into())]);
+    let channels = StaticChannels::new()
+        .with(running.id, channel.clone())
+        .with(parked.id, needs_login.clone());
+    let runtime = Runtime::builder(engine.clone(), Arc::new(channels)).start().await.unwrap();
+    until("both channels ran", || channel.runs() == 1 && needs_login.runs() == 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(store.account(running.id).await.unwrap().connection, ConnectionState::Connected);
+    let mut events = engine.subscribe();
+
+    runtime.shutdown().await;
+    assert_eq!(
+        store.account(running.id).await.unwrap().connection,
+        ConnectionState::TransientDisconnect { reason: runtime::WORKER_STOPPED.into() },
+        "not left `Connected` by a process that is gone"
+    );
+    assert!(
+        matches!(
+            store.account(parked.id).await.unwrap().connection,
+            ConnectionState::NeedsLogin { .. }
+        ),
+        "what the user must do is kept"
+    );
+    assert_eq!(
+        events.try_recv().unwrap(),
+        Event::AccountStateChanged {
+            account_id: running.id,
+            state: ConnectionState::TransientDisconnect { reason: runtime::WORKER_STOPPED.into() }
+        }
+    );
+    let lease = Lease::account_name(running.id);
+    let other = store.acquire_lease(&lease, "w2", Duration::from_secs(15), engine.now()).await;
+    assert!(other.unwrap().is_some(), "the lease is released at once");
+}
