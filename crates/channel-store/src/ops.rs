@@ -1,0 +1,769 @@
+//! Accounts, account state, identities, conversations, messages (reads and sends) and leases.
+
+use std::time::Duration;
+
+use channel_core::{
+    Account, AccountId, ConnectionState, ContactId, Conversation, ConversationId,
+    ConversationStatus, DueConversations, Identity, IdentityId, Lease, Message, MessageId,
+    MessageStatus, NewAccount, SendRequest, StoreError, Timestamp,
+};
+
+use crate::codec::{self, all, limit};
+use crate::db::{Arg, Ex, Sql, Tx};
+use crate::error::{Res, invalid};
+use crate::limits::{self, MAX_BODY_BYTES, MAX_CONNECTION_STATE_BYTES, MAX_NAME_BYTES};
+
+// ----- accounts -----
+
+pub(crate) async fn account_in(ex: Ex<'_>, id: AccountId) -> Res<Option<Account>> {
+    let sql = format!("SELECT {} FROM accounts WHERE id = ?", codec::ACCOUNT_COLS);
+    let id = id.to_string();
+    match ex.fetch_optional(&sql, &[Arg::Text(&id)]).await? {
+        Some(row) => Ok(Some(codec::account(&row)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) async fn account(ex: Ex<'_>, id: AccountId) -> Res<Account> {
+    account_in(ex, id).await?.ok_or_else(|| StoreError::not_found("account", id).into())
+}
+
+pub(crate) async fn account_exists(tx: &mut Tx, id: AccountId) -> Res<bool> {
+    let id = id.to_string();
+    Ok(tx
+        .fetch_optional("SELECT id FROM accounts WHERE id = ?", &[Arg::Text(&id)])
+        .await?
+        .is_some())
+}
+
+pub(crate) async fn require_account(tx: &mut Tx, id: AccountId) -> Res<()> {
+    if account_exists(tx, id).await? {
+        Ok(())
+    } else {
+        Err(StoreError::not_found("account", id).into())
+    }
+}
+
+pub(crate) async fn create_account(tx: &mut Tx, new: &NewAccount, now: Timestamp) -> Res<Account> {
+    limits::text("display_name", &new.display_name, MAX_NAME_BYTES)?;
+    if account_exists(tx, new.id).await? {
+        return Err(invalid("id", format!("account {} already exists", new.id)));
+    }
+    let account = Account {
+        id: new.id,
+        kind: new.kind,
+        display_name: new.display_name.clone(),
+        enabled: new.enabled,
+        connection: ConnectionState::Connecting,
+        created_at: now,
+        updated_at: now,
+    };
+    let connection = codec::to_json("connection", &account.connection)?;
+    let id = account.id.to_string();
+    tx.execute(
+        "INSERT INTO accounts (id, kind, display_name, enabled, connection, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        &[
+            Arg::Text(&id),
+            Arg::Text(account.kind.as_str()),
+            Arg::Text(&account.display_name),
+            Arg::Bool(account.enabled),
+            Arg::Text(&connection),
+            Arg::Int(now.0),
+            Arg::Int(now.0),
+        ],
+    )
+    .await?;
+    Ok(account)
+}
+
+pub(crate) async fn accounts(ex: Ex<'_>) -> Res<Vec<Account>> {
+    let sql = format!("SELECT {} FROM accounts ORDER BY created_at, id", codec::ACCOUNT_COLS);
+    Ok(all(ex.fetch_all(&sql, &[]).await?, codec::account)?)
+}
+
+pub(crate) async fn set_account_enabled(
+    tx: &mut Tx,
+    id: AccountId,
+    enabled: bool,
+    now: Timestamp,
+) -> Res<Account> {
+    let sql = format!(
+        "UPDATE accounts SET enabled = ?, updated_at = ? WHERE id = ? RETURNING {}",
+        codec::ACCOUNT_COLS
+    );
+    let ids = id.to_string();
+    match tx.fetch_optional(&sql, &[Arg::Bool(enabled), Arg::Int(now.0), Arg::Text(&ids)]).await? {
+        Some(row) => Ok(codec::account(&row)?),
+        None => Err(StoreError::not_found("account", id).into()),
+    }
+}
+
+pub(crate) async fn set_connection_state(
+    tx: &mut Tx,
+    id: AccountId,
+    state: &ConnectionState,
+    now: Timestamp,
+) -> Res<Account> {
+    match state {
+        ConnectionState::TransientDisconnect { reason }
+        | ConnectionState::NeedsLogin { reason }
+        | ConnectionState::Failed { reason } => {
+            limits::text("reason", reason, MAX_CONNECTION_STATE_BYTES)?
+        }
+        _ => {}
+    }
+    let json = codec::to_json("connection", state)?;
+    limits::size("connection", json.len(), MAX_CONNECTION_STATE_BYTES)?;
+    let sql = format!(
+        "UPDATE accounts SET connection = ?, updated_at = ? WHERE id = ? RETURNING {}",
+        codec::ACCOUNT_COLS
+    );
+    let ids = id.to_string();
+    match tx.fetch_optional(&sql, &[Arg::Text(&json), Arg::Int(now.0), Arg::Text(&ids)]).await? {
+        Some(row) => Ok(codec::account(&row)?),
+        None => Err(StoreError::not_found("account", id).into()),
+    }
+}
+
+// ----- account state -----
+
+pub(crate) async fn state_get(ex: Ex<'_>, account: AccountId, key: &str) -> Res<Option<Vec<u8>>> {
+    let id = account.to_string();
+    let row = ex
+        .fetch_optional(
+            "SELECT value FROM account_state WHERE account_id = ? AND key = ?",
+            &[Arg::Text(&id), Arg::Text(key)],
+        )
+        .await?;
+    Ok(match row {
+        Some(r) => Some(r.blob("value")?),
+        None => None,
+    })
+}
+
+pub(crate) fn check_state_key(key: &str) -> Res<()> {
+    limits::key("key", key)
+}
+
+pub(crate) async fn state_put(tx: &mut Tx, account: AccountId, key: &str, value: &[u8]) -> Res<()> {
+    check_state_key(key)?;
+    limits::size("value", value.len(), limits::MAX_STATE_VALUE_BYTES)?;
+    require_account(tx, account).await?;
+    let id = account.to_string();
+    tx.execute(
+        "INSERT INTO account_state (account_id, key, value) VALUES (?, ?, ?) \
+         ON CONFLICT (account_id, key) DO UPDATE SET value = excluded.value",
+        &[Arg::Text(&id), Arg::Text(key), Arg::Blob(value)],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn state_delete(tx: &mut Tx, account: AccountId, key: &str) -> Res<()> {
+    let id = account.to_string();
+    tx.execute(
+        "DELETE FROM account_state WHERE account_id = ? AND key = ?",
+        &[Arg::Text(&id), Arg::Text(key)],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn state_clear(tx: &mut Tx, account: AccountId) -> Res<()> {
+    let id = account.to_string();
+    tx.execute("DELETE FROM account_state WHERE account_id = ?", &[Arg::Text(&id)]).await?;
+    Ok(())
+}
+
+// ----- identities -----
+
+pub(crate) async fn identity_in(ex: Ex<'_>, id: IdentityId) -> Res<Option<Identity>> {
+    let sql = format!("SELECT {} FROM identities WHERE id = ?", codec::IDENTITY_COLS);
+    let id = id.to_string();
+    match ex.fetch_optional(&sql, &[Arg::Text(&id)]).await? {
+        Some(row) => Ok(Some(codec::identity(&row)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) async fn identity(ex: Ex<'_>, id: IdentityId) -> Res<Identity> {
+    identity_in(ex, id).await?.ok_or_else(|| StoreError::not_found("identity", id).into())
+}
+
+/// How many merges a lookup follows before it calls the data corrupt (a cycle).
+pub(crate) const MAX_MERGE_DEPTH: usize = 64;
+
+pub(crate) async fn find_identity(
+    pools: &crate::db::Pools,
+    account: AccountId,
+    address: &str,
+) -> Res<Option<Identity>> {
+    let sql = format!(
+        "SELECT {} FROM identities WHERE account_id = ? AND address = ?",
+        codec::IDENTITY_COLS
+    );
+    let acc = account.to_string();
+    let Some(row) =
+        pools.reader().fetch_optional(&sql, &[Arg::Text(&acc), Arg::Text(address)]).await?
+    else {
+        return Ok(None);
+    };
+    let mut identity = codec::identity(&row)?;
+    for _ in 0..MAX_MERGE_DEPTH {
+        let Some(next) = identity.merged_into else {
+            return Ok(Some(identity));
+        };
+        identity = match identity_in(pools.reader(), next).await? {
+            Some(i) => i,
+            None => {
+                return Err(StoreError::Corrupt(format!(
+                    "identity {} is merged into {next}, which does not exist",
+                    identity.id
+                ))
+                .into());
+            }
+        };
+    }
+    Err(StoreError::Corrupt(format!("identity merges of `{address}` form a cycle")).into())
+}
+
+pub(crate) async fn identities(
+    ex: Ex<'_>,
+    account: AccountId,
+    unlinked_only: bool,
+) -> Res<Vec<Identity>> {
+    let sql = format!(
+        "SELECT {} FROM identities WHERE account_id = ? AND merged_into IS NULL {} \
+         ORDER BY created_at, id",
+        codec::IDENTITY_COLS,
+        if unlinked_only { "AND contact_id IS NULL" } else { "" }
+    );
+    let acc = account.to_string();
+    Ok(all(ex.fetch_all(&sql, &[Arg::Text(&acc)]).await?, codec::identity)?)
+}
+
+pub(crate) async fn link_identity(
+    tx: &mut Tx,
+    id: IdentityId,
+    contact: Option<&ContactId>,
+    now: Timestamp,
+) -> Res<Identity> {
+    if let Some(c) = contact {
+        limits::key("contact", c.as_str())?;
+    }
+    let contact = contact.map(|c| c.as_str());
+    let ids = id.to_string();
+    let sql = format!(
+        "UPDATE identities SET contact_id = ?, updated_at = ? WHERE id = ? RETURNING {}",
+        codec::IDENTITY_COLS
+    );
+    let Some(row) =
+        tx.fetch_optional(&sql, &[Arg::OptText(contact), Arg::Int(now.0), Arg::Text(&ids)]).await?
+    else {
+        return Err(StoreError::not_found("identity", id).into());
+    };
+    let identity = codec::identity(&row)?;
+    tx.execute(
+        "UPDATE conversations SET contact_id = ?, version = version + 1 \
+         WHERE primary_identity = ? AND status IN ('open', 'idle')",
+        &[Arg::OptText(contact), Arg::Text(&ids)],
+    )
+    .await?;
+    Ok(identity)
+}
+
+pub(crate) async fn merge_identities(
+    tx: &mut Tx,
+    keep: IdentityId,
+    merge: IdentityId,
+    now: Timestamp,
+) -> Res<Identity> {
+    let keep_row = identity(tx.ex(), keep).await?;
+    let merge_row = identity(tx.ex(), merge).await?;
+    if keep == merge {
+        return Err(invalid("merge", "cannot merge an identity into itself"));
+    }
+    if keep_row.account_id != merge_row.account_id {
+        return Err(invalid("merge", "identities of different accounts cannot be merged"));
+    }
+    if let Some(target) = keep_row.merged_into {
+        return Err(invalid("keep", format!("identity {keep} is itself merged into {target}")));
+    }
+    if let Some(target) = merge_row.merged_into {
+        return Err(invalid("merge", format!("identity {merge} is already merged into {target}")));
+    }
+    let (k, m) = (keep.to_string(), merge.to_string());
+    tx.execute(
+        "UPDATE conversations SET primary_identity = ?, version = version + 1 WHERE primary_identity = ?",
+        &[Arg::Text(&k), Arg::Text(&m)],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE messages SET identity_id = ?, updated_at = ? WHERE identity_id = ?",
+        &[Arg::Text(&k), Arg::Int(now.0), Arg::Text(&m)],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE identities SET merged_into = ?, updated_at = ? WHERE id = ?",
+        &[Arg::Text(&k), Arg::Int(now.0), Arg::Text(&m)],
+    )
+    .await?;
+    let contact = keep_row.contact_id.clone().or(merge_row.contact_id.clone());
+    let sql = format!(
+        "UPDATE identities SET contact_id = ?, updated_at = ? WHERE id = ? RETURNING {}",
+        codec::IDENTITY_COLS
+    );
+    let row = tx
+        .fetch_optional(
+            &sql,
+            &[Arg::OptText(contact.as_ref().map(|c| c.as_str())), Arg::Int(now.0), Arg::Text(&k)],
+        )
+        .await?
+        .ok_or_else(|| StoreError::not_found("identity", keep))?;
+    Ok(codec::identity(&row)?)
+}
+
+// ----- conversations -----
+
+pub(crate) async fn conversation_in(
+    ex: Ex<'_>,
+    id: ConversationId,
+    lock: bool,
+) -> Res<Option<Conversation>> {
+    let sql = format!(
+        "SELECT {} FROM conversations WHERE id = ?{}",
+        codec::CONVERSATION_COLS,
+        if lock && ex.is_pg() { " FOR UPDATE" } else { "" }
+    );
+    let id = id.to_string();
+    match ex.fetch_optional(&sql, &[Arg::Text(&id)]).await? {
+        Some(row) => Ok(Some(codec::conversation(&row)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) async fn conversation(ex: Ex<'_>, id: ConversationId) -> Res<Conversation> {
+    conversation_in(ex, id, false)
+        .await?
+        .ok_or_else(|| StoreError::not_found("conversation", id).into())
+}
+
+pub(crate) async fn conversations(
+    ex: Ex<'_>,
+    account: AccountId,
+    status: Option<ConversationStatus>,
+    n: usize,
+) -> Res<Vec<Conversation>> {
+    let acc = account.to_string();
+    let mut q = Sql::new(format!(
+        "SELECT {} FROM conversations WHERE account_id = ",
+        codec::CONVERSATION_COLS
+    ));
+    q.bind(acc.as_str());
+    if let Some(s) = status {
+        q.push(" AND status = ").bind(s.as_str());
+    }
+    q.push(" ORDER BY last_activity_at DESC, id DESC LIMIT ").bind(limit(n));
+    Ok(all(ex.fetch_all(&q.text, &q.args).await?, codec::conversation)?)
+}
+
+pub(crate) async fn active_conversation(
+    ex: Ex<'_>,
+    account: AccountId,
+    thread_key: &str,
+) -> Res<Option<Conversation>> {
+    let sql = format!(
+        "SELECT {} FROM conversations WHERE account_id = ? AND thread_key = ? \
+         AND status IN ('open', 'idle')",
+        codec::CONVERSATION_COLS
+    );
+    let acc = account.to_string();
+    match ex.fetch_optional(&sql, &[Arg::Text(&acc), Arg::Text(thread_key)]).await? {
+        Some(row) => Ok(Some(codec::conversation(&row)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) async fn due_conversations(
+    ex: Ex<'_>,
+    account: AccountId,
+    due: &DueConversations,
+) -> Res<Vec<Conversation>> {
+    if due.limit == 0
+        || (due.idle_before.is_none() && due.close_before.is_none() && due.expire_before.is_none())
+    {
+        return Ok(Vec::new());
+    }
+    let acc = account.to_string();
+    let mut q = Sql::new(format!(
+        "SELECT {} FROM conversations WHERE account_id = ",
+        codec::CONVERSATION_COLS
+    ));
+    q.bind(acc.as_str()).push(" AND status IN ('open', 'idle') AND (");
+    let mut first = true;
+    let mut or = |q: &mut Sql<'_>| {
+        if !first {
+            q.push(" OR ");
+        }
+        first = false;
+    };
+    if let Some(t) = due.idle_before {
+        or(&mut q);
+        q.push("(status = 'open' AND last_activity_at < ").bind(t.0).push(")");
+    }
+    if let Some(t) = due.close_before {
+        or(&mut q);
+        q.push("last_activity_at < ").bind(t.0);
+    }
+    if let Some(t) = due.expire_before {
+        or(&mut q);
+        q.push("opened_at < ").bind(t.0);
+    }
+    q.push(") ORDER BY last_activity_at, id LIMIT ").bind(limit(due.limit));
+    Ok(all(ex.fetch_all(&q.text, &q.args).await?, codec::conversation)?)
+}
+
+pub(crate) async fn set_conversation_status(
+    tx: &mut Tx,
+    id: ConversationId,
+    expected_version: i64,
+    status: ConversationStatus,
+    now: Timestamp,
+) -> Res<Conversation> {
+    let Some(current) = conversation_in(tx.ex(), id, true).await? else {
+        return Err(StoreError::not_found("conversation", id).into());
+    };
+    if current.version != expected_version {
+        return Err(StoreError::VersionConflict {
+            what: "conversation",
+            id: id.to_string(),
+            expected: expected_version,
+            actual: current.version,
+        }
+        .into());
+    }
+    if status.is_active()
+        && !current.status.is_active()
+        && let Some(other) =
+            active_conversation(tx.ex(), current.account_id, &current.thread_key).await?
+    {
+        return Err(invalid(
+            "status",
+            format!("conversation {} of the same thread is active", other.id),
+        ));
+    }
+    let closed_at = match status {
+        ConversationStatus::Open | ConversationStatus::Idle => None,
+        ConversationStatus::Closed | ConversationStatus::Expired => {
+            if current.status.is_active() {
+                Some(now.0)
+            } else {
+                current.closed_at.map(|t| t.0).or(Some(now.0))
+            }
+        }
+    };
+    let sql = format!(
+        "UPDATE conversations SET status = ?, closed_at = ?, version = version + 1 \
+         WHERE id = ? AND version = ? RETURNING {}",
+        codec::CONVERSATION_COLS
+    );
+    let ids = id.to_string();
+    let row = tx
+        .fetch_optional(
+            &sql,
+            &[
+                Arg::Text(status.as_str()),
+                Arg::OptInt(closed_at),
+                Arg::Text(&ids),
+                Arg::Int(expected_version),
+            ],
+        )
+        .await?
+        .ok_or_else(|| StoreError::not_found("conversation", id))?;
+    Ok(codec::conversation(&row)?)
+}
+
+// ----- messages -----
+
+pub(crate) async fn message_in(ex: Ex<'_>, id: MessageId) -> Res<Option<Message>> {
+    let sql = format!("SELECT {} FROM messages WHERE id = ?", codec::MESSAGE_COLS);
+    let id = id.to_string();
+    match ex.fetch_optional(&sql, &[Arg::Text(&id)]).await? {
+        Some(row) => Ok(Some(codec::message(&row)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) async fn message(ex: Ex<'_>, id: MessageId) -> Res<Message> {
+    message_in(ex, id).await?.ok_or_else(|| StoreError::not_found("message", id).into())
+}
+
+pub(crate) async fn message_by_provider_id(
+    ex: Ex<'_>,
+    account: AccountId,
+    provider_id: &str,
+) -> Res<Option<Message>> {
+    let sql = format!(
+        "SELECT {} FROM messages WHERE account_id = ? AND provider_id = ?",
+        codec::MESSAGE_COLS
+    );
+    let acc = account.to_string();
+    match ex.fetch_optional(&sql, &[Arg::Text(&acc), Arg::Text(provider_id)]).await? {
+        Some(row) => Ok(Some(codec::message(&row)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) async fn messages(
+    ex: Ex<'_>,
+    conversation: ConversationId,
+    n: usize,
+) -> Res<Vec<Message>> {
+    let sql = format!(
+        "SELECT {} FROM messages WHERE conversation_id = ? ORDER BY sent_at, id LIMIT ?",
+        codec::MESSAGE_COLS
+    );
+    let id = conversation.to_string();
+    Ok(all(ex.fetch_all(&sql, &[Arg::Text(&id), Arg::Int(limit(n))]).await?, codec::message)?)
+}
+
+/// Checks the stored attachments of a message.
+pub(crate) fn check_attachments(attachments: &[channel_core::Attachment]) -> Res<String> {
+    limits::count("attachments", attachments.len(), limits::MAX_ATTACHMENTS)?;
+    for a in attachments {
+        limits::opt_text("attachments.name", a.name.as_deref(), MAX_NAME_BYTES)?;
+        limits::text("attachments.mime_type", &a.mime_type, MAX_NAME_BYTES)?;
+        limits::text("attachments.sha256", &a.sha256, MAX_NAME_BYTES)?;
+        limits::text("attachments.blob_key", &a.blob_key, limits::MAX_KEY_BYTES)?;
+    }
+    Ok(codec::to_json("attachments", &attachments)?)
+}
+
+pub(crate) async fn enqueue_send(tx: &mut Tx, req: &SendRequest) -> Res<Message> {
+    limits::key("client_key", &req.client_key)?;
+    limits::opt_text("text", req.text.as_deref(), MAX_BODY_BYTES)?;
+    limits::opt_text("html", req.html.as_deref(), MAX_BODY_BYTES)?;
+    limits::opt_text("reply_to", req.reply_to.as_deref(), limits::MAX_KEY_BYTES)?;
+    let origin = req.origin.to_stored();
+    limits::text("origin", &origin, MAX_NAME_BYTES)?;
+    let attachments = check_attachments(&req.attachments)?;
+    crate::queue::check_max_attempts(req.max_attempts)?;
+    let Some(conv) = conversation_in(tx.ex(), req.conversation_id, true).await? else {
+        return Err(StoreError::not_found("conversation", req.conversation_id).into());
+    };
+    if message_in(tx.ex(), req.message_id).await?.is_some() {
+        return Err(invalid("message_id", format!("message {} already exists", req.message_id)));
+    }
+    let account = conv.account_id.to_string();
+    if tx
+        .fetch_optional(
+            "SELECT id FROM messages WHERE account_id = ? AND client_key = ?",
+            &[Arg::Text(&account), Arg::Text(&req.client_key)],
+        )
+        .await?
+        .is_some()
+    {
+        return Err(invalid("client_key", "already used by another message of the account"));
+    }
+    let message = Message {
+        id: req.message_id,
+        account_id: conv.account_id,
+        conversation_id: conv.id,
+        identity_id: conv.primary_identity,
+        direction: channel_core::Direction::Outbound,
+        origin: req.origin.clone(),
+        provider_id: None,
+        client_key: Some(req.client_key.clone()),
+        status: MessageStatus::Pending,
+        text: req.text.clone(),
+        html: req.html.clone(),
+        reply_to: req.reply_to.clone(),
+        attachments: req.attachments.clone(),
+        parse_error: None,
+        error: None,
+        sent_at: req.now,
+        created_at: req.now,
+        updated_at: req.now,
+    };
+    let row = MsgRow {
+        id: message.id.to_string(),
+        account: message.account_id.to_string(),
+        conversation: message.conversation_id.to_string(),
+        identity: message.identity_id.to_string(),
+        direction: message.direction.as_str(),
+        origin,
+        provider_id: None,
+        client_key: Some(&req.client_key),
+        status: MessageStatus::Pending.as_str(),
+        text: req.text.as_deref(),
+        html: req.html.as_deref(),
+        reply_to: req.reply_to.as_deref(),
+        attachments,
+        parse_error: None,
+        sent_at: req.now.0,
+        now: req.now.0,
+    };
+    let mut q = Sql::new(format!("INSERT INTO messages ({}) VALUES ", codec::MESSAGE_COLS));
+    row.push(&mut q);
+    tx.execute(&q.text, &q.args).await?;
+    let job = channel_core::NewJob {
+        id: req.job_id,
+        kind: channel_core::JobKind::Send,
+        account_id: Some(conv.account_id),
+        message_id: Some(req.message_id),
+        payload: serde_json::Value::Null,
+        unique_key: None,
+        run_at: req.run_at,
+        max_attempts: req.max_attempts,
+    };
+    crate::queue::insert_job(tx, &job, req.now).await?;
+    let conv_id = conv.id.to_string();
+    tx.execute(
+        "UPDATE conversations SET last_activity_at = ?, version = version + 1 WHERE id = ?",
+        &[Arg::Int(conv.last_activity_at.0.max(req.now.0)), Arg::Text(&conv_id)],
+    )
+    .await?;
+    Ok(message)
+}
+
+/// A message row to insert, borrowing its texts.
+pub(crate) struct MsgRow<'a> {
+    pub(crate) id: String,
+    pub(crate) account: String,
+    pub(crate) conversation: String,
+    pub(crate) identity: String,
+    pub(crate) direction: &'static str,
+    pub(crate) origin: String,
+    pub(crate) provider_id: Option<&'a str>,
+    pub(crate) client_key: Option<&'a str>,
+    pub(crate) status: &'static str,
+    pub(crate) text: Option<&'a str>,
+    pub(crate) html: Option<&'a str>,
+    pub(crate) reply_to: Option<&'a str>,
+    pub(crate) attachments: String,
+    pub(crate) parse_error: Option<&'a str>,
+    pub(crate) sent_at: i64,
+    pub(crate) now: i64,
+}
+
+impl<'a> MsgRow<'a> {
+    /// Appends `(?, ..., ?)` in [`codec::MESSAGE_COLS`] order.
+    pub(crate) fn push(&'a self, q: &mut Sql<'a>) {
+        q.push("(")
+            .bind(self.id.as_str())
+            .push(", ")
+            .bind(self.account.as_str())
+            .push(", ")
+            .bind(self.conversation.as_str())
+            .push(", ")
+            .bind(self.identity.as_str())
+            .push(", ")
+            .bind(self.direction)
+            .push(", ")
+            .bind(self.origin.as_str())
+            .push(", ")
+            .bind(self.provider_id)
+            .push(", ")
+            .bind(self.client_key)
+            .push(", ")
+            .bind(self.status)
+            .push(", ")
+            .bind(self.text)
+            .push(", ")
+            .bind(self.html)
+            .push(", ")
+            .bind(self.reply_to)
+            .push(", ")
+            .bind(self.attachments.as_str())
+            .push(", ")
+            .bind(self.parse_error)
+            .push(", NULL, ")
+            .bind(self.sent_at)
+            .push(", ")
+            .bind(self.now)
+            .push(", ")
+            .bind(self.now)
+            .push(")");
+    }
+}
+
+// ----- leases -----
+
+pub(crate) fn check_lease_names(name: &str, holder: &str) -> Res<()> {
+    limits::key("name", name)?;
+    limits::key("holder", holder)
+}
+
+pub(crate) async fn acquire_lease(
+    ex: Ex<'_>,
+    name: &str,
+    holder: &str,
+    ttl: Duration,
+    now: Timestamp,
+) -> Res<Option<Lease>> {
+    check_lease_names(name, holder)?;
+    let expires = now.plus(ttl).0;
+    let sql = format!(
+        "INSERT INTO leases (name, holder, term, expires_at) VALUES (?, ?, 1, ?) \
+         ON CONFLICT (name) DO UPDATE SET \
+           term = CASE WHEN leases.holder = excluded.holder THEN leases.term ELSE leases.term + 1 END, \
+           holder = excluded.holder, expires_at = excluded.expires_at \
+         WHERE leases.holder = excluded.holder OR leases.expires_at <= ? \
+         RETURNING {}",
+        codec::LEASE_COLS
+    );
+    let row = ex
+        .fetch_optional(
+            &sql,
+            &[Arg::Text(name), Arg::Text(holder), Arg::Int(expires), Arg::Int(now.0)],
+        )
+        .await?;
+    Ok(match row {
+        Some(r) => Some(codec::lease(&r)?),
+        None => None,
+    })
+}
+
+pub(crate) async fn renew_lease(
+    ex: Ex<'_>,
+    lease: &Lease,
+    ttl: Duration,
+    now: Timestamp,
+) -> Res<Lease> {
+    let sql = format!(
+        "UPDATE leases SET expires_at = ? WHERE name = ? AND holder = ? AND term = ? AND expires_at > ? \
+         RETURNING {}",
+        codec::LEASE_COLS
+    );
+    let row = ex
+        .fetch_optional(
+            &sql,
+            &[
+                Arg::Int(now.plus(ttl).0),
+                Arg::Text(&lease.name),
+                Arg::Text(&lease.holder),
+                Arg::Int(lease.term),
+                Arg::Int(now.0),
+            ],
+        )
+        .await?;
+    match row {
+        Some(r) => Ok(codec::lease(&r)?),
+        None => Err(StoreError::LeaseLost { what: lease.name.clone() }.into()),
+    }
+}
+
+pub(crate) async fn release_lease(ex: Ex<'_>, lease: &Lease) -> Res<()> {
+    ex.execute(
+        "UPDATE leases SET expires_at = ? WHERE name = ? AND holder = ? AND term = ?",
+        &[
+            Arg::Int(i64::MIN),
+            Arg::Text(&lease.name),
+            Arg::Text(&lease.holder),
+            Arg::Int(lease.term),
+        ],
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,477 @@
+//! `impl Store for SqlStore`: every call under its named time limit.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use channel_core::{
+    Account, AccountId, AttemptOutcome, ConnectionState, ContactId, Conversation, ConversationId,
+    ConversationStatus, DueConversations, Enqueued, Identity, IdentityId, IngestOutcome,
+    IngestRequest, Job, JobAttempt, JobId, JobKind, JobLease, JobState, Lease, Message, MessageId,
+    MessageOutcome, NewAccount, NewJob, Notification, SendRequest, Store, StoreError, Timestamp,
+};
+
+use crate::queue::{self, Finish};
+use crate::{SqlStore, ingest, limits, ops, write_tx};
+
+impl SqlStore {
+    async fn finish(
+        &self,
+        lease: &JobLease,
+        finish: &Finish<'_>,
+        now: Timestamp,
+    ) -> crate::error::Res<()> {
+        #[cfg(feature = "postgres")]
+        if self.is_pg() {
+            return queue::finish_pg(self, lease, finish, now).await;
+        }
+        write_tx!(self, |tx| queue::finish_sqlite(tx, lease, finish, now).await?)
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn create_account(&self, new: NewAccount, now: Timestamp) -> Result<Account, StoreError> {
+        self.run("create_account", async {
+            write_tx!(self, |tx| ops::create_account(tx, &new, now).await?)
+        })
+        .await
+    }
+
+    async fn account(&self, id: AccountId) -> Result<Account, StoreError> {
+        self.run("account", ops::account(self.pools().reader(), id)).await
+    }
+
+    async fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+        self.run("accounts", ops::accounts(self.pools().reader())).await
+    }
+
+    async fn set_account_enabled(
+        &self,
+        id: AccountId,
+        enabled: bool,
+        now: Timestamp,
+    ) -> Result<Account, StoreError> {
+        self.run("set_account_enabled", async {
+            write_tx!(self, |tx| ops::set_account_enabled(tx, id, enabled, now).await?)
+        })
+        .await
+    }
+
+    async fn set_connection_state(
+        &self,
+        id: AccountId,
+        state: &ConnectionState,
+        now: Timestamp,
+    ) -> Result<Account, StoreError> {
+        self.run("set_connection_state", async {
+            write_tx!(self, |tx| ops::set_connection_state(tx, id, state, now).await?)
+        })
+        .await
+    }
+
+    async fn state_get(
+        &self,
+        account: AccountId,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run("state_get", ops::state_get(self.pools().reader(), account, key)).await
+    }
+
+    async fn state_put(
+        &self,
+        account: AccountId,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        self.run("state_put", async {
+            write_tx!(self, |tx| ops::state_put(tx, account, key, value).await?)
+        })
+        .await
+    }
+
+    async fn state_delete(&self, account: AccountId, key: &str) -> Result<(), StoreError> {
+        self.run("state_delete", async {
+            write_tx!(self, |tx| ops::state_delete(tx, account, key).await?)
+        })
+        .await
+    }
+
+    async fn state_clear(&self, account: AccountId) -> Result<(), StoreError> {
+        self.run("state_clear", async {
+            write_tx!(self, |tx| ops::state_clear(tx, account).await?)
+        })
+        .await
+    }
+
+    async fn identity(&self, id: IdentityId) -> Result<Identity, StoreError> {
+        self.run("identity", ops::identity(self.pools().reader(), id)).await
+    }
+
+    async fn find_identity(
+        &self,
+        account: AccountId,
+        address: &str,
+    ) -> Result<Option<Identity>, StoreError> {
+        self.run("find_identity", ops::find_identity(self.pools(), account, address)).await
+    }
+
+    async fn identities(
+        &self,
+        account: AccountId,
+        unlinked_only: bool,
+    ) -> Result<Vec<Identity>, StoreError> {
+        self.run("identities", ops::identities(self.pools().reader(), account, unlinked_only)).await
+    }
+
+    async fn link_identity(
+        &self,
+        id: IdentityId,
+        contact: Option<ContactId>,
+        now: Timestamp,
+    ) -> Result<Identity, StoreError> {
+        self.run("link_identity", async {
+            write_tx!(self, |tx| ops::link_identity(tx, id, contact.as_ref(), now).await?)
+        })
+        .await
+    }
+
+    async fn merge_identities(
+        &self,
+        keep: IdentityId,
+        merge: IdentityId,
+        now: Timestamp,
+    ) -> Result<Identity, StoreError> {
+        self.run("merge_identities", async {
+            write_tx!(self, |tx| ops::merge_identities(tx, keep, merge, now).await?)
+        })
+        .await
+    }
+
+    async fn conversation(&self, id: ConversationId) -> Result<Conversation, StoreError> {
+        self.run("conversation", ops::conversation(self.pools().reader(), id)).await
+    }
+
+    async fn conversations(
+        &self,
+        account: AccountId,
+        status: Option<ConversationStatus>,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        self.run("conversations", ops::conversations(self.pools().reader(), account, status, limit))
+            .await
+    }
+
+    async fn active_conversation(
+        &self,
+        account: AccountId,
+        thread_key: &str,
+    ) -> Result<Option<Conversation>, StoreError> {
+        self.run(
+            "active_conversation",
+            ops::active_conversation(self.pools().reader(), account, thread_key),
+        )
+        .await
+    }
+
+    async fn due_conversations(
+        &self,
+        account: AccountId,
+        due: DueConversations,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        self.run("due_conversations", ops::due_conversations(self.pools().reader(), account, &due))
+            .await
+    }
+
+    async fn set_conversation_status(
+        &self,
+        id: ConversationId,
+        expected_version: i64,
+        status: ConversationStatus,
+        now: Timestamp,
+    ) -> Result<Conversation, StoreError> {
+        self.run("set_conversation_status", async {
+            write_tx!(self, |tx| ops::set_conversation_status(
+                tx,
+                id,
+                expected_version,
+                status,
+                now
+            )
+            .await?)
+        })
+        .await
+    }
+
+    async fn message(&self, id: MessageId) -> Result<Message, StoreError> {
+        self.run("message", ops::message(self.pools().reader(), id)).await
+    }
+
+    async fn message_by_provider_id(
+        &self,
+        account: AccountId,
+        provider_id: &str,
+    ) -> Result<Option<Message>, StoreError> {
+        self.run(
+            "message_by_provider_id",
+            ops::message_by_provider_id(self.pools().reader(), account, provider_id),
+        )
+        .await
+    }
+
+    async fn messages(
+        &self,
+        conversation: ConversationId,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.run("messages", ops::messages(self.pools().reader(), conversation, limit)).await
+    }
+
+    async fn ingest(&self, req: IngestRequest) -> Result<IngestOutcome, StoreError> {
+        let reqs = [req];
+        let mut out = self
+            .run("ingest", async { write_tx!(self, |tx| ingest::ingest_batch(tx, &reqs).await?) })
+            .await?;
+        out.pop().ok_or_else(|| StoreError::Corrupt("ingest returned no outcome".to_owned()))
+    }
+
+    async fn ingest_batch(
+        &self,
+        reqs: Vec<IngestRequest>,
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
+        self.run("ingest_batch", async {
+            write_tx!(self, |tx| ingest::ingest_batch(tx, &reqs).await?)
+        })
+        .await
+    }
+
+    async fn enqueue_send(&self, req: SendRequest) -> Result<Message, StoreError> {
+        self.run("enqueue_send", async { write_tx!(self, |tx| ops::enqueue_send(tx, &req).await?) })
+            .await
+    }
+
+    async fn enqueue(&self, job: NewJob, now: Timestamp) -> Result<Enqueued, StoreError> {
+        self.run("enqueue", async { write_tx!(self, |tx| queue::enqueue(tx, &job, now).await?) })
+            .await
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        kinds: &[JobKind],
+        limit: usize,
+        lease_ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Vec<JobLease>, StoreError> {
+        self.run("claim", async {
+            limits::key("worker", worker)?;
+            if kinds.is_empty() || limit == 0 {
+                return Ok(Vec::new());
+            }
+            #[cfg(feature = "postgres")]
+            if self.is_pg() {
+                return queue::claim_pg(
+                    self.pools().autocommit_writer(),
+                    worker,
+                    kinds,
+                    limit,
+                    lease_ttl,
+                    now,
+                )
+                .await;
+            }
+            write_tx!(self, |tx| queue::claim_sqlite(tx, worker, kinds, limit, lease_ttl, now)
+                .await?)
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        lease: &JobLease,
+        outcome: Option<MessageOutcome>,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.run("complete", async {
+            queue::check_outcome(outcome.as_ref())?;
+            let finish = Finish {
+                state: JobState::Completed,
+                outcome: AttemptOutcome::Completed,
+                error: None,
+                run_at: None,
+                refund: false,
+                keep_last_error: true,
+                message: outcome.as_ref(),
+            };
+            self.finish(lease, &finish, now).await
+        })
+        .await
+    }
+
+    async fn retry(
+        &self,
+        lease: &JobLease,
+        error: &str,
+        run_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.run("retry", async {
+            let finish = Finish {
+                state: JobState::Retryable,
+                outcome: AttemptOutcome::Retried,
+                error: Some(limits::error_text(error)),
+                run_at: Some(run_at),
+                refund: false,
+                keep_last_error: false,
+                message: None,
+            };
+            self.finish(lease, &finish, now).await
+        })
+        .await
+    }
+
+    async fn snooze(
+        &self,
+        lease: &JobLease,
+        run_at: Timestamp,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.run("snooze", async {
+            let finish = Finish {
+                state: JobState::Available,
+                outcome: AttemptOutcome::Snoozed,
+                error: Some(limits::error_text(reason)),
+                run_at: Some(run_at),
+                refund: true,
+                keep_last_error: true,
+                message: None,
+            };
+            self.finish(lease, &finish, now).await
+        })
+        .await
+    }
+
+    async fn discard(
+        &self,
+        lease: &JobLease,
+        error: &str,
+        outcome: Option<MessageOutcome>,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.run("discard", async {
+            queue::check_outcome(outcome.as_ref())?;
+            let finish = Finish {
+                state: JobState::Discarded,
+                outcome: AttemptOutcome::Discarded,
+                error: Some(limits::error_text(error)),
+                run_at: None,
+                refund: false,
+                keep_last_error: false,
+                message: outcome.as_ref(),
+            };
+            self.finish(lease, &finish, now).await
+        })
+        .await
+    }
+
+    async fn extend_job_lease(
+        &self,
+        lease: &JobLease,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.run("extend_job_lease", async {
+            write_tx!(self, |tx| queue::extend(tx, lease, ttl, now).await?)
+        })
+        .await
+    }
+
+    async fn rescue_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        self.run("rescue_expired", async {
+            write_tx!(self, |tx| queue::rescue_expired(tx, now).await?)
+        })
+        .await
+    }
+
+    async fn cancel_job(&self, id: JobId, now: Timestamp) -> Result<Job, StoreError> {
+        self.run("cancel_job", async { write_tx!(self, |tx| queue::cancel(tx, id, now).await?) })
+            .await
+    }
+
+    async fn job(&self, id: JobId) -> Result<Job, StoreError> {
+        self.run("job", queue::job(self.pools().reader(), id)).await
+    }
+
+    async fn job_attempts(&self, id: JobId) -> Result<Vec<JobAttempt>, StoreError> {
+        self.run("job_attempts", queue::attempts(self.pools().reader(), id)).await
+    }
+
+    async fn jobs_in_state(&self, state: JobState, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.run("jobs_in_state", queue::in_state(self.pools().reader(), state, limit)).await
+    }
+
+    async fn next_run_at(&self, kinds: &[JobKind]) -> Result<Option<Timestamp>, StoreError> {
+        self.run("next_run_at", queue::next_run_at(self.pools().reader(), kinds)).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Option<Lease>, StoreError> {
+        self.run(
+            "acquire_lease",
+            ops::acquire_lease(self.pools().autocommit_writer(), name, holder, ttl, now),
+        )
+        .await
+    }
+
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Lease, StoreError> {
+        self.run("renew_lease", ops::renew_lease(self.pools().autocommit_writer(), lease, ttl, now))
+            .await
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.run("release_lease", ops::release_lease(self.pools().autocommit_writer(), lease)).await
+    }
+
+    async fn notify(&self, notification: &Notification) -> Result<(), StoreError> {
+        #[cfg(feature = "postgres")]
+        if self.is_pg() {
+            return self
+                .run("notify", async {
+                    limits::key("topic", &notification.topic)?;
+                    limits::text("payload", &notification.payload, 8000)?;
+                    self.pools()
+                        .autocommit_writer()
+                        .execute(
+                            "SELECT pg_notify(?, ?)",
+                            &[
+                                crate::db::Arg::Text(&notification.topic),
+                                crate::db::Arg::Text(&notification.payload),
+                            ],
+                        )
+                        .await?;
+                    Ok(())
+                })
+                .await;
+        }
+        let _ = notification;
+        Ok(())
+    }
+
+    fn notifications(&self) -> Option<tokio::sync::broadcast::Receiver<Notification>> {
+        #[cfg(feature = "postgres")]
+        if let Some(hub) = &self.inner.hub {
+            return Some(hub.subscribe());
+        }
+        None
+    }
+}
