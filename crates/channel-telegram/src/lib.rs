@@ -1,0 +1,23 @@
+// The README's examples use the `testing` feature: without it, a shorter crate doc.
+#![cfg_attr(feature = "testing", doc = include_str!("../README.md"))]
+#![cfg_attr(
+    not(feature = "testing"),
+    doc = "The Telegram channel of the channel family, on grammers 0.11: see the README \
+           (built into these docs with the `testing` feature)."
+)]
+
+pub mod address;
+mod channel;
+mod config;
+mod echoes;
+pub mod error;
+pub mod login;
+mod mapping;
+mod media;
+pub mod session;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use channel::TelegramChannel;
+pub use config::TelegramConfig;
+pub use session::{AccountSession, SessionError, StoredSession};

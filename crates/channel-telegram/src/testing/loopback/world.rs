@@ -1,0 +1,824 @@
+//! The account the loopback server pretends to host: users, groups, messages and the update
+//! sequence (`pts`), enough for updates, catch-up, sends and history to behave like Telegram's.
+
+use std::collections::{BTreeMap, HashMap};
+
+use grammers_tl_types as tl;
+use tl::{Deserializable, Identifiable, Serializable};
+
+use super::srp::{self, Challenge, Verifier};
+use super::tl_build;
+
+/// A phone number that can log in as the owner.
+struct PhoneLogin {
+    code: String,
+    password: Option<Verifier>,
+}
+
+/// The authorization side of the world: who may log in, and whether the key is logged in.
+#[derive(Default)]
+pub(crate) struct Auth {
+    /// Whether the auth key is logged in; requests other than logins get 401 otherwise.
+    pub(crate) authorized: bool,
+    /// The app credentials `auth.sendCode`/`auth.importBotAuthorization` must carry.
+    pub(crate) api: Option<(i32, String)>,
+    phones: HashMap<String, PhoneLogin>,
+    /// phone_code_hash -> phone.
+    codes: HashMap<String, String>,
+    /// The phone whose code was right and whose 2FA password is awaited.
+    password_pending: Option<String>,
+    challenges: HashMap<i64, Challenge>,
+    /// Bot token -> bot user id.
+    bots: HashMap<String, i64>,
+    /// QR login tokens handed out.
+    pub(crate) qr_tokens: usize,
+    /// A QR token was scanned and accepted by the owner.
+    pub(crate) qr_accepted: bool,
+    bot_ids: std::collections::HashSet<i64>,
+}
+
+/// A user known to the loopback world.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestUser {
+    /// The bare user id.
+    pub id: i64,
+    /// The access hash the server hands out for it.
+    pub access_hash: i64,
+    /// First name.
+    pub first_name: String,
+    /// Username, if any.
+    pub username: Option<String>,
+}
+
+/// Where a message of the world lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TestPeer {
+    /// The private chat with a user.
+    User(i64),
+    /// A basic group.
+    Chat(i64),
+}
+
+/// A message stored by the loopback world.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorldMessage {
+    /// The message id (account-wide, as for private chats and basic groups).
+    pub id: i32,
+    /// The `pts` after this message.
+    pub pts: i32,
+    /// The chat it is in.
+    pub peer: TestPeer,
+    /// The author's user id.
+    pub from: i64,
+    /// Sent by the account owner.
+    pub out: bool,
+    /// Text.
+    pub text: String,
+    /// Unix time.
+    pub date: i32,
+    /// The id of the message it replies to.
+    pub reply_to: Option<i32>,
+    /// The client's `random_id`, for messages sent through the API.
+    pub random_id: Option<i64>,
+    /// The photo or document sent with `messages.sendMedia`, as uploaded.
+    pub media: Option<WorldMedia>,
+}
+
+/// A file sent with a message, reassembled from its uploaded parts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorldMedia {
+    /// Sent as a photo (`inputMediaUploadedPhoto`), else as a document.
+    pub photo: bool,
+    /// The file name of the upload.
+    pub name: String,
+    /// The document's MIME type (`None` for photos).
+    pub mime_type: Option<String>,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// Document ids are this plus the message id.
+const DOCUMENT_BASE: i64 = 1 << 40;
+const DOCUMENT_HASH: i64 = 0x00d0_c0de;
+/// The DC the loopback server claims to be (see `LoopbackServer::dc_id`).
+pub(crate) const DC_ID: i32 = 2;
+
+/// Error answered as `rpc_error`.
+pub(crate) type RpcFailure = (i32, String);
+
+pub(crate) struct World {
+    pub(crate) me: TestUser,
+    users: BTreeMap<i64, TestUser>,
+    chats: BTreeMap<i64, String>,
+    pts: i32,
+    next_id: i32,
+    messages: Vec<WorldMessage>,
+    by_random_id: HashMap<i64, i32>,
+    /// When set, `getDifference` further behind than this answers `differenceTooLong`.
+    pub(crate) too_long_after: Option<i32>,
+    /// Answer a send whose `random_id` was seen with `500 RANDOM_ID_DUPLICATE` (as Telegram
+    /// may) instead of the message already sent.
+    pub(crate) duplicate_is_error: bool,
+    pub(crate) auth: Auth,
+    /// Uploaded file parts by file id.
+    uploads: HashMap<i64, BTreeMap<i32, Vec<u8>>>,
+}
+
+pub(crate) fn now() -> i32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX))
+        .unwrap_or(0)
+}
+
+impl World {
+    pub(crate) fn new() -> Self {
+        let me = TestUser {
+            id: 1000,
+            access_hash: 0x5e1f,
+            first_name: "Owner".to_owned(),
+            username: Some("owner".to_owned()),
+        };
+        let mut users = BTreeMap::new();
+        users.insert(me.id, me.clone());
+        Self {
+            me,
+            users,
+            chats: BTreeMap::new(),
+            pts: 1,
+            next_id: 1,
+            messages: Vec::new(),
+            by_random_id: HashMap::new(),
+            too_long_after: None,
+            duplicate_is_error: false,
+            auth: Auth { authorized: true, ..Auth::default() },
+            uploads: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn add_user(
+        &mut self,
+        id: i64,
+        first_name: &str,
+        username: Option<&str>,
+    ) -> TestUser {
+        let user = TestUser {
+            id,
+            access_hash: id.wrapping_mul(7919) ^ 0x55aa,
+            first_name: first_name.to_owned(),
+            username: username.map(str::to_owned),
+        };
+        self.users.insert(id, user.clone());
+        user
+    }
+
+    pub(crate) fn set_media(&mut self, id: i32, media: Option<WorldMedia>) {
+        if let Some(m) = self.messages.iter_mut().find(|m| m.id == id) {
+            m.media = media;
+        }
+    }
+
+    pub(crate) fn add_chat(&mut self, id: i64, title: &str) {
+        self.chats.insert(id, title.to_owned());
+    }
+
+    pub(crate) fn user(&self, id: i64) -> Option<&TestUser> {
+        self.users.get(&id)
+    }
+
+    pub(crate) fn messages(&self) -> Vec<WorldMessage> {
+        self.messages.clone()
+    }
+
+    pub(crate) fn pts(&self) -> i32 {
+        self.pts
+    }
+
+    /// Stores a new message and advances `pts`.
+    pub(crate) fn store(
+        &mut self,
+        peer: TestPeer,
+        from: i64,
+        text: &str,
+        reply_to: Option<i32>,
+        random_id: Option<i64>,
+    ) -> WorldMessage {
+        self.pts += 1;
+        let id = self.next_id;
+        self.next_id += 1;
+        let msg = WorldMessage {
+            id,
+            pts: self.pts,
+            peer,
+            from,
+            out: from == self.me.id,
+            text: text.to_owned(),
+            date: now(),
+            reply_to,
+            random_id,
+            media: None,
+        };
+        if let Some(r) = random_id {
+            self.by_random_id.insert(r, id);
+        }
+        self.messages.push(msg.clone());
+        msg
+    }
+
+    fn tl_peer(peer: TestPeer) -> tl::enums::Peer {
+        match peer {
+            TestPeer::User(user_id) => tl::types::PeerUser { user_id }.into(),
+            TestPeer::Chat(chat_id) => tl::types::PeerChat { chat_id }.into(),
+        }
+    }
+
+    pub(crate) fn tl_message(&self, m: &WorldMessage) -> tl::enums::Message {
+        let from = match m.peer {
+            TestPeer::User(_) if m.out => Some(Self::tl_peer(TestPeer::User(self.me.id))),
+            TestPeer::User(_) => None,
+            TestPeer::Chat(_) => Some(Self::tl_peer(TestPeer::User(m.from))),
+        };
+        let mut message = tl_build::message(
+            m.id,
+            Self::tl_peer(m.peer),
+            from,
+            m.out,
+            m.date,
+            &m.text,
+            m.reply_to,
+        );
+        if let (Some(media), tl::enums::Message::Message(x)) = (&m.media, &mut message) {
+            // Every file goes out as a document (photos too, with their image type).
+            x.media = Some(
+                tl::types::MessageMediaDocument {
+                    nopremium: false,
+                    spoiler: false,
+                    video: false,
+                    round: false,
+                    voice: false,
+                    document: Some(
+                        tl::types::Document {
+                            id: DOCUMENT_BASE + i64::from(m.id),
+                            access_hash: DOCUMENT_HASH,
+                            file_reference: vec![1],
+                            date: m.date,
+                            mime_type: media
+                                .mime_type
+                                .clone()
+                                .unwrap_or_else(|| "image/jpeg".to_owned()),
+                            size: media.data.len() as i64,
+                            thumbs: None,
+                            video_thumbs: None,
+                            dc_id: DC_ID,
+                            attributes: vec![
+                                tl::types::DocumentAttributeFilename {
+                                    file_name: media.name.clone(),
+                                }
+                                .into(),
+                            ],
+                        }
+                        .into(),
+                    ),
+                    alt_documents: None,
+                    video_cover: None,
+                    video_timestamp: None,
+                    ttl_seconds: None,
+                }
+                .into(),
+            );
+        }
+        message
+    }
+
+    fn tl_users(&self, ids: impl IntoIterator<Item = i64>) -> Vec<tl::enums::User> {
+        let mut seen = Vec::new();
+        for id in ids {
+            if !seen.contains(&id) {
+                seen.push(id);
+            }
+        }
+        seen.into_iter().filter_map(|id| self.users.get(&id)).map(|u| self.tl_user(u)).collect()
+    }
+
+    fn tl_user(&self, u: &TestUser) -> tl::enums::User {
+        let mut user = tl_build::user(
+            u.id,
+            u.access_hash,
+            &u.first_name,
+            u.username.as_deref(),
+            u.id == self.me.id,
+        );
+        if self.auth.bot_ids.contains(&u.id) {
+            let tl::enums::User::User(x) = &mut user else {
+                unreachable!("tl_build::user builds a user");
+            };
+            // `bot` and `bot_info_version` share a flag bit.
+            x.bot = true;
+            x.bot_info_version = Some(1);
+        }
+        user
+    }
+
+    pub(crate) fn add_phone_login(&mut self, phone: &str, code: &str, password: Option<Verifier>) {
+        self.auth.phones.insert(phone.to_owned(), PhoneLogin { code: code.to_owned(), password });
+    }
+
+    pub(crate) fn add_bot_token(&mut self, token: &str, user: TestUser) {
+        self.auth.bots.insert(token.to_owned(), user.id);
+        self.auth.bot_ids.insert(user.id);
+        self.users.insert(user.id, user);
+    }
+
+    fn authorization(&mut self, user_id: i64) -> Vec<u8> {
+        if let Some(user) = self.users.get(&user_id).cloned() {
+            self.me = user;
+        }
+        self.auth.authorized = true;
+        self.auth.password_pending = None;
+        let user = self.tl_user(&self.me.clone());
+        tl::enums::auth::Authorization::from(tl::types::auth::Authorization {
+            setup_password_required: false,
+            otherwise_relogin_days: None,
+            tmp_sessions: None,
+            future_auth_token: None,
+            user,
+        })
+        .to_bytes()
+    }
+
+    fn check_api(&self, api_id: i32, api_hash: &str) -> Result<(), RpcFailure> {
+        match &self.auth.api {
+            Some((id, hash)) if *id != api_id || hash != api_hash => {
+                Err((400, "API_ID_INVALID".to_owned()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The login methods: `auth.*` and `account.getPassword`. `None`: not one of them.
+    fn answer_auth(&mut self, ctor: u32, args: &[u8]) -> Option<Result<Vec<u8>, RpcFailure>> {
+        use tl::functions as f;
+        let bad = |e: tl::deserialize::Error| (400, format!("INPUT_REQUEST_INVALID: {e}"));
+        let me = self.me.id;
+        Some(match ctor {
+            f::auth::SendCode::CONSTRUCTOR_ID => (|| {
+                let req = f::auth::SendCode::from_bytes(args).map_err(bad)?;
+                self.check_api(req.api_id, &req.api_hash)?;
+                let Some(login) = self.auth.phones.get(&req.phone_number) else {
+                    return Err((400, "PHONE_NUMBER_INVALID".to_owned()));
+                };
+                let length = i32::try_from(login.code.len()).unwrap_or(5);
+                let hash = hex::encode(rand::random::<[u8; 8]>());
+                self.auth.codes.insert(hash.clone(), req.phone_number);
+                Ok(tl::enums::auth::SentCode::from(tl::types::auth::SentCode {
+                    r#type: tl::types::auth::SentCodeTypeApp { length }.into(),
+                    phone_code_hash: hash,
+                    next_type: None,
+                    timeout: None,
+                })
+                .to_bytes())
+            })(),
+            f::auth::SignIn::CONSTRUCTOR_ID => (|| {
+                let req = f::auth::SignIn::from_bytes(args).map_err(bad)?;
+                let Some(phone) = self.auth.codes.get(&req.phone_code_hash).cloned() else {
+                    return Err((400, "PHONE_CODE_EXPIRED".to_owned()));
+                };
+                if phone != req.phone_number {
+                    return Err((400, "PHONE_NUMBER_INVALID".to_owned()));
+                }
+                let Some(login) = self.auth.phones.get(&phone) else {
+                    return Err((400, "PHONE_NUMBER_INVALID".to_owned()));
+                };
+                if req.phone_code.as_deref() != Some(login.code.as_str()) {
+                    return Err((400, "PHONE_CODE_INVALID".to_owned()));
+                }
+                let needs_password = login.password.is_some();
+                self.auth.codes.remove(&req.phone_code_hash);
+                if needs_password {
+                    self.auth.password_pending = Some(phone);
+                    return Err((401, "SESSION_PASSWORD_NEEDED".to_owned()));
+                }
+                Ok(self.authorization(me))
+            })(),
+            f::account::GetPassword::CONSTRUCTOR_ID => {
+                let verifier = self
+                    .auth
+                    .password_pending
+                    .as_ref()
+                    .and_then(|p| self.auth.phones.get(p))
+                    .and_then(|l| l.password.clone());
+                let (current_algo, srp_b, srp_id, hint) = match verifier {
+                    Some(v) => {
+                        let challenge = v.challenge();
+                        let srp_id: i64 = rand::random();
+                        let g_b = challenge.g_b.to_vec();
+                        self.auth.challenges.insert(srp_id, challenge);
+                        (
+                            Some(
+                                tl::types::PasswordKdfAlgoSha256Sha256Pbkdf2Hmacsha512iter100000Sha256ModPow {
+                                    salt1: v.salt1.clone(),
+                                    salt2: v.salt2.clone(),
+                                    g: srp::G,
+                                    p: srp::prime(),
+                                }
+                                .into(),
+                            ),
+                            Some(g_b),
+                            Some(srp_id),
+                            v.hint.clone(),
+                        )
+                    }
+                    None => (None, None, None, None),
+                };
+                Ok(tl::enums::account::Password::from(tl::types::account::Password {
+                    has_recovery: false,
+                    has_secure_values: false,
+                    has_password: current_algo.is_some(),
+                    current_algo,
+                    srp_b,
+                    srp_id,
+                    hint,
+                    email_unconfirmed_pattern: None,
+                    new_algo: tl::enums::PasswordKdfAlgo::Unknown,
+                    new_secure_algo: tl::enums::SecurePasswordKdfAlgo::Unknown,
+                    secure_random: rand::random::<[u8; 32]>().to_vec(),
+                    pending_reset_date: None,
+                    login_email_pattern: None,
+                })
+                .to_bytes())
+            }
+            f::auth::CheckPassword::CONSTRUCTOR_ID => (|| {
+                let req = f::auth::CheckPassword::from_bytes(args).map_err(bad)?;
+                let tl::enums::InputCheckPasswordSrp::Srp(check) = req.password else {
+                    return Err((400, "PASSWORD_HASH_INVALID".to_owned()));
+                };
+                let Some(challenge) = self.auth.challenges.remove(&check.srp_id) else {
+                    return Err((400, "SRP_ID_INVALID".to_owned()));
+                };
+                let verifier = self
+                    .auth
+                    .password_pending
+                    .as_ref()
+                    .and_then(|p| self.auth.phones.get(p))
+                    .and_then(|l| l.password.as_ref());
+                match verifier {
+                    Some(v) if v.verify(&challenge, &check.a, &check.m1) => {
+                        Ok(self.authorization(me))
+                    }
+                    Some(_) => Err((400, "PASSWORD_HASH_INVALID".to_owned())),
+                    None => Err((400, "SRP_ID_INVALID".to_owned())),
+                }
+            })(),
+            f::auth::ImportBotAuthorization::CONSTRUCTOR_ID => (|| {
+                let req = f::auth::ImportBotAuthorization::from_bytes(args).map_err(bad)?;
+                self.check_api(req.api_id, &req.api_hash)?;
+                match self.auth.bots.get(&req.bot_auth_token).copied() {
+                    Some(id) => Ok(self.authorization(id)),
+                    None => Err((400, "ACCESS_TOKEN_INVALID".to_owned())),
+                }
+            })(),
+            f::auth::ExportLoginToken::CONSTRUCTOR_ID => (|| {
+                let req = f::auth::ExportLoginToken::from_bytes(args).map_err(bad)?;
+                self.check_api(req.api_id, &req.api_hash)?;
+                if self.auth.qr_accepted {
+                    self.auth.qr_accepted = false;
+                    // The owner's 2FA password, if a phone login of theirs has one.
+                    let with_password = self
+                        .auth
+                        .phones
+                        .iter()
+                        .find(|(_, l)| l.password.is_some())
+                        .map(|(p, _)| p.clone());
+                    if let Some(phone) = with_password {
+                        self.auth.password_pending = Some(phone);
+                        return Err((401, "SESSION_PASSWORD_NEEDED".to_owned()));
+                    }
+                    let bytes = self.authorization(me);
+                    let authorization = tl::enums::auth::Authorization::from_bytes(&bytes)
+                        .map_err(|e| (500, e.to_string()))?;
+                    return Ok(tl::enums::auth::LoginToken::from(
+                        tl::types::auth::LoginTokenSuccess { authorization },
+                    )
+                    .to_bytes());
+                }
+                self.auth.qr_tokens += 1;
+                Ok(tl::enums::auth::LoginToken::from(tl::types::auth::LoginToken {
+                    expires: now() + 30,
+                    token: rand::random::<[u8; 16]>().to_vec(),
+                })
+                .to_bytes())
+            })(),
+            f::auth::LogOut::CONSTRUCTOR_ID => {
+                self.auth.authorized = false;
+                Ok(tl::enums::auth::LoggedOut::from(tl::types::auth::LoggedOut {
+                    future_auth_token: None,
+                })
+                .to_bytes())
+            }
+            _ => return None,
+        })
+    }
+
+    fn tl_chats(&self, ids: impl IntoIterator<Item = i64>) -> Vec<tl::enums::Chat> {
+        ids.into_iter()
+            .filter_map(|id| self.chats.get(&id).map(|t| tl_build::chat(id, t, now())))
+            .collect()
+    }
+
+    fn involved(&self, msgs: &[&WorldMessage]) -> (Vec<tl::enums::User>, Vec<tl::enums::Chat>) {
+        let mut users = vec![self.me.id];
+        let mut chats = Vec::new();
+        for m in msgs {
+            users.push(m.from);
+            match m.peer {
+                TestPeer::User(u) => users.push(u),
+                TestPeer::Chat(c) => chats.push(c),
+            }
+        }
+        chats.dedup();
+        (self.tl_users(users), self.tl_chats(chats))
+    }
+
+    /// `updates` carrying one new message, with its users and chats.
+    pub(crate) fn updates_for(
+        &self,
+        m: &WorldMessage,
+        random_id: Option<i64>,
+    ) -> tl::enums::Updates {
+        let (users, chats) = self.involved(&[m]);
+        let mut updates = Vec::new();
+        if let Some(random_id) = random_id {
+            updates.push(tl::types::UpdateMessageId { id: m.id, random_id }.into());
+        }
+        updates.push(
+            tl::types::UpdateNewMessage { message: self.tl_message(m), pts: m.pts, pts_count: 1 }
+                .into(),
+        );
+        tl::types::Updates { updates, users, chats, date: m.date, seq: 0 }.into()
+    }
+
+    /// The short form Telegram uses for private and basic-group messages.
+    pub(crate) fn short_updates_for(&self, m: &WorldMessage) -> tl::enums::Updates {
+        match m.peer {
+            TestPeer::User(user_id) => tl::types::UpdateShortMessage {
+                out: m.out,
+                mentioned: false,
+                media_unread: false,
+                silent: false,
+                id: m.id,
+                user_id,
+                message: m.text.clone(),
+                pts: m.pts,
+                pts_count: 1,
+                date: m.date,
+                fwd_from: None,
+                via_bot_id: None,
+                reply_to: m.reply_to.map(tl_build::reply_header),
+                entities: None,
+                ttl_period: None,
+            }
+            .into(),
+            TestPeer::Chat(chat_id) => tl::types::UpdateShortChatMessage {
+                out: m.out,
+                mentioned: false,
+                media_unread: false,
+                silent: false,
+                id: m.id,
+                from_id: m.from,
+                chat_id,
+                message: m.text.clone(),
+                pts: m.pts,
+                pts_count: 1,
+                date: m.date,
+                fwd_from: None,
+                via_bot_id: None,
+                reply_to: m.reply_to.map(tl_build::reply_header),
+                entities: None,
+                ttl_period: None,
+            }
+            .into(),
+        }
+    }
+
+    fn state(&self) -> tl::types::updates::State {
+        tl::types::updates::State { pts: self.pts, qts: 0, date: now(), seq: 0, unread_count: 0 }
+    }
+
+    fn peer_of_input(&self, peer: &tl::enums::InputPeer) -> Result<TestPeer, RpcFailure> {
+        match peer {
+            tl::enums::InputPeer::User(u) if self.users.contains_key(&u.user_id) => {
+                Ok(TestPeer::User(u.user_id))
+            }
+            tl::enums::InputPeer::PeerSelf => Ok(TestPeer::User(self.me.id)),
+            tl::enums::InputPeer::Chat(c) if self.chats.contains_key(&c.chat_id) => {
+                Ok(TestPeer::Chat(c.chat_id))
+            }
+            _ => Err((400, "PEER_ID_INVALID".to_owned())),
+        }
+    }
+
+    /// Answers an RPC the way Telegram would, or says it is not supported.
+    pub(crate) fn answer(&mut self, ctor: u32, body: &[u8]) -> Result<Vec<u8>, RpcFailure> {
+        use tl::functions as f;
+        let args = body.get(4..).unwrap_or_default();
+        let bad = |e: tl::deserialize::Error| (400, format!("INPUT_REQUEST_INVALID: {e}"));
+        if let Some(answer) = self.answer_auth(ctor, args) {
+            return answer;
+        }
+        if !self.auth.authorized && ctor != f::Ping::CONSTRUCTOR_ID {
+            return Err((401, "AUTH_KEY_UNREGISTERED".to_owned()));
+        }
+        match ctor {
+            f::updates::GetState::CONSTRUCTOR_ID => {
+                Ok(tl::enums::updates::State::from(self.state()).to_bytes())
+            }
+            f::updates::GetDifference::CONSTRUCTOR_ID => {
+                let req = f::updates::GetDifference::from_bytes(args).map_err(bad)?;
+                Ok(self.difference(req.pts).to_bytes())
+            }
+            f::messages::SendMessage::CONSTRUCTOR_ID => {
+                let req = f::messages::SendMessage::from_bytes(args).map_err(bad)?;
+                let peer = self.peer_of_input(&req.peer)?;
+                if req.message.is_empty() {
+                    return Err((400, "MESSAGE_EMPTY".to_owned()));
+                }
+                if let Some(id) = self.by_random_id.get(&req.random_id).copied() {
+                    if self.duplicate_is_error {
+                        return Err((500, "RANDOM_ID_DUPLICATE".to_owned()));
+                    }
+                    // Telegram deduplicates on random_id: answer with the message already sent.
+                    let m = self.messages.iter().find(|m| m.id == id).cloned();
+                    if let Some(m) = m {
+                        return Ok(self.updates_for(&m, Some(req.random_id)).to_bytes());
+                    }
+                }
+                let reply_to = match &req.reply_to {
+                    Some(tl::enums::InputReplyTo::Message(r)) => Some(r.reply_to_msg_id),
+                    _ => None,
+                };
+                let me = self.me.id;
+                let m = self.store(peer, me, &req.message, reply_to, Some(req.random_id));
+                Ok(self.updates_for(&m, Some(req.random_id)).to_bytes())
+            }
+            f::upload::SaveFilePart::CONSTRUCTOR_ID => {
+                let req = f::upload::SaveFilePart::from_bytes(args).map_err(bad)?;
+                self.uploads.entry(req.file_id).or_default().insert(req.file_part, req.bytes);
+                Ok(true.to_bytes())
+            }
+            f::upload::SaveBigFilePart::CONSTRUCTOR_ID => {
+                let req = f::upload::SaveBigFilePart::from_bytes(args).map_err(bad)?;
+                self.uploads.entry(req.file_id).or_default().insert(req.file_part, req.bytes);
+                Ok(true.to_bytes())
+            }
+            f::messages::SendMedia::CONSTRUCTOR_ID => {
+                let req = f::messages::SendMedia::from_bytes(args).map_err(bad)?;
+                let peer = self.peer_of_input(&req.peer)?;
+                if let Some(id) = self.by_random_id.get(&req.random_id).copied() {
+                    if self.duplicate_is_error {
+                        return Err((500, "RANDOM_ID_DUPLICATE".to_owned()));
+                    }
+                    if let Some(m) = self.messages.iter().find(|m| m.id == id).cloned() {
+                        return Ok(self.updates_for(&m, Some(req.random_id)).to_bytes());
+                    }
+                }
+                let (file, photo, mime_type) = match req.media {
+                    tl::enums::InputMedia::UploadedPhoto(p) => (p.file, true, None),
+                    tl::enums::InputMedia::UploadedDocument(d) => {
+                        (d.file, false, Some(d.mime_type))
+                    }
+                    _ => return Err((400, "MEDIA_INVALID".to_owned())),
+                };
+                let (file_id, parts, name) = match file {
+                    tl::enums::InputFile::File(f) => (f.id, f.parts, f.name),
+                    tl::enums::InputFile::Big(f) => (f.id, f.parts, f.name),
+                    _ => return Err((400, "MEDIA_INVALID".to_owned())),
+                };
+                let Some(uploaded) = self.uploads.get(&file_id) else {
+                    return Err((400, "FILE_PARTS_INVALID".to_owned()));
+                };
+                let mut data = Vec::new();
+                for part in 0..parts {
+                    let Some(bytes) = uploaded.get(&part) else {
+                        return Err((400, format!("FILE_PART_{part}_MISSING")));
+                    };
+                    data.extend_from_slice(bytes);
+                }
+                let reply_to = match &req.reply_to {
+                    Some(tl::enums::InputReplyTo::Message(r)) => Some(r.reply_to_msg_id),
+                    _ => None,
+                };
+                let me = self.me.id;
+                let mut m = self.store(peer, me, &req.message, reply_to, Some(req.random_id));
+                m.media = Some(WorldMedia { photo, name, mime_type, data });
+                if let Some(stored) = self.messages.last_mut() {
+                    stored.media = m.media.clone();
+                }
+                Ok(self.updates_for(&m, Some(req.random_id)).to_bytes())
+            }
+            f::upload::GetFile::CONSTRUCTOR_ID => {
+                let req = f::upload::GetFile::from_bytes(args).map_err(bad)?;
+                let tl::enums::InputFileLocation::InputDocumentFileLocation(loc) = req.location
+                else {
+                    return Err((400, "LOCATION_INVALID".to_owned()));
+                };
+                let found = self
+                    .messages
+                    .iter()
+                    .find(|m| DOCUMENT_BASE + i64::from(m.id) == loc.id)
+                    .and_then(|m| m.media.as_ref());
+                let Some(media) = found.filter(|_| loc.access_hash == DOCUMENT_HASH) else {
+                    return Err((400, "FILE_ID_INVALID".to_owned()));
+                };
+                if req.limit <= 0 || req.limit > 1024 * 1024 || req.offset < 0 {
+                    return Err((400, "LIMIT_INVALID".to_owned()));
+                }
+                let start = usize::try_from(req.offset).unwrap_or(usize::MAX).min(media.data.len());
+                let end = start.saturating_add(req.limit as usize).min(media.data.len());
+                Ok(tl::enums::upload::File::from(tl::types::upload::File {
+                    r#type: tl::enums::storage::FileType::FilePartial,
+                    mtime: 0,
+                    bytes: media.data[start..end].to_vec(),
+                })
+                .to_bytes())
+            }
+            f::messages::GetHistory::CONSTRUCTOR_ID => {
+                let req = f::messages::GetHistory::from_bytes(args).map_err(bad)?;
+                let peer = self.peer_of_input(&req.peer)?;
+                Ok(self.history(peer, &req).to_bytes())
+            }
+            f::users::GetUsers::CONSTRUCTOR_ID => {
+                let req = f::users::GetUsers::from_bytes(args).map_err(bad)?;
+                let ids: Vec<i64> = req
+                    .id
+                    .iter()
+                    .filter_map(|u| match u {
+                        tl::enums::InputUser::UserSelf => Some(self.me.id),
+                        tl::enums::InputUser::User(u) => Some(u.user_id),
+                        _ => None,
+                    })
+                    .collect();
+                Ok(self.tl_users(ids).to_bytes())
+            }
+            f::Ping::CONSTRUCTOR_ID => {
+                let req = f::Ping::from_bytes(args).map_err(bad)?;
+                Ok(tl::enums::Pong::from(tl::types::Pong { msg_id: 0, ping_id: req.ping_id })
+                    .to_bytes())
+            }
+            _ => Err((400, format!("LOOPBACK_UNSUPPORTED_{}", tl::name_for_id(ctor)))),
+        }
+    }
+
+    fn difference(&self, from_pts: i32) -> tl::enums::updates::Difference {
+        if from_pts >= self.pts {
+            return tl::types::updates::DifferenceEmpty { date: now(), seq: 0 }.into();
+        }
+        if let Some(limit) = self.too_long_after
+            && self.pts - from_pts > limit
+        {
+            return tl::types::updates::DifferenceTooLong { pts: self.pts }.into();
+        }
+        let new: Vec<&WorldMessage> = self.messages.iter().filter(|m| m.pts > from_pts).collect();
+        let (users, chats) = self.involved(&new);
+        tl::types::updates::Difference {
+            new_messages: new.iter().map(|m| self.tl_message(m)).collect(),
+            new_encrypted_messages: Vec::new(),
+            other_updates: Vec::new(),
+            chats,
+            users,
+            state: self.state().into(),
+        }
+        .into()
+    }
+
+    fn history(
+        &self,
+        peer: TestPeer,
+        req: &tl::functions::messages::GetHistory,
+    ) -> tl::enums::messages::Messages {
+        let limit = usize::try_from(req.limit.clamp(1, 100)).unwrap_or(100);
+        let mut found: Vec<&WorldMessage> = self
+            .messages
+            .iter()
+            .rev()
+            .filter(|m| m.peer == peer)
+            .filter(|m| req.offset_id <= 0 || m.id < req.offset_id)
+            .filter(|m| req.max_id <= 0 || m.id < req.max_id)
+            .filter(|m| m.id > req.min_id)
+            .collect();
+        let count = found.len();
+        found.truncate(limit);
+        let (users, chats) = self.involved(&found);
+        tl::types::messages::MessagesSlice {
+            inexact: false,
+            count: i32::try_from(count).unwrap_or(i32::MAX),
+            next_rate: None,
+            offset_id_offset: None,
+            search_flood: None,
+            messages: found.iter().map(|m| self.tl_message(m)).collect(),
+            topics: Vec::new(),
+            chats,
+            users,
+        }
+        .into()
+    }
+}
