@@ -1,0 +1,259 @@
+//! Account configuration: servers, credentials, timeouts and behaviour.
+
+use std::fmt;
+use std::time::Duration;
+
+/// How a connection to a mail server is secured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Security {
+    /// TLS from the first byte (IMAP 993, SMTP 465).
+    Tls,
+    /// A plaintext connection upgraded with STARTTLS before login (IMAP 143, SMTP 587).
+    StartTls,
+    /// No TLS at all: only for servers on loopback, such as the test stack. Credentials travel
+    /// in clear text.
+    Plaintext,
+}
+
+/// Where a server is and how to log in to it.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Host name (also the TLS server name).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// How the connection is secured.
+    pub security: Security,
+    /// Login name.
+    pub username: String,
+    /// Password (never logged).
+    pub password: String,
+}
+
+impl ServerConfig {
+    /// A server with TLS from the first byte.
+    pub fn tls(host: impl Into<String>, port: u16) -> Self {
+        Self::new(host, port, Security::Tls)
+    }
+
+    /// A server reached with the given security and no credentials yet.
+    pub fn new(host: impl Into<String>, port: u16, security: Security) -> Self {
+        Self { host: host.into(), port, security, username: String::new(), password: String::new() }
+    }
+
+    /// Sets the credentials.
+    pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.username = username.into();
+        self.password = password.into();
+        self
+    }
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Every time limit of the channel. The defaults follow the project's table: connect, read
+/// and write 60 s, IDLE inactivity 5 min, a fresh IDLE at most every 29 min (RFC 2177), DONE
+/// answered within 15 s, polling every 30 s without IDLE, a whole SMTP send within 120 s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting, TLS handshake, greeting and login.
+    pub connect: Duration,
+    /// One read from the socket that makes no progress.
+    pub read: Duration,
+    /// One write to the socket that makes no progress.
+    pub write: Duration,
+    /// Silence from the server during IDLE after which the connection is taken for dead
+    /// (servers send `* OK Still here` every few minutes).
+    pub idle_inactivity: Duration,
+    /// How long one IDLE command may last before it is renewed.
+    pub idle_max: Duration,
+    /// How long the server may take to end IDLE after `DONE`.
+    pub done: Duration,
+    /// How often the folder is checked when the server has no IDLE.
+    pub poll_interval: Duration,
+    /// A whole SMTP send (lettre's own timeout covers only connecting).
+    pub send: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(60),
+            read: Duration::from_secs(60),
+            write: Duration::from_secs(60),
+            idle_inactivity: Duration::from_secs(5 * 60),
+            idle_max: Duration::from_secs(29 * 60),
+            done: Duration::from_secs(15),
+            poll_interval: Duration::from_secs(30),
+            send: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Jittered exponential backoff between reconnects: 2 s to 80 s by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackoffConfig {
+    /// The first delay.
+    pub min: Duration,
+    /// The largest delay.
+    pub max: Duration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self { min: Duration::from_secs(2), max: Duration::from_secs(80) }
+    }
+}
+
+/// Where a folder without a stored cursor starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// Every message already in the folder is delivered (nothing is ever skipped).
+    #[default]
+    Beginning,
+    /// Only mail that arrives after the first connect; older mail comes through
+    /// [`fetch_history`](channel_core::Channel::fetch_history).
+    Now,
+}
+
+/// The configuration of one email account.
+///
+/// ```
+/// use channel_email::{EmailConfig, ServerConfig};
+///
+/// let config = EmailConfig::new(
+///     "me@example.org",
+///     ServerConfig::tls("imap.example.org", 993).credentials("me@example.org", "secret"),
+///     ServerConfig::tls("smtp.example.org", 465).credentials("me@example.org", "secret"),
+/// )
+/// .display_name("Me")
+/// .append_sent(true);
+/// assert_eq!(config.address, "me@example.org");
+/// ```
+#[derive(Clone, Debug)]
+pub struct EmailConfig {
+    /// The account's own address (lower-cased).
+    pub address: String,
+    /// The name shown in `From`.
+    pub display_name: Option<String>,
+    /// The IMAP server.
+    pub imap: ServerConfig,
+    /// The SMTP server.
+    pub smtp: ServerConfig,
+    /// Time limits.
+    pub timeouts: Timeouts,
+    /// Reconnect backoff.
+    pub backoff: BackoffConfig,
+    /// The folder of incoming mail.
+    pub inbox: String,
+    /// Whether the Sent folder is watched for mail the owner sent from other clients.
+    pub watch_sent: bool,
+    /// Whether a copy of each sent message is appended to the Sent folder (off by default:
+    /// most providers file it themselves).
+    pub append_sent: bool,
+    /// Messages per FETCH (at most 500).
+    pub batch_size: usize,
+    /// Where folders without a cursor start.
+    pub start_from: StartFrom,
+    /// Extra trusted root certificates (DER), for servers with a private CA.
+    pub extra_roots: Vec<Vec<u8>>,
+    /// SMTP connections kept open (lettre's pool).
+    pub smtp_pool_size: u32,
+    /// How far apart two messages without References/In-Reply-To may be and still be put in
+    /// one thread by normalized subject and participant ([`crate::thread_index`]); zero
+    /// switches that fallback off. 7 days by default.
+    pub thread_window: Duration,
+}
+
+impl EmailConfig {
+    /// The largest FETCH batch.
+    pub const MAX_BATCH: usize = 500;
+
+    /// A configuration with the defaults: INBOX and Sent watched, no APPEND, batches of 100.
+    pub fn new(address: impl Into<String>, imap: ServerConfig, smtp: ServerConfig) -> Self {
+        Self {
+            address: address.into().trim().to_lowercase(),
+            display_name: None,
+            imap,
+            smtp,
+            timeouts: Timeouts::default(),
+            backoff: BackoffConfig::default(),
+            inbox: "INBOX".to_owned(),
+            watch_sent: true,
+            append_sent: false,
+            batch_size: 100,
+            start_from: StartFrom::default(),
+            extra_roots: Vec::new(),
+            smtp_pool_size: 4,
+            thread_window: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+
+    /// Sets the name shown in `From`.
+    pub fn display_name(mut self, name: impl Into<String>) -> Self {
+        self.display_name = Some(name.into());
+        self
+    }
+
+    /// Sets the time limits.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Sets the reconnect backoff.
+    pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Watches the Sent folder or not.
+    pub fn watch_sent(mut self, on: bool) -> Self {
+        self.watch_sent = on;
+        self
+    }
+
+    /// Appends sent copies to the Sent folder or not.
+    pub fn append_sent(mut self, on: bool) -> Self {
+        self.append_sent = on;
+        self
+    }
+
+    /// Sets the FETCH batch size (clamped to 1..=500).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.clamp(1, Self::MAX_BATCH);
+        self
+    }
+
+    /// Sets where folders without a cursor start.
+    pub fn start_from(mut self, start: StartFrom) -> Self {
+        self.start_from = start;
+        self
+    }
+
+    /// Trusts an extra root certificate (DER).
+    pub fn add_root_certificate(mut self, der: Vec<u8>) -> Self {
+        self.extra_roots.push(der);
+        self
+    }
+
+    /// Sets the window of the subject-and-participant threading fallback (zero: off).
+    pub fn thread_window(mut self, window: Duration) -> Self {
+        self.thread_window = window;
+        self
+    }
+
+    pub(crate) fn effective_batch(&self) -> usize {
+        self.batch_size.clamp(1, Self::MAX_BATCH)
+    }
+}

@@ -1,0 +1,360 @@
+//! One IMAP session: connect (implicit TLS, STARTTLS or plaintext), log in, and run commands
+//! whose end is checked (a tagged OK, never an EOF taken for an empty answer).
+
+use std::sync::Arc;
+
+use async_imap::Client;
+use async_imap::imap_proto::{
+    MailboxDatum, NameAttribute, Response, ResponseCode, Status, StatusAttribute,
+};
+use tokio::net::TcpStream;
+
+use crate::config::{EmailConfig, Security};
+use crate::error::{ImapError, within};
+use crate::stream::{MailStream, TimeoutHandle, TimeoutStream};
+
+/// An async-imap session over our stream.
+pub(crate) type Session = async_imap::Session<MailStream>;
+
+/// A logged-in session with what we learned while opening it.
+pub(crate) struct ImapConnection {
+    /// The session.
+    pub session: Session,
+    /// Adjusts the stream's read limit (IDLE waits longer than a command).
+    pub timeouts: TimeoutHandle,
+    /// Whether the server advertises IDLE.
+    pub idle: bool,
+}
+
+impl std::fmt::Debug for ImapConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImapConnection").field("idle", &self.idle).finish_non_exhaustive()
+    }
+}
+
+/// The TLS client configuration: webpki roots plus the account's extra roots.
+pub(crate) fn tls_config(config: &EmailConfig) -> Result<Arc<rustls::ClientConfig>, ImapError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for der in &config.extra_roots {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.clone()))
+            .map_err(|e| ImapError::Config(format!("extra root certificate: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ImapError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(tls))
+}
+
+async fn tls_handshake(
+    config: &EmailConfig,
+    base: TimeoutStream<TcpStream>,
+) -> Result<MailStream, ImapError> {
+    let name = rustls::pki_types::ServerName::try_from(config.imap.host.clone())
+        .map_err(|e| ImapError::Config(format!("IMAP host name: {e}")))?;
+    let connector = tokio_rustls::TlsConnector::from(tls_config(config)?);
+    let tls = connector.connect(name, base).await.map_err(|e| ImapError::Tls(e.to_string()))?;
+    Ok(MailStream::Tls(Box::new(tls)))
+}
+
+async fn read_greeting(client: &mut Client<MailStream>) -> Result<(), ImapError> {
+    let greeting = client
+        .read_response()
+        .await?
+        .ok_or_else(|| ImapError::ConnectionLost("closed before the greeting".into()))?;
+    match greeting.parsed() {
+        Response::Data { status: Status::Ok | Status::PreAuth, .. } => Ok(()),
+        Response::Data { status: Status::Bye, outcome } => Err(ImapError::ConnectionLost(format!(
+            "greeted with BYE: {}",
+            outcome.information.as_deref().unwrap_or("")
+        ))),
+        _ => Err(ImapError::Protocol("unexpected greeting".into())),
+    }
+}
+
+fn classify_login(e: async_imap::error::Error) -> ImapError {
+    match e {
+        async_imap::error::Error::No(msg) => {
+            let upper = msg.to_ascii_uppercase();
+            if upper.contains("UNAVAILABLE") || upper.contains("INUSE") || upper.contains("LIMIT") {
+                ImapError::Protocol(format!("login refused for now: {msg}"))
+            } else {
+                ImapError::Auth(msg)
+            }
+        }
+        other => other.into(),
+    }
+}
+
+/// Connects, secures, greets and logs in, all within the connect limit.
+pub(crate) async fn connect(config: &EmailConfig) -> Result<ImapConnection, ImapError> {
+    let t = config.timeouts;
+    within("imap connect", t.connect, async {
+        let tcp = TcpStream::connect((config.imap.host.as_str(), config.imap.port)).await?;
+        tcp.set_nodelay(true)?;
+        let handle = TimeoutHandle::new(t.read, t.write);
+        let base = TimeoutStream::new(tcp, handle.clone());
+        let client = match config.imap.security {
+            Security::Plaintext => {
+                let mut client = Client::new(MailStream::Plain(base));
+                read_greeting(&mut client).await?;
+                client
+            }
+            Security::Tls => {
+                let mut client = Client::new(tls_handshake(config, base).await?);
+                read_greeting(&mut client).await?;
+                client
+            }
+            Security::StartTls => {
+                let mut plain = Client::new(MailStream::Plain(base));
+                read_greeting(&mut plain).await?;
+                plain.run_command_and_check_ok("STARTTLS", None).await?;
+                let MailStream::Plain(base) = plain.into_inner() else {
+                    return Err(ImapError::Protocol("STARTTLS on a TLS stream".into()));
+                };
+                Client::new(tls_handshake(config, base).await?)
+            }
+        };
+        let session = client
+            .login(&config.imap.username, &config.imap.password)
+            .await
+            .map_err(|(e, _)| classify_login(e))?;
+        let mut session = session;
+        let caps = session.capabilities().await?;
+        let idle = caps.has_str("IDLE");
+        Ok(ImapConnection { session, timeouts: handle, idle })
+    })
+    .await
+}
+
+/// Quotes a mailbox name or search string; CR, LF and NUL are refused.
+pub(crate) fn quote(s: &str) -> Result<String, ImapError> {
+    if s.contains(['\r', '\n', '\0']) {
+        return Err(ImapError::Config("CR, LF or NUL in an IMAP string".into()));
+    }
+    Ok(format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+}
+
+fn verb(cmd: &str) -> String {
+    let mut words = cmd.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some(first), Some(second)) if first.eq_ignore_ascii_case("UID") => format!("UID {second}"),
+        (Some(first), _) => first.to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// Runs `cmd`, hands every response before the tagged one to `on_response`, and succeeds only
+/// on a tagged OK. An EOF before it is [`ImapError::ConnectionLost`]; NO and BAD are
+/// [`ImapError::Protocol`]; an untagged BYE ends the session.
+pub(crate) async fn command<F>(
+    session: &mut Session,
+    cmd: &str,
+    mut on_response: F,
+) -> Result<(), ImapError>
+where
+    F: FnMut(&Response<'_>) -> Result<(), ImapError>,
+{
+    let id = session.run_command(cmd).await?;
+    loop {
+        let Some(resp) = session.read_response().await? else {
+            return Err(ImapError::ConnectionLost(format!(
+                "EOF before the end of `{}`",
+                verb(cmd)
+            )));
+        };
+        match resp.parsed() {
+            Response::Done { tag, status, outcome } if *tag == id => {
+                return match status {
+                    Status::Ok => Ok(()),
+                    other => Err(ImapError::Protocol(format!(
+                        "`{}` answered {other:?}: {}",
+                        verb(cmd),
+                        outcome.information.as_deref().unwrap_or("")
+                    ))),
+                };
+            }
+            Response::Data { status: Status::Bye, outcome } => {
+                return Err(ImapError::ConnectionLost(format!(
+                    "BYE: {}",
+                    outcome.information.as_deref().unwrap_or("")
+                )));
+            }
+            other => on_response(other)?,
+        }
+    }
+}
+
+/// What SELECT or STATUS tells about a folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FolderStatus {
+    /// UIDVALIDITY.
+    pub uid_validity: u32,
+    /// UIDNEXT: every message that exists now has a smaller UID.
+    pub uid_next: u32,
+}
+
+fn folder_status(
+    validity: Option<u32>,
+    next: Option<u32>,
+    folder: &str,
+) -> Result<FolderStatus, ImapError> {
+    match (validity, next) {
+        (Some(uid_validity), Some(uid_next)) => Ok(FolderStatus { uid_validity, uid_next }),
+        _ => Err(ImapError::Protocol(format!("no UIDVALIDITY/UIDNEXT for folder {folder:?}"))),
+    }
+}
+
+/// SELECTs (or EXAMINEs, read-only) a folder.
+pub(crate) async fn select(
+    session: &mut Session,
+    folder: &str,
+    read_only: bool,
+) -> Result<FolderStatus, ImapError> {
+    let (mut validity, mut next) = (None, None);
+    let cmd = format!("{} {}", if read_only { "EXAMINE" } else { "SELECT" }, quote(folder)?);
+    command(session, &cmd, |resp| {
+        if let Response::Data { outcome, .. } = resp {
+            match outcome.code {
+                Some(ResponseCode::UidValidity(v)) => validity = Some(v),
+                Some(ResponseCode::UidNext(n)) => next = Some(n),
+                _ => {}
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    folder_status(validity, next, folder)
+}
+
+/// STATUS of a folder: its current UIDVALIDITY and UIDNEXT.
+pub(crate) async fn status(session: &mut Session, folder: &str) -> Result<FolderStatus, ImapError> {
+    let (mut validity, mut next) = (None, None);
+    let cmd = format!("STATUS {} (UIDNEXT UIDVALIDITY)", quote(folder)?);
+    command(session, &cmd, |resp| {
+        if let Response::MailboxData(MailboxDatum::Status { status, .. }) = resp {
+            for attr in status {
+                match attr {
+                    StatusAttribute::UidValidity(v) => validity = Some(*v),
+                    StatusAttribute::UidNext(n) => next = Some(*n),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    folder_status(validity, next, folder)
+}
+
+/// `UID SEARCH criteria`: the UIDs, sorted.
+pub(crate) async fn uid_search(
+    session: &mut Session,
+    criteria: &str,
+) -> Result<Vec<u32>, ImapError> {
+    let mut uids = Vec::new();
+    command(session, &format!("UID SEARCH {criteria}"), |resp| {
+        if let Response::MailboxData(MailboxDatum::Search(found)) = resp {
+            uids.extend_from_slice(found);
+        }
+        Ok(())
+    })
+    .await?;
+    uids.sort_unstable();
+    uids.dedup();
+    Ok(uids)
+}
+
+/// A folder as LIST reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ListedFolder {
+    /// Its name.
+    pub name: String,
+    /// Whether it carries the `\Sent` special-use attribute.
+    pub sent: bool,
+    /// Whether it can be selected.
+    pub selectable: bool,
+}
+
+/// `LIST "" "*"`.
+pub(crate) async fn list(session: &mut Session) -> Result<Vec<ListedFolder>, ImapError> {
+    let mut out = Vec::new();
+    command(session, "LIST \"\" \"*\"", |resp| {
+        if let Response::MailboxData(MailboxDatum::List(data)) = resp {
+            out.push(ListedFolder {
+                name: data.name.to_string(),
+                sent: data.name_attributes.iter().any(|a| matches!(a, NameAttribute::Sent)),
+                selectable: !data
+                    .name_attributes
+                    .iter()
+                    .any(|a| matches!(a, NameAttribute::NoSelect)),
+            });
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(out)
+}
+
+/// NOOP: a round trip that also lets the server report changes.
+pub(crate) async fn noop(session: &mut Session) -> Result<(), ImapError> {
+    command(session, "NOOP", |_| Ok(())).await
+}
+
+/// LOGOUT, best effort within `limit` (the session is dropped either way).
+pub(crate) async fn logout(session: &mut Session, limit: std::time::Duration) {
+    let _ =
+        within("imap logout", limit, async { command(session, "LOGOUT", |_| Ok(())).await }).await;
+}
+
+/// A short UID set for sorted UIDs: `1:5,7,9:12`.
+pub(crate) fn uid_set(uids: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let start = uids[i];
+        let mut end = start;
+        while i + 1 < uids.len() && uids[i + 1] == end.wrapping_add(1) {
+            i += 1;
+            end = uids[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_sets_are_short_ranges() {
+        assert_eq!(uid_set(&[1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
+        assert_eq!(uid_set(&[42]), "42");
+        assert_eq!(uid_set(&[]), "");
+    }
+
+    #[test]
+    fn quoting_escapes_and_refuses_line_breaks() {
+        assert_eq!(quote(r#"a"b\c"#).unwrap(), r#""a\"b\\c""#);
+        assert!(quote("a\r\nb").is_err());
+    }
+
+    #[test]
+    fn the_verb_names_the_command_without_its_arguments() {
+        assert_eq!(verb("UID FETCH 1:5 (BODY.PEEK[])"), "UID FETCH");
+        assert_eq!(verb("SELECT \"INBOX\""), "SELECT");
+    }
+}

@@ -1,0 +1,70 @@
+//! # channel-email
+//!
+//! The IMAP/SMTP channel of the channel family: [`EmailChannel`] implements
+//! [`channel_core::Channel`] for one mailbox.
+//!
+//! * **Receive** with async-imap on tokio over rustls (implicit TLS or STARTTLS; plaintext
+//!   only when the account says so). IDLE when the server has it (renewed every 29 min, a
+//!   server silent for 5 min is taken for dead, `DONE` answered within 15 s), polling every
+//!   30 s otherwise. Connect, read and write limits live on the stream itself
+//!   ([`stream::TimeoutStream`]); any error or timeout throws the session away and the loop
+//!   reconnects with jittered backoff (2 s to 80 s).
+//! * **Never lose, never duplicate**: per folder, a [`cursor::FolderCursor`]
+//!   (UIDVALIDITY, UIDNEXT) advances only with the commit of the messages it covers (it
+//!   rides on the last message of each batch). UID FETCH uses explicit UID sets in batches
+//!   of at most 500 and must end with a tagged OK (an EOF in the middle is an error). The
+//!   provider id is the Message-ID (X-Microsoft-Original-Message-ID first, a hash of the
+//!   headers when there is none), which the store deduplicates on.
+//! * **Parse** with mail-parser; a message that cannot be parsed is delivered raw with
+//!   `parse_error` set ([`parse`]).
+//! * **Thread** on the root of References ([`thread`]), every id carried along; mail without
+//!   them joins a recent thread of the same normalized subject and participant
+//!   ([`thread_index`]).
+//! * **Send** with lettre (pooled, rustls); the Message-ID is the engine's `client_key`;
+//!   bad input is refused before anything is sent ([`send`]).
+//! * **Sent folder** watched: what the owner sent from other clients arrives as outbound
+//!   messages whose `client_key` is their Message-ID, so our own sends are matched, not
+//!   stored twice.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use channel_email::{EmailChannel, EmailConfig, ServerConfig};
+//!
+//! # fn main() -> Result<(), channel_core::ChannelError> {
+//! let config = EmailConfig::new(
+//!     "me@example.org",
+//!     ServerConfig::tls("imap.example.org", 993).credentials("me@example.org", "secret"),
+//!     ServerConfig::tls("smtp.example.org", 465).credentials("me@example.org", "secret"),
+//! );
+//! let channel: Arc<dyn channel_core::Channel> = Arc::new(EmailChannel::new(config)?);
+//! # let _ = channel;
+//! # Ok(())
+//! # }
+//! ```
+
+mod backoff;
+mod channel;
+pub mod config;
+pub mod cursor;
+pub mod error;
+mod fetch;
+mod history;
+mod idle;
+mod imap_session;
+pub mod parse;
+pub mod send;
+mod sent_folder;
+pub mod stream;
+mod sync;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod thread;
+pub mod thread_index;
+mod watch;
+
+pub use channel::EmailChannel;
+pub use config::{BackoffConfig, EmailConfig, Security, ServerConfig, StartFrom, Timeouts};
+pub use cursor::FolderCursor;
+pub use history::effective_limit;
+pub use send::{AttachmentSource, default_subject};
+pub use sent_folder::USUAL_SENT_NAMES;

@@ -1,0 +1,173 @@
+//! Catching up on a folder: every message from the cursor to UIDNEXT, in batches, each batch
+//! delivered (and the cursor advanced) in one commit.
+
+use std::sync::Arc;
+
+use channel_core::{Inbound, InboundMessage};
+
+use crate::config::{EmailConfig, StartFrom};
+use crate::cursor::FolderCursor;
+use crate::error::ImapError;
+use crate::fetch::{FetchWhat, uid_fetch};
+use crate::imap_session::{FolderStatus, Session, uid_search};
+use crate::parse::{FolderRole, parse_internal_date, parse_message};
+use crate::thread_index::ThreadIndex;
+
+/// Reads the folder's cursor from the account state.
+pub(crate) async fn load_cursor(
+    inbound: &dyn Inbound,
+    folder: &str,
+) -> Result<Option<FolderCursor>, ImapError> {
+    let bytes = inbound.state_get(&FolderCursor::key(folder)).await.map_err(ImapError::Inbound)?;
+    Ok(bytes.as_deref().and_then(FolderCursor::decode))
+}
+
+async fn put_cursor(
+    inbound: &dyn Inbound,
+    folder: &str,
+    cursor: FolderCursor,
+) -> Result<(), ImapError> {
+    inbound
+        .state_put(&FolderCursor::key(folder), &cursor.encode())
+        .await
+        .map_err(ImapError::Inbound)
+}
+
+/// How many messages a catch-up delivered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SyncReport {
+    /// Messages handed to the sink.
+    pub delivered: usize,
+    /// Whether UIDVALIDITY had changed (the folder was read again).
+    pub rescanned: bool,
+}
+
+/// Delivers every message of `folder` between the stored cursor and `status.uid_next`.
+///
+/// A changed UIDVALIDITY means the old UIDs mean nothing: the folder is read again from UID 1
+/// and the store's deduplication by Message-ID keeps what is known from being stored twice.
+pub(crate) async fn catch_up(
+    session: &mut Session,
+    config: &EmailConfig,
+    inbound: &Arc<dyn Inbound>,
+    folder: &str,
+    role: FolderRole,
+    status: FolderStatus,
+    threads: &ThreadIndex,
+) -> Result<SyncReport, ImapError> {
+    let mut report = SyncReport::default();
+    let stored = load_cursor(inbound.as_ref(), folder).await?;
+    let start = match stored {
+        Some(c) if c.uid_validity == status.uid_validity => c.uid_next,
+        Some(_) => {
+            tracing::info!(folder, "UIDVALIDITY changed: reading the folder again");
+            report.rescanned = true;
+            1
+        }
+        None => match config.start_from {
+            StartFrom::Beginning => 1,
+            StartFrom::Now => status.uid_next,
+        },
+    };
+    let target =
+        FolderCursor { uid_validity: status.uid_validity, uid_next: status.uid_next.max(start) };
+    if start >= status.uid_next {
+        if stored != Some(target) {
+            put_cursor(inbound.as_ref(), folder, target).await?;
+        }
+        return Ok(report);
+    }
+    // Explicit range: from the cursor to the last UID that existed when UIDNEXT was read.
+    let uids = uid_search(session, &format!("UID {}:{}", start, status.uid_next - 1)).await?;
+    let uids: Vec<u32> = uids.into_iter().filter(|u| *u >= start && *u < status.uid_next).collect();
+    let mut covered = stored.filter(|c| c.uid_validity == status.uid_validity);
+    // Fetching the next batch overlaps the commit of the previous one: the session and the
+    // sink are independent, batches are still delivered one at a time and in order, and a
+    // batch's cursor still moves only with its commit.
+    let mut chunks = uids.chunks(config.effective_batch());
+    let mut pending: Option<(Vec<InboundMessage>, FolderCursor)> = None;
+    loop {
+        let next = chunks.next();
+        let fetch = async {
+            match next {
+                Some(chunk) => {
+                    fetch_batch(session, chunk, folder, role, status.uid_validity, threads)
+                        .await
+                        .map(Some)
+                }
+                None => Ok(None),
+            }
+        };
+        let deliver = async {
+            match pending.take() {
+                Some((batch, cursor)) => {
+                    deliver_batch(inbound.as_ref(), folder, batch, cursor).await.map(Some)
+                }
+                None => Ok(None),
+            }
+        };
+        let (fetched, delivered) = tokio::join!(fetch, deliver);
+        if let Some((n, cursor)) = delivered? {
+            report.delivered += n;
+            covered = Some(cursor);
+            inbound.alive();
+        }
+        match fetched? {
+            Some(batch) => pending = Some(batch),
+            None => break,
+        }
+    }
+    // Advance across UIDs that hold no message.
+    if covered != Some(target) {
+        put_cursor(inbound.as_ref(), folder, target).await?;
+    }
+    Ok(report)
+}
+
+/// Fetches and parses one batch; the last message carries the cursor that covers the batch.
+async fn fetch_batch(
+    session: &mut Session,
+    chunk: &[u32],
+    folder: &str,
+    role: FolderRole,
+    uid_validity: u32,
+    threads: &ThreadIndex,
+) -> Result<(Vec<InboundMessage>, FolderCursor), ImapError> {
+    let (fetched, _) = uid_fetch(session, chunk, FetchWhat::Full).await?;
+    let last_uid = chunk[chunk.len() - 1];
+    let cursor = FolderCursor { uid_validity, uid_next: last_uid + 1 };
+    let mut batch: Vec<InboundMessage> = fetched
+        .iter()
+        .map(|f| {
+            let parsed = parse_message(
+                &f.raw,
+                role,
+                f.internal_date.as_deref().and_then(parse_internal_date),
+            );
+            let mut message = parsed.message;
+            threads.apply(&mut message, parsed.subject.as_deref(), parsed.has_thread_headers);
+            message
+        })
+        .collect();
+    if let Some(last) = batch.last_mut() {
+        last.cursor = Some(cursor.update(folder));
+    }
+    Ok((batch, cursor))
+}
+
+/// Delivers one batch with its cursor (or, when every message of it was expunged meanwhile,
+/// writes the cursor alone). Returns how many messages went to the sink.
+async fn deliver_batch(
+    inbound: &dyn Inbound,
+    folder: &str,
+    batch: Vec<InboundMessage>,
+    cursor: FolderCursor,
+) -> Result<(usize, FolderCursor), ImapError> {
+    let n = batch.len();
+    if n == 0 {
+        put_cursor(inbound, folder, cursor).await?;
+    } else {
+        inbound.deliver_batch(batch).await.map_err(ImapError::Inbound)?;
+    }
+    Ok((n, cursor))
+}

@@ -1,0 +1,164 @@
+//! The threading fallback for mail without References or In-Reply-To: the normalized subject
+//! (reply and forward prefixes such as `Re:`, `Fwd:`, `AW:`, `SV:` stripped, case and
+//! whitespace folded) plus the other participant, within a time window.
+//!
+//! The index lives in memory, in the channel, fed by every message the channel reads (both
+//! folders). It is rebuilt from what the channel reads after a restart: a reply without
+//! headers to a thread the channel has not seen since it started opens a new conversation.
+//! Mail with References or In-Reply-To never uses it (the store matches those ids).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use channel_core::InboundMessage;
+
+/// Prefixes that mark a reply or a forward, in the languages mail clients commonly use.
+const PREFIXES: &[&str] =
+    &["re", "fwd", "fw", "aw", "sv", "vs", "wg", "antw", "tr", "rv", "ref", "odp", "r"];
+
+/// The subject a thread is recognised by: prefixes stripped, lower-case, single spaces.
+///
+/// ```
+/// use channel_email::thread_index::normalize_subject;
+/// assert_eq!(normalize_subject("Re: AW:  Fwd[2]: Project   X "), "project x");
+/// assert_eq!(normalize_subject("SV: re:project x"), "project x");
+/// assert_eq!(normalize_subject("Reports"), "reports");
+/// ```
+pub fn normalize_subject(subject: &str) -> String {
+    let mut s: String = subject.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+    loop {
+        let trimmed = s.trim_start();
+        let Some(colon) = trimmed.find(':') else { break };
+        let head = trimmed[..colon].trim_end();
+        // `Re`, `Fwd[2]`, `Re(3)`, `Re^2`: a known word with an optional counter.
+        let word = head.trim_end_matches(|c: char| {
+            c.is_ascii_digit() || matches!(c, '[' | ']' | '(' | ')' | '^')
+        });
+        if !PREFIXES.contains(&word) {
+            break;
+        }
+        s = trimmed[colon + 1..].trim_start().to_owned();
+    }
+    s.trim().to_owned()
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    thread_key: String,
+    last_seen_ms: i64,
+}
+
+/// Threads recently seen, by normalized subject and participant.
+#[derive(Debug)]
+pub struct ThreadIndex {
+    window: Duration,
+    entries: Mutex<HashMap<(String, String), Entry>>,
+}
+
+/// Entries kept before the old ones are dropped.
+const CAPACITY: usize = 50_000;
+
+impl ThreadIndex {
+    /// An empty index matching within `window` (zero switches the fallback off).
+    pub fn new(window: Duration) -> Self {
+        Self { window, entries: Mutex::new(HashMap::new()) }
+    }
+
+    /// Records `message` and, when it has no References and no In-Reply-To
+    /// (`has_thread_headers` false), gives it the thread key of the latest message with the
+    /// same normalized subject and participant within the window.
+    pub fn apply(
+        &self,
+        message: &mut InboundMessage,
+        subject: Option<&str>,
+        has_thread_headers: bool,
+    ) {
+        if self.window.is_zero() {
+            return;
+        }
+        let normalized = normalize_subject(subject.unwrap_or(""));
+        if normalized.is_empty() {
+            return;
+        }
+        let key = (normalized, message.remote.address.clone());
+        let at = message.sent_at.0;
+        let window_ms = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if !has_thread_headers
+            && let Some(e) = entries.get(&key)
+            && (at - e.last_seen_ms).abs() <= window_ms
+        {
+            message.thread_key = e.thread_key.clone();
+        }
+        let entry = entries
+            .entry(key)
+            .or_insert_with(|| Entry { thread_key: message.thread_key.clone(), last_seen_ms: at });
+        if at >= entry.last_seen_ms {
+            entry.thread_key = message.thread_key.clone();
+            entry.last_seen_ms = at;
+        }
+        if entries.len() > CAPACITY {
+            let newest = entries.values().map(|e| e.last_seen_ms).max().unwrap_or(at);
+            entries.retain(|_, e| newest - e.last_seen_ms <= window_ms);
+            if entries.len() > CAPACITY {
+                entries.clear();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use channel_core::{IdentityInfo, Timestamp};
+
+    const HOUR_MS: i64 = 3_600_000;
+
+    fn mail(id: &str, from: &str, at_ms: i64) -> InboundMessage {
+        InboundMessage::text(id, id, IdentityInfo::new(from), "text", Timestamp(at_ms))
+    }
+
+    #[test]
+    fn subjects_lose_their_prefixes_case_and_extra_spaces() {
+        assert_eq!(normalize_subject("RE: Fw: Antw: hello  world"), "hello world");
+        assert_eq!(normalize_subject("Re[3]: status"), "status");
+        assert_eq!(normalize_subject("Meeting: tomorrow"), "meeting: tomorrow");
+        assert_eq!(normalize_subject("Re:"), "");
+    }
+
+    #[test]
+    fn a_reply_without_headers_joins_the_thread_of_the_same_subject_and_sender_within_the_window() {
+        let index = ThreadIndex::new(Duration::from_secs(7 * 24 * 3600));
+        let mut first = mail("<a@x>", "carol@x.org", 0);
+        index.apply(&mut first, Some("Project X"), false);
+        assert_eq!(first.thread_key, "<a@x>");
+
+        let mut reply = mail("<b@x>", "carol@x.org", HOUR_MS);
+        index.apply(&mut reply, Some("Re: project   x"), false);
+        assert_eq!(reply.thread_key, "<a@x>", "same subject and participant: same thread");
+
+        let mut other_person = mail("<c@x>", "dave@x.org", HOUR_MS);
+        index.apply(&mut other_person, Some("Re: Project X"), false);
+        assert_eq!(other_person.thread_key, "<c@x>", "another participant: another thread");
+
+        let mut much_later = mail("<d@x>", "carol@x.org", HOUR_MS + 8 * 24 * HOUR_MS);
+        index.apply(&mut much_later, Some("Re: Project X"), false);
+        assert_eq!(much_later.thread_key, "<d@x>", "outside the window: a new thread");
+
+        let mut with_headers = mail("<e@x>", "carol@x.org", HOUR_MS + 8 * 24 * HOUR_MS);
+        with_headers.thread_key = "<root@elsewhere>".to_owned();
+        index.apply(&mut with_headers, Some("Re: Project X"), true);
+        assert_eq!(with_headers.thread_key, "<root@elsewhere>", "References win over the fallback");
+    }
+
+    #[test]
+    fn a_zero_window_switches_the_fallback_off() {
+        let index = ThreadIndex::new(Duration::ZERO);
+        let mut a = mail("<a@x>", "carol@x.org", 0);
+        index.apply(&mut a, Some("s"), false);
+        let mut b = mail("<b@x>", "carol@x.org", 1);
+        index.apply(&mut b, Some("Re: s"), false);
+        assert_eq!(b.thread_key, "<b@x>");
+    }
+}

@@ -1,0 +1,134 @@
+//! The receive loop of one folder: connect, catch up, wait for changes, catch up again;
+//! on any error throw the session away and reconnect with jittered backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use channel_core::{ChannelError, ConnectionState, Inbound};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::EmailConfig;
+use crate::error::ImapError;
+use crate::idle::{Wake, wait_for_change};
+use crate::imap_session::{ImapConnection, connect, logout, select, status};
+use crate::parse::FolderRole;
+use crate::sent_folder::find_sent;
+use crate::sync::catch_up;
+use crate::thread_index::ThreadIndex;
+
+/// Watches one folder until `cancel` fires.
+pub(crate) struct FolderWatcher {
+    pub config: Arc<EmailConfig>,
+    pub role: FolderRole,
+    pub inbound: Arc<dyn Inbound>,
+    pub cancel: CancellationToken,
+    /// Whether this loop reports the account's connection state (the inbox loop does).
+    pub reports_state: bool,
+    /// The threading fallback, shared by the account's loops.
+    pub threads: Arc<ThreadIndex>,
+}
+
+const LOGOUT_LIMIT: Duration = Duration::from_secs(5);
+
+impl FolderWatcher {
+    async fn report(&self, state: ConnectionState) {
+        if self.reports_state {
+            self.inbound.report_state(state).await;
+        }
+    }
+
+    /// Runs until cancelled (`Ok`) or until the credentials are rejected (`NeedsLogin`).
+    pub(crate) async fn run(self) -> Result<(), ChannelError> {
+        let mut backoff = Backoff::new(self.config.backoff);
+        loop {
+            if self.cancel.is_cancelled() {
+                return Ok(());
+            }
+            self.report(ConnectionState::Connecting).await;
+            let outcome = tokio::select! {
+                r = self.session(&mut backoff) => r,
+                _ = self.cancel.cancelled() => Ok(()),
+            };
+            match outcome {
+                Ok(()) => return Ok(()),
+                Err(ImapError::Auth(reason)) => {
+                    tracing::warn!(role = ?self.role, "IMAP login rejected");
+                    if !self.reports_state {
+                        // The inbox loop reports it; this one just stops.
+                        return Err(ChannelError::NeedsLogin(reason));
+                    }
+                    self.inbound
+                        .report_state(ConnectionState::NeedsLogin { reason: reason.clone() })
+                        .await;
+                    return Err(ChannelError::NeedsLogin(reason));
+                }
+                Err(ImapError::Inbound(ChannelError::Cancelled)) => return Ok(()),
+                Err(e) => {
+                    let reason = e.to_string();
+                    tracing::info!(role = ?self.role, error = %reason, "IMAP session dropped");
+                    self.report(ConnectionState::TransientDisconnect { reason }).await;
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn session(&self, backoff: &mut Backoff) -> Result<(), ImapError> {
+        let mut conn = connect(&self.config).await?;
+        let result = self.session_with(&mut conn, backoff).await;
+        if matches!(result, Ok(())) {
+            logout(&mut conn.session, LOGOUT_LIMIT).await;
+        }
+        result
+    }
+
+    async fn session_with(
+        &self,
+        conn: &mut ImapConnection,
+        backoff: &mut Backoff,
+    ) -> Result<(), ImapError> {
+        let folder = match self.role {
+            FolderRole::Inbox => self.config.inbox.clone(),
+            FolderRole::Sent => match find_sent(&mut conn.session).await? {
+                Some(name) => name,
+                None => {
+                    tracing::info!("no Sent folder: mail sent from other clients is not captured");
+                    self.cancel.cancelled().await;
+                    return Ok(());
+                }
+            },
+        };
+        let mut current = select(&mut conn.session, &folder, true).await?;
+        self.report(ConnectionState::Connected).await;
+        let inbound = self.inbound.clone();
+        let alive = move || inbound.alive();
+        let mut first = true;
+        loop {
+            self.inbound.alive();
+            catch_up(
+                &mut conn.session,
+                &self.config,
+                &self.inbound,
+                &folder,
+                self.role,
+                current,
+                &self.threads,
+            )
+            .await?;
+            if first {
+                // A session that connected and caught up has worked: start backoff afresh.
+                backoff.reset();
+                first = false;
+            }
+            match wait_for_change(conn, &self.config.timeouts, &self.cancel, &alive).await? {
+                Wake::Cancelled => return Ok(()),
+                Wake::Check => current = status(&mut conn.session, &folder).await?,
+            }
+        }
+    }
+}
