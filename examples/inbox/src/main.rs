@@ -1,0 +1,367 @@
+//! `inbox`: the complete channel worker on the embedded SQLite default.
+//!
+//! It opens (or creates) a store under `./target/inbox`, runs one demo account on the
+//! in-memory channel through the real `Runtime` (supervised loops under the watchdog, the
+//! dispatcher, lifecycle sweeps), simulates people writing in, answers every new conversation
+//! with an auto-reply, and prints a summary read back from the store. Run it twice: the
+//! second run finds the same messages already stored.
+//!
+//! ```sh
+//! cargo run -p inbox                  # 10 seconds
+//! cargo run -p inbox -- --seconds 20
+//! RUST_LOG=debug cargo run -p inbox
+//! ```
+//!
+//! See `examples/inbox/README.md` for how to read the output.
+
+mod error;
+mod setup;
+mod simulation;
+mod summary;
+
+use std::fmt::Display;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use channel_core::retry::RetryPolicy;
+use channel_core::runtime::{Runtime, StaticChannels};
+use channel_core::state::StateError;
+use channel_core::testing::MemoryChannel;
+use channel_core::{
+    AccountId, Channel, Engine, EngineConfig, Event, LifecyclePolicy, OnClosed, Store,
+};
+use channel_watchdog::LoopStatus;
+use secrecy::ExposeSecret;
+use tokio::sync::broadcast;
+use tracing_subscriber::EnvFilter;
+
+use crate::error::{Error, ResultExt};
+use crate::setup::{KeySource, Paths};
+
+/// How long the demo runs by default.
+const DEFAULT_SECONDS: u64 = 10;
+/// The short lifecycle policy of the demo account, so that conversations visibly go idle and
+/// close within a run (a service would use hours or days).
+const DEMO_LIFECYCLE: LifecyclePolicy = LifecyclePolicy {
+    idle_after: Some(Duration::from_millis(1500)),
+    close_after: Some(Duration::from_secs(3)),
+    expire_after: None,
+    on_closed: OnClosed::StartNew,
+};
+/// The account-state slot where the demo counts its runs.
+const RUNS_KEY: &str = "inbox-demo:runs";
+
+const USAGE: &str = "\
+usage: inbox [--seconds N]
+
+Runs the channel worker with a simulated demo account for N seconds (default 10), then shuts
+down gracefully and prints a summary read back from the store. Ctrl-C stops it early.
+
+environment:
+  INBOX_DATABASE   SQLite file or sqlite: URL (default ./target/inbox/inbox.db);
+                   postgres://... with the `postgres` feature
+  INBOX_STATE_KEY  64 hex digits encrypting account state (default: generated once and
+                   kept in ./target/inbox/state.key)
+  RUST_LOG         log filter (default info)";
+
+/// The command line.
+#[derive(Debug)]
+struct Args {
+    seconds: u64,
+}
+
+impl Args {
+    /// Parses `--seconds N` / `--seconds=N`; `None` for `--help`.
+    fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Self>, Error> {
+        let mut seconds = DEFAULT_SECONDS;
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let value = match arg.as_str() {
+                "-h" | "--help" => return Ok(None),
+                "--seconds" | "-s" => args.next(),
+                other => match other.strip_prefix("--seconds=") {
+                    Some(v) => Some(v.to_owned()),
+                    None => {
+                        return Err(Error::msg(format!("unknown argument `{other}`\n\n{USAGE}")));
+                    }
+                },
+            };
+            let value = value.ok_or_else(|| Error::msg("--seconds needs a value"))?;
+            seconds = value
+                .parse()
+                .map_err(|_| Error::msg(format!("--seconds takes whole seconds, not `{value}`")))?;
+        }
+        Ok(Some(Self { seconds }))
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let Some(args) = Args::parse(std::env::args().skip(1))? else {
+        // Ignore a closed stdout (`inbox --help | head -1`).
+        let _ = writeln!(std::io::stdout(), "{USAGE}");
+        return Ok(());
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_timer(Elapsed(std::time::Instant::now()))
+        .init();
+    run(args).await
+}
+
+async fn run(args: Args) -> Result<(), Error> {
+    // The store, the key, the account.
+    let paths = Paths::from_env();
+    let (state_key, key_source) = setup::state_key(&paths.key_file)?;
+    match &key_source {
+        KeySource::Environment => tracing::info!("account-state key from INBOX_STATE_KEY"),
+        KeySource::File(p) => tracing::info!("account-state key read from {}", p.display()),
+        KeySource::Generated(p) => tracing::info!(
+            "generated a new account-state key and kept it in {} (never printed; \
+             keep it with the database: encrypted account state cannot be read without it)",
+            p.display()
+        ),
+    }
+    let sql = setup::open_store(&paths).await?;
+    tracing::info!(
+        database = %paths.database_for_log(),
+        backend = ?sql.backend(),
+        blobs = %paths.blobs.display(),
+        "store open, schema up to date"
+    );
+    let store: Arc<dyn Store> = Arc::new(sql.clone());
+    let (account, created) = setup::demo_account(&store).await?;
+    tracing::info!(
+        account = %short(account.id),
+        "{}",
+        if created { "demo account created" } else { "demo account found: reusing it" }
+    );
+
+    // The engine: a short lifecycle, quick retries and sweeps, short leases, so that
+    // everything happens within a run of a few seconds.
+    let mut config = EngineConfig::default();
+    config.retry = RetryPolicy { base: Duration::from_secs(1), ..RetryPolicy::DEFAULT };
+    config.sweep_interval = Duration::from_secs(1);
+    config.rescue_interval = Duration::from_secs(1);
+    config.lease_ttl = Duration::from_secs(6);
+    config.lease_renew_every = Duration::from_secs(2);
+    let engine = Engine::builder(Arc::clone(&store), state_key)
+        .config(config)
+        .blob_dir(&paths.blobs)
+        .build()
+        .context("cannot build the engine")?;
+    engine.set_lifecycle_policy(account.id, DEMO_LIFECYCLE);
+    let run_number = count_run(&engine, account.id, &paths).await?;
+
+    // Events, logged as they are published (ids only: events carry no content).
+    let event_log = tokio::spawn(log_events(engine.subscribe()));
+    let autoresponder_events = engine.subscribe();
+
+    // The runtime: lease, account loop, dispatcher, leader (rescues and sweeps).
+    let channel = Arc::new(MemoryChannel::new());
+    let channels = StaticChannels::new().with(account.id, Arc::clone(&channel) as Arc<dyn Channel>);
+    let runtime = Runtime::builder(engine.clone(), Arc::new(channels))
+        .channel_max_silence(Duration::from_secs(30))
+        .shutdown_deadline(Duration::from_secs(5))
+        .start()
+        .await
+        .context("cannot start the runtime")?;
+    runtime
+        .watchdog()
+        .register(simulation::autoresponder(
+            engine.clone(),
+            Arc::clone(&channel),
+            simulation::Faults::planned(),
+            autoresponder_events,
+        ))
+        .context("cannot start the auto-responder")?;
+    wait_for_account(&runtime, account.id).await;
+
+    // The simulated people, then the quiet period until the deadline or Ctrl-C.
+    let traffic = tokio::spawn(simulation::run_traffic(
+        engine.clone(),
+        Arc::clone(&channel),
+        account.id,
+        run_number,
+    ));
+    let deadline = tokio::time::sleep(Duration::from_secs(args.seconds));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(deadline, ctrl_c);
+    let mut status_every = tokio::time::interval(Duration::from_secs(2));
+    status_every.tick().await;
+    loop {
+        tokio::select! {
+            () = &mut deadline => {
+                tracing::info!("{} s are up: shutting down", args.seconds);
+                break;
+            }
+            signal = &mut ctrl_c => {
+                match signal {
+                    Ok(()) => tracing::info!("Ctrl-C: shutting down"),
+                    Err(e) => tracing::warn!(error = %e, "cannot listen for Ctrl-C; shutting down"),
+                }
+                break;
+            }
+            _ = status_every.tick() => log_status(&runtime.watchdog().status()),
+        }
+    }
+
+    if traffic.is_finished() {
+        match traffic.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the simulation stopped early"),
+            Err(e) => tracing::warn!(error = %e, "the simulation task failed"),
+        }
+    } else {
+        traffic.abort();
+        tracing::info!("stopped the simulation before it finished");
+    }
+    log_status(&runtime.watchdog().status());
+    let report = runtime.shutdown().await;
+    tracing::info!(
+        graceful = report.all_graceful(),
+        within_deadline = report.within_deadline(),
+        "runtime shut down: loops stopped, leases released"
+    );
+    // Let the last events be logged.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    event_log.abort();
+
+    let result = summary::print(&store, &channel, run_number).await;
+    sql.close().await;
+    result
+}
+
+/// Counts this run in the demo account's encrypted state, which also checks that the state
+/// key opens what earlier runs wrote.
+async fn count_run(engine: &Engine, account: AccountId, paths: &Paths) -> Result<u64, Error> {
+    let state = engine.account_state(account);
+    let previous = match state.get(RUNS_KEY).await {
+        Ok(v) => v
+            .and_then(|v| std::str::from_utf8(v.expose_secret()).ok()?.parse::<u64>().ok())
+            .unwrap_or(0),
+        Err(StateError::Decrypt { .. }) => {
+            return Err(Error::msg(format!(
+                "the demo account's state does not open with this state key: the database was \
+                 written under another key. Set INBOX_STATE_KEY to that key, or delete {} and \
+                 the database ({}) to start over",
+                paths.key_file.display(),
+                paths.database_for_log()
+            )));
+        }
+        Err(e) => return Err(e).context("cannot read the demo account's state"),
+    };
+    let run = previous + 1;
+    state.put(RUNS_KEY, run.to_string().as_bytes()).await.context("cannot write account state")?;
+    tracing::info!(run, "run #{run} on this database (counted in the encrypted account state)");
+    Ok(run)
+}
+
+/// Waits until this process holds the account's lease and runs its channel. A previous run
+/// that was killed leaves its lease behind until it expires (6 s here).
+async fn wait_for_account(runtime: &Runtime, account: AccountId) {
+    let waiting = tokio::time::Instant::now();
+    let mut told = false;
+    while !runtime.holds_account(account) {
+        if waiting.elapsed() > Duration::from_secs(10) {
+            tracing::warn!("the account's lease is still held elsewhere; going on without it");
+            return;
+        }
+        if !told && waiting.elapsed() > Duration::from_millis(500) {
+            tracing::info!(
+                "waiting for the account's lease (held by an earlier run until it expires)"
+            );
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!(account = %short(account), "this process holds the account's lease");
+}
+
+/// Logs every event as it comes. Events carry ids and states only.
+async fn log_events(mut events: broadcast::Receiver<Event>) {
+    use broadcast::error::RecvError;
+    loop {
+        let event = match events.recv().await {
+            Ok(e) => e,
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(target: "inbox::event", missed = n, "event log fell behind");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        match event {
+            Event::MessageReceived { conversation_id, message_id, .. } => tracing::info!(
+                target: "inbox::event",
+                conversation = %short(conversation_id),
+                message_id = %short(message_id),
+                "message_received"
+            ),
+            Event::MessageSent { message_id, .. } => tracing::info!(
+                target: "inbox::event",
+                message_id = %short(message_id),
+                "message_sent"
+            ),
+            Event::MessageStatusChanged { message_id, status, .. } => tracing::info!(
+                target: "inbox::event",
+                message_id = %short(message_id),
+                %status,
+                "message_status_changed"
+            ),
+            Event::ConversationOpened { conversation_id, .. } => tracing::info!(
+                target: "inbox::event",
+                conversation = %short(conversation_id),
+                "conversation_opened"
+            ),
+            Event::ConversationStatusChanged { conversation_id, status, .. } => tracing::info!(
+                target: "inbox::event",
+                conversation = %short(conversation_id),
+                %status,
+                "conversation_status_changed"
+            ),
+            Event::AccountStateChanged { account_id, state } => tracing::info!(
+                target: "inbox::event",
+                account = %short(account_id),
+                state = state.name(),
+                "account_state_changed"
+            ),
+            other => tracing::info!(target: "inbox::event", ?other, "event"),
+        }
+    }
+}
+
+/// One line with every supervised loop: `name=state/restarts`.
+fn log_status(loops: &[LoopStatus]) {
+    let loops: Vec<String> = loops
+        .iter()
+        .map(|l| {
+            let name = match l.name.strip_prefix("account:") {
+                Some(id) => format!("account:{}", short(id)),
+                None => l.name.clone(),
+            };
+            let state = format!("{:?}", l.state).to_lowercase();
+            format!("{name}={state}/{}", l.restarts_total)
+        })
+        .collect();
+    tracing::info!(target: "inbox::watchdog", "loops (state/restarts): {}", loops.join(" "));
+}
+
+/// An id shortened to its last 8 hex digits (`#1a2b3c4d`) for the log. Full ids are in the
+/// database.
+pub fn short(id: impl Display) -> String {
+    let s = id.to_string();
+    let tail = s.char_indices().rev().nth(7).map_or(0, |(i, _)| i);
+    format!("#{}", &s[tail..])
+}
+
+/// Log timestamps as seconds since the start (`  1.234s`).
+struct Elapsed(std::time::Instant);
+
+impl tracing_subscriber::fmt::time::FormatTime for Elapsed {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(w, "{:>7.3}s", self.0.elapsed().as_secs_f64())
+    }
+}
