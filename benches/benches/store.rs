@@ -1,0 +1,474 @@
+//! channel-store benchmarks.
+//!
+//! * `store/sqlite_ingest_10k`: `Store::ingest_batch` of 10,000 fresh messages (20 batches of
+//!   500, 1,000 threads, 500 senders) into a fresh SQLite store, next to
+//!   `store/sqlite_raw_insert_10k`: the same rows written by a raw batched sqlx `INSERT` (one
+//!   500-row statement per batch, one transaction per batch) into a plain table. Targets:
+//!   ingest at least 50 % of raw, and at least 20,000 messages/s.
+//! * `store/sqlite_queue_5k`: claim (batches of 100) and complete 5,000 jobs on SQLite
+//!   (target: at least 5,000 jobs/s).
+//! * `store/postgres_queue_4_workers_10k`: 4 concurrent workers claim (batches of 50) and
+//!   complete 10,000 jobs on PostgreSQL (target: at least 5,000 jobs/s); every run asserts
+//!   that no job was claimed twice. `..._async_commit`: the same with the store's
+//!   `synchronous_commit(false)` (commits do not wait for the WAL flush). Needs
+//!   `TEST_DATABASE_URL`; skipped without it.
+//!
+//! After the criterion output a summary prints the median rates and the ingest/raw ratio.
+//!
+//! Run: `TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench -p channel-benches --bench store`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use channel_core::{
+    AccountId, ChannelKind, ConversationId, Direction, IdentityId, IdentityInfo, IngestRequest,
+    JobKind, LifecyclePolicy, MessageId, NewAccount, NewJob, Origin, Store, StoredInbound,
+    Timestamp,
+};
+use channel_store::SqlStore;
+use criterion::{Criterion, SamplingMode, Throughput};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, Executor, QueryBuilder, Sqlite};
+use tokio::runtime::Runtime;
+
+const T0: Timestamp = Timestamp(1_700_000_000_000);
+const INGEST_MESSAGES: usize = 10_000;
+const INGEST_BATCH: usize = 500;
+const SQLITE_JOBS: usize = 5_000;
+const SQLITE_CLAIM_BATCH: usize = 100;
+const PG_JOBS: usize = 10_000;
+const PG_WORKERS: usize = 4;
+const PG_CLAIM_BATCH: usize = 50;
+const PG_DURABLE: &str = "postgres_queue_4_workers_10k";
+const PG_ASYNC_COMMIT: &str = "postgres_queue_4_workers_10k_async_commit";
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Rates measured in the timed sections, per benchmark: items per second.
+static FIGURES: Mutex<BTreeMap<&'static str, Vec<f64>>> = Mutex::new(BTreeMap::new());
+
+fn record(name: &'static str, items: usize, took: Duration) {
+    let rate = items as f64 / took.as_secs_f64();
+    FIGURES.lock().unwrap_or_else(|e| e.into_inner()).entry(name).or_default().push(rate);
+}
+
+fn median(name: &str) -> Option<f64> {
+    let figures = FIGURES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut v = figures.get(name)?.clone();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+// ----- ingest -----
+
+fn ingest_requests(account: AccountId) -> Vec<Vec<IngestRequest>> {
+    let text = "Hello, this is a message of about a hundred bytes, like a short chat line or a mail preview.";
+    (0..INGEST_MESSAGES)
+        .collect::<Vec<_>>()
+        .chunks(INGEST_BATCH)
+        .enumerate()
+        .map(|(b, chunk)| {
+            let now = Timestamp(T0.0 + b as i64 * 1000);
+            chunk
+                .iter()
+                .map(|&n| IngestRequest {
+                    account_id: account,
+                    new_message_id: MessageId::new(),
+                    new_identity_id: IdentityId::new(),
+                    new_conversation_id: ConversationId::new(),
+                    message: StoredInbound {
+                        provider_id: format!(
+                            "<{n}.{}@mail.example.org>",
+                            account.as_uuid().simple()
+                        ),
+                        thread_key: format!("thread-{}", n % 1000),
+                        remote: IdentityInfo::new(format!("sender{}@example.org", n % 500)),
+                        direction: Direction::Inbound,
+                        origin: Origin::Remote,
+                        client_key: None,
+                        text: Some(text.to_owned()),
+                        html: None,
+                        reply_to: None,
+                        references: Vec::new(),
+                        attachments: Vec::new(),
+                        parse_error: None,
+                        sent_at: Timestamp(T0.0 + n as i64),
+                        cursor: None,
+                    },
+                    policy: LifecyclePolicy::default(),
+                    now,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+async fn ingest_once() -> Duration {
+    let store = SqlStore::open_sqlite_in_memory().await.expect("store");
+    let account = store
+        .create_account(NewAccount::new(ChannelKind::Email, "bench"), T0)
+        .await
+        .expect("account")
+        .id;
+    let batches = ingest_requests(account);
+    let start = Instant::now();
+    for batch in batches {
+        store.ingest_batch(batch).await.expect("ingest_batch");
+    }
+    let took = start.elapsed();
+    record("sqlite_ingest_10k", INGEST_MESSAGES, took);
+    took
+}
+
+/// The same rows, written raw into a plain table.
+async fn raw_insert_once() -> Duration {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = SqliteConnectOptions::new()
+        .filename(dir.path().join("raw.db"))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        // The same settings as the store's connections.
+        .pragma("cache_size", "-32768")
+        .pragma("temp_store", "memory");
+    let pool =
+        SqlitePoolOptions::new().max_connections(1).connect_with(options).await.expect("pool");
+    pool.execute(
+        "CREATE TABLE raw_messages (id TEXT PRIMARY KEY NOT NULL, account_id TEXT NOT NULL, \
+         conversation_id TEXT NOT NULL, identity_id TEXT NOT NULL, direction TEXT NOT NULL, \
+         origin TEXT NOT NULL, provider_id TEXT, client_key TEXT, status TEXT NOT NULL, text TEXT, \
+         html TEXT, reply_to TEXT, attachments TEXT NOT NULL, parse_error TEXT, error TEXT, \
+         sent_at INTEGER NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL)",
+    )
+    .await
+    .expect("create table");
+    let account = AccountId::new();
+    let batches = ingest_requests(account);
+    let start = Instant::now();
+    for batch in &batches {
+        let mut conn = pool.acquire().await.expect("connection");
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.expect("begin");
+        let rows: Vec<[String; 4]> = batch
+            .iter()
+            .map(|r| {
+                [
+                    r.new_message_id.to_string(),
+                    r.account_id.to_string(),
+                    r.new_conversation_id.to_string(),
+                    r.new_identity_id.to_string(),
+                ]
+            })
+            .collect();
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO raw_messages (id, account_id, conversation_id, identity_id, direction, origin, \
+             provider_id, client_key, status, text, html, reply_to, attachments, parse_error, error, \
+             sent_at, created_at, updated_at) ",
+        );
+        q.push_values(batch.iter().zip(&rows), |mut b, (r, ids)| {
+            let m = &r.message;
+            b.push_bind(ids[0].as_str())
+                .push_bind(ids[1].as_str())
+                .push_bind(ids[2].as_str())
+                .push_bind(ids[3].as_str())
+                .push_bind("inbound")
+                .push_bind("remote")
+                .push_bind(m.provider_id.as_str())
+                .push_bind(None::<&str>)
+                .push_bind("sent")
+                .push_bind(m.text.as_deref())
+                .push_bind(None::<&str>)
+                .push_bind(None::<&str>)
+                .push_bind("[]")
+                .push_bind(None::<&str>)
+                .push_bind(None::<&str>)
+                .push_bind(m.sent_at.0)
+                .push_bind(r.now.0)
+                .push_bind(r.now.0);
+        });
+        q.build().execute(&mut *tx).await.expect("insert");
+        tx.commit().await.expect("commit");
+    }
+    let took = start.elapsed();
+    record("sqlite_raw_insert_10k", INGEST_MESSAGES, took);
+    pool.close().await;
+    took
+}
+
+fn ingest(c: &mut Criterion, rt: &Runtime) {
+    let mut group = c.benchmark_group("store");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_secs(8))
+        .throughput(Throughput::Elements(INGEST_MESSAGES as u64));
+    group.bench_function("sqlite_ingest_10k", |b| {
+        b.to_async(rt).iter_custom(|iters| async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                total += ingest_once().await;
+            }
+            total
+        })
+    });
+    group.bench_function("sqlite_raw_insert_10k", |b| {
+        b.to_async(rt).iter_custom(|iters| async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                total += raw_insert_once().await;
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+// ----- queue -----
+
+async fn sqlite_queue_once() -> Duration {
+    let store = SqlStore::open_sqlite_in_memory().await.expect("store");
+    for n in 0..SQLITE_JOBS {
+        store
+            .enqueue(NewJob::new(JobKind::HistorySync, Timestamp(T0.0 + n as i64)), T0)
+            .await
+            .expect("enqueue");
+    }
+    let now = Timestamp(T0.0 + 1_000_000);
+    let start = Instant::now();
+    let mut done = 0;
+    loop {
+        let leases = store
+            .claim(
+                "worker",
+                &[JobKind::HistorySync],
+                SQLITE_CLAIM_BATCH,
+                Duration::from_secs(60),
+                now,
+            )
+            .await
+            .expect("claim");
+        if leases.is_empty() {
+            break;
+        }
+        for lease in &leases {
+            store.complete(lease, None, now).await.expect("complete");
+        }
+        done += leases.len();
+    }
+    let took = start.elapsed();
+    assert_eq!(done, SQLITE_JOBS);
+    record("sqlite_queue_5k", SQLITE_JOBS, took);
+    took
+}
+
+fn sqlite_queue(c: &mut Criterion, rt: &Runtime) {
+    let mut group = c.benchmark_group("store");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_secs(8))
+        .throughput(Throughput::Elements(SQLITE_JOBS as u64));
+    group.bench_function("sqlite_queue_5k", |b| {
+        b.to_async(rt).iter_custom(|iters| async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                total += sqlite_queue_once().await;
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+/// A fresh database on the server of `TEST_DATABASE_URL`, and the URL of the server.
+async fn pg_database(server: &str) -> (String, String) {
+    let mut admin =
+        sqlx::PgConnection::connect(server).await.expect("connect to TEST_DATABASE_URL");
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let name = format!("test_{secs}_{}", uuid::Uuid::new_v4().simple());
+    admin.execute(format!("CREATE DATABASE \"{name}\"").as_str()).await.expect("create database");
+    admin.close().await.ok();
+    let (base, query) = match server.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (server, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path = base[scheme_end..].find('/').map(|i| scheme_end + i).unwrap_or(base.len());
+    (format!("{}/{name}{query}", &base[..path]), name)
+}
+
+async fn pg_fill(store_url: &str) {
+    let mut conn = sqlx::PgConnection::connect(store_url).await.expect("connect");
+    conn.execute("TRUNCATE job_attempts, jobs").await.expect("truncate");
+    let sql = format!(
+        "INSERT INTO jobs (id, kind, account_id, message_id, payload, unique_key, state, attempt, \
+         max_attempts, run_at, leased_by, lease_expires_at, last_error, created_at, updated_at) \
+         SELECT gen_random_uuid()::text, 'history_sync', NULL, NULL, 'null', NULL, 'available', 0, 10, \
+         {t0} + n, NULL, NULL, NULL, {t0}, {t0} FROM generate_series(1, {PG_JOBS}) AS n",
+        t0 = T0.0
+    );
+    conn.execute(sql.as_str()).await.expect("fill jobs");
+    conn.execute("VACUUM ANALYZE jobs").await.ok();
+    conn.close().await.ok();
+}
+
+async fn pg_queue_once(store: &SqlStore, url: &str, name: &'static str) -> Duration {
+    pg_fill(url).await;
+    let now = Timestamp(T0.0 + 1_000_000);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..PG_WORKERS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let worker = format!("worker-{w}");
+            let mut mine = Vec::new();
+            loop {
+                let leases = store
+                    .claim(
+                        &worker,
+                        &[JobKind::HistorySync],
+                        PG_CLAIM_BATCH,
+                        Duration::from_secs(60),
+                        now,
+                    )
+                    .await
+                    .expect("claim");
+                if leases.is_empty() {
+                    break;
+                }
+                for lease in &leases {
+                    store.complete(lease, None, now).await.expect("complete");
+                    mine.push(lease.job.id);
+                }
+            }
+            mine
+        }));
+    }
+    let mut seen = HashSet::new();
+    for t in tasks {
+        for id in t.await.expect("worker") {
+            assert!(seen.insert(id), "job {id} was claimed twice");
+        }
+    }
+    let took = start.elapsed();
+    assert_eq!(seen.len(), PG_JOBS, "every job claimed exactly once");
+    record(name, PG_JOBS, took);
+    took
+}
+
+fn pg_queue(c: &mut Criterion, rt: &Runtime) {
+    let Ok(server) = std::env::var("TEST_DATABASE_URL") else {
+        eprintln!("store/postgres_queue_*: skipped, TEST_DATABASE_URL is not set");
+        return;
+    };
+    let (url, db) = rt.block_on(pg_database(&server));
+    for (name, synchronous_commit) in [(PG_DURABLE, true), (PG_ASYNC_COMMIT, false)] {
+        let store = Arc::new(rt.block_on(async {
+            SqlStore::builder()
+                .max_connections(8)
+                .listen(false)
+                .synchronous_commit(synchronous_commit)
+                .connect_postgres(&url)
+                .await
+                .expect("store")
+        }));
+        let mut group = c.benchmark_group("store");
+        group
+            .sample_size(10)
+            .sampling_mode(SamplingMode::Flat)
+            .warm_up_time(Duration::from_millis(200))
+            .measurement_time(Duration::from_secs(10))
+            .throughput(Throughput::Elements(PG_JOBS as u64));
+        group.bench_function(name, |b| {
+            b.to_async(rt).iter_custom(|iters| {
+                let store = store.clone();
+                let url = url.clone();
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        total += pg_queue_once(&store, &url, name).await;
+                    }
+                    total
+                }
+            })
+        });
+        group.finish();
+        rt.block_on(store.close());
+    }
+    rt.block_on(async {
+        if let Ok(mut admin) = sqlx::PgConnection::connect(&server).await {
+            admin
+                .execute(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)").as_str())
+                .await
+                .ok();
+        }
+    });
+}
+
+fn summary() {
+    let line = |name: &str, unit: &str| match median(name) {
+        Some(r) => println!("  {name:<32} {r:>12.0} {unit}/s (median of {} runs)", runs(name)),
+        None => println!("  {name:<32} not run"),
+    };
+    println!("\nchannel-store summary");
+    line("sqlite_ingest_10k", "messages");
+    line("sqlite_raw_insert_10k", "messages");
+    if let (Some(ingest), Some(raw)) =
+        (median("sqlite_ingest_10k"), median("sqlite_raw_insert_10k"))
+    {
+        let ratio = ingest / raw * 100.0;
+        println!(
+            "  ingest / raw = {ratio:.0} % (target >= 50 %: {}), ingest >= 20,000 messages/s: {}",
+            verdict(ratio >= 50.0),
+            verdict(ingest >= 20_000.0)
+        );
+    }
+    line("sqlite_queue_5k", "jobs");
+    if let Some(r) = median("sqlite_queue_5k") {
+        println!("  sqlite queue >= 5,000 jobs/s: {}", verdict(r >= 5_000.0));
+    }
+    line(PG_DURABLE, "jobs");
+    if let Some(r) = median(PG_DURABLE) {
+        println!(
+            "  postgres queue (synchronous_commit on) >= 5,000 jobs/s: {} (no double claims: asserted)",
+            verdict(r >= 5_000.0)
+        );
+    }
+    line(PG_ASYNC_COMMIT, "jobs");
+    if let Some(r) = median(PG_ASYNC_COMMIT) {
+        println!(
+            "  postgres queue (synchronous_commit off) >= 5,000 jobs/s: {} (no double claims: asserted)",
+            verdict(r >= 5_000.0)
+        );
+    }
+}
+
+fn runs(name: &str) -> usize {
+    FIGURES.lock().unwrap_or_else(|e| e.into_inner()).get(name).map_or(0, Vec::len)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
+
+fn main() {
+    let rt = runtime();
+    let mut c = Criterion::default().configure_from_args();
+    ingest(&mut c, &rt);
+    sqlite_queue(&mut c, &rt);
+    pg_queue(&mut c, &rt);
+    c.final_summary();
+    summary();
+}

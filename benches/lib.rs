@@ -1,0 +1,1 @@
+//! Criterion benchmarks across the channel crates; see `benches/README.md` for the figures.
