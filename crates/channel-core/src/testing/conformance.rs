@@ -5,16 +5,22 @@
 //! [`store_conformance_tests!`](crate::store_conformance_tests) macro turns the whole suite into
 //! one `#[tokio::test]` per function:
 //!
-//! ```ignore
+//! ```no_run
 //! // in tests/conformance_sqlite.rs of a store crate
 //! use std::sync::Arc;
 //! use channel_core::Store;
+//! # mod my_store {
+//! #     pub async fn connect_fresh() -> channel_core::testing::MemoryStore {
+//! #         channel_core::testing::MemoryStore::new()
+//! #     }
+//! # }
 //!
 //! async fn make_store() -> Arc<dyn Store> {
 //!     Arc::new(my_store::connect_fresh().await)
 //! }
 //!
 //! channel_core::store_conformance_tests!(make_store);
+//! # fn main() {}
 //! ```
 //!
 //! The crate using the macro needs `tokio` with the `macros` and `rt-multi-thread` features
@@ -1623,15 +1629,25 @@ pub async fn leases_are_exclusive_fenced_and_renewable(store: Arc<dyn Store>) {
 ///
 /// Give it the path of an `async fn() -> Arc<dyn Store>`, or define the factory inline:
 ///
-/// ```ignore
-/// channel_core::store_conformance_tests!(crate::support::fresh_sqlite_store);
+/// ```no_run
+/// # mod support {
+/// #     pub async fn fresh_sqlite_store() -> std::sync::Arc<dyn channel_core::Store> {
+/// #         std::sync::Arc::new(channel_core::testing::MemoryStore::new())
+/// #     }
+/// # }
+/// mod with_a_path {
+///     channel_core::store_conformance_tests!(crate::support::fresh_sqlite_store);
+/// }
 ///
 /// // or
-/// channel_core::store_conformance_tests!(
-///     async fn make_store() -> std::sync::Arc<dyn channel_core::Store> {
-///         std::sync::Arc::new(channel_core::testing::MemoryStore::new())
-///     }
-/// );
+/// mod with_an_inline_factory {
+///     channel_core::store_conformance_tests!(
+///         async fn make_store() -> std::sync::Arc<dyn channel_core::Store> {
+///             std::sync::Arc::new(channel_core::testing::MemoryStore::new())
+///         }
+///     );
+/// }
+/// # fn main() {}
 /// ```
 ///
 /// The calling crate needs `tokio` (features `macros`, `rt-multi-thread`) as a
