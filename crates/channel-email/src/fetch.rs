@@ -21,12 +21,15 @@ pub(crate) struct Fetched {
 pub(crate) enum FetchWhat {
     /// The whole message.
     Full,
+    /// The header only (threading after a restart).
+    Headers,
 }
 
 impl FetchWhat {
     fn items(self) -> &'static str {
         match self {
             FetchWhat::Full => "(UID INTERNALDATE BODY.PEEK[])",
+            FetchWhat::Headers => "(UID INTERNALDATE BODY.PEEK[HEADER])",
         }
     }
 }

@@ -60,6 +60,7 @@ mod sync;
 pub mod testing;
 pub mod thread;
 pub mod thread_index;
+pub mod thread_warmup;
 mod watch;
 
 pub use channel::EmailChannel;

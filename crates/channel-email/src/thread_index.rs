@@ -3,11 +3,12 @@
 //! whitespace folded) plus the other participant, within a time window.
 //!
 //! The index lives in memory, in the channel, fed by every message the channel reads (both
-//! folders). It is rebuilt from what the channel reads after a restart: a reply without
-//! headers to a thread the channel has not seen since it started opens a new conversation.
+//! folders). After a restart it is refilled from the mailbox before the first catch-up: the
+//! headers of the already delivered messages of the window are read again
+//! ([`crate::thread_warmup`]), so a reply without headers still finds its thread.
 //! Mail with References or In-Reply-To never uses it (the store matches those ids).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -54,6 +55,9 @@ struct Entry {
 pub struct ThreadIndex {
     window: Duration,
     entries: Mutex<HashMap<(String, String), Entry>>,
+    /// Folders whose already delivered messages have been read back into the index since
+    /// the channel started ([`crate::thread_warmup`]).
+    warm: Mutex<HashSet<String>>,
 }
 
 /// Entries kept before the old ones are dropped.
@@ -62,7 +66,23 @@ const CAPACITY: usize = 50_000;
 impl ThreadIndex {
     /// An empty index matching within `window` (zero switches the fallback off).
     pub fn new(window: Duration) -> Self {
-        Self { window, entries: Mutex::new(HashMap::new()) }
+        Self { window, entries: Mutex::new(HashMap::new()), warm: Mutex::new(HashSet::new()) }
+    }
+
+    /// The window within which a message without thread headers joins a thread.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Whether the messages of `folder` delivered before this channel started have been read
+    /// back into the index.
+    pub fn is_warm(&self, folder: &str) -> bool {
+        self.warm.lock().unwrap_or_else(|e| e.into_inner()).contains(folder)
+    }
+
+    /// Records that `folder` has been read back into the index.
+    pub fn mark_warm(&self, folder: &str) {
+        self.warm.lock().unwrap_or_else(|e| e.into_inner()).insert(folder.to_owned());
     }
 
     /// Records `message` and, when it has no References and no In-Reply-To

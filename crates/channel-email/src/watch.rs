@@ -14,8 +14,9 @@ use crate::idle::{Wake, wait_for_change};
 use crate::imap_session::{ImapConnection, connect, logout, select, status};
 use crate::parse::FolderRole;
 use crate::sent_folder::find_sent;
-use crate::sync::catch_up;
+use crate::sync::{catch_up, load_cursor};
 use crate::thread_index::ThreadIndex;
+use crate::thread_warmup::warm_up;
 
 /// Watches one folder until `cancel` fires.
 pub(crate) struct FolderWatcher {
@@ -107,6 +108,10 @@ impl FolderWatcher {
         self.report(ConnectionState::Connected).await;
         let inbound = self.inbound.clone();
         let alive = move || inbound.alive();
+        if !self.threads.is_warm(&folder) {
+            let cursor = load_cursor(self.inbound.as_ref(), &folder).await?;
+            warm_up(&mut conn.session, &folder, self.role, current, cursor, &self.threads).await?;
+        }
         let mut first = true;
         loop {
             self.inbound.alive();

@@ -619,3 +619,59 @@ async fn mail_without_thread_headers_joins_the_thread_of_its_subject_and_sender(
     );
     assert_eq!(stored(&months_later).message.thread_key, months_later, "outside the 7-day window");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_without_thread_headers_finds_its_thread_after_a_restart() {
+    let st = stack();
+    let bob = st.user("bob");
+    let tag = rand::random::<u32>();
+    let mail = |id: &str, subject: &str, date: &str| {
+        format!(
+            "From: Carol <carol@example.net>\r\nTo: {}\r\nSubject: {subject}\r\nMessage-ID: {id}\r\nDate: {date}\r\n\r\nbody\r\n",
+            bob.address
+        )
+        .into_bytes()
+    };
+    let (first, reply) = (key("rs-first"), key("rs-reply"));
+    // Dates near now, as real mail has them: the refill reads what arrived within the window.
+    let now = std::time::SystemTime::now();
+    let rfc2822 = |t: std::time::SystemTime| {
+        let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        mail_parser::DateTime::from_timestamp(secs).to_rfc822()
+    };
+    imap_append(
+        st.imap_port,
+        &bob,
+        "INBOX",
+        &mail(&first, &format!("Invoice {tag}"), &rfc2822(now - Duration::from_secs(3600))),
+    )
+    .await;
+
+    let sink = TestSink::new();
+    let before = channel(st.config(&bob).watch_sent(false));
+    let running = start(&before, &sink);
+    sink.wait_for_count(1, WAIT).await;
+    running.stop().await.unwrap();
+
+    // A new process: a fresh channel with an empty index, resuming from the stored cursor.
+    imap_append(
+        st.imap_port,
+        &bob,
+        "INBOX",
+        &mail(&reply, &format!("Re: invoice {tag}"), &rfc2822(now)),
+    )
+    .await;
+    let after = channel(st.config(&bob).watch_sent(false));
+    let running = start(&after, &sink);
+    sink.wait_for_count(2, WAIT).await;
+    running.stop().await.unwrap();
+
+    assert_eq!(sink.duplicates(), 0, "the refill reads headers and delivers nothing");
+    let stored = |id: &str| sink.stored(id).expect(id);
+    assert_eq!(
+        stored(&reply).message.thread_key,
+        first,
+        "the reply joins the thread the channel saw before it restarted"
+    );
+    assert_eq!(stored(&reply).conversation, stored(&first).conversation);
+}
