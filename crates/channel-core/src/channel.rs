@@ -153,6 +153,19 @@ pub trait Inbound: Send + Sync {
         }
         Ok(out)
     }
+    /// Which of `provider_ids` are stored already for this account, so that a channel that
+    /// must look at many messages again (an IMAP folder whose UIDVALIDITY changed) fetches only
+    /// the unknown ones. At most [`KNOWN_IDS_LIMIT`] ids per call.
+    ///
+    /// A hint, never a promise: the default knows nothing (every id is reported unknown), and
+    /// a message fetched anyway is still deduplicated by [`Inbound::deliver`].
+    async fn known_provider_ids(
+        &self,
+        provider_ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, ChannelError> {
+        let _ = provider_ids;
+        Ok(std::collections::HashSet::new())
+    }
     /// Reads a value of the account's state (decrypted): a session, a cursor.
     async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, ChannelError>;
     /// Writes a value of the account's state (encrypted at rest). A cursor that covers
@@ -166,6 +179,9 @@ pub trait Inbound: Send + Sync {
     /// Tells the watchdog the channel's loop is alive. Call it every cycle (cheap).
     fn alive(&self);
 }
+
+/// The most ids one [`Inbound::known_provider_ids`] call takes.
+pub const KNOWN_IDS_LIMIT: usize = 500;
 
 /// A provider of one account: Telegram, email, or the in-memory test channel.
 #[async_trait]

@@ -227,6 +227,37 @@ impl Inbound for AccountSink {
         Ok(self.engine.deliver_batch(self.account, messages).await?)
     }
 
+    async fn known_provider_ids(
+        &self,
+        provider_ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, ChannelError> {
+        if provider_ids.len() > crate::KNOWN_IDS_LIMIT {
+            return Err(ChannelError::InvalidInput(format!(
+                "{} provider ids in one call, more than {}",
+                provider_ids.len(),
+                crate::KNOWN_IDS_LIMIT
+            )));
+        }
+        let mut known = std::collections::HashSet::new();
+        for id in provider_ids {
+            if known.contains(id) {
+                continue;
+            }
+            let found = self
+                .engine
+                .db(
+                    "message_by_provider_id",
+                    self.engine.store().message_by_provider_id(self.account, id),
+                )
+                .await
+                .map_err(EngineError::from)?;
+            if found.is_some() {
+                known.insert(id.clone());
+            }
+        }
+        Ok(known)
+    }
+
     async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, ChannelError> {
         use secrecy::ExposeSecret;
         let value =

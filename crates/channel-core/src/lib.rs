@@ -40,7 +40,8 @@ pub mod validate;
 
 pub use blob::{BlobError, BlobStore};
 pub use channel::{
-    Capabilities, Channel, ChannelError, HistoryRequest, Inbound, OutgoingMessage, SendReceipt,
+    Capabilities, Channel, ChannelError, HistoryRequest, Inbound, KNOWN_IDS_LIMIT, OutgoingMessage,
+    SendReceipt,
 };
 pub use engine::{
     DEFAULT_DB_TIMEOUT, DEFAULT_HISTORY_TIMEOUT, DEFAULT_SEND_TIMEOUT, Engine, EngineBuilder,

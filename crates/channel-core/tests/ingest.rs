@@ -278,3 +278,17 @@ async fn an_engine_without_a_blob_store_is_a_configuration_error() {
         Err(EngineError::Config(_))
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_sink_tells_which_provider_ids_are_stored_already() {
+    let h = harness().await;
+    h.engine.deliver(h.account.id, text("m-1", "chat", "tg:1", "one")).await.unwrap();
+    h.engine.deliver(h.account.id, text("m-2", "chat", "tg:1", "two")).await.unwrap();
+    let sink = h.engine.inbound(h.account.id);
+    let ids: Vec<String> = ["m-1", "m-3", "m-2", "m-1"].map(String::from).to_vec();
+    let known = sink.known_provider_ids(&ids).await.unwrap();
+    assert_eq!(known, ["m-1", "m-2"].map(String::from).into_iter().collect());
+
+    let too_many: Vec<String> = (0..=KNOWN_IDS_LIMIT).map(|i| format!("x-{i}")).collect();
+    assert!(matches!(sink.known_provider_ids(&too_many).await, Err(ChannelError::InvalidInput(_))));
+}

@@ -23,6 +23,8 @@ pub(crate) enum FetchWhat {
     Full,
     /// The header only (threading after a restart).
     Headers,
+    /// The header fields that identify and thread a message (a rescan by Message-ID).
+    IdHeaders,
 }
 
 impl FetchWhat {
@@ -30,6 +32,10 @@ impl FetchWhat {
         match self {
             FetchWhat::Full => "(UID INTERNALDATE BODY.PEEK[])",
             FetchWhat::Headers => "(UID INTERNALDATE BODY.PEEK[HEADER])",
+            FetchWhat::IdHeaders => {
+                "(UID INTERNALDATE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID \
+                 X-MICROSOFT-ORIGINAL-MESSAGE-ID DATE FROM TO CC SUBJECT REFERENCES IN-REPLY-TO)])"
+            }
         }
     }
 }

@@ -244,7 +244,6 @@ fn raw_only(raw: &[u8], provider_id: String, why: &str, sent_at: Timestamp) -> I
 }
 
 /// Only the provider id of a message (for rescans and history lookups on header fetches).
-#[cfg(test)]
 pub(crate) fn provider_id_of(raw: &[u8]) -> String {
     match MessageParser::default().parse_headers(raw) {
         Some(m) if !m.headers().is_empty() => ids_of(&m, raw).provider_id,

@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use channel_core::{Inbound, InboundMessage};
+use channel_core::{Inbound, InboundMessage, KNOWN_IDS_LIMIT};
 
 use crate::config::{EmailConfig, StartFrom};
 use crate::cursor::FolderCursor;
 use crate::error::ImapError;
 use crate::fetch::{FetchWhat, uid_fetch};
 use crate::imap_session::{FolderStatus, Session, uid_search};
-use crate::parse::{FolderRole, parse_internal_date, parse_message};
+use crate::parse::{FolderRole, parse_internal_date, parse_message, provider_id_of};
 use crate::thread_index::ThreadIndex;
 
 /// Reads the folder's cursor from the account state.
@@ -44,8 +44,9 @@ pub(crate) struct SyncReport {
 
 /// Delivers every message of `folder` between the stored cursor and `status.uid_next`.
 ///
-/// A changed UIDVALIDITY means the old UIDs mean nothing: the folder is read again from UID 1
-/// and the store's deduplication by Message-ID keeps what is known from being stored twice.
+/// A changed UIDVALIDITY means the old UIDs mean nothing: the folder is rescanned from UID 1
+/// by Message-ID, and only the messages the sink does not know are fetched whole; the
+/// store's deduplication by Message-ID keeps what is known from being stored twice.
 pub(crate) async fn catch_up(
     session: &mut Session,
     config: &EmailConfig,
@@ -79,7 +80,11 @@ pub(crate) async fn catch_up(
     }
     // Explicit range: from the cursor to the last UID that existed when UIDNEXT was read.
     let uids = uid_search(session, &format!("UID {}:{}", start, status.uid_next - 1)).await?;
-    let uids: Vec<u32> = uids.into_iter().filter(|u| *u >= start && *u < status.uid_next).collect();
+    let mut uids: Vec<u32> =
+        uids.into_iter().filter(|u| *u >= start && *u < status.uid_next).collect();
+    if report.rescanned {
+        uids = unknown_uids(session, inbound.as_ref(), &uids, role, threads).await?;
+    }
     let mut covered = stored.filter(|c| c.uid_validity == status.uid_validity);
     // Fetching the next batch overlaps the commit of the previous one: the session and the
     // sink are independent, batches are still delivered one at a time and in order, and a
@@ -122,6 +127,45 @@ pub(crate) async fn catch_up(
         put_cursor(inbound.as_ref(), folder, target).await?;
     }
     Ok(report)
+}
+
+/// After a UIDVALIDITY change: the UIDs whose messages are not stored yet. Reads only the
+/// identifying header fields of every message, asks the sink which Message-IDs it knows and
+/// keeps the rest (a sink that cannot tell keeps them all; ingest deduplicates anyway). The
+/// known messages still feed the threading fallback.
+async fn unknown_uids(
+    session: &mut Session,
+    inbound: &dyn Inbound,
+    uids: &[u32],
+    role: FolderRole,
+    threads: &ThreadIndex,
+) -> Result<Vec<u32>, ImapError> {
+    let mut unknown = Vec::new();
+    for chunk in uids.chunks(KNOWN_IDS_LIMIT.min(EmailConfig::MAX_BATCH)) {
+        let (fetched, _) = uid_fetch(session, chunk, FetchWhat::IdHeaders).await?;
+        let ids: Vec<String> = fetched.iter().map(|f| provider_id_of(&f.raw)).collect();
+        let known = inbound.known_provider_ids(&ids).await.map_err(ImapError::Inbound)?;
+        for (f, id) in fetched.iter().zip(&ids) {
+            if known.contains(id) {
+                let parsed = parse_message(
+                    &f.raw,
+                    role,
+                    f.internal_date.as_deref().and_then(parse_internal_date),
+                );
+                let mut message = parsed.message;
+                threads.apply(&mut message, parsed.subject.as_deref(), parsed.has_thread_headers);
+            } else {
+                unknown.push(f.uid);
+            }
+        }
+        inbound.alive();
+    }
+    tracing::info!(
+        seen = uids.len(),
+        unknown = unknown.len(),
+        "rescan after a UIDVALIDITY change: fetching only the unknown messages"
+    );
+    Ok(unknown)
 }
 
 /// Fetches and parses one batch; the last message carries the cursor that covers the batch.

@@ -167,7 +167,7 @@ async fn after_a_dovecot_restart_the_channel_reconnects_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_uidvalidity_change_rereads_the_folder_and_stores_nothing_twice() {
+async fn a_uidvalidity_change_rescans_by_message_id_and_fetches_only_what_is_unknown() {
     let dovecot = PrivateDovecot::start("");
     let bob = dovecot.user("bob");
     for i in 0..3 {
@@ -197,6 +197,8 @@ async fn a_uidvalidity_change_rereads_the_folder_and_stores_nothing_twice() {
     sink.wait_until("the new message", WAIT, |s| s.stored("<uv-new@example.org>").is_some()).await;
     running.stop().await.unwrap();
     assert_eq!(sink.count(), 4, "every message stored once");
+    assert_eq!(sink.duplicates(), 0, "the known messages were not fetched and delivered again");
+    assert_eq!(sink.deliveries(), 4, "only the unknown message was delivered after the change");
     let cursor =
         FolderCursor::decode(&sink.state_value(&FolderCursor::key("INBOX")).unwrap()).unwrap();
     assert_eq!(cursor.uid_validity, 12345);

@@ -169,6 +169,14 @@ impl Inbound for TestSink {
         Ok(outcome)
     }
 
+    async fn known_provider_ids(
+        &self,
+        provider_ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, ChannelError> {
+        let s = self.inner.lock().unwrap();
+        Ok(provider_ids.iter().filter(|id| s.by_provider_id.contains_key(*id)).cloned().collect())
+    }
+
     async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, ChannelError> {
         Ok(self.inner.lock().unwrap().state.get(key).cloned())
     }
