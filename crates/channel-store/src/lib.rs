@@ -95,6 +95,7 @@ mod codec;
 mod conns;
 mod db;
 mod error;
+mod group_commit;
 mod ingest;
 pub mod limits;
 #[cfg(feature = "postgres")]
@@ -123,6 +124,7 @@ pub struct SqlStore {
 #[derive(Debug)]
 struct Inner {
     pools: Pools,
+    group_commit: group_commit::GroupCommit,
     options: SqlStoreOptions,
     #[cfg(feature = "postgres")]
     hub: Option<notify::Hub>,

@@ -198,6 +198,7 @@ impl SqlStoreOptions {
         let store = SqlStore {
             inner: Arc::new(Inner {
                 pools,
+                group_commit: Default::default(),
                 options: self.clone(),
                 #[cfg(feature = "postgres")]
                 hub: None,
@@ -248,8 +249,15 @@ impl SqlStoreOptions {
         } else {
             None
         };
-        let store =
-            SqlStore { inner: Arc::new(Inner { pools, options: self.clone(), hub, _temp: None }) };
+        let store = SqlStore {
+            inner: Arc::new(Inner {
+                pools,
+                group_commit: Default::default(),
+                options: self.clone(),
+                hub,
+                _temp: None,
+            }),
+        };
         if self.migrate {
             store.migrate().await?;
         } else {

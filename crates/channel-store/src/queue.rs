@@ -579,3 +579,93 @@ pub(crate) async fn next_run_at(ex: Ex<'_>, kinds: &[JobKind]) -> Res<Option<Tim
         None => None,
     })
 }
+
+/// One completion of a group ([`crate::group_commit`]).
+pub(crate) struct Completion {
+    pub(crate) lease: JobLease,
+    pub(crate) outcome: Option<MessageOutcome>,
+    pub(crate) now: Timestamp,
+}
+
+impl Completion {
+    fn finish(&self) -> Finish<'_> {
+        Finish {
+            state: JobState::Completed,
+            outcome: channel_core::AttemptOutcome::Completed,
+            error: None,
+            run_at: None,
+            refund: false,
+            keep_last_error: true,
+            message: self.outcome.as_ref(),
+        }
+    }
+}
+
+/// Completes several claimed jobs in one transaction: every job's fenced update, attempt row
+/// and message outcome, then one `COMMIT`. Returns, per completion and in order, whether its
+/// fenced update went through (`false`: the lease was stale, nothing of it was written).
+/// An error means nothing was committed.
+pub(crate) async fn complete_group(tx: &mut Tx, group: &[&Completion]) -> Res<Vec<bool>> {
+    let ids: Vec<String> = group.iter().map(|c| c.lease.job.id.to_string()).collect();
+    let finishes: Vec<Finish<'_>> = group.iter().map(|c| c.finish()).collect();
+    let errors: Vec<String> = group.iter().map(|c| outcome_error(c.outcome.as_ref())).collect();
+    if !tx.is_pg() {
+        let mut stmts = Vec::with_capacity(group.len() * 3);
+        for (((c, id), f), error) in group.iter().zip(&ids).zip(&finishes).zip(&errors) {
+            let mut job = Sql::new(String::new());
+            finish_job_sql(&mut job, id, &c.lease, f, c.now);
+            job.push(" RETURNING id");
+            let mut attempt = Sql::new(String::new());
+            finish_attempt_sql(&mut attempt, id, false, &c.lease, f, c.now);
+            attempt.push(" AND EXISTS (SELECT 1 FROM jobs WHERE ");
+            finished_job_cond(&mut attempt, id, f, c.now);
+            attempt.push(")");
+            stmts.push(job);
+            stmts.push(attempt);
+            if let Some(outcome) = f.message {
+                let mut msg = Sql::new(String::new());
+                outcome_sql(&mut msg, outcome, error, c.now);
+                msg.push(" WHERE id = (SELECT message_id FROM jobs WHERE ");
+                finished_job_cond(&mut msg, id, f, c.now);
+                msg.push(")");
+                outcome_where_tail(&mut msg, outcome);
+                stmts.push(msg);
+            }
+        }
+        let rows = tx.run_and_commit(&stmts).await?;
+        let mut done = std::collections::HashSet::with_capacity(rows.len());
+        for row in rows {
+            done.insert(row.text("id")?);
+        }
+        return Ok(ids.iter().map(|id| done.contains(id)).collect());
+    }
+    let mut out = Vec::with_capacity(group.len());
+    for (((c, id), f), error) in group.iter().zip(&ids).zip(&finishes).zip(&errors) {
+        let mut q = Sql::new("WITH done AS (");
+        finish_job_sql(&mut q, id, &c.lease, f, c.now);
+        q.push(" RETURNING id, message_id), audit AS (");
+        finish_attempt_sql(&mut q, "SELECT id FROM done", true, &c.lease, f, c.now);
+        q.push(")");
+        if let Some(outcome) = f.message {
+            q.push(", msg AS (");
+            outcome_sql(&mut q, outcome, error, c.now);
+            q.push(" WHERE id IN (SELECT message_id FROM done)");
+            outcome_where_tail(&mut q, outcome);
+            q.push(")");
+        }
+        q.push(" SELECT id FROM done");
+        out.push(tx.fetch_optional(&q.text, &q.args).await?.is_some());
+    }
+    Ok(out)
+}
+
+/// Why a completion of a group did not go through: `LeaseLost` when its job exists (it moved
+/// on), else `NotFound`.
+pub(crate) async fn stale_completion(ex: Ex<'_>, lease: &JobLease) -> crate::error::Fail {
+    let id = lease.job.id.to_string();
+    match ex.fetch_optional("SELECT id FROM jobs WHERE id = ?", &[Arg::Text(&id)]).await {
+        Ok(Some(_)) => StoreError::LeaseLost { what: format!("job {id}") }.into(),
+        Ok(None) => StoreError::not_found("job", id).into(),
+        Err(e) => e.into(),
+    }
+}

@@ -10,10 +10,24 @@ use channel_core::{
     MessageOutcome, NewAccount, NewJob, Notification, SendRequest, Store, StoreError, Timestamp,
 };
 
-use crate::queue::{self, Finish};
+use crate::queue::{self, Completion, Finish};
 use crate::{SqlStore, ingest, limits, ops, write_tx};
 
 impl SqlStore {
+    /// Completes one job in a transaction of its own (see [`crate::group_commit`]).
+    pub(crate) async fn finish_completion(&self, c: &Completion) -> crate::error::Res<()> {
+        let finish = Finish {
+            state: JobState::Completed,
+            outcome: AttemptOutcome::Completed,
+            error: None,
+            run_at: None,
+            refund: false,
+            keep_last_error: true,
+            message: c.outcome.as_ref(),
+        };
+        self.finish(&c.lease, &finish, c.now).await
+    }
+
     async fn finish(
         &self,
         lease: &JobLease,
@@ -293,16 +307,8 @@ impl Store for SqlStore {
     ) -> Result<(), StoreError> {
         self.run("complete", async {
             queue::check_outcome(outcome.as_ref())?;
-            let finish = Finish {
-                state: JobState::Completed,
-                outcome: AttemptOutcome::Completed,
-                error: None,
-                run_at: None,
-                refund: false,
-                keep_last_error: true,
-                message: outcome.as_ref(),
-            };
-            self.finish(lease, &finish, now).await
+            let completion = Completion { lease: lease.clone(), outcome, now };
+            self.inner.group_commit.complete(self, completion).await
         })
         .await
     }

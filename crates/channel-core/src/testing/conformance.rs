@@ -1260,6 +1260,96 @@ pub async fn complete_marks_job_completed_and_message_sent(store: Arc<dyn Store>
     );
 }
 
+/// Completions of a claimed batch that arrive at once (as the engine's dispatcher makes
+/// them) each get their own answer: a stale lease is `LeaseLost` for its job alone, a provider
+/// id that another message holds fails that completion alone, and every other job is
+/// completed with its message sent.
+pub async fn concurrent_completions_each_get_their_own_answer(store: Arc<dyn Store>) {
+    let account = new_account(&*store, "acc", T0).await;
+    let opened = ingest(&*store, account.id, inbound("in-1", "t", "alice", "hi", T0), T0).await;
+    let mut messages = Vec::new();
+    for i in 0..40 {
+        let req = send_request(opened.conversation_id, &format!("ck-{i}"), 10, at(1));
+        messages.push(store.enqueue_send(req).await.expect("enqueue_send"));
+    }
+    let history: Vec<JobId> = {
+        let mut ids = Vec::new();
+        for _ in 0..40 {
+            ids.push(store.enqueue(history_job(at(1)), at(1)).await.expect("enqueue").job_id);
+        }
+        ids
+    };
+    let kinds = [JobKind::Send, JobKind::HistorySync];
+    let leases =
+        store.claim("w1", &kinds, 80, Duration::from_secs(60), at(2)).await.expect("claim");
+    assert_eq!(leases.len(), 80);
+    let by_message: HashMap<MessageId, usize> =
+        messages.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
+    // Two rounds: everything but the twins (stale leases among them), then the twins.
+    let is_twin = |lease: &JobLease| lease.job.message_id.is_some_and(|m| by_message[&m] <= 1);
+    let (mut twins, mut others): (Vec<JobLease>, Vec<JobLease>) =
+        leases.into_iter().partition(is_twin);
+    // The second round starts with another send, so that the twins arrive together while it
+    // commits (a store that groups completions then groups the twins).
+    let lead = others.iter().position(|l| l.job.message_id.is_some()).expect("a send job");
+    twins.insert(0, others.remove(lead));
+    let complete_all = |leases: Vec<JobLease>| {
+        leases.into_iter().map(|mut lease| {
+            let store = Arc::clone(&store);
+            let outcome = lease.job.message_id.map(|m| {
+                let i = by_message[&m];
+                // Messages 0 and 1 claim the same provider id: only one can have it.
+                let provider_id = if i <= 1 { "p-shared".to_owned() } else { format!("p-{i}") };
+                MessageOutcome::Sent { provider_id, at: at(3) }
+            });
+            // Every tenth job is completed with a stale lease (an attempt it does not hold).
+            let stale =
+                history.iter().position(|h| *h == lease.job.id).is_some_and(|p| p % 10 == 0);
+            if stale {
+                lease.attempt += 1;
+            }
+            async move { (lease.job.id, stale, store.complete(&lease, outcome, at(4)).await) }
+        })
+    };
+    let mut results = futures::future::join_all(complete_all(others)).await;
+    results.extend(futures::future::join_all(complete_all(twins)).await);
+    let mut shared_ok = 0;
+    for (job_id, stale, result) in &results {
+        let job = store.job(*job_id).await.expect("job");
+        if *stale {
+            let err = result.as_ref().expect_err("a stale lease completes nothing");
+            assert!(is_lease_lost(err), "stale lease: {err:?}");
+            assert_eq!(job.state, JobState::Running, "the stale completion wrote nothing");
+            continue;
+        }
+        let message = job.message_id.map(|m| by_message[&m]);
+        match (message, result) {
+            (Some(i), Err(err)) if i <= 1 => {
+                assert!(is_invalid(err), "the losing twin: {err:?}");
+                assert_eq!(job.state, JobState::Running, "the failed completion wrote nothing");
+            }
+            (_, Ok(())) => {
+                assert_eq!(job.state, JobState::Completed);
+                if let Some(i) = message {
+                    let m = store.message(messages[i].id).await.expect("message");
+                    assert_eq!(m.status, MessageStatus::Sent);
+                    if i <= 1 {
+                        shared_ok += 1;
+                        assert_eq!(m.provider_id.as_deref(), Some("p-shared"));
+                    } else {
+                        assert_eq!(m.provider_id, Some(format!("p-{i}")));
+                    }
+                }
+                let attempts = store.job_attempts(*job_id).await.expect("attempts");
+                assert_eq!(attempts.last().map(|a| a.outcome), Some(AttemptOutcome::Completed));
+            }
+            (_, Err(err)) => panic!("job {job_id} failed to complete: {err:?}"),
+        }
+    }
+    assert_eq!(shared_ok, 1, "exactly one of the twins got the shared provider id");
+    assert_eq!(results.iter().filter(|(_, stale, _)| *stale).count(), 4);
+}
+
 /// `retry` ends the attempt with the error and makes the job claimable at `run_at` with the
 /// next attempt number; the message stays pending.
 pub async fn retry_makes_job_claimable_later_with_the_next_attempt(store: Arc<dyn Store>) {
@@ -1684,6 +1774,7 @@ macro_rules! store_conformance_tests {
             claim_takes_due_jobs_of_the_kinds_oldest_first,
             concurrent_claimers_never_share_a_job,
             complete_marks_job_completed_and_message_sent,
+            concurrent_completions_each_get_their_own_answer,
             retry_makes_job_claimable_later_with_the_next_attempt,
             snooze_does_not_spend_the_attempt,
             discard_dead_letters_the_job_and_fails_the_message,
