@@ -4,10 +4,11 @@
 //! completions arrive together. Committed one by one, each waits for its own `COMMIT` (on
 //! PostgreSQL a WAL flush, ~1–2 ms on a virtual disk; on SQLite a trip through the single
 //! writer). Here concurrent [`Store::complete`](channel_core::Store::complete) calls share a
-//! transaction instead: the first caller that finds no group in flight becomes the leader,
-//! takes every completion queued so far (at most [`MAX_GROUP`]) and commits them together;
-//! whatever arrives meanwhile forms the next group. A lone completion commits alone, as
-//! before, so nothing waits for company.
+//! transaction instead: a caller that gets a slot becomes a leader, takes every completion
+//! queued so far (at most [`MAX_GROUP`]) and commits them together; whatever arrives while
+//! the slots are taken forms the next group. SQLite has one slot (one writer); PostgreSQL
+//! has half its connections, so completions that do not arrive together still commit side
+//! by side. A lone completion commits alone, as before, so nothing waits for company.
 //!
 //! Each caller still returns only after the commit that holds its completion, with its own
 //! result: a stale lease is `LeaseLost` for that job alone and writes nothing of it. When the
@@ -34,11 +35,10 @@ struct Queued {
     reply: oneshot::Sender<Res<()>>,
 }
 
-/// The queue of completions waiting for a group, and the slot of the group in flight.
-#[derive(Default)]
+/// The queue of completions waiting for a group, and the slots of the groups in flight.
 pub(crate) struct GroupCommit {
     queue: Mutex<Vec<Queued>>,
-    slot: Arc<tokio::sync::Mutex<()>>,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -52,6 +52,16 @@ fn interrupted() -> crate::error::Fail {
 }
 
 impl GroupCommit {
+    /// At most `in_flight` groups commit at once: one on SQLite (it has one writer anyway);
+    /// several on PostgreSQL, whose own group commit then shares WAL flushes between them,
+    /// so that completions that do not come together are not made to wait for each other.
+    pub(crate) fn new(in_flight: usize) -> Self {
+        Self {
+            queue: Mutex::new(Vec::new()),
+            slots: Arc::new(tokio::sync::Semaphore::new(in_flight.max(1))),
+        }
+    }
+
     /// Completes one job, committed together with the completions that are queued with it.
     pub(crate) async fn complete(&self, store: &SqlStore, completion: Completion) -> Res<()> {
         let (reply, mut rx) = oneshot::channel();
@@ -63,7 +73,8 @@ impl GroupCommit {
             tokio::select! {
                 biased;
                 answer = &mut rx => return answer.unwrap_or_else(|_| Err(interrupted())),
-                guard = self.slot.clone().lock_owned() => {
+                permit = self.slots.clone().acquire_owned() => {
+                    let Ok(permit) = permit else { return Err(interrupted()) };
                     match rx.try_recv() {
                         Ok(answer) => return answer,
                         Err(oneshot::error::TryRecvError::Closed) => return Err(interrupted()),
@@ -75,11 +86,13 @@ impl GroupCommit {
                         queue.drain(..n).collect()
                     };
                     if group.is_empty() {
-                        continue;
+                        // Ours is in a group in flight: its answer comes through `rx`.
+                        drop(permit);
+                        return rx.await.unwrap_or_else(|_| Err(interrupted()));
                     }
                     let store = store.clone();
                     let task = tokio::spawn(async move {
-                        let _slot = guard;
+                        let _slot = permit;
                         commit_group(&store, group).await;
                     });
                     // The answer comes through `rx`; a panic of the task drops the senders.

@@ -10,6 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use crate::conns::Slots;
 use crate::db::{Pools, to_store_error};
+use crate::group_commit::GroupCommit;
 use crate::{Inner, SqlStore};
 
 /// The least time allowed for opening a database (connecting, creating the file).
@@ -198,7 +199,7 @@ impl SqlStoreOptions {
         let store = SqlStore {
             inner: Arc::new(Inner {
                 pools,
-                group_commit: Default::default(),
+                group_commit: GroupCommit::new(1),
                 options: self.clone(),
                 #[cfg(feature = "postgres")]
                 hub: None,
@@ -252,7 +253,7 @@ impl SqlStoreOptions {
         let store = SqlStore {
             inner: Arc::new(Inner {
                 pools,
-                group_commit: Default::default(),
+                group_commit: GroupCommit::new(self.max_connections as usize / 2),
                 options: self.clone(),
                 hub,
                 _temp: None,
