@@ -85,7 +85,8 @@ impl EmailChannel {
     }
 
     /// Sends with an explicit subject (the contract's [`OutgoingMessage`] has none; `send`
-    /// uses [`default_subject`]). Everything is checked before anything is sent: a CR/LF in
+    /// answers in a thread the channel has seen with `Re: ` and that thread's subject, and
+    /// otherwise uses [`default_subject`]). Everything is checked before anything is sent: a CR/LF in
     /// the subject, an address or a name, or an invalid address, is `InvalidInput`.
     pub async fn send_with_subject(
         &self,
@@ -181,7 +182,11 @@ impl Channel for EmailChannel {
     }
 
     async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt, ChannelError> {
-        self.send_with_subject(message, &default_subject(message)).await
+        let subject = match self.threads.subject_of(&message.thread_key) {
+            Some(base) => format!("Re: {base}"),
+            None => default_subject(message),
+        };
+        self.send_with_subject(message, &subject).await
     }
 
     async fn fetch_history(

@@ -27,11 +27,23 @@ const PREFIXES: &[&str] =
 /// assert_eq!(normalize_subject("Reports"), "reports");
 /// ```
 pub fn normalize_subject(subject: &str) -> String {
-    let mut s: String = subject.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+    base_subject(subject).to_lowercase()
+}
+
+/// The subject without its reply and forward prefixes, with single spaces, case kept: what
+/// a reply's `Re: ...` is built on.
+///
+/// ```
+/// use channel_email::thread_index::base_subject;
+/// assert_eq!(base_subject("RE: AW:  Invoice   42 "), "Invoice 42");
+/// assert_eq!(base_subject("Meeting: Monday"), "Meeting: Monday");
+/// ```
+pub fn base_subject(subject: &str) -> String {
+    let mut s: String = subject.split_whitespace().collect::<Vec<_>>().join(" ");
     loop {
         let trimmed = s.trim_start();
         let Some(colon) = trimmed.find(':') else { break };
-        let head = trimmed[..colon].trim_end();
+        let head = trimmed[..colon].trim_end().to_lowercase();
         // `Re`, `Fwd[2]`, `Re(3)`, `Re^2`: a known word with an optional counter.
         let word = head.trim_end_matches(|c: char| {
             c.is_ascii_digit() || matches!(c, '[' | ']' | '(' | ')' | '^')
@@ -58,6 +70,9 @@ pub struct ThreadIndex {
     /// Folders whose already delivered messages have been read back into the index since
     /// the channel started ([`crate::thread_warmup`]).
     warm: Mutex<HashSet<String>>,
+    /// The [`base_subject`] of the latest message seen in each thread, by thread key: the
+    /// subject of our replies.
+    subjects: Mutex<HashMap<String, String>>,
 }
 
 /// Entries kept before the old ones are dropped.
@@ -66,7 +81,26 @@ const CAPACITY: usize = 50_000;
 impl ThreadIndex {
     /// An empty index matching within `window` (zero switches the fallback off).
     pub fn new(window: Duration) -> Self {
-        Self { window, entries: Mutex::new(HashMap::new()), warm: Mutex::new(HashSet::new()) }
+        Self {
+            window,
+            entries: Mutex::new(HashMap::new()),
+            warm: Mutex::new(HashSet::new()),
+            subjects: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The subject (without reply prefixes) of the latest message seen in the thread, if the
+    /// channel has seen one since it started or in the mailbox's recent past.
+    pub fn subject_of(&self, thread_key: &str) -> Option<String> {
+        self.subjects.lock().unwrap_or_else(|e| e.into_inner()).get(thread_key).cloned()
+    }
+
+    fn remember_subject(&self, thread_key: &str, base: String) {
+        let mut subjects = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
+        if subjects.len() >= CAPACITY && !subjects.contains_key(thread_key) {
+            subjects.clear();
+        }
+        subjects.insert(thread_key.to_owned(), base);
     }
 
     /// The window within which a message without thread headers joins a thread.
@@ -94,13 +128,22 @@ impl ThreadIndex {
         subject: Option<&str>,
         has_thread_headers: bool,
     ) {
-        if self.window.is_zero() {
+        let base = base_subject(subject.unwrap_or(""));
+        if base.is_empty() {
             return;
         }
-        let normalized = normalize_subject(subject.unwrap_or(""));
-        if normalized.is_empty() {
-            return;
+        if !self.window.is_zero() {
+            self.match_thread(message, base.to_lowercase(), has_thread_headers);
         }
+        self.remember_subject(&message.thread_key, base);
+    }
+
+    fn match_thread(
+        &self,
+        message: &mut InboundMessage,
+        normalized: String,
+        has_thread_headers: bool,
+    ) {
         let key = (normalized, message.remote.address.clone());
         let at = message.sent_at.0;
         let window_ms = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
@@ -170,6 +213,19 @@ mod tests {
         with_headers.thread_key = "<root@elsewhere>".to_owned();
         index.apply(&mut with_headers, Some("Re: Project X"), true);
         assert_eq!(with_headers.thread_key, "<root@elsewhere>", "References win over the fallback");
+    }
+
+    #[test]
+    fn the_subject_of_a_thread_is_its_latest_subject_without_prefixes() {
+        let index = ThreadIndex::new(Duration::ZERO);
+        let mut first = mail("<a@x>", "carol@x.org", 0);
+        index.apply(&mut first, Some("Invoice  42"), false);
+        assert_eq!(index.subject_of("<a@x>").as_deref(), Some("Invoice 42"));
+        let mut reply = mail("<b@x>", "carol@x.org", 1);
+        reply.thread_key = "<a@x>".to_owned();
+        index.apply(&mut reply, Some("AW: Re: Invoice 42 (paid)"), true);
+        assert_eq!(index.subject_of("<a@x>").as_deref(), Some("Invoice 42 (paid)"));
+        assert_eq!(index.subject_of("<unknown@x>"), None);
     }
 
     #[test]

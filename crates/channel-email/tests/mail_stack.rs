@@ -289,6 +289,8 @@ async fn a_reply_thread_between_two_accounts_lands_in_one_conversation_on_each_s
 
     let m2 = key("m2");
     let mut reply = outgoing(&alice, &m2, "hello alice");
+    // As the engine sends it: in the conversation's thread, keyed by its root.
+    reply.thread_key = m1.clone();
     reply.reply_to = Some(m1.clone());
     reply.references = vec![m1.clone()];
     b.send(&reply).await.unwrap();
@@ -296,6 +298,7 @@ async fn a_reply_thread_between_two_accounts_lands_in_one_conversation_on_each_s
 
     let m3 = key("m3");
     let mut again = outgoing(&bob, &m3, "and again");
+    again.thread_key = m1.clone();
     again.reply_to = Some(m2.clone());
     again.references = vec![m1.clone(), m2.clone()];
     a.send(&again).await.unwrap();
@@ -317,6 +320,26 @@ async fn a_reply_thread_between_two_accounts_lands_in_one_conversation_on_each_s
     assert_eq!(b_sink.stored(&m3).unwrap().message.references, vec![m1.clone(), m2.clone()]);
     ra.stop().await.unwrap();
     rb.stop().await.unwrap();
+
+    // The replies answer with the thread's subject, as a mail client would.
+    assert_eq!(subject_in_maildir(&st.maildir(&bob), &m1).as_deref(), Some("hello bob"));
+    assert_eq!(subject_in_maildir(&st.maildir(&alice), &m2).as_deref(), Some("Re: hello bob"));
+    assert_eq!(subject_in_maildir(&st.maildir(&bob), &m3).as_deref(), Some("Re: hello bob"));
+}
+
+/// The Subject of the message with `message_id` delivered into `maildir` (INBOX).
+fn subject_in_maildir(maildir: &std::path::Path, message_id: &str) -> Option<String> {
+    for sub in ["new", "cur"] {
+        let Ok(entries) = std::fs::read_dir(maildir.join(sub)) else { continue };
+        for entry in entries.flatten() {
+            let raw = std::fs::read(entry.path()).ok()?;
+            let parsed = mail_parser::MessageParser::default().parse_headers(&raw)?;
+            if parsed.message_id().map(|id| format!("<{id}>")).as_deref() == Some(message_id) {
+                return parsed.subject().map(str::to_owned);
+            }
+        }
+    }
+    None
 }
 
 struct Blobs(HashMap<String, Bytes>);
