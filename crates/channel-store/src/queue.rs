@@ -602,14 +602,15 @@ impl Completion {
 }
 
 /// Completes several claimed jobs in one transaction: every job's fenced update, attempt row
-/// and message outcome, then one `COMMIT`. Returns, per completion and in order, whether its
-/// fenced update went through (`false`: the lease was stale, nothing of it was written).
-/// An error means nothing was committed.
+/// and message outcome (SQLite: their statements and the `COMMIT` in one call; PostgreSQL:
+/// one set-based statement, the caller commits). Returns, per completion and in order,
+/// whether its fenced update went through (`false`: the lease was stale, nothing of it was
+/// written). An error means nothing was committed.
 pub(crate) async fn complete_group(tx: &mut Tx, group: &[&Completion]) -> Res<Vec<bool>> {
     let ids: Vec<String> = group.iter().map(|c| c.lease.job.id.to_string()).collect();
-    let finishes: Vec<Finish<'_>> = group.iter().map(|c| c.finish()).collect();
     let errors: Vec<String> = group.iter().map(|c| outcome_error(c.outcome.as_ref())).collect();
     if !tx.is_pg() {
+        let finishes: Vec<Finish<'_>> = group.iter().map(|c| c.finish()).collect();
         let mut stmts = Vec::with_capacity(group.len() * 3);
         for (((c, id), f), error) in group.iter().zip(&ids).zip(&finishes).zip(&errors) {
             let mut job = Sql::new(String::new());
@@ -639,24 +640,64 @@ pub(crate) async fn complete_group(tx: &mut Tx, group: &[&Completion]) -> Res<Ve
         }
         return Ok(ids.iter().map(|id| done.contains(id)).collect());
     }
-    let mut out = Vec::with_capacity(group.len());
-    for (((c, id), f), error) in group.iter().zip(&ids).zip(&finishes).zip(&errors) {
-        let mut q = Sql::new("WITH done AS (");
-        finish_job_sql(&mut q, id, &c.lease, f, c.now);
-        q.push(" RETURNING id, message_id), audit AS (");
-        finish_attempt_sql(&mut q, "SELECT id FROM done", true, &c.lease, f, c.now);
-        q.push(")");
-        if let Some(outcome) = f.message {
-            q.push(", msg AS (");
-            outcome_sql(&mut q, outcome, error, c.now);
-            q.push(" WHERE id IN (SELECT message_id FROM done)");
-            outcome_where_tail(&mut q, outcome);
-            q.push(")");
+    // PostgreSQL: the whole group in one statement, the completions as rows of a VALUES
+    // list; the same fenced updates as `finish_pg`, set-based.
+    let mut q = Sql::new(
+        "WITH input (id, attempt, worker, now, kind, provider_id, sent_at, error) AS (VALUES ",
+    );
+    for (i, ((c, id), error)) in group.iter().zip(&ids).zip(&errors).enumerate() {
+        if i > 0 {
+            q.push(", ");
         }
-        q.push(" SELECT id FROM done");
-        out.push(tx.fetch_optional(&q.text, &q.args).await?.is_some());
+        let (kind, provider_id, sent_at) = match &c.outcome {
+            Some(MessageOutcome::Sent { provider_id, at }) => {
+                ("sent", Some(provider_id.as_str()), Some(at.0))
+            }
+            Some(MessageOutcome::Failed { .. }) => ("failed", None, None),
+            None => ("none", None, None),
+        };
+        q.push("(")
+            .bind(id.as_str())
+            .push("::text, ")
+            .bind(i64::from(c.lease.attempt))
+            .push("::bigint, ")
+            .bind(c.lease.worker.as_str())
+            .push("::text, ")
+            .bind(c.now.0)
+            .push("::bigint, ")
+            .bind(kind)
+            .push("::text, ")
+            .bind(provider_id)
+            .push("::text, ")
+            .bind(sent_at)
+            .push("::bigint, ")
+            .bind(error.as_str())
+            .push("::text)");
     }
-    Ok(out)
+    q.push(
+        "), done AS (UPDATE jobs AS j SET state = 'completed', leased_by = NULL, \
+         lease_expires_at = NULL, updated_at = i.now FROM input AS i \
+         WHERE j.id = i.id AND j.attempt = i.attempt AND j.state = 'running' \
+         AND j.leased_by = i.worker RETURNING j.id, j.message_id), \
+         audit AS (UPDATE job_attempts AS a SET outcome = 'completed', finished_at = i.now, \
+         error = NULL FROM done AS d JOIN input AS i ON i.id = d.id \
+         WHERE a.job_id = d.id AND a.attempt = i.attempt AND a.worker = i.worker \
+         AND a.outcome = 'running'), \
+         sent AS (UPDATE messages AS m SET status = 'sent', \
+         provider_id = COALESCE(m.provider_id, i.provider_id), sent_at = i.sent_at, \
+         error = NULL, updated_at = i.now FROM done AS d JOIN input AS i ON i.id = d.id \
+         WHERE m.id = d.message_id AND i.kind = 'sent'), \
+         failed AS (UPDATE messages AS m SET status = 'failed', error = i.error, \
+         updated_at = i.now FROM done AS d JOIN input AS i ON i.id = d.id \
+         WHERE m.id = d.message_id AND i.kind = 'failed' AND m.status = 'pending') \
+         SELECT id FROM done",
+    );
+    let rows = tx.fetch_all(&q.text, &q.args).await?;
+    let mut done = std::collections::HashSet::with_capacity(rows.len());
+    for row in rows {
+        done.insert(row.text("id")?);
+    }
+    Ok(ids.iter().map(|id| done.contains(id)).collect())
 }
 
 /// Why a completion of a group did not go through: `LeaseLost` when its job exists (it moved
