@@ -83,7 +83,15 @@ pub(crate) async fn catch_up(
     let mut uids: Vec<u32> =
         uids.into_iter().filter(|u| *u >= start && *u < status.uid_next).collect();
     if report.rescanned {
-        uids = unknown_uids(session, inbound.as_ref(), &uids, role, threads).await?;
+        match unknown_uids(session, inbound.as_ref(), &uids, role, threads).await {
+            Ok(unknown) => uids = unknown,
+            // A server that refuses the header FETCH: read everything again, as a client
+            // without the rescan would; ingest deduplicates what is known.
+            Err(ImapError::Protocol(reason)) => {
+                tracing::warn!(folder, %reason, "rescan by Message-ID refused; fetching the whole folder");
+            }
+            Err(e) => return Err(e),
+        }
     }
     let mut covered = stored.filter(|c| c.uid_validity == status.uid_validity);
     // Fetching the next batch overlaps the commit of the previous one: the session and the

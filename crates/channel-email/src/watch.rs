@@ -110,7 +110,16 @@ impl FolderWatcher {
         let alive = move || inbound.alive();
         if !self.threads.is_warm(&folder) {
             let cursor = load_cursor(self.inbound.as_ref(), &folder).await?;
-            warm_up(&mut conn.session, &folder, self.role, current, cursor, &self.threads).await?;
+            let warmed =
+                warm_up(&mut conn.session, &folder, self.role, current, cursor, &self.threads)
+                    .await;
+            if let Err(ImapError::Protocol(reason)) = &warmed {
+                // A server that refuses the header SEARCH or FETCH would refuse it after
+                // every reconnect: go on without the refill rather than never catch up.
+                tracing::warn!(%folder, %reason, "threading fallback not refilled after the restart");
+                self.threads.mark_warm(&folder);
+            }
+            warmed?;
         }
         let mut first = true;
         loop {
