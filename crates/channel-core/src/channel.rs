@@ -153,6 +153,13 @@ pub trait Inbound: Send + Sync {
         }
         Ok(out)
     }
+    /// Applies an edit of a stored message reported by the provider (new text, its time);
+    /// returns after the commit with the message's id, `None` when no such message is
+    /// stored. Applying it again changes nothing. The default ignores edits (`Ok(None)`).
+    async fn edited(&self, edit: InboundEdit) -> Result<Option<MessageId>, ChannelError> {
+        let _ = edit;
+        Ok(None)
+    }
     /// Which of `provider_ids` are stored already for this account, so that a channel that
     /// must look at many messages again (an IMAP folder whose UIDVALIDITY changed) fetches only
     /// the unknown ones. At most [`KNOWN_IDS_LIMIT`] ids per call.

@@ -143,6 +143,34 @@ impl Engine {
         })
     }
 
+    /// Applies an edit a channel received for `account` (see [`Store::apply_edit`]) and,
+    /// when it changed the message, publishes [`Event::MessageEdited`]. Returns the edited
+    /// message's id, `None` when the message is not stored (an edit of a message from before
+    /// the account was connected, say). Applying an edit twice changes nothing.
+    ///
+    /// [`Store::apply_edit`]: crate::Store::apply_edit
+    pub async fn edit(
+        &self,
+        account: AccountId,
+        edit: InboundEdit,
+    ) -> Result<Option<MessageId>, EngineError> {
+        validate::check_edit(&edit, &self.inner.config.limits)?;
+        self.require_account(account).await?;
+        let now = self.now();
+        let Some((message, changed)) =
+            self.db("apply_edit", self.inner.store.apply_edit(account, &edit, now)).await?
+        else {
+            return Ok(None);
+        };
+        if changed {
+            self.inner
+                .events
+                .publish(Event::MessageEdited { account_id: account, message_id: message.id })
+                .await;
+        }
+        Ok(Some(message.id))
+    }
+
     async fn publish_ingest(&self, account: AccountId, o: &IngestOutcome) {
         let disposition = match o.disposition {
             IngestDisposition::Stored => "stored",
@@ -256,6 +284,10 @@ impl Inbound for AccountSink {
             }
         }
         Ok(known)
+    }
+
+    async fn edited(&self, edit: InboundEdit) -> Result<Option<MessageId>, ChannelError> {
+        Ok(self.engine.edit(self.account, edit).await?)
     }
 
     async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, ChannelError> {

@@ -363,6 +363,16 @@ pub trait Store: Send + Sync + 'static {
         conversation: ConversationId,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError>;
+    /// Applies a provider's edit to the message with `edit.provider_id`: new text and HTML,
+    /// `edited_at` set. An edit not newer than the stored one changes nothing. Returns the
+    /// message as stored afterwards and whether this edit changed it; `None` when the account
+    /// has no such message.
+    async fn apply_edit(
+        &self,
+        account: AccountId,
+        edit: &InboundEdit,
+        now: Timestamp,
+    ) -> Result<Option<(Message, bool)>, StoreError>;
     /// Stores an inbound message (see [`IngestRequest`]). Idempotent on the provider id, also
     /// under concurrent calls with the same message.
     async fn ingest(&self, req: IngestRequest) -> Result<IngestOutcome, StoreError>;

@@ -8,7 +8,7 @@
 use std::fmt;
 
 use crate::model::{
-    CursorUpdate, IdentityInfo, InboundAttachment, InboundMessage, OutboundMessage,
+    CursorUpdate, IdentityInfo, InboundAttachment, InboundEdit, InboundMessage, OutboundMessage,
 };
 
 /// Size limits of the fields the engine stores, in bytes of UTF-8 (counts for lists).
@@ -200,6 +200,13 @@ pub fn check_inbound(m: &InboundMessage, l: &Limits) -> Result<(), ValidationErr
         check_cursor(c, l)?;
     }
     Ok(())
+}
+
+/// Checks an edit a channel reports.
+pub fn check_edit(e: &InboundEdit, l: &Limits) -> Result<(), ValidationError> {
+    check_str("provider_id", &e.provider_id, l.id, true)?;
+    check_opt("text", e.text.as_deref(), l.text)?;
+    check_opt("html", e.html.as_deref(), l.html)
 }
 
 /// Checks an outbound message: it must carry text, HTML or an attachment, and a label.

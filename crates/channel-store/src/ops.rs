@@ -487,7 +487,7 @@ pub(crate) async fn set_conversation_status(
 // ----- messages -----
 
 pub(crate) async fn message_in(ex: Ex<'_>, id: MessageId) -> Res<Option<Message>> {
-    let sql = format!("SELECT {} FROM messages WHERE id = ?", codec::MESSAGE_COLS);
+    let sql = format!("SELECT {} FROM messages WHERE id = ?", codec::MESSAGE_READ_COLS);
     let id = id.to_string();
     match ex.fetch_optional(&sql, &[Arg::Text(&id)]).await? {
         Some(row) => Ok(Some(codec::message(&row)?)),
@@ -506,11 +506,52 @@ pub(crate) async fn message_by_provider_id(
 ) -> Res<Option<Message>> {
     let sql = format!(
         "SELECT {} FROM messages WHERE account_id = ? AND provider_id = ?",
-        codec::MESSAGE_COLS
+        codec::MESSAGE_READ_COLS
     );
     let acc = account.to_string();
     match ex.fetch_optional(&sql, &[Arg::Text(&acc), Arg::Text(provider_id)]).await? {
         Some(row) => Ok(Some(codec::message(&row)?)),
+        None => Ok(None),
+    }
+}
+
+/// Applies an edit (see `Store::apply_edit`): one fenced `UPDATE` that only an edit newer than
+/// the stored one passes, then the message as stored.
+pub(crate) async fn apply_edit(
+    tx: &mut crate::db::Tx,
+    account: AccountId,
+    edit: &channel_core::InboundEdit,
+    now: Timestamp,
+) -> Res<Option<(Message, bool)>> {
+    crate::limits::key("provider_id", &edit.provider_id)?;
+    crate::limits::opt_text("text", edit.text.as_deref(), crate::limits::MAX_BODY_BYTES)?;
+    crate::limits::opt_text("html", edit.html.as_deref(), crate::limits::MAX_BODY_BYTES)?;
+    let acc = account.to_string();
+    // `RETURNING` rather than the count of changed rows: on SQLite the count after the
+    // `BEGIN` sent with this statement is the previous statement's.
+    let changed = tx
+        .fetch_optional(
+            "UPDATE messages SET text = ?, html = ?, edited_at = ?, updated_at = ? \
+             WHERE account_id = ? AND provider_id = ? AND (edited_at IS NULL OR edited_at < ?) \
+             RETURNING id",
+            &[
+                Arg::from(edit.text.as_deref()),
+                Arg::from(edit.html.as_deref()),
+                Arg::Int(edit.edited_at.0),
+                Arg::Int(now.0),
+                Arg::Text(&acc),
+                Arg::Text(&edit.provider_id),
+                Arg::Int(edit.edited_at.0),
+            ],
+        )
+        .await?
+        .is_some();
+    let sql = format!(
+        "SELECT {} FROM messages WHERE account_id = ? AND provider_id = ?",
+        codec::MESSAGE_READ_COLS
+    );
+    match tx.fetch_optional(&sql, &[Arg::Text(&acc), Arg::Text(&edit.provider_id)]).await? {
+        Some(row) => Ok(Some((codec::message(&row)?, changed))),
         None => Ok(None),
     }
 }
@@ -522,7 +563,7 @@ pub(crate) async fn messages(
 ) -> Res<Vec<Message>> {
     let sql = format!(
         "SELECT {} FROM messages WHERE conversation_id = ? ORDER BY sent_at, id LIMIT ?",
-        codec::MESSAGE_COLS
+        codec::MESSAGE_READ_COLS
     );
     let id = conversation.to_string();
     Ok(all(ex.fetch_all(&sql, &[Arg::Text(&id), Arg::Int(limit(n))]).await?, codec::message)?)
@@ -585,6 +626,7 @@ pub(crate) async fn enqueue_send(tx: &mut Tx, req: &SendRequest) -> Res<Message>
         sent_at: req.now,
         created_at: req.now,
         updated_at: req.now,
+        edited_at: None,
     };
     let row = MsgRow {
         id: message.id.to_string(),

@@ -450,10 +450,12 @@ pub(crate) async fn extend(
     now: Timestamp,
 ) -> Res<()> {
     let id = lease.job.id.to_string();
-    let n = tx
-        .execute(
+    // `RETURNING`, not the count of changed rows: on SQLite the count of the first statement
+    // of a transaction (sent with its `BEGIN`) can be the previous statement's.
+    let extended = tx
+        .fetch_optional(
             "UPDATE jobs SET lease_expires_at = ?, updated_at = ? \
-             WHERE id = ? AND attempt = ? AND state = 'running' AND leased_by = ?",
+             WHERE id = ? AND attempt = ? AND state = 'running' AND leased_by = ? RETURNING id",
             &[
                 Arg::Int(now.plus(ttl).0),
                 Arg::Int(now.0),
@@ -463,7 +465,7 @@ pub(crate) async fn extend(
             ],
         )
         .await?;
-    if n == 0 {
+    if extended.is_none() {
         return Err(lease_lost(tx, lease).await);
     }
     Ok(())

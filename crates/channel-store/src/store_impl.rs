@@ -240,6 +240,18 @@ impl Store for SqlStore {
         self.run("messages", ops::messages(self.pools().reader(), conversation, limit)).await
     }
 
+    async fn apply_edit(
+        &self,
+        account: AccountId,
+        edit: &channel_core::InboundEdit,
+        now: Timestamp,
+    ) -> Result<Option<(Message, bool)>, StoreError> {
+        self.run("apply_edit", async {
+            write_tx!(self, |tx| ops::apply_edit(tx, account, edit, now).await?)
+        })
+        .await
+    }
+
     async fn ingest(&self, req: IngestRequest) -> Result<IngestOutcome, StoreError> {
         let reqs = [req];
         let mut out = self

@@ -30,6 +30,13 @@ pub enum Event {
         /// The message.
         message_id: MessageId,
     },
+    /// A stored message's text was edited at the provider.
+    MessageEdited {
+        /// The account.
+        account_id: AccountId,
+        /// The message.
+        message_id: MessageId,
+    },
     /// A message changed status (for example to `Failed`).
     MessageStatusChanged {
         /// The account.

@@ -187,6 +187,24 @@ pub struct Message {
     pub created_at: Timestamp,
     /// When it last changed.
     pub updated_at: Timestamp,
+    /// The provider's time of the latest edit of its text, if it was edited.
+    #[serde(default)]
+    pub edited_at: Option<Timestamp>,
+}
+
+/// A channel's report that a stored message's text was edited at the provider (Telegram's
+/// edited messages). Applying it again, or applying an older edit after a newer one, changes
+/// nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundEdit {
+    /// The provider id of the edited message.
+    pub provider_id: String,
+    /// The new plain text.
+    pub text: Option<String>,
+    /// The new HTML.
+    pub html: Option<String>,
+    /// The provider's time of the edit.
+    pub edited_at: Timestamp,
 }
 
 /// An attachment handed over by a channel, before it is stored.

@@ -1260,6 +1260,63 @@ pub async fn complete_marks_job_completed_and_message_sent(store: Arc<dyn Store>
     );
 }
 
+/// An edit replaces a stored message's text and marks it edited; the same edit again or an
+/// older one changes nothing; an edit of a message that is not stored is `None`; bad input
+/// is refused and changes nothing.
+pub async fn edits_replace_the_text_and_mark_the_message_edited(store: Arc<dyn Store>) {
+    let store = &*store;
+    let account = new_account(store, "acc", T0).await;
+    let out = ingest(store, account.id, inbound("in-1", "t", "alice", "hi", T0), T0).await;
+    let edit = |provider_id: &str, text: &str, secs: i64| InboundEdit {
+        provider_id: provider_id.to_owned(),
+        text: Some(text.to_owned()),
+        html: None,
+        edited_at: at(secs),
+    };
+    let (m, changed) = store
+        .apply_edit(account.id, &edit("in-1", "hi, edited", 10), at(11))
+        .await
+        .expect("apply_edit")
+        .expect("the message is stored");
+    assert!(changed);
+    assert_eq!(m.id, out.message_id);
+    let stored = store.message(out.message_id).await.expect("message");
+    assert_eq!(stored.text.as_deref(), Some("hi, edited"));
+    assert_eq!(stored.edited_at, Some(at(10)));
+    assert_eq!(stored.updated_at, at(11));
+    assert_eq!(stored.status, MessageStatus::Sent, "an edit changes the text only");
+
+    let (_, again) = store
+        .apply_edit(account.id, &edit("in-1", "hi, edited", 10), at(12))
+        .await
+        .expect("apply_edit")
+        .expect("stored");
+    assert!(!again, "the same edit twice changes nothing");
+    let (m, older) = store
+        .apply_edit(account.id, &edit("in-1", "stale", 5), at(13))
+        .await
+        .expect("apply_edit")
+        .expect("stored");
+    assert!(!older, "an older edit changes nothing");
+    assert_eq!(m.text.as_deref(), Some("hi, edited"));
+
+    assert!(
+        store
+            .apply_edit(account.id, &edit("unknown", "x", 20), at(20))
+            .await
+            .expect("ok")
+            .is_none()
+    );
+    let err = store
+        .apply_edit(account.id, &edit("in-1", "bad\0", 30), at(30))
+        .await
+        .expect_err("a NUL byte is refused");
+    assert!(is_invalid(&err), "{err:?}");
+    let stored = store.message(out.message_id).await.expect("message");
+    assert_eq!(stored.text.as_deref(), Some("hi, edited"), "bad input changed nothing");
+    assert_eq!(stored.edited_at, Some(at(10)));
+}
+
 /// Completions of a claimed batch that arrive at once (as the engine's dispatcher makes
 /// them) each get their own answer: a stale lease is `LeaseLost` for its job alone, a provider
 /// id that another message holds fails that completion alone, and every other job is
@@ -1630,6 +1687,28 @@ pub async fn extend_and_cancel_jobs(store: Arc<dyn Store>) {
     assert_eq!(store.next_run_at(&[JobKind::HistorySync]).await.expect("next"), None);
     assert!(is_not_found(&store.cancel_job(JobId::new(), at(1)).await.expect_err("unknown")));
     assert!(is_not_found(&store.job(JobId::new()).await.expect_err("unknown")));
+
+    // A stale lease is refused an extension, also right after another write.
+    let rescued = history_job(at(200));
+    store.enqueue(rescued.clone(), at(200)).await.expect("enqueue");
+    let old = store
+        .claim("w1", &[JobKind::HistorySync], 1, Duration::from_secs(10), at(200))
+        .await
+        .expect("claim")
+        .remove(0);
+    assert_eq!(store.rescue_expired(at(300)).await.expect("rescue"), 1);
+    let new = store
+        .claim("w2", &[JobKind::HistorySync], 1, Duration::from_secs(60), at(301))
+        .await
+        .expect("claim");
+    assert_eq!(new.len(), 1);
+    store.enqueue(history_job(at(400)), at(302)).await.expect("a write just before");
+    let err = store
+        .extend_job_lease(&old, Duration::from_secs(60), at(303))
+        .await
+        .expect_err("the rescued worker's lease is stale");
+    assert!(is_lease_lost(&err), "{err:?}");
+    assert_eq!(store.job(rescued.id).await.expect("job").leased_by.as_deref(), Some("w2"));
 }
 
 // ----- leases -----
@@ -1775,6 +1854,7 @@ macro_rules! store_conformance_tests {
             concurrent_claimers_never_share_a_job,
             complete_marks_job_completed_and_message_sent,
             concurrent_completions_each_get_their_own_answer,
+            edits_replace_the_text_and_mark_the_message_edited,
             retry_makes_job_claimable_later_with_the_next_attempt,
             snooze_does_not_spend_the_attempt,
             discard_dead_letters_the_job_and_fails_the_message,

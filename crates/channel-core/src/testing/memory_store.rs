@@ -421,6 +421,7 @@ impl Inner {
                 sent_at: m.sent_at,
                 created_at: now,
                 updated_at: now,
+                edited_at: None,
             },
         );
         self.write_cursor(account, &m.cursor);
@@ -860,6 +861,31 @@ impl Store for MemoryStore {
             .and_then(|id| inner.messages.get(id).cloned()))
     }
 
+    async fn apply_edit(
+        &self,
+        account: AccountId,
+        edit: &InboundEdit,
+        now: Timestamp,
+    ) -> Result<Option<(Message, bool)>, StoreError> {
+        no_nul("provider_id", &edit.provider_id)?;
+        no_nul_opt("text", edit.text.as_deref())?;
+        no_nul_opt("html", edit.html.as_deref())?;
+        let mut inner = self.lock();
+        let Some(id) = inner.message_by_provider.get(&(account, edit.provider_id.clone())).copied()
+        else {
+            return Ok(None);
+        };
+        let Some(m) = inner.messages.get_mut(&id) else { return Ok(None) };
+        let newer = m.edited_at.is_none_or(|at| at < edit.edited_at);
+        if newer {
+            m.text = edit.text.clone();
+            m.html = edit.html.clone();
+            m.edited_at = Some(edit.edited_at);
+            m.updated_at = now;
+        }
+        Ok(Some((m.clone(), newer)))
+    }
+
     async fn messages(
         &self,
         conversation: ConversationId,
@@ -941,6 +967,7 @@ impl Store for MemoryStore {
             sent_at: req.now,
             created_at: req.now,
             updated_at: req.now,
+            edited_at: None,
         };
         let job = Job {
             id: req.job_id,
