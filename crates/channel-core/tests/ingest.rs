@@ -292,3 +292,33 @@ async fn the_sink_tells_which_provider_ids_are_stored_already() {
     let too_many: Vec<String> = (0..=KNOWN_IDS_LIMIT).map(|i| format!("x-{i}")).collect();
     assert!(matches!(sink.known_provider_ids(&too_many).await, Err(ChannelError::InvalidInput(_))));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_edit_through_the_sink_replaces_the_text_and_is_published_once() {
+    let mut h = harness().await;
+    let out = h.engine.deliver(h.account.id, text("m-1", "chat", "tg:1", "draft")).await.unwrap();
+    h.drain_events();
+    let sink = h.engine.inbound(h.account.id);
+    let edit = InboundEdit {
+        provider_id: "m-1".to_owned(),
+        text: Some("final".to_owned()),
+        html: None,
+        edited_at: Timestamp(h.engine.now().0 + 5_000),
+    };
+    assert_eq!(sink.edited(edit.clone()).await.unwrap(), Some(out.message_id));
+    assert_eq!(sink.edited(edit.clone()).await.unwrap(), Some(out.message_id), "again: no change");
+    let stored = h.store.message(out.message_id).await.unwrap();
+    assert_eq!(stored.text.as_deref(), Some("final"));
+    assert_eq!(stored.edited_at, Some(edit.edited_at));
+    assert_eq!(
+        h.drain_events(),
+        vec![Event::MessageEdited { account_id: h.account.id, message_id: out.message_id }],
+        "one event for the change, none for the repeat"
+    );
+
+    let unknown = InboundEdit { provider_id: "nope".to_owned(), ..edit.clone() };
+    assert_eq!(sink.edited(unknown).await.unwrap(), None);
+    let bad = InboundEdit { text: Some("bad\0".to_owned()), ..edit };
+    assert!(matches!(sink.edited(bad).await, Err(ChannelError::InvalidInput(_))));
+    assert_eq!(h.store.message(out.message_id).await.unwrap().text.as_deref(), Some("final"));
+}

@@ -623,6 +623,16 @@ impl TelegramChannel {
         peers: &grammers_client::peer::PeerMap,
         defer: bool,
     ) -> Result<(), ChannelError> {
+        // An edit is applied before the update state that covers it can be saved; applying
+        // it again after a restart changes nothing.
+        let edited = match &update {
+            tl::enums::Update::EditMessage(u) => mapping::edit(&u.message),
+            tl::enums::Update::EditChannelMessage(u) => mapping::edit(&u.message),
+            _ => None,
+        };
+        if let Some(edit) = edited {
+            inbound.edited(edit).await?;
+        }
         let message = match &update {
             tl::enums::Update::MessageId(u) => {
                 self.echoes.message_id(u.random_id, u.id);
@@ -721,7 +731,7 @@ impl Channel for TelegramChannel {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { edits: false, media: false, history: true, outgoing_capture: true }
+        Capabilities { edits: true, media: false, history: true, outgoing_capture: true }
     }
 
     async fn run(

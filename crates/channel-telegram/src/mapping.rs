@@ -117,3 +117,18 @@ pub(crate) fn inbound_message(
         cursor: None,
     })
 }
+
+/// Maps an edited Telegram message to an [`InboundEdit`](channel_core::InboundEdit): its
+/// provider id, its new text, and the time of the edit (`edit_date`, else its date).
+pub(crate) fn edit(message: &tl::enums::Message) -> Option<channel_core::InboundEdit> {
+    let tl::enums::Message::Message(m) = message else {
+        return None;
+    };
+    let chat = PeerId::from(&m.peer_id);
+    Some(channel_core::InboundEdit {
+        provider_id: address::provider_id(chat, m.id),
+        text: (!m.message.is_empty()).then(|| m.message.clone()),
+        html: None,
+        edited_at: Timestamp::from_unix_seconds(i64::from(m.edit_date.unwrap_or(m.date))),
+    })
+}

@@ -525,3 +525,37 @@ async fn a_failed_delivery_inside_a_difference_loses_none_of_its_messages() {
     let texts: Vec<_> = inbound.messages().iter().map(|m| m.text.clone().unwrap()).collect();
     assert_eq!(texts, ["m0", "m1", "m2", "m3"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_replace_the_stored_text_live_and_when_caught_up_after_a_restart() {
+    let server = LoopbackServer::start().await.unwrap();
+    let alice = server.add_user(2001, "Alice", None);
+    let inbound = account(&server);
+    let r = connected(&server, &inbound).await;
+    let m = server.incoming(alice.id, "first draft");
+    assert!(inbound.wait_for_messages(1, WAIT).await);
+
+    // Edited while the channel runs: pushed as updateEditMessage.
+    server.edit(m.id, "second draft").unwrap();
+    assert!(inbound.wait_until(WAIT, |s| !s.edits().is_empty()).await, "no edit arrived");
+    assert_eq!(inbound.messages()[0].text.as_deref(), Some("second draft"));
+    r.stop().await.unwrap();
+
+    // Edited while it was stopped: found in the difference on restart.
+    server.edit(m.id, "final text").unwrap();
+    let r = run(&inbound).await;
+    assert!(
+        inbound.wait_until(WAIT, |s| s.edits().len() >= 2).await,
+        "the offline edit was not caught up: {:?}",
+        inbound.edits()
+    );
+    r.stop().await.unwrap();
+
+    let messages = inbound.messages();
+    assert_eq!(messages.len(), 1, "an edit is not a new message: {messages:?}");
+    assert_eq!(messages[0].text.as_deref(), Some("final text"));
+    let edits = inbound.edits();
+    assert!(edits.iter().all(|e| e.provider_id == format!("2001:{}", m.id)), "{edits:?}");
+    assert!(edits.iter().all(|e| e.edited_at > messages[0].sent_at), "{edits:?}");
+    assert_eq!(inbound.duplicates(), 0);
+}

@@ -21,6 +21,7 @@ struct Inner {
     fail_deliveries: usize,
     pass_before_failing: usize,
     duplicates: usize,
+    edits: Vec<channel_core::InboundEdit>,
 }
 
 /// An in-memory [`Inbound`]: stores each provider id once (like the engine's ingest),
@@ -54,6 +55,11 @@ impl MemoryInbound {
     /// The messages stored, in order, each provider id once.
     pub fn messages(&self) -> Vec<InboundMessage> {
         self.lock().messages.clone()
+    }
+
+    /// The edits applied to stored messages, in order (the messages carry the new text).
+    pub fn edits(&self) -> Vec<channel_core::InboundEdit> {
+        self.lock().edits.clone()
     }
 
     /// How many messages are stored (without copying them).
@@ -154,6 +160,24 @@ impl Inbound for MemoryInbound {
         };
         self.changed.notify_waiters();
         Ok(outcome)
+    }
+
+    async fn edited(
+        &self,
+        edit: channel_core::InboundEdit,
+    ) -> Result<Option<MessageId>, ChannelError> {
+        let id = {
+            let mut inner = self.lock();
+            let Some(id) = inner.ids.get(&edit.provider_id).copied() else { return Ok(None) };
+            inner.edits.push(edit.clone());
+            if let Some(m) = inner.messages.iter_mut().find(|m| m.provider_id == edit.provider_id) {
+                m.text = edit.text;
+                m.html = edit.html;
+            }
+            id
+        };
+        self.changed.notify_waiters();
+        Ok(Some(id))
     }
 
     async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, ChannelError> {

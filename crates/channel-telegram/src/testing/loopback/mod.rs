@@ -469,6 +469,19 @@ impl LoopbackServer {
         self.store_and_push(TestPeer::Chat(chat), from, text, Push::Full)
     }
 
+    /// Edits the text of message `id` (any chat) and pushes `updateEditMessage`; `None` when
+    /// there is no such message. Clients that were offline get the edit by catching up.
+    pub fn edit(&self, id: i32, text: &str) -> Option<WorldMessage> {
+        let (msg, updates) = {
+            let mut world = lock(&self.shared.world);
+            let (msg, pts) = world.edit(id, text)?;
+            let updates = world.edit_updates_for(&msg, pts);
+            (msg, updates)
+        };
+        self.push(&updates);
+        Some(msg)
+    }
+
     fn store_and_push(&self, peer: TestPeer, from: i64, text: &str, push: Push) -> WorldMessage {
         let (msg, updates) = {
             let mut world = lock(&self.shared.world);

@@ -82,6 +82,8 @@ pub struct WorldMessage {
     pub random_id: Option<i64>,
     /// The photo or document sent with `messages.sendMedia`, as uploaded.
     pub media: Option<WorldMedia>,
+    /// Unix time of the latest edit of its text.
+    pub edit_date: Option<i32>,
 }
 
 /// A file sent with a message, reassembled from its uploaded parts.
@@ -113,6 +115,8 @@ pub(crate) struct World {
     pts: i32,
     next_id: i32,
     messages: Vec<WorldMessage>,
+    /// Edits as (pts, message id), for `getDifference`.
+    edits: Vec<(i32, i32)>,
     by_random_id: HashMap<i64, i32>,
     /// When set, `getDifference` further behind than this answers `differenceTooLong`.
     pub(crate) too_long_after: Option<i32>,
@@ -148,6 +152,7 @@ impl World {
             pts: 1,
             next_id: 1,
             messages: Vec::new(),
+            edits: Vec::new(),
             by_random_id: HashMap::new(),
             too_long_after: None,
             duplicate_is_error: false,
@@ -217,12 +222,34 @@ impl World {
             reply_to,
             random_id,
             media: None,
+            edit_date: None,
         };
         if let Some(r) = random_id {
             self.by_random_id.insert(r, id);
         }
         self.messages.push(msg.clone());
         msg
+    }
+
+    /// Replaces the text of message `id` (a new pts, as Telegram's edits take one); returns
+    /// the edited message and the `updateEditMessage` pts.
+    pub(crate) fn edit(&mut self, id: i32, text: &str) -> Option<(WorldMessage, i32)> {
+        let m = self.messages.iter_mut().find(|m| m.id == id)?;
+        self.pts += 1;
+        m.text = text.to_owned();
+        m.edit_date = Some(now().max(m.date + 1));
+        let edited = m.clone();
+        self.edits.push((self.pts, id));
+        Some((edited, self.pts))
+    }
+
+    /// The `Updates` that pushes an edit.
+    pub(crate) fn edit_updates_for(&self, m: &WorldMessage, pts: i32) -> tl::enums::Updates {
+        let (users, chats) = self.involved(&[m]);
+        let update =
+            tl::types::UpdateEditMessage { message: self.tl_message(m), pts, pts_count: 1 };
+        tl::types::Updates { updates: vec![update.into()], users, chats, date: now(), seq: 0 }
+            .into()
     }
 
     fn tl_peer(peer: TestPeer) -> tl::enums::Peer {
@@ -247,6 +274,9 @@ impl World {
             &m.text,
             m.reply_to,
         );
+        if let tl::enums::Message::Message(x) = &mut message {
+            x.edit_date = m.edit_date;
+        }
         if let (Some(media), tl::enums::Message::Message(x)) = (&m.media, &mut message) {
             // Every file goes out as a document (photos too, with their image type).
             x.media = Some(
@@ -778,11 +808,29 @@ impl World {
             return tl::types::updates::DifferenceTooLong { pts: self.pts }.into();
         }
         let new: Vec<&WorldMessage> = self.messages.iter().filter(|m| m.pts > from_pts).collect();
-        let (users, chats) = self.involved(&new);
+        let edited: Vec<(i32, &WorldMessage)> = self
+            .edits
+            .iter()
+            .filter(|(pts, _)| *pts > from_pts)
+            .filter_map(|(pts, id)| self.messages.iter().find(|m| m.id == *id).map(|m| (*pts, m)))
+            .collect();
+        let mut involved = new.clone();
+        involved.extend(edited.iter().map(|(_, m)| *m));
+        let (users, chats) = self.involved(&involved);
         tl::types::updates::Difference {
             new_messages: new.iter().map(|m| self.tl_message(m)).collect(),
             new_encrypted_messages: Vec::new(),
-            other_updates: Vec::new(),
+            other_updates: edited
+                .iter()
+                .map(|(pts, m)| {
+                    tl::types::UpdateEditMessage {
+                        message: self.tl_message(m),
+                        pts: *pts,
+                        pts_count: 1,
+                    }
+                    .into()
+                })
+                .collect(),
             chats,
             users,
             state: self.state().into(),
