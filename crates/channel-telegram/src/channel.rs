@@ -731,7 +731,7 @@ impl Channel for TelegramChannel {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { edits: true, media: false, history: true, outgoing_capture: true }
+        Capabilities { edits: true, media: true, history: true, outgoing_capture: true }
     }
 
     async fn run(
