@@ -137,6 +137,43 @@ async fn ingest_once() -> Duration {
     took
 }
 
+/// One multi-row `INSERT` of a batch's message rows into `table` (the store's `messages`
+/// columns); `ids` holds each row's id, account, conversation and identity.
+async fn insert_messages(
+    tx: &mut sqlx::SqliteConnection,
+    table: &str,
+    batch: &[IngestRequest],
+    ids: &[[String; 4]],
+) {
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+        "INSERT INTO {table} (id, account_id, conversation_id, identity_id, direction, origin, \
+         provider_id, client_key, status, text, html, reply_to, attachments, parse_error, error, \
+         sent_at, created_at, updated_at) "
+    ));
+    q.push_values(batch.iter().zip(ids), |mut b, (r, ids)| {
+        let m = &r.message;
+        b.push_bind(ids[0].as_str())
+            .push_bind(ids[1].as_str())
+            .push_bind(ids[2].as_str())
+            .push_bind(ids[3].as_str())
+            .push_bind("inbound")
+            .push_bind("remote")
+            .push_bind(m.provider_id.as_str())
+            .push_bind(None::<&str>)
+            .push_bind("sent")
+            .push_bind(m.text.as_deref())
+            .push_bind(None::<&str>)
+            .push_bind(None::<&str>)
+            .push_bind("[]")
+            .push_bind(None::<&str>)
+            .push_bind(None::<&str>)
+            .push_bind(m.sent_at.0)
+            .push_bind(r.now.0)
+            .push_bind(r.now.0);
+    });
+    q.build().execute(tx).await.expect("insert messages");
+}
+
 /// The same rows, written raw into a plain table.
 async fn raw_insert_once() -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -177,33 +214,7 @@ async fn raw_insert_once() -> Duration {
                 ]
             })
             .collect();
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO raw_messages (id, account_id, conversation_id, identity_id, direction, origin, \
-             provider_id, client_key, status, text, html, reply_to, attachments, parse_error, error, \
-             sent_at, created_at, updated_at) ",
-        );
-        q.push_values(batch.iter().zip(&rows), |mut b, (r, ids)| {
-            let m = &r.message;
-            b.push_bind(ids[0].as_str())
-                .push_bind(ids[1].as_str())
-                .push_bind(ids[2].as_str())
-                .push_bind(ids[3].as_str())
-                .push_bind("inbound")
-                .push_bind("remote")
-                .push_bind(m.provider_id.as_str())
-                .push_bind(None::<&str>)
-                .push_bind("sent")
-                .push_bind(m.text.as_deref())
-                .push_bind(None::<&str>)
-                .push_bind(None::<&str>)
-                .push_bind("[]")
-                .push_bind(None::<&str>)
-                .push_bind(None::<&str>)
-                .push_bind(m.sent_at.0)
-                .push_bind(r.now.0)
-                .push_bind(r.now.0);
-        });
-        q.build().execute(&mut *tx).await.expect("insert");
+        insert_messages(&mut tx, "raw_messages", batch, &rows).await;
         tx.commit().await.expect("commit");
     }
     let took = start.elapsed();
@@ -316,33 +327,11 @@ async fn raw_insert_store_schema_once() -> Duration {
             });
             q.build().execute(&mut *tx).await.expect("insert conversations");
         }
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO messages (id, account_id, conversation_id, identity_id, direction, origin, \
-             provider_id, client_key, status, text, html, reply_to, attachments, parse_error, error, \
-             sent_at, created_at, updated_at) ",
-        );
-        q.push_values(batch.iter().zip(&messages), |mut b, (r, ids)| {
-            let m = &r.message;
-            b.push_bind(ids[0].as_str())
-                .push_bind(account_text.as_str())
-                .push_bind(ids[1].as_str())
-                .push_bind(ids[2].as_str())
-                .push_bind("inbound")
-                .push_bind("remote")
-                .push_bind(m.provider_id.as_str())
-                .push_bind(None::<&str>)
-                .push_bind("sent")
-                .push_bind(m.text.as_deref())
-                .push_bind(None::<&str>)
-                .push_bind(None::<&str>)
-                .push_bind("[]")
-                .push_bind(None::<&str>)
-                .push_bind(None::<&str>)
-                .push_bind(m.sent_at.0)
-                .push_bind(r.now.0)
-                .push_bind(r.now.0);
-        });
-        q.build().execute(&mut *tx).await.expect("insert messages");
+        let rows: Vec<[String; 4]> = messages
+            .into_iter()
+            .map(|[id, conversation, identity]| [id, account_text.clone(), conversation, identity])
+            .collect();
+        insert_messages(&mut tx, "messages", batch, &rows).await;
         tx.commit().await.expect("commit");
     }
     let took = start.elapsed();

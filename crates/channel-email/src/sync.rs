@@ -10,7 +10,7 @@ use crate::cursor::FolderCursor;
 use crate::error::ImapError;
 use crate::fetch::{FetchWhat, uid_fetch};
 use crate::imap_session::{FolderStatus, Session, uid_search};
-use crate::parse::{FolderRole, parse_internal_date, parse_message, provider_id_of};
+use crate::parse::{FolderRole, provider_id_of};
 use crate::thread_index::ThreadIndex;
 
 /// Reads the folder's cursor from the account state.
@@ -155,13 +155,7 @@ async fn unknown_uids(
         let known = inbound.known_provider_ids(&ids).await.map_err(ImapError::Inbound)?;
         for (f, id) in fetched.iter().zip(&ids) {
             if known.contains(id) {
-                let parsed = parse_message(
-                    &f.raw,
-                    role,
-                    f.internal_date.as_deref().and_then(parse_internal_date),
-                );
-                let mut message = parsed.message;
-                threads.apply(&mut message, parsed.subject.as_deref(), parsed.has_thread_headers);
+                threads.parse(f, role);
             } else {
                 unknown.push(f.uid);
             }
@@ -188,19 +182,7 @@ async fn fetch_batch(
     let (fetched, _) = uid_fetch(session, chunk, FetchWhat::Full).await?;
     let last_uid = chunk[chunk.len() - 1];
     let cursor = FolderCursor { uid_validity, uid_next: last_uid + 1 };
-    let mut batch: Vec<InboundMessage> = fetched
-        .iter()
-        .map(|f| {
-            let parsed = parse_message(
-                &f.raw,
-                role,
-                f.internal_date.as_deref().and_then(parse_internal_date),
-            );
-            let mut message = parsed.message;
-            threads.apply(&mut message, parsed.subject.as_deref(), parsed.has_thread_headers);
-            message
-        })
-        .collect();
+    let mut batch: Vec<InboundMessage> = fetched.iter().map(|f| threads.parse(f, role)).collect();
     if let Some(last) = batch.last_mut() {
         last.cursor = Some(cursor.update(folder));
     }

@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use channel_core::InboundMessage;
 
+use crate::fetch::Fetched;
+use crate::parse::{FolderRole, parse_internal_date, parse_message};
+
 /// Prefixes that mark a reply or a forward, in the languages mail clients commonly use.
 const PREFIXES: &[&str] =
     &["re", "fwd", "fw", "aw", "sv", "vs", "wg", "antw", "tr", "rv", "ref", "odp", "r"];
@@ -101,6 +104,16 @@ impl ThreadIndex {
             subjects.clear();
         }
         subjects.insert(thread_key.to_owned(), base);
+    }
+
+    /// Parses a fetched message and threads it ([`ThreadIndex::apply`]): how every message
+    /// the channel reads enters the index.
+    pub(crate) fn parse(&self, f: &Fetched, role: FolderRole) -> InboundMessage {
+        let internal_date = f.internal_date.as_deref().and_then(parse_internal_date);
+        let parsed = parse_message(&f.raw, role, internal_date);
+        let mut message = parsed.message;
+        self.apply(&mut message, parsed.subject.as_deref(), parsed.has_thread_headers);
+        message
     }
 
     /// The window within which a message without thread headers joins a thread.

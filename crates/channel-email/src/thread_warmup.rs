@@ -15,7 +15,7 @@ use crate::cursor::FolderCursor;
 use crate::error::ImapError;
 use crate::fetch::{FetchWhat, uid_fetch};
 use crate::imap_session::{FolderStatus, Session, uid_search};
-use crate::parse::{FolderRole, parse_internal_date, parse_message};
+use crate::parse::FolderRole;
 use crate::thread_index::ThreadIndex;
 
 /// The most messages per folder whose headers are read to refill the index.
@@ -63,16 +63,10 @@ pub(crate) async fn warm_up(
     let mut seen = 0usize;
     for chunk in newest.chunks(WARMUP_BATCH) {
         let (fetched, _) = uid_fetch(session, chunk, FetchWhat::Headers).await?;
-        for f in fetched {
-            let parsed = parse_message(
-                &f.raw,
-                role,
-                f.internal_date.as_deref().and_then(parse_internal_date),
-            );
-            let mut message = parsed.message;
-            threads.apply(&mut message, parsed.subject.as_deref(), parsed.has_thread_headers);
-            seen += 1;
+        for f in &fetched {
+            threads.parse(f, role);
         }
+        seen += fetched.len();
     }
     tracing::debug!(folder, messages = seen, "threading fallback refilled from the mailbox");
     threads.mark_warm(folder);

@@ -211,12 +211,7 @@ pub(crate) struct Finish<'a> {
 
 /// `LeaseLost` when the job exists (it moved on), else `NotFound`.
 async fn lease_lost(tx: &mut Tx, lease: &JobLease) -> crate::error::Fail {
-    let id = lease.job.id.to_string();
-    match tx.fetch_optional("SELECT id FROM jobs WHERE id = ?", &[Arg::Text(&id)]).await {
-        Ok(Some(_)) => StoreError::LeaseLost { what: format!("job {id}") }.into(),
-        Ok(None) => StoreError::not_found("job", id).into(),
-        Err(e) => e.into(),
-    }
+    stale_completion(tx.ex(), lease).await
 }
 
 /// The fenced `UPDATE jobs` of a finish, with `suffix` after its `WHERE`.
@@ -590,7 +585,8 @@ pub(crate) struct Completion {
 }
 
 impl Completion {
-    fn finish(&self) -> Finish<'_> {
+    /// What completing the job writes.
+    pub(crate) fn finish(&self) -> Finish<'_> {
         Finish {
             state: JobState::Completed,
             outcome: channel_core::AttemptOutcome::Completed,
@@ -702,8 +698,8 @@ pub(crate) async fn complete_group(tx: &mut Tx, group: &[&Completion]) -> Res<Ve
     Ok(ids.iter().map(|id| done.contains(id)).collect())
 }
 
-/// Why a completion of a group did not go through: `LeaseLost` when its job exists (it moved
-/// on), else `NotFound`.
+/// Why a fenced update of a job did not go through: `LeaseLost` when the job exists (it
+/// moved on), else `NotFound`.
 pub(crate) async fn stale_completion(ex: Ex<'_>, lease: &JobLease) -> crate::error::Fail {
     let id = lease.job.id.to_string();
     match ex.fetch_optional("SELECT id FROM jobs WHERE id = ?", &[Arg::Text(&id)]).await {

@@ -16,16 +16,7 @@ use crate::{SqlStore, ingest, limits, ops, write_tx};
 impl SqlStore {
     /// Completes one job in a transaction of its own (see [`crate::group_commit`]).
     pub(crate) async fn finish_completion(&self, c: &Completion) -> crate::error::Res<()> {
-        let finish = Finish {
-            state: JobState::Completed,
-            outcome: AttemptOutcome::Completed,
-            error: None,
-            run_at: None,
-            refund: false,
-            keep_last_error: true,
-            message: c.outcome.as_ref(),
-        };
-        self.finish(&c.lease, &finish, c.now).await
+        self.finish(&c.lease, &c.finish(), c.now).await
     }
 
     async fn finish(
