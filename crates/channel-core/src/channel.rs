@@ -160,6 +160,14 @@ pub trait Inbound: Send + Sync {
         let _ = edit;
         Ok(None)
     }
+    /// Marks stored messages deleted at the provider (see [`InboundDeletion`]) and returns
+    /// after the commit with the ids of the messages this changed. Unknown ids and messages
+    /// already marked deleted are passed over, so applying it again changes nothing. The
+    /// default ignores deletions (an empty list).
+    async fn deleted(&self, deletion: InboundDeletion) -> Result<Vec<MessageId>, ChannelError> {
+        let _ = deletion;
+        Ok(Vec::new())
+    }
     /// Which of `provider_ids` are stored already for this account, so that a channel that
     /// must look at many messages again (an IMAP folder whose UIDVALIDITY changed) fetches only
     /// the unknown ones. At most [`KNOWN_IDS_LIMIT`] ids per call.

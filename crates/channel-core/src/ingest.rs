@@ -171,6 +171,37 @@ impl Engine {
         Ok(Some(message.id))
     }
 
+    /// Applies a deletion a channel received for `account` (see [`Store::apply_deletion`])
+    /// and publishes [`Event::MessageDeleted`] for each message it marked. Returns their ids;
+    /// ids of messages that are not stored, or already marked deleted, are passed over, so
+    /// applying a deletion twice changes nothing and publishes nothing the second time.
+    ///
+    /// [`Store::apply_deletion`]: crate::Store::apply_deletion
+    pub async fn delete(
+        &self,
+        account: AccountId,
+        deletion: InboundDeletion,
+    ) -> Result<Vec<MessageId>, EngineError> {
+        validate::check_deletion(&deletion, &self.inner.config.limits)?;
+        self.require_account(account).await?;
+        if deletion.provider_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.now();
+        let changed = self
+            .db("apply_deletion", self.inner.store.apply_deletion(account, &deletion, now))
+            .await?;
+        let mut ids = Vec::with_capacity(changed.len());
+        for m in changed {
+            self.inner
+                .events
+                .publish(Event::MessageDeleted { account_id: account, message_id: m.id })
+                .await;
+            ids.push(m.id);
+        }
+        Ok(ids)
+    }
+
     async fn publish_ingest(&self, account: AccountId, o: &IngestOutcome) {
         let disposition = match o.disposition {
             IngestDisposition::Stored => "stored",
@@ -288,6 +319,10 @@ impl Inbound for AccountSink {
 
     async fn edited(&self, edit: InboundEdit) -> Result<Option<MessageId>, ChannelError> {
         Ok(self.engine.edit(self.account, edit).await?)
+    }
+
+    async fn deleted(&self, deletion: InboundDeletion) -> Result<Vec<MessageId>, ChannelError> {
+        Ok(self.engine.delete(self.account, deletion).await?)
     }
 
     async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, ChannelError> {

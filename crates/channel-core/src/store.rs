@@ -373,6 +373,16 @@ pub trait Store: Send + Sync + 'static {
         edit: &InboundEdit,
         now: Timestamp,
     ) -> Result<Option<(Message, bool)>, StoreError>;
+    /// Marks the account's messages with `deletion.provider_ids` deleted at
+    /// `deletion.deleted_at`, in one transaction, keeping their content. Returns the messages
+    /// this changed, as stored afterwards; unknown ids and messages already marked deleted are
+    /// passed over, so the same deletion again returns nothing.
+    async fn apply_deletion(
+        &self,
+        account: AccountId,
+        deletion: &InboundDeletion,
+        now: Timestamp,
+    ) -> Result<Vec<Message>, StoreError>;
     /// Stores an inbound message (see [`IngestRequest`]). Idempotent on the provider id, also
     /// under concurrent calls with the same message.
     async fn ingest(&self, req: IngestRequest) -> Result<IngestOutcome, StoreError>;

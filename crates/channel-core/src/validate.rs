@@ -8,7 +8,8 @@
 use std::fmt;
 
 use crate::model::{
-    CursorUpdate, IdentityInfo, InboundAttachment, InboundEdit, InboundMessage, OutboundMessage,
+    CursorUpdate, IdentityInfo, InboundAttachment, InboundDeletion, InboundEdit, InboundMessage,
+    OutboundMessage,
 };
 
 /// Size limits of the fields the engine stores, in bytes of UTF-8 (counts for lists).
@@ -207,6 +208,16 @@ pub fn check_edit(e: &InboundEdit, l: &Limits) -> Result<(), ValidationError> {
     check_str("provider_id", &e.provider_id, l.id, true)?;
     check_opt("text", e.text.as_deref(), l.text)?;
     check_opt("html", e.html.as_deref(), l.html)
+}
+
+/// Checks a deletion a channel reports: at most [`InboundDeletion::MAX_IDS`] ids, each a
+/// valid provider id.
+pub fn check_deletion(d: &InboundDeletion, l: &Limits) -> Result<(), ValidationError> {
+    check_count("provider_ids", d.provider_ids.len(), InboundDeletion::MAX_IDS)?;
+    for (i, id) in d.provider_ids.iter().enumerate() {
+        check_str(&format!("provider_ids[{i}]"), id, l.id, true)?;
+    }
+    Ok(())
 }
 
 /// Checks an outbound message: it must carry text, HTML or an attachment, and a label.

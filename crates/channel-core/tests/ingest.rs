@@ -322,3 +322,33 @@ async fn an_edit_through_the_sink_replaces_the_text_and_is_published_once() {
     assert!(matches!(sink.edited(bad).await, Err(ChannelError::InvalidInput(_))));
     assert_eq!(h.store.message(out.message_id).await.unwrap().text.as_deref(), Some("final"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_deletion_through_the_sink_marks_the_messages_and_is_published_once() {
+    let mut h = harness().await;
+    let one = h.engine.deliver(h.account.id, text("m-1", "chat", "tg:1", "one")).await.unwrap();
+    let two = h.engine.deliver(h.account.id, text("m-2", "chat", "tg:1", "two")).await.unwrap();
+    h.drain_events();
+    let sink = h.engine.inbound(h.account.id);
+    let deletion = InboundDeletion {
+        provider_ids: vec!["m-1".to_owned(), "unknown".to_owned()],
+        deleted_at: h.engine.now(),
+    };
+    assert_eq!(sink.deleted(deletion.clone()).await.unwrap(), vec![one.message_id]);
+    assert_eq!(sink.deleted(deletion.clone()).await.unwrap(), vec![], "again: no change");
+    let stored = h.store.message(one.message_id).await.unwrap();
+    assert_eq!(stored.deleted_at, Some(deletion.deleted_at));
+    assert_eq!(stored.text.as_deref(), Some("one"), "the content is kept");
+    assert_eq!(h.store.message(two.message_id).await.unwrap().deleted_at, None);
+    assert_eq!(
+        h.drain_events(),
+        vec![Event::MessageDeleted { account_id: h.account.id, message_id: one.message_id }],
+        "one event for the change, none for the repeat"
+    );
+
+    let bad =
+        InboundDeletion { provider_ids: vec!["m-2".to_owned(), "bad\0".to_owned()], ..deletion };
+    assert!(matches!(sink.deleted(bad).await, Err(ChannelError::InvalidInput(_))));
+    assert_eq!(h.store.message(two.message_id).await.unwrap().deleted_at, None, "nothing marked");
+    assert!(h.drain_events().is_empty());
+}

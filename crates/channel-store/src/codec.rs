@@ -26,11 +26,11 @@ pub(crate) const MESSAGE_COLS: &str = "id, account_id, conversation_id, identity
      origin, provider_id, client_key, status, text, html, reply_to, attachments, parse_error, \
      error, sent_at, created_at, updated_at";
 
-/// The columns a stored message is read from: [`MESSAGE_COLS`] (what an insert writes) and
-/// the time of its latest edit.
+/// The columns a stored message is read from: [`MESSAGE_COLS`] (what an insert writes), the
+/// time of its latest edit and the time it was deleted.
 pub(crate) const MESSAGE_READ_COLS: &str = "id, account_id, conversation_id, identity_id, \
      direction, origin, provider_id, client_key, status, text, html, reply_to, attachments, \
-     parse_error, error, sent_at, created_at, updated_at, edited_at";
+     parse_error, error, sent_at, created_at, updated_at, edited_at, deleted_at";
 
 pub(crate) const JOB_COLS: &str = "id, kind, account_id, message_id, payload, unique_key, state, \
      attempt, max_attempts, run_at, leased_by, lease_expires_at, last_error, created_at, \
@@ -159,6 +159,7 @@ pub(crate) fn message(row: &Row) -> Result<Message, StoreError> {
         created_at: ts(row, "created_at")?,
         updated_at: ts(row, "updated_at")?,
         edited_at: opt_ts(row, "edited_at")?,
+        deleted_at: opt_ts(row, "deleted_at")?,
     })
 }
 

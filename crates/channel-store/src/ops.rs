@@ -556,6 +556,42 @@ pub(crate) async fn apply_edit(
     }
 }
 
+/// Applies a deletion (see `Store::apply_deletion`): `UPDATE ... RETURNING` over the ids in
+/// lists of at most 512, only rows not marked deleted yet.
+pub(crate) async fn apply_deletion(
+    tx: &mut crate::db::Tx,
+    account: AccountId,
+    deletion: &channel_core::InboundDeletion,
+    now: Timestamp,
+) -> Res<Vec<Message>> {
+    crate::limits::count(
+        "provider_ids",
+        deletion.provider_ids.len(),
+        channel_core::InboundDeletion::MAX_IDS,
+    )?;
+    for id in &deletion.provider_ids {
+        crate::limits::key("provider_id", id)?;
+    }
+    let acc = account.to_string();
+    let ids: Vec<&str> = deletion.provider_ids.iter().map(String::as_str).collect();
+    let mut changed = Vec::new();
+    for chunk in ids.chunks(512) {
+        let mut q = crate::db::Sql::new("UPDATE messages SET deleted_at = ");
+        q.bind(deletion.deleted_at.0)
+            .push(", updated_at = ")
+            .bind(now.0)
+            .push(" WHERE account_id = ")
+            .bind(acc.as_str())
+            .push(" AND deleted_at IS NULL AND provider_id IN ")
+            .in_list(chunk)
+            .push(&format!(" RETURNING {}", codec::MESSAGE_READ_COLS));
+        for row in tx.fetch_all(&q.text, &q.args).await? {
+            changed.push(codec::message(&row)?);
+        }
+    }
+    Ok(changed)
+}
+
 pub(crate) async fn messages(
     ex: Ex<'_>,
     conversation: ConversationId,
@@ -627,6 +663,7 @@ pub(crate) async fn enqueue_send(tx: &mut Tx, req: &SendRequest) -> Res<Message>
         created_at: req.now,
         updated_at: req.now,
         edited_at: None,
+        deleted_at: None,
     };
     let row = MsgRow {
         id: message.id.to_string(),

@@ -243,6 +243,18 @@ impl Store for SqlStore {
         .await
     }
 
+    async fn apply_deletion(
+        &self,
+        account: AccountId,
+        deletion: &channel_core::InboundDeletion,
+        now: Timestamp,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.run("apply_deletion", async {
+            write_tx!(self, |tx| ops::apply_deletion(tx, account, deletion, now).await?)
+        })
+        .await
+    }
+
     async fn ingest(&self, req: IngestRequest) -> Result<IngestOutcome, StoreError> {
         let reqs = [req];
         let mut out = self

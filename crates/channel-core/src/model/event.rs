@@ -37,6 +37,14 @@ pub enum Event {
         /// The message.
         message_id: MessageId,
     },
+    /// A stored message was deleted at the provider (see
+    /// [`Message::deleted_at`](crate::Message::deleted_at)).
+    MessageDeleted {
+        /// The account.
+        account_id: AccountId,
+        /// The message.
+        message_id: MessageId,
+    },
     /// A message changed status (for example to `Failed`).
     MessageStatusChanged {
         /// The account.

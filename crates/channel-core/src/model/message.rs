@@ -190,6 +190,12 @@ pub struct Message {
     /// The provider's time of the latest edit of its text, if it was edited.
     #[serde(default)]
     pub edited_at: Option<Timestamp>,
+    /// When the provider reported the message deleted (Telegram's deleted messages). The
+    /// row and its content are kept: what a deletion means for the service's own records
+    /// (hide, redact, keep for audit) is its decision, taken on
+    /// [`Event::MessageDeleted`](crate::Event::MessageDeleted).
+    #[serde(default)]
+    pub deleted_at: Option<Timestamp>,
 }
 
 /// A channel's report that a stored message's text was edited at the provider (Telegram's
@@ -205,6 +211,23 @@ pub struct InboundEdit {
     pub html: Option<String>,
     /// The provider's time of the edit.
     pub edited_at: Timestamp,
+}
+
+/// A channel's report that messages were deleted at the provider (Telegram's deleted
+/// messages, by the sender or the account owner, for everyone). Ids that are not stored, or
+/// already marked deleted, are passed over: applying a deletion again changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundDeletion {
+    /// The provider ids of the deleted messages, at most
+    /// [`InboundDeletion::MAX_IDS`].
+    pub provider_ids: Vec<String>,
+    /// When the deletion was seen (providers do not date deletions).
+    pub deleted_at: Timestamp,
+}
+
+impl InboundDeletion {
+    /// The most provider ids one deletion may carry (Telegram reports at most 100 at once).
+    pub const MAX_IDS: usize = 500;
 }
 
 /// An attachment handed over by a channel, before it is stored.

@@ -20,7 +20,7 @@ pub use job::{
 };
 pub use lease::Lease;
 pub use message::{
-    Attachment, CursorUpdate, Direction, InboundAttachment, InboundEdit, InboundMessage, Message,
-    MessageStatus, Origin, OutboundMessage,
+    Attachment, CursorUpdate, Direction, InboundAttachment, InboundDeletion, InboundEdit,
+    InboundMessage, Message, MessageStatus, Origin, OutboundMessage,
 };
 pub use timestamp::Timestamp;

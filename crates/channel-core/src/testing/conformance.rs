@@ -1317,6 +1317,75 @@ pub async fn edits_replace_the_text_and_mark_the_message_edited(store: Arc<dyn S
     assert_eq!(stored.edited_at, Some(at(10)));
 }
 
+/// A deletion marks the stored messages it names deleted and keeps their content; unknown
+/// ids, messages already deleted, another account's messages and a repeat are passed over;
+/// bad input is refused and marks nothing.
+pub async fn deletions_mark_stored_messages_deleted_once(store: Arc<dyn Store>) {
+    let store = &*store;
+    let account = new_account(store, "acc", T0).await;
+    let other = new_account(store, "other", T0).await;
+    let a = ingest(store, account.id, inbound("m-1", "t", "alice", "one", T0), T0).await;
+    let b = ingest(store, account.id, inbound("m-2", "t", "alice", "two", T0), T0).await;
+    let c = ingest(store, account.id, inbound("m-3", "t", "alice", "three", T0), T0).await;
+    let foreign = ingest(store, other.id, inbound("m-1", "t", "bob", "theirs", T0), T0).await;
+    let deletion = |ids: &[&str], secs: i64| InboundDeletion {
+        provider_ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+        deleted_at: at(secs),
+    };
+
+    let changed = store
+        .apply_deletion(account.id, &deletion(&["m-1", "unknown", "m-2"], 10), at(11))
+        .await
+        .expect("apply_deletion");
+    let mut ids: Vec<MessageId> = changed.iter().map(|m| m.id).collect();
+    ids.sort();
+    let mut want = vec![a.message_id, b.message_id];
+    want.sort();
+    assert_eq!(ids, want, "the two stored messages, not the unknown id");
+    assert!(changed.iter().all(|m| m.deleted_at == Some(at(10))));
+    let stored = store.message(a.message_id).await.expect("message");
+    assert_eq!(stored.deleted_at, Some(at(10)));
+    assert_eq!(stored.updated_at, at(11));
+    assert_eq!(stored.text.as_deref(), Some("one"), "the content is kept");
+    assert_eq!(store.message(c.message_id).await.expect("message").deleted_at, None);
+    assert_eq!(
+        store.message(foreign.message_id).await.expect("message").deleted_at,
+        None,
+        "another account's message with the same provider id is not touched"
+    );
+
+    let again = store
+        .apply_deletion(account.id, &deletion(&["m-1", "m-2"], 20), at(21))
+        .await
+        .expect("apply_deletion");
+    assert!(again.is_empty(), "a repeat changes nothing: {again:?}");
+    assert_eq!(store.message(a.message_id).await.expect("message").deleted_at, Some(at(10)));
+
+    let err = store
+        .apply_deletion(account.id, &deletion(&["m-3", "bad\0"], 30), at(30))
+        .await
+        .expect_err("a NUL byte is refused");
+    assert!(is_invalid(&err), "{err:?}");
+    let too_many: Vec<String> = (0..=InboundDeletion::MAX_IDS).map(|i| format!("id-{i}")).collect();
+    let err = store
+        .apply_deletion(
+            account.id,
+            &InboundDeletion { provider_ids: too_many, deleted_at: at(31) },
+            at(31),
+        )
+        .await
+        .expect_err("too many ids are refused");
+    assert!(is_invalid(&err), "{err:?}");
+    assert_eq!(
+        store.message(c.message_id).await.expect("message").deleted_at,
+        None,
+        "bad input marked nothing"
+    );
+    assert!(
+        store.apply_deletion(account.id, &deletion(&[], 40), at(40)).await.expect("ok").is_empty()
+    );
+}
+
 /// Completions of a claimed batch that arrive at once (as the engine's dispatcher makes
 /// them) each get their own answer: a stale lease is `LeaseLost` for its job alone, a provider
 /// id that another message holds fails that completion alone, and every other job is
@@ -1855,6 +1924,7 @@ macro_rules! store_conformance_tests {
             complete_marks_job_completed_and_message_sent,
             concurrent_completions_each_get_their_own_answer,
             edits_replace_the_text_and_mark_the_message_edited,
+            deletions_mark_stored_messages_deleted_once,
             retry_makes_job_claimable_later_with_the_next_attempt,
             snooze_does_not_spend_the_attempt,
             discard_dead_letters_the_job_and_fails_the_message,

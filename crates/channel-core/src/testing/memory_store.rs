@@ -422,6 +422,7 @@ impl Inner {
                 created_at: now,
                 updated_at: now,
                 edited_at: None,
+                deleted_at: None,
             },
         );
         self.write_cursor(account, &m.cursor);
@@ -886,6 +887,37 @@ impl Store for MemoryStore {
         Ok(Some((m.clone(), newer)))
     }
 
+    async fn apply_deletion(
+        &self,
+        account: AccountId,
+        deletion: &InboundDeletion,
+        now: Timestamp,
+    ) -> Result<Vec<Message>, StoreError> {
+        if deletion.provider_ids.len() > InboundDeletion::MAX_IDS {
+            return Err(StoreError::InvalidInput {
+                field: "provider_ids",
+                reason: format!("more than {} ids", InboundDeletion::MAX_IDS),
+            });
+        }
+        for id in &deletion.provider_ids {
+            no_nul("provider_id", id)?;
+        }
+        let mut inner = self.lock();
+        let mut changed = Vec::new();
+        for p in &deletion.provider_ids {
+            let Some(id) = inner.message_by_provider.get(&(account, p.clone())).copied() else {
+                continue;
+            };
+            let Some(m) = inner.messages.get_mut(&id) else { continue };
+            if m.deleted_at.is_none() {
+                m.deleted_at = Some(deletion.deleted_at);
+                m.updated_at = now;
+                changed.push(m.clone());
+            }
+        }
+        Ok(changed)
+    }
+
     async fn messages(
         &self,
         conversation: ConversationId,
@@ -968,6 +1000,7 @@ impl Store for MemoryStore {
             created_at: req.now,
             updated_at: req.now,
             edited_at: None,
+            deleted_at: None,
         };
         let job = Job {
             id: req.job_id,
