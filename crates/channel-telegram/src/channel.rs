@@ -499,8 +499,7 @@ impl TelegramChannel {
                 if id != 0 && (lowest == 0 || id < lowest) {
                     lowest = id;
                 }
-                if let Some(mapped) =
-                    mapping::inbound_message(m, &names, self.echoes.client_key(id))
+                if let Some(mapped) = mapping::inbound_message(m, &names, self.echo_key(m))
                     && seen.insert(mapped.provider_id.clone())
                     && out.len() < limit
                 {
@@ -614,6 +613,12 @@ impl TelegramChannel {
         }
     }
 
+    /// The client key of `message` when it is the echo of one of our sends.
+    fn echo_key(&self, message: &tl::enums::Message) -> Option<String> {
+        let (chat, id) = mapping::message_key(message)?;
+        self.echoes.client_key(address::dialog_id(chat), id)
+    }
+
     async fn on_update(
         &self,
         inbound: &Arc<dyn Inbound>,
@@ -642,13 +647,7 @@ impl TelegramChannel {
             tl::enums::Update::NewChannelMessage(u) => Some(&u.message),
             _ => None,
         };
-        let mapped = message.and_then(|m| {
-            let id = match m {
-                tl::enums::Message::Message(m) => m.id,
-                _ => 0,
-            };
-            mapping::inbound_message(m, peers, self.echoes.client_key(id))
-        });
+        let mapped = message.and_then(|m| mapping::inbound_message(m, peers, self.echo_key(m)));
         let mapped = match (mapped, message) {
             (Some(mapped), Some(raw)) => {
                 Some(self.with_media(inbound, &live.client, raw, mapped).await?)
@@ -820,7 +819,7 @@ impl Channel for TelegramChannel {
         let live = self.live()?;
         let peer_ref = self.resolve(&live, peer).await?;
         let random_id = address::random_id(&message.client_key);
-        self.echoes.sending(random_id, &message.client_key);
+        self.echoes.sending(random_id, &message.client_key, address::dialog_id(peer));
         let reply_to = reply_to.map(|(_, id)| {
             tl::types::InputReplyToMessage {
                 reply_to_msg_id: id,

@@ -68,13 +68,35 @@ impl Names for NameTable {
     }
 }
 
+/// The peer a Telegram `Peer` names; `None` for an id out of Telegram's ranges (grammers'
+/// own conversion only checks that in debug builds, with a panic).
+pub(crate) fn peer_id(peer: &tl::enums::Peer) -> Option<PeerId> {
+    match peer {
+        tl::enums::Peer::User(u) => PeerId::user(u.user_id),
+        tl::enums::Peer::Chat(c) => PeerId::chat(c.chat_id),
+        tl::enums::Peer::Channel(c) => PeerId::channel(c.channel_id),
+    }
+}
+
+/// The chat and id of a message (`None` for a service or empty message, or an invalid chat).
+pub(crate) fn message_key(message: &tl::enums::Message) -> Option<(PeerId, i32)> {
+    match message {
+        tl::enums::Message::Message(m) => Some((peer_id(&m.peer_id)?, m.id)),
+        _ => None,
+    }
+}
+
 fn identity(peer: PeerId, names: &dyn Names) -> IdentityInfo {
     let (display_name, username) = names.names(peer);
     IdentityInfo { address: address::address(peer), display_name, username }
 }
 
-/// Maps a Telegram message to an [`InboundMessage`]: `None` for service messages and
-/// empty ones. `client_key` marks the echo of our own send.
+/// Maps a Telegram message to an [`InboundMessage`]: `None` for service messages, empty
+/// ones and ones in a chat with an invalid id. `client_key` marks the echo of our own send.
+///
+/// The thread is the chat (a supergroup or channel: its `-100…` dialog id). The remote of an
+/// incoming message is its author (`from_id`), or the chat itself when there is none (a
+/// broadcast channel's post, a private chat); an outgoing one's is the chat.
 pub(crate) fn inbound_message(
     message: &tl::enums::Message,
     names: &dyn Names,
@@ -83,9 +105,10 @@ pub(crate) fn inbound_message(
     let tl::enums::Message::Message(m) = message else {
         return None;
     };
-    let chat = PeerId::from(&m.peer_id);
+    let chat = peer_id(&m.peer_id)?;
     let sender = match (&m.from_id, m.out) {
-        (Some(from), _) => PeerId::from(from),
+        // An author id out of range is kept as the chat's message rather than lost.
+        (Some(from), _) => peer_id(from).unwrap_or(chat),
         (None, true) => PeerId::self_user(),
         (None, false) => chat,
     };
@@ -124,7 +147,7 @@ pub(crate) fn edit(message: &tl::enums::Message) -> Option<channel_core::Inbound
     let tl::enums::Message::Message(m) = message else {
         return None;
     };
-    let chat = PeerId::from(&m.peer_id);
+    let chat = peer_id(&m.peer_id)?;
     Some(channel_core::InboundEdit {
         provider_id: address::provider_id(chat, m.id),
         text: (!m.message.is_empty()).then(|| m.message.clone()),

@@ -4,9 +4,11 @@
 //! server's preset auth key skips the RSA/DH key exchange and speaks the MTProto 2.0 encrypted
 //! layer directly (the `Full` transport, AES-IGE with keys from `msg_key`). The server answers
 //! `invokeWithLayer(initConnection(help.getConfig))`, `updates.getState`,
-//! `updates.getDifference`, `messages.sendMessage` (deduplicated on `random_id`),
-//! `messages.getHistory`, `users.getUsers` and pings from a small in-memory account (the
-//! *world*), pushes updates, and lets a test script replies, rpc errors and faults.
+//! `updates.getDifference`, `updates.getChannelDifference`, `messages.sendMessage` and
+//! `messages.sendMedia` (deduplicated on `random_id`), `messages.getHistory`,
+//! `users.getUsers` and pings from a small in-memory account (the *world*: users, basic
+//! groups, supergroups and broadcast channels with their own `pts`), pushes updates, and lets
+//! a test script replies, rpc errors and faults.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -18,6 +20,10 @@
 //! // The next send answers FLOOD_WAIT_7; later ones are answered by the world.
 //! server.reply_once(functions::messages::SendMessage::CONSTRUCTOR_ID, Reply::flood_wait(7));
 //! server.incoming(alice.id, "hello"); // stored and pushed to connected clients
+//!
+//! // A supergroup: its messages carry their author and advance the channel's own pts.
+//! let team = server.add_channel(5001, "Team", true);
+//! server.channel_message(team.id, Some(alice.id), "hello team");
 //! # Ok(()) }
 //! ```
 
@@ -43,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 use connection::{Connection, Outgoing};
 use world::World;
-pub use world::{TestPeer, TestUser, WorldMedia, WorldMessage};
+pub use world::{TestChannel, TestPeer, TestUser, WorldMedia, WorldMessage};
 
 /// How the loopback server answers one request.
 #[derive(Clone, Debug)]
@@ -395,6 +401,35 @@ impl LoopbackServer {
         lock(&self.shared.world).user(id).cloned()
     }
 
+    /// Adds a channel the owner is a member of: a supergroup when `megagroup`, else a
+    /// broadcast channel (where the owner may not write: sends answer
+    /// `403 CHAT_WRITE_FORBIDDEN`). Its `pts` starts at 1 and its message ids at 1; requests
+    /// naming it must carry its [`TestChannel::access_hash`] (`400 CHANNEL_INVALID` else).
+    pub fn add_channel(&self, id: i64, title: &str, megagroup: bool) -> TestChannel {
+        lock(&self.shared.world).add_channel(id, title, megagroup, None)
+    }
+
+    /// Like [`LoopbackServer::add_channel`], with a public username.
+    pub fn add_public_channel(
+        &self,
+        id: i64,
+        title: &str,
+        megagroup: bool,
+        username: &str,
+    ) -> TestChannel {
+        lock(&self.shared.world).add_channel(id, title, megagroup, Some(username))
+    }
+
+    /// A channel by id.
+    pub fn channel(&self, id: i64) -> Option<TestChannel> {
+        lock(&self.shared.world).channel(id).cloned()
+    }
+
+    /// A channel's current `pts`.
+    pub fn channel_pts(&self, id: i64) -> Option<i32> {
+        lock(&self.shared.world).channel_pts(id)
+    }
+
     /// Every message the world holds, oldest first.
     pub fn messages(&self) -> Vec<WorldMessage> {
         lock(&self.shared.world).messages()
@@ -410,6 +445,13 @@ impl LoopbackServer {
         lock(&self.shared.world).too_long_after = pts_gap;
     }
 
+    /// Makes `getChannelDifference` answer `channelDifferenceTooLong` (the channel's dialog
+    /// with its latest message and pts, no new messages) when a client is further behind
+    /// than `pts_gap` in that channel.
+    pub fn set_channel_too_long_after(&self, pts_gap: Option<i32>) {
+        lock(&self.shared.world).channel_too_long_after = pts_gap;
+    }
+
     /// Makes a send with a `random_id` already seen answer `500 RANDOM_ID_DUPLICATE` (as
     /// Telegram may) instead of the message sent before (the default).
     pub fn answer_duplicate_sends_with_error(&self, on: bool) {
@@ -418,17 +460,17 @@ impl LoopbackServer {
 
     /// A private message from `from` to the owner: stored and pushed as `updates` with users.
     pub fn incoming(&self, from: i64, text: &str) -> WorldMessage {
-        self.store_and_push(TestPeer::User(from), from, text, Push::Full)
+        self.store_and_push(TestPeer::User(from), Some(from), text, Push::Full)
     }
 
     /// Like [`LoopbackServer::incoming`] but pushed as `updateShortMessage`.
     pub fn incoming_short(&self, from: i64, text: &str) -> WorldMessage {
-        self.store_and_push(TestPeer::User(from), from, text, Push::Short)
+        self.store_and_push(TestPeer::User(from), Some(from), text, Push::Short)
     }
 
     /// A private message stored without a push: clients learn of it by catching up.
     pub fn incoming_silently(&self, from: i64, text: &str) -> WorldMessage {
-        self.store_and_push(TestPeer::User(from), from, text, Push::None)
+        self.store_and_push(TestPeer::User(from), Some(from), text, Push::None)
     }
 
     /// A private message from `from` with a file (a document, or a photo for image types),
@@ -443,14 +485,14 @@ impl LoopbackServer {
     ) -> WorldMessage {
         let (msg, updates) = {
             let mut world = lock(&self.shared.world);
-            let mut msg = world.store(TestPeer::User(from), from, caption, None, None);
+            let mut msg = world.store_known(TestPeer::User(from), Some(from), caption);
             msg.media = Some(WorldMedia {
                 photo: mime_type.starts_with("image/"),
                 name: name.to_owned(),
                 mime_type: Some(mime_type.to_owned()),
                 data,
             });
-            world.set_media(msg.id, msg.media.clone());
+            world.set_media(msg.peer, msg.id, msg.media.clone());
             let updates = world.updates_for(&msg, None);
             (msg, updates)
         };
@@ -461,16 +503,45 @@ impl LoopbackServer {
     /// A message the owner sent to `to` from another app (pushed as an outgoing update).
     pub fn outgoing_from_other_app(&self, to: i64, text: &str) -> WorldMessage {
         let me = self.me().id;
-        self.store_and_push(TestPeer::User(to), me, text, Push::Full)
+        self.store_and_push(TestPeer::User(to), Some(me), text, Push::Full)
     }
 
     /// A message from `from` in the basic group `chat`.
     pub fn group_message(&self, chat: i64, from: i64, text: &str) -> WorldMessage {
-        self.store_and_push(TestPeer::Chat(chat), from, text, Push::Full)
+        self.store_and_push(TestPeer::Chat(chat), Some(from), text, Push::Full)
     }
 
-    /// Edits the text of message `id` (any chat) and pushes `updateEditMessage`; `None` when
-    /// there is no such message. Clients that were offline get the edit by catching up.
+    /// A message in `channel` (see [`LoopbackServer::add_channel`]): from the user `from`
+    /// in a supergroup (the owner's id for one the owner sent from another app), or with
+    /// `None` a post signed by the channel. Stored with the channel's next message id and
+    /// `pts`, and pushed as `updates{updateNewChannelMessage(pts, pts_count = 1)}` with the
+    /// channel in `chats` and the author in `users`.
+    ///
+    /// # Panics
+    ///
+    /// When the channel was not added (a mistake in the test).
+    pub fn channel_message(&self, channel: i64, from: Option<i64>, text: &str) -> WorldMessage {
+        self.store_and_push(TestPeer::Channel(channel), from, text, Push::Full)
+    }
+
+    /// Like [`LoopbackServer::channel_message`] without a push: clients learn of it with
+    /// `updates.getChannelDifference` (on a restart, or a gap in the channel's pts).
+    ///
+    /// # Panics
+    ///
+    /// When the channel was not added (a mistake in the test).
+    pub fn channel_message_silently(
+        &self,
+        channel: i64,
+        from: Option<i64>,
+        text: &str,
+    ) -> WorldMessage {
+        self.store_and_push(TestPeer::Channel(channel), from, text, Push::None)
+    }
+
+    /// Edits the text of message `id` (a private chat or basic group: channels number their
+    /// messages on their own) and pushes `updateEditMessage`; `None` when there is no such
+    /// message. Clients that were offline get the edit by catching up.
     pub fn edit(&self, id: i32, text: &str) -> Option<WorldMessage> {
         let (msg, updates) = {
             let mut world = lock(&self.shared.world);
@@ -482,10 +553,16 @@ impl LoopbackServer {
         Some(msg)
     }
 
-    fn store_and_push(&self, peer: TestPeer, from: i64, text: &str, push: Push) -> WorldMessage {
+    fn store_and_push(
+        &self,
+        peer: TestPeer,
+        from: Option<i64>,
+        text: &str,
+        push: Push,
+    ) -> WorldMessage {
         let (msg, updates) = {
             let mut world = lock(&self.shared.world);
-            let msg = world.store(peer, from, text, None, None);
+            let msg = world.store_known(peer, from, text);
             let updates = match push {
                 Push::Full => Some(world.updates_for(&msg, None)),
                 Push::Short => Some(world.short_updates_for(&msg)),

@@ -173,6 +173,108 @@ pub(crate) fn chat(id: i64, title: &str, date: i32) -> tl::enums::Chat {
     .into()
 }
 
+/// A supergroup (`megagroup`) or broadcast `channel`, as seen by a member: with its access
+/// hash (not `min`), so that clients can cache it and address it later.
+pub(crate) fn channel(
+    id: i64,
+    access_hash: i64,
+    title: &str,
+    username: Option<&str>,
+    megagroup: bool,
+    date: i32,
+) -> tl::enums::Chat {
+    tl::types::Channel {
+        creator: false,
+        left: false,
+        broadcast: !megagroup,
+        verified: false,
+        megagroup,
+        restricted: false,
+        signatures: false,
+        min: false,
+        scam: false,
+        has_link: false,
+        has_geo: false,
+        slowmode_enabled: false,
+        call_active: false,
+        call_not_empty: false,
+        fake: false,
+        gigagroup: false,
+        noforwards: false,
+        join_to_send: false,
+        join_request: false,
+        forum: false,
+        stories_hidden: false,
+        stories_hidden_min: false,
+        stories_unavailable: false,
+        signature_profiles: false,
+        autotranslation: false,
+        broadcast_messages_allowed: false,
+        monoforum: false,
+        forum_tabs: false,
+        id,
+        access_hash: Some(access_hash),
+        title: title.to_owned(),
+        username: username.map(str::to_owned),
+        photo: tl::enums::ChatPhoto::Empty,
+        date,
+        restriction_reason: None,
+        admin_rights: None,
+        banned_rights: None,
+        default_banned_rights: None,
+        participants_count: Some(3),
+        usernames: None,
+        stories_max_id: None,
+        color: None,
+        profile_color: None,
+        emoji_status: None,
+        level: None,
+        subscription_until_date: None,
+        bot_verification_icon: None,
+        send_paid_messages_stars: None,
+        linked_monoforum_id: None,
+        linked_community_id: None,
+    }
+    .into()
+}
+
+/// The `dialog` of a channel, as `updates.channelDifferenceTooLong` carries it: its latest
+/// message and its current `pts`.
+pub(crate) fn channel_dialog(channel_id: i64, top_message: i32, pts: i32) -> tl::enums::Dialog {
+    tl::types::Dialog {
+        pinned: false,
+        unread_mark: false,
+        view_forum_as_messages: false,
+        peer: tl::types::PeerChannel { channel_id }.into(),
+        top_message,
+        read_inbox_max_id: 0,
+        read_outbox_max_id: 0,
+        unread_count: 0,
+        unread_mentions_count: 0,
+        unread_reactions_count: 0,
+        unread_poll_votes_count: 0,
+        notify_settings: tl::types::PeerNotifySettings {
+            show_previews: None,
+            silent: None,
+            mute_until: None,
+            ios_sound: None,
+            android_sound: None,
+            other_sound: None,
+            stories_muted: None,
+            stories_hide_sender: None,
+            stories_ios_sound: None,
+            stories_android_sound: None,
+            stories_other_sound: None,
+        }
+        .into(),
+        pts: Some(pts),
+        draft: None,
+        folder_id: None,
+        ttl_period: None,
+    }
+    .into()
+}
+
 /// The `config` answered to `help.getConfig`: one static DC option pointing at the loopback.
 pub(crate) fn config(date: i32, dc_id: i32, port: u16) -> tl::enums::Config {
     tl::types::Config {

@@ -1,5 +1,6 @@
-//! The account the loopback server pretends to host: users, groups, messages and the update
-//! sequence (`pts`), enough for updates, catch-up, sends and history to behave like Telegram's.
+//! The account the loopback server pretends to host: users, groups, channels, messages and the
+//! update sequences (the account-wide `pts`, and one `pts` per channel), enough for updates,
+//! catch-up, sends and history to behave like Telegram's.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -50,6 +51,35 @@ pub struct TestUser {
     pub username: Option<String>,
 }
 
+/// A supergroup or broadcast channel known to the loopback world; the owner is a member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestChannel {
+    /// The bare channel id.
+    pub id: i64,
+    /// The access hash the server hands out for it (in the `chats` of updates, differences
+    /// and history), and checks on every request that names the channel.
+    pub access_hash: i64,
+    /// Title.
+    pub title: String,
+    /// A supergroup (members write, messages carry their author); else a broadcast channel
+    /// (posts signed by the channel, where the owner may not write).
+    pub megagroup: bool,
+    /// Public username, if any.
+    pub username: Option<String>,
+}
+
+impl TestChannel {
+    /// Where its messages live.
+    pub fn peer(&self) -> TestPeer {
+        TestPeer::Channel(self.id)
+    }
+
+    /// Its bot-API dialog id (`-100…`), the thread key the Telegram channel gives it.
+    pub fn dialog_id(&self) -> i64 {
+        -(1_000_000_000_000 + self.id)
+    }
+}
+
 /// Where a message of the world lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TestPeer {
@@ -57,19 +87,32 @@ pub enum TestPeer {
     User(i64),
     /// A basic group.
     Chat(i64),
+    /// A supergroup or broadcast channel, with its own message ids and `pts`.
+    Channel(i64),
+}
+
+impl TestPeer {
+    /// The channel id, for a message of a channel (whose ids and `pts` are its own).
+    pub fn channel_id(self) -> Option<i64> {
+        match self {
+            TestPeer::Channel(id) => Some(id),
+            TestPeer::User(_) | TestPeer::Chat(_) => None,
+        }
+    }
 }
 
 /// A message stored by the loopback world.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorldMessage {
-    /// The message id (account-wide, as for private chats and basic groups).
+    /// The message id: account-wide for private chats and basic groups, per channel in a
+    /// channel (as Telegram numbers them).
     pub id: i32,
-    /// The `pts` after this message.
+    /// The `pts` after this message: the account's, or its channel's.
     pub pts: i32,
     /// The chat it is in.
     pub peer: TestPeer,
-    /// The author's user id.
-    pub from: i64,
+    /// The author's user id; `None` for a broadcast channel's post (signed by the channel).
+    pub from: Option<i64>,
     /// Sent by the account owner.
     pub out: bool,
     /// Text.
@@ -99,7 +142,7 @@ pub struct WorldMedia {
     pub data: Vec<u8>,
 }
 
-/// Document ids are this plus the message id.
+/// Document ids are this plus the document's index in `World::documents`.
 const DOCUMENT_BASE: i64 = 1 << 40;
 const DOCUMENT_HASH: i64 = 0x00d0_c0de;
 /// The DC the loopback server claims to be (see `LoopbackServer::dc_id`).
@@ -108,18 +151,33 @@ pub(crate) const DC_ID: i32 = 2;
 /// Error answered as `rpc_error`.
 pub(crate) type RpcFailure = (i32, String);
 
+/// A channel with its own update sequence and message ids.
+struct ChannelBox {
+    channel: TestChannel,
+    /// The channel's `pts` (1 when created, +1 per message).
+    pts: i32,
+    next_id: i32,
+}
+
 pub(crate) struct World {
     pub(crate) me: TestUser,
     users: BTreeMap<i64, TestUser>,
     chats: BTreeMap<i64, String>,
+    channels: BTreeMap<i64, ChannelBox>,
     pts: i32,
     next_id: i32,
     messages: Vec<WorldMessage>,
     /// Edits as (pts, message id), for `getDifference`.
     edits: Vec<(i32, i32)>,
-    by_random_id: HashMap<i64, i32>,
+    /// The message each `random_id` sent.
+    by_random_id: HashMap<i64, (TestPeer, i32)>,
+    /// Messages with a file, in the order their files were stored (see `DOCUMENT_BASE`).
+    documents: Vec<(TestPeer, i32)>,
     /// When set, `getDifference` further behind than this answers `differenceTooLong`.
     pub(crate) too_long_after: Option<i32>,
+    /// When set, `getChannelDifference` further behind than this answers
+    /// `channelDifferenceTooLong`.
+    pub(crate) channel_too_long_after: Option<i32>,
     /// Answer a send whose `random_id` was seen with `500 RANDOM_ID_DUPLICATE` (as Telegram
     /// may) instead of the message already sent.
     pub(crate) duplicate_is_error: bool,
@@ -149,12 +207,15 @@ impl World {
             me,
             users,
             chats: BTreeMap::new(),
+            channels: BTreeMap::new(),
             pts: 1,
             next_id: 1,
             messages: Vec::new(),
             edits: Vec::new(),
             by_random_id: HashMap::new(),
+            documents: Vec::new(),
             too_long_after: None,
+            channel_too_long_after: None,
             duplicate_is_error: false,
             auth: Auth { authorized: true, ..Auth::default() },
             uploads: HashMap::new(),
@@ -177,14 +238,49 @@ impl World {
         user
     }
 
-    pub(crate) fn set_media(&mut self, id: i32, media: Option<WorldMedia>) {
-        if let Some(m) = self.messages.iter_mut().find(|m| m.id == id) {
+    /// Attaches a file to the stored message `id` of `peer`.
+    pub(crate) fn set_media(&mut self, peer: TestPeer, id: i32, media: Option<WorldMedia>) {
+        if let Some(m) = self.messages.iter_mut().find(|m| m.peer == peer && m.id == id) {
             m.media = media;
+            if m.media.is_some() && !self.documents.contains(&(peer, id)) {
+                self.documents.push((peer, id));
+            }
         }
     }
 
     pub(crate) fn add_chat(&mut self, id: i64, title: &str) {
         self.chats.insert(id, title.to_owned());
+    }
+
+    /// Adds a channel (its `pts` starts at 1, its message ids at 1), or replaces the title,
+    /// kind and username of a known one (keeping its messages and `pts`).
+    pub(crate) fn add_channel(
+        &mut self,
+        id: i64,
+        title: &str,
+        megagroup: bool,
+        username: Option<&str>,
+    ) -> TestChannel {
+        let channel = TestChannel {
+            id,
+            access_hash: id.wrapping_mul(104_729) ^ 0x0c4a_77e1,
+            title: title.to_owned(),
+            megagroup,
+            username: username.map(str::to_owned),
+        };
+        self.channels
+            .entry(id)
+            .and_modify(|c| c.channel = channel.clone())
+            .or_insert_with(|| ChannelBox { channel: channel.clone(), pts: 1, next_id: 1 });
+        channel
+    }
+
+    pub(crate) fn channel(&self, id: i64) -> Option<&TestChannel> {
+        self.channels.get(&id).map(|c| &c.channel)
+    }
+
+    pub(crate) fn channel_pts(&self, id: i64) -> Option<i32> {
+        self.channels.get(&id).map(|c| c.pts)
     }
 
     pub(crate) fn user(&self, id: i64) -> Option<&TestUser> {
@@ -199,24 +295,35 @@ impl World {
         self.pts
     }
 
-    /// Stores a new message and advances `pts`.
+    /// Stores a new message and advances `pts`: the account's, or in a channel the channel's
+    /// (whose message ids are its own). `None` when the channel is unknown.
     pub(crate) fn store(
         &mut self,
         peer: TestPeer,
-        from: i64,
+        from: Option<i64>,
         text: &str,
         reply_to: Option<i32>,
         random_id: Option<i64>,
-    ) -> WorldMessage {
-        self.pts += 1;
-        let id = self.next_id;
-        self.next_id += 1;
+    ) -> Option<WorldMessage> {
+        let (id, pts) = match peer {
+            TestPeer::Channel(channel) => {
+                let c = self.channels.get_mut(&channel)?;
+                c.pts += 1;
+                c.next_id += 1;
+                (c.next_id - 1, c.pts)
+            }
+            TestPeer::User(_) | TestPeer::Chat(_) => {
+                self.pts += 1;
+                self.next_id += 1;
+                (self.next_id - 1, self.pts)
+            }
+        };
         let msg = WorldMessage {
             id,
-            pts: self.pts,
+            pts,
             peer,
             from,
-            out: from == self.me.id,
+            out: from == Some(self.me.id),
             text: text.to_owned(),
             date: now(),
             reply_to,
@@ -225,16 +332,39 @@ impl World {
             edit_date: None,
         };
         if let Some(r) = random_id {
-            self.by_random_id.insert(r, id);
+            self.by_random_id.insert(r, (peer, id));
         }
         self.messages.push(msg.clone());
-        msg
+        Some(msg)
     }
 
-    /// Replaces the text of message `id` (a new pts, as Telegram's edits take one); returns
-    /// the edited message and the `updateEditMessage` pts.
+    /// Stores a message the test script asked for.
+    ///
+    /// # Panics
+    ///
+    /// In a channel that was never added: a mistake in the test, not a server input.
+    pub(crate) fn store_known(
+        &mut self,
+        peer: TestPeer,
+        from: Option<i64>,
+        text: &str,
+    ) -> WorldMessage {
+        match self.store(peer, from, text, None, None) {
+            Some(m) => m,
+            None => panic!("{peer:?} is not in the loopback world: add_channel first"),
+        }
+    }
+
+    /// The message sent before with `random_id`, if any.
+    fn sent_with(&self, random_id: i64) -> Option<WorldMessage> {
+        let (peer, id) = self.by_random_id.get(&random_id).copied()?;
+        self.messages.iter().find(|m| m.peer == peer && m.id == id).cloned()
+    }
+
+    /// Replaces the text of message `id` of a private chat or basic group (a new pts, as
+    /// Telegram's edits take one); returns the edited message and the `updateEditMessage` pts.
     pub(crate) fn edit(&mut self, id: i32, text: &str) -> Option<(WorldMessage, i32)> {
-        let m = self.messages.iter_mut().find(|m| m.id == id)?;
+        let m = self.messages.iter_mut().find(|m| m.peer.channel_id().is_none() && m.id == id)?;
         self.pts += 1;
         m.text = text.to_owned();
         m.edit_date = Some(now().max(m.date + 1));
@@ -256,15 +386,22 @@ impl World {
         match peer {
             TestPeer::User(user_id) => tl::types::PeerUser { user_id }.into(),
             TestPeer::Chat(chat_id) => tl::types::PeerChat { chat_id }.into(),
+            TestPeer::Channel(channel_id) => tl::types::PeerChannel { channel_id }.into(),
         }
     }
 
     pub(crate) fn tl_message(&self, m: &WorldMessage) -> tl::enums::Message {
+        let author = m.from.map(|id| Self::tl_peer(TestPeer::User(id)));
         let from = match m.peer {
             TestPeer::User(_) if m.out => Some(Self::tl_peer(TestPeer::User(self.me.id))),
             TestPeer::User(_) => None,
-            TestPeer::Chat(_) => Some(Self::tl_peer(TestPeer::User(m.from))),
+            TestPeer::Chat(_) | TestPeer::Channel(_) => author,
         };
+        let post = m
+            .peer
+            .channel_id()
+            .and_then(|id| self.channels.get(&id))
+            .is_some_and(|c| !c.channel.megagroup);
         let mut message = tl_build::message(
             m.id,
             Self::tl_peer(m.peer),
@@ -276,8 +413,12 @@ impl World {
         );
         if let tl::enums::Message::Message(x) = &mut message {
             x.edit_date = m.edit_date;
+            x.post = post;
         }
-        if let (Some(media), tl::enums::Message::Message(x)) = (&m.media, &mut message) {
+        let document = self.documents.iter().position(|d| *d == (m.peer, m.id));
+        if let (Some(media), Some(index), tl::enums::Message::Message(x)) =
+            (&m.media, document, &mut message)
+        {
             // Every file goes out as a document (photos too, with their image type).
             x.media = Some(
                 tl::types::MessageMediaDocument {
@@ -288,7 +429,7 @@ impl World {
                     voice: false,
                     document: Some(
                         tl::types::Document {
-                            id: DOCUMENT_BASE + i64::from(m.id),
+                            id: DOCUMENT_BASE + i64::try_from(index).unwrap_or(i64::MAX),
                             access_hash: DOCUMENT_HASH,
                             file_reference: vec![1],
                             date: m.date,
@@ -549,9 +690,30 @@ impl World {
         })
     }
 
-    fn tl_chats(&self, ids: impl IntoIterator<Item = i64>) -> Vec<tl::enums::Chat> {
-        ids.into_iter()
-            .filter_map(|id| self.chats.get(&id).map(|t| tl_build::chat(id, t, now())))
+    /// Basic groups and channels as `chats` of a response, each once.
+    fn tl_chats(&self, peers: impl IntoIterator<Item = TestPeer>) -> Vec<tl::enums::Chat> {
+        let mut seen = Vec::new();
+        for p in peers {
+            if !seen.contains(&p) {
+                seen.push(p);
+            }
+        }
+        seen.into_iter()
+            .filter_map(|p| match p {
+                TestPeer::Chat(id) => self.chats.get(&id).map(|t| tl_build::chat(id, t, now())),
+                TestPeer::Channel(id) => self.channels.get(&id).map(|c| {
+                    let c = &c.channel;
+                    tl_build::channel(
+                        c.id,
+                        c.access_hash,
+                        &c.title,
+                        c.username.as_deref(),
+                        c.megagroup,
+                        now(),
+                    )
+                }),
+                TestPeer::User(_) => None,
+            })
             .collect()
     }
 
@@ -559,17 +721,17 @@ impl World {
         let mut users = vec![self.me.id];
         let mut chats = Vec::new();
         for m in msgs {
-            users.push(m.from);
+            users.extend(m.from);
             match m.peer {
                 TestPeer::User(u) => users.push(u),
-                TestPeer::Chat(c) => chats.push(c),
+                p @ (TestPeer::Chat(_) | TestPeer::Channel(_)) => chats.push(p),
             }
         }
-        chats.dedup();
         (self.tl_users(users), self.tl_chats(chats))
     }
 
-    /// `updates` carrying one new message, with its users and chats.
+    /// `updates` carrying one new message (`updateNewChannelMessage` in a channel), with its
+    /// users and chats, and `updateMessageID` first for a send.
     pub(crate) fn updates_for(
         &self,
         m: &WorldMessage,
@@ -580,15 +742,22 @@ impl World {
         if let Some(random_id) = random_id {
             updates.push(tl::types::UpdateMessageId { id: m.id, random_id }.into());
         }
-        updates.push(
-            tl::types::UpdateNewMessage { message: self.tl_message(m), pts: m.pts, pts_count: 1 }
-                .into(),
-        );
+        let message = self.tl_message(m);
+        updates.push(match m.peer {
+            TestPeer::Channel(_) => {
+                tl::types::UpdateNewChannelMessage { message, pts: m.pts, pts_count: 1 }.into()
+            }
+            TestPeer::User(_) | TestPeer::Chat(_) => {
+                tl::types::UpdateNewMessage { message, pts: m.pts, pts_count: 1 }.into()
+            }
+        });
         tl::types::Updates { updates, users, chats, date: m.date, seq: 0 }.into()
     }
 
-    /// The short form Telegram uses for private and basic-group messages.
+    /// The short form Telegram uses for private and basic-group messages (channel messages
+    /// have none: they go out as [`World::updates_for`]).
     pub(crate) fn short_updates_for(&self, m: &WorldMessage) -> tl::enums::Updates {
+        let from = m.from.unwrap_or(self.me.id);
         match m.peer {
             TestPeer::User(user_id) => tl::types::UpdateShortMessage {
                 out: m.out,
@@ -614,7 +783,7 @@ impl World {
                 media_unread: false,
                 silent: false,
                 id: m.id,
-                from_id: m.from,
+                from_id: from,
                 chat_id,
                 message: m.text.clone(),
                 pts: m.pts,
@@ -627,6 +796,7 @@ impl World {
                 ttl_period: None,
             }
             .into(),
+            TestPeer::Channel(_) => self.updates_for(m, None),
         }
     }
 
@@ -643,7 +813,26 @@ impl World {
             tl::enums::InputPeer::Chat(c) if self.chats.contains_key(&c.chat_id) => {
                 Ok(TestPeer::Chat(c.chat_id))
             }
+            tl::enums::InputPeer::Channel(c) => {
+                self.channel_of_input(c.channel_id, c.access_hash).map(|c| c.peer())
+            }
             _ => Err((400, "PEER_ID_INVALID".to_owned())),
+        }
+    }
+
+    /// The channel a request names, if its access hash is the one handed out.
+    fn channel_of_input(&self, id: i64, access_hash: i64) -> Result<&TestChannel, RpcFailure> {
+        match self.channels.get(&id) {
+            Some(c) if c.channel.access_hash == access_hash => Ok(&c.channel),
+            _ => Err((400, "CHANNEL_INVALID".to_owned())),
+        }
+    }
+
+    /// Refuses a send where the owner may not write: a broadcast channel.
+    fn check_can_write(&self, peer: TestPeer) -> Result<(), RpcFailure> {
+        match peer.channel_id().and_then(|id| self.channels.get(&id)) {
+            Some(c) if !c.channel.megagroup => Err((403, "CHAT_WRITE_FORBIDDEN".to_owned())),
+            _ => Ok(()),
         }
     }
 
@@ -669,25 +858,25 @@ impl World {
             f::messages::SendMessage::CONSTRUCTOR_ID => {
                 let req = f::messages::SendMessage::from_bytes(args).map_err(bad)?;
                 let peer = self.peer_of_input(&req.peer)?;
+                self.check_can_write(peer)?;
                 if req.message.is_empty() {
                     return Err((400, "MESSAGE_EMPTY".to_owned()));
                 }
-                if let Some(id) = self.by_random_id.get(&req.random_id).copied() {
+                if let Some(m) = self.sent_with(req.random_id) {
                     if self.duplicate_is_error {
                         return Err((500, "RANDOM_ID_DUPLICATE".to_owned()));
                     }
                     // Telegram deduplicates on random_id: answer with the message already sent.
-                    let m = self.messages.iter().find(|m| m.id == id).cloned();
-                    if let Some(m) = m {
-                        return Ok(self.updates_for(&m, Some(req.random_id)).to_bytes());
-                    }
+                    return Ok(self.updates_for(&m, Some(req.random_id)).to_bytes());
                 }
                 let reply_to = match &req.reply_to {
                     Some(tl::enums::InputReplyTo::Message(r)) => Some(r.reply_to_msg_id),
                     _ => None,
                 };
-                let me = self.me.id;
-                let m = self.store(peer, me, &req.message, reply_to, Some(req.random_id));
+                let me = Some(self.me.id);
+                let m = self
+                    .store(peer, me, &req.message, reply_to, Some(req.random_id))
+                    .ok_or_else(|| (400, "PEER_ID_INVALID".to_owned()))?;
                 Ok(self.updates_for(&m, Some(req.random_id)).to_bytes())
             }
             f::upload::SaveFilePart::CONSTRUCTOR_ID => {
@@ -703,13 +892,12 @@ impl World {
             f::messages::SendMedia::CONSTRUCTOR_ID => {
                 let req = f::messages::SendMedia::from_bytes(args).map_err(bad)?;
                 let peer = self.peer_of_input(&req.peer)?;
-                if let Some(id) = self.by_random_id.get(&req.random_id).copied() {
+                self.check_can_write(peer)?;
+                if let Some(m) = self.sent_with(req.random_id) {
                     if self.duplicate_is_error {
                         return Err((500, "RANDOM_ID_DUPLICATE".to_owned()));
                     }
-                    if let Some(m) = self.messages.iter().find(|m| m.id == id).cloned() {
-                        return Ok(self.updates_for(&m, Some(req.random_id)).to_bytes());
-                    }
+                    return Ok(self.updates_for(&m, Some(req.random_id)).to_bytes());
                 }
                 let (file, photo, mime_type) = match req.media {
                     tl::enums::InputMedia::UploadedPhoto(p) => (p.file, true, None),
@@ -737,12 +925,12 @@ impl World {
                     Some(tl::enums::InputReplyTo::Message(r)) => Some(r.reply_to_msg_id),
                     _ => None,
                 };
-                let me = self.me.id;
-                let mut m = self.store(peer, me, &req.message, reply_to, Some(req.random_id));
+                let me = Some(self.me.id);
+                let mut m = self
+                    .store(peer, me, &req.message, reply_to, Some(req.random_id))
+                    .ok_or_else(|| (400, "PEER_ID_INVALID".to_owned()))?;
                 m.media = Some(WorldMedia { photo, name, mime_type, data });
-                if let Some(stored) = self.messages.last_mut() {
-                    stored.media = m.media.clone();
-                }
+                self.set_media(m.peer, m.id, m.media.clone());
                 Ok(self.updates_for(&m, Some(req.random_id)).to_bytes())
             }
             f::upload::GetFile::CONSTRUCTOR_ID => {
@@ -751,10 +939,14 @@ impl World {
                 else {
                     return Err((400, "LOCATION_INVALID".to_owned()));
                 };
-                let found = self
-                    .messages
-                    .iter()
-                    .find(|m| DOCUMENT_BASE + i64::from(m.id) == loc.id)
+                let found = loc
+                    .id
+                    .checked_sub(DOCUMENT_BASE)
+                    .and_then(|index| usize::try_from(index).ok())
+                    .and_then(|index| self.documents.get(index))
+                    .and_then(|&(peer, id)| {
+                        self.messages.iter().find(|m| m.peer == peer && m.id == id)
+                    })
                     .and_then(|m| m.media.as_ref());
                 let Some(media) = found.filter(|_| loc.access_hash == DOCUMENT_HASH) else {
                     return Err((400, "FILE_ID_INVALID".to_owned()));
@@ -775,6 +967,17 @@ impl World {
                 let req = f::messages::GetHistory::from_bytes(args).map_err(bad)?;
                 let peer = self.peer_of_input(&req.peer)?;
                 Ok(self.history(peer, &req).to_bytes())
+            }
+            f::updates::GetChannelDifference::CONSTRUCTOR_ID => {
+                let req = f::updates::GetChannelDifference::from_bytes(args).map_err(bad)?;
+                let tl::enums::InputChannel::Channel(input) = &req.channel else {
+                    return Err((400, "CHANNEL_INVALID".to_owned()));
+                };
+                let channel = self.channel_of_input(input.channel_id, input.access_hash)?.id;
+                if req.pts <= 0 {
+                    return Err((400, "PERSISTENT_TIMESTAMP_INVALID".to_owned()));
+                }
+                Ok(self.channel_difference(channel, req.pts, req.limit).to_bytes())
             }
             f::users::GetUsers::CONSTRUCTOR_ID => {
                 let req = f::users::GetUsers::from_bytes(args).map_err(bad)?;
@@ -798,21 +1001,32 @@ impl World {
         }
     }
 
+    /// The account's difference: private chats and basic groups only, as channels have
+    /// their own (`updates.getChannelDifference`).
     fn difference(&self, from_pts: i32) -> tl::enums::updates::Difference {
         if from_pts >= self.pts {
             return tl::types::updates::DifferenceEmpty { date: now(), seq: 0 }.into();
         }
         if let Some(limit) = self.too_long_after
-            && self.pts - from_pts > limit
+            && self.pts.saturating_sub(from_pts) > limit
         {
             return tl::types::updates::DifferenceTooLong { pts: self.pts }.into();
         }
-        let new: Vec<&WorldMessage> = self.messages.iter().filter(|m| m.pts > from_pts).collect();
+        let new: Vec<&WorldMessage> = self
+            .messages
+            .iter()
+            .filter(|m| m.peer.channel_id().is_none() && m.pts > from_pts)
+            .collect();
         let edited: Vec<(i32, &WorldMessage)> = self
             .edits
             .iter()
             .filter(|(pts, _)| *pts > from_pts)
-            .filter_map(|(pts, id)| self.messages.iter().find(|m| m.id == *id).map(|m| (*pts, m)))
+            .filter_map(|(pts, id)| {
+                self.messages
+                    .iter()
+                    .find(|m| m.peer.channel_id().is_none() && m.id == *id)
+                    .map(|m| (*pts, m))
+            })
             .collect();
         let mut involved = new.clone();
         involved.extend(edited.iter().map(|(_, m)| *m));
@@ -856,6 +1070,22 @@ impl World {
         let count = found.len();
         found.truncate(limit);
         let (users, chats) = self.involved(&found);
+        if let Some(pts) = peer.channel_id().and_then(|id| self.channel_pts(id)) {
+            // In a channel, Telegram answers with its pts (and the channel in `chats`, even
+            // when no message was found).
+            let chats = if chats.is_empty() { self.tl_chats([peer]) } else { chats };
+            return tl::types::messages::ChannelMessages {
+                inexact: false,
+                pts,
+                count: i32::try_from(count).unwrap_or(i32::MAX),
+                offset_id_offset: None,
+                messages: found.iter().map(|m| self.tl_message(m)).collect(),
+                topics: Vec::new(),
+                chats,
+                users,
+            }
+            .into();
+        }
         tl::types::messages::MessagesSlice {
             inexact: false,
             count: i32::try_from(count).unwrap_or(i32::MAX),
@@ -864,6 +1094,63 @@ impl World {
             search_flood: None,
             messages: found.iter().map(|m| self.tl_message(m)).collect(),
             topics: Vec::new(),
+            chats,
+            users,
+        }
+        .into()
+    }
+
+    /// A channel's difference from `from_pts`: empty when up to date; else its new messages
+    /// (at most `limit` at once, `final` once the rest fits), or `channelDifferenceTooLong`
+    /// when the client is further behind than [`World::channel_too_long_after`].
+    fn channel_difference(
+        &self,
+        channel: i64,
+        from_pts: i32,
+        limit: i32,
+    ) -> tl::enums::updates::ChannelDifference {
+        let pts = self.channel_pts(channel).unwrap_or(1);
+        if from_pts >= pts {
+            return tl::types::updates::ChannelDifferenceEmpty {
+                r#final: true,
+                pts,
+                timeout: None,
+            }
+            .into();
+        }
+        let peer = TestPeer::Channel(channel);
+        let in_channel = || self.messages.iter().filter(move |m| m.peer == peer);
+        if let Some(limit) = self.channel_too_long_after
+            && pts.saturating_sub(from_pts) > limit
+        {
+            let top: Vec<&WorldMessage> = in_channel().next_back().into_iter().collect();
+            let (users, chats) = self.involved(&top);
+            return tl::types::updates::ChannelDifferenceTooLong {
+                r#final: true,
+                timeout: None,
+                dialog: tl_build::channel_dialog(channel, top.first().map_or(0, |m| m.id), pts),
+                messages: top.iter().map(|m| self.tl_message(m)).collect(),
+                chats,
+                users,
+            }
+            .into();
+        }
+        let limit = usize::try_from(limit).ok().filter(|l| *l > 0).unwrap_or(100);
+        let newer: Vec<&WorldMessage> = in_channel().filter(|m| m.pts > from_pts).collect();
+        let done = newer.len() <= limit;
+        let new: Vec<&WorldMessage> = newer.into_iter().take(limit).collect();
+        // Not final: the pts of the last message given, so the client asks again from there.
+        let reached = if done { pts } else { new.last().map_or(pts, |m| m.pts) };
+        let (users, mut chats) = self.involved(&new);
+        if chats.is_empty() {
+            chats = self.tl_chats([peer]);
+        }
+        tl::types::updates::ChannelDifference {
+            r#final: done,
+            pts: reached,
+            timeout: None,
+            new_messages: new.iter().map(|m| self.tl_message(m)).collect(),
+            other_updates: Vec::new(),
             chats,
             users,
         }
