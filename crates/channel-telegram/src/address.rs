@@ -1,6 +1,6 @@
 //! Telegram ids as the core stores them: addresses, thread keys, provider ids, random ids.
 
-use grammers_session::types::PeerId;
+use grammers_session::types::{PeerId, PeerKind};
 use sha2::{Digest, Sha256};
 
 /// The identity address of a Telegram peer: `tg:<bot-API dialog id>` (`tg:123` for a user).
@@ -24,15 +24,33 @@ pub fn parse_peer(key: &str) -> Option<PeerId> {
     raw.parse::<i64>().ok().and_then(PeerId::from_bot_api_dialog_id)
 }
 
-/// The provider id of a message: `<dialog id>:<message id>`, unique per account.
+/// The provider id of a message, unique per account as Telegram numbers messages: private
+/// chats and basic groups share one numbering per account, so there it is the bare message
+/// id (`"42"`); a supergroup or channel numbers its own, so there it is
+/// `<channel's dialog id>:<message id>` (`"-1000000000099:42"`). This is also what
+/// Telegram's deletions name (`updateDeleteMessages` carries bare ids).
 pub fn provider_id(chat: PeerId, message_id: i32) -> String {
-    format!("{}:{}", dialog_id(chat), message_id)
+    if chat.kind() == PeerKind::Channel {
+        channel_provider_id(chat, message_id)
+    } else {
+        common_provider_id(message_id)
+    }
 }
 
-/// Reads a provider id back into its chat and message id.
-pub fn parse_provider_id(id: &str) -> Option<(PeerId, i32)> {
-    let (chat, msg) = id.rsplit_once(':')?;
-    Some((parse_peer(chat)?, msg.parse().ok()?))
+/// The provider id of message `message_id` of a private chat or basic group.
+pub fn common_provider_id(message_id: i32) -> String {
+    message_id.to_string()
+}
+
+/// The provider id of message `message_id` of the supergroup or channel `channel`.
+pub fn channel_provider_id(channel: PeerId, message_id: i32) -> String {
+    format!("{}:{}", dialog_id(channel), message_id)
+}
+
+/// The Telegram message id in a provider id (its chat is the message's thread).
+pub fn message_id(provider_id: &str) -> Option<i32> {
+    let id = provider_id.rsplit_once(':').map_or(provider_id, |(_, id)| id);
+    id.parse().ok()
 }
 
 /// The `random_id` sent with a message: derived from our idempotency key, so every attempt
@@ -56,10 +74,22 @@ mod tests {
         for peer in [user, group, channel] {
             assert_eq!(parse_peer(&thread_key(peer)), Some(peer));
             assert_eq!(parse_peer(&address(peer)), Some(peer));
-            assert_eq!(parse_provider_id(&provider_id(peer, 5)), Some((peer, 5)));
+            assert_eq!(message_id(&provider_id(peer, 5)), Some(5));
         }
         assert_eq!(address(user), "tg:42");
         assert_eq!(thread_key(channel), "-1000000000099");
+    }
+
+    #[test]
+    fn provider_ids_follow_telegrams_numbering() {
+        let user = PeerId::user(42).unwrap();
+        let group = PeerId::chat(7).unwrap();
+        let channel = PeerId::channel(99).unwrap();
+        assert_eq!(provider_id(user, 5), "5", "one numbering per account");
+        assert_eq!(provider_id(group, 5), "5");
+        assert_eq!(provider_id(channel, 5), "-1000000000099:5", "one numbering per channel");
+        assert_eq!(common_provider_id(5), provider_id(user, 5));
+        assert_eq!(channel_provider_id(channel, 5), provider_id(channel, 5));
     }
 
     #[test]
@@ -71,7 +101,8 @@ mod tests {
     #[test]
     fn garbage_is_not_a_peer() {
         assert_eq!(parse_peer("tg:abc"), None);
-        assert_eq!(parse_provider_id("nope"), None);
+        assert_eq!(message_id("nope"), None);
+        assert_eq!(message_id("-100:x"), None);
         assert_eq!(parse_peer("0"), None);
     }
 }

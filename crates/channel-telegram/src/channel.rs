@@ -419,7 +419,7 @@ impl TelegramChannel {
             for (message, raw) in missed {
                 inbound.alive();
                 let message = self.with_media(inbound, &live.client, &raw, message).await?;
-                if let Some((_, id)) = address::parse_provider_id(&message.provider_id) {
+                if let Some(id) = address::message_id(&message.provider_id) {
                     live.session.note_message(dialog, id);
                 }
                 inbound.deliver(message).await?;
@@ -530,7 +530,7 @@ impl TelegramChannel {
         let known = self.echoes.sent_id(random_id);
         let recent = self.history(live, peer_ref, 0, 0, 50).await?;
         let found = recent.iter().find(|m| {
-            let id = address::parse_provider_id(&m.provider_id).map(|(_, id)| id);
+            let id = address::message_id(&m.provider_id);
             match known {
                 Some(k) => id == Some(k),
                 None => {
@@ -542,9 +542,7 @@ impl TelegramChannel {
             }
         });
         let (id, at) = match (found, known) {
-            (Some(m), _) => {
-                (address::parse_provider_id(&m.provider_id).map_or(0, |(_, id)| id), m.sent_at)
-            }
+            (Some(m), _) => (address::message_id(&m.provider_id).unwrap_or(0), m.sent_at),
             (None, Some(id)) => (id, Timestamp::now()),
             (None, None) => {
                 return Err(ChannelError::Transient(
@@ -638,6 +636,18 @@ impl TelegramChannel {
         if let Some(edit) = edited {
             inbound.edited(edit).await?;
         }
+        // Deletions likewise: marking a message deleted twice changes nothing. Telegram
+        // reports at most 100 ids at once; larger lists are split to the engine's limit.
+        if let Some(deletion) = mapping::deletion(&update) {
+            for ids in deletion.provider_ids.chunks(channel_core::InboundDeletion::MAX_IDS) {
+                inbound
+                    .deleted(channel_core::InboundDeletion {
+                        provider_ids: ids.to_vec(),
+                        deleted_at: deletion.deleted_at,
+                    })
+                    .await?;
+            }
+        }
         let message = match &update {
             tl::enums::Update::MessageId(u) => {
                 self.echoes.message_id(u.random_id, u.id);
@@ -657,7 +667,8 @@ impl TelegramChannel {
         let session = &live.session;
         session.store_initial_updates().await?;
         if let Some(message) = &mapped
-            && let Some((chat, id)) = address::parse_provider_id(&message.provider_id)
+            && let Some(chat) = address::parse_peer(&message.thread_key)
+            && let Some(id) = address::message_id(&message.provider_id)
         {
             session.note_message(address::dialog_id(chat), id);
         }
@@ -811,7 +822,7 @@ impl Channel for TelegramChannel {
                 ChannelError::InvalidInput(format!("not a Telegram chat: {}", message.thread_key))
             })?;
         let reply_to = match message.reply_to.as_deref() {
-            Some(id) => Some(address::parse_provider_id(id).ok_or_else(|| {
+            Some(id) => Some(address::message_id(id).ok_or_else(|| {
                 ChannelError::InvalidInput(format!("not a Telegram message id: {id}"))
             })?),
             None => None,
@@ -820,7 +831,7 @@ impl Channel for TelegramChannel {
         let peer_ref = self.resolve(&live, peer).await?;
         let random_id = address::random_id(&message.client_key);
         self.echoes.sending(random_id, &message.client_key, address::dialog_id(peer));
-        let reply_to = reply_to.map(|(_, id)| {
+        let reply_to = reply_to.map(|id| {
             tl::types::InputReplyToMessage {
                 reply_to_msg_id: id,
                 top_msg_id: None,
@@ -947,7 +958,7 @@ impl Channel for TelegramChannel {
         let msg_id = |id: &Option<String>| -> Result<i32, ChannelError> {
             match id.as_deref() {
                 None => Ok(0),
-                Some(id) => address::parse_provider_id(id).map(|(_, m)| m).ok_or_else(|| {
+                Some(id) => address::message_id(id).ok_or_else(|| {
                     ChannelError::InvalidInput(format!("not a Telegram message id: {id}"))
                 }),
             }

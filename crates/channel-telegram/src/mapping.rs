@@ -155,3 +155,22 @@ pub(crate) fn edit(message: &tl::enums::Message) -> Option<channel_core::Inbound
         edited_at: Timestamp::from_unix_seconds(i64::from(m.edit_date.unwrap_or(m.date))),
     })
 }
+
+/// Maps Telegram's deletions to an [`InboundDeletion`](channel_core::InboundDeletion):
+/// `updateDeleteMessages` names bare ids of the account's private chats and basic groups,
+/// `updateDeleteChannelMessages` ids of one supergroup or channel. `None` for other updates,
+/// an empty list or an invalid channel id.
+pub(crate) fn deletion(update: &tl::enums::Update) -> Option<channel_core::InboundDeletion> {
+    let provider_ids: Vec<String> = match update {
+        tl::enums::Update::DeleteMessages(u) => {
+            u.messages.iter().map(|&id| address::common_provider_id(id)).collect()
+        }
+        tl::enums::Update::DeleteChannelMessages(u) => {
+            let channel = PeerId::channel(u.channel_id)?;
+            u.messages.iter().map(|&id| address::channel_provider_id(channel, id)).collect()
+        }
+        _ => return None,
+    };
+    (!provider_ids.is_empty())
+        .then(|| channel_core::InboundDeletion { provider_ids, deleted_at: Timestamp::now() })
+}

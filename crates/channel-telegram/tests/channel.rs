@@ -133,7 +133,7 @@ async fn incoming_outgoing_and_group_messages_are_delivered_once_with_sender_ide
     assert_eq!(got.len(), 5, "{got:?}");
     let by_text = |t: &str| got.iter().find(|m| m.text.as_deref() == Some(t)).unwrap().clone();
     let m = by_text("hi from alice");
-    assert_eq!(m.provider_id, format!("2001:{}", a.id));
+    assert_eq!(m.provider_id, a.id.to_string());
     assert_eq!(m.thread_key, "2001");
     assert_eq!(m.direction, Direction::Inbound);
     assert_eq!(m.remote.address, "tg:2001");
@@ -141,11 +141,11 @@ async fn incoming_outgoing_and_group_messages_are_delivered_once_with_sender_ide
     assert_eq!(m.remote.username.as_deref(), Some("alice"));
     let m = by_text("sent from my phone");
     assert_eq!((m.direction, m.client_key.clone()), (Direction::Outbound, None));
-    assert_eq!(m.provider_id, format!("2001:{}", b.id));
+    assert_eq!(m.provider_id, b.id.to_string());
     let m = by_text("hello team");
     assert_eq!((m.thread_key.as_str(), m.remote.address.as_str()), ("-77", "tg:2002"));
-    assert_eq!(m.provider_id, format!("-77:{}", c.id));
-    assert_eq!(by_text("short one").provider_id, format!("2002:{}", d.id));
+    assert_eq!(m.provider_id, c.id.to_string());
+    assert_eq!(by_text("short one").provider_id, d.id.to_string());
     assert!(inbound.state(UPDATES_KEY).is_some(), "the update state went with the messages");
 }
 
@@ -159,7 +159,7 @@ async fn our_send_returns_its_id_and_its_echo_carries_the_client_key() {
     assert!(inbound.wait_for_messages(1, WAIT).await);
 
     let mut msg = outgoing("2001", "key-1", "answer!");
-    msg.reply_to = Some(format!("2001:{}", first.id));
+    msg.reply_to = Some(first.id.to_string());
     let receipt = r.channel.send(&msg).await.unwrap();
     assert!(inbound.wait_for_messages(2, WAIT).await);
     r.stop().await.unwrap();
@@ -167,7 +167,7 @@ async fn our_send_returns_its_id_and_its_echo_carries_the_client_key() {
     let echo = inbound.messages().into_iter().find(|m| m.direction == Direction::Outbound).unwrap();
     assert_eq!(echo.provider_id, receipt.provider_id);
     assert_eq!(echo.client_key.as_deref(), Some("key-1"));
-    assert_eq!(echo.reply_to, Some(format!("2001:{}", first.id)));
+    assert_eq!(echo.reply_to, Some(first.id.to_string()));
     let stored = server.messages();
     assert_eq!(stored.last().unwrap().reply_to, Some(first.id));
     assert_eq!(random_ids(&server), vec![channel_telegram::address::random_id("key-1")]);
@@ -189,7 +189,9 @@ async fn a_send_whose_connection_drops_is_retried_with_the_same_random_id_and_st
     assert_eq!(ids.len(), 2, "retried once on a new connection");
     assert_eq!(ids[0], ids[1], "with the same random_id");
     assert_eq!(sent_by_owner(&server), 1, "Telegram deduplicated the retry");
-    assert!(receipt.provider_id.starts_with("2001:"));
+    let sent =
+        server.messages().into_iter().find(|m| m.out).expect("the message the server stored");
+    assert_eq!(receipt.provider_id, sent.id.to_string(), "a private chat's message: its bare id");
 
     // The answer never comes: our timeout, then the engine's retry with the same key.
     server.reply_once(SEND, Reply::ProcessThenDrop);
@@ -437,7 +439,7 @@ async fn a_retry_answered_random_id_duplicate_succeeds_with_the_original_message
     assert!(ids.iter().all(|id| *id == ids[0]), "with the same random_id");
     assert_eq!(sent_by_owner(&server), 1, "sent once");
     let original = server.messages().into_iter().find(|m| m.out).unwrap();
-    assert_eq!(receipt.provider_id, format!("2001:{}", original.id));
+    assert_eq!(receipt.provider_id, original.id.to_string());
 
     // The engine retrying again later gets the same receipt.
     let again = r.channel.send(&outgoing("2001", "key-dup", "sent once")).await.unwrap();
@@ -555,7 +557,45 @@ async fn edits_replace_the_stored_text_live_and_when_caught_up_after_a_restart()
     assert_eq!(messages.len(), 1, "an edit is not a new message: {messages:?}");
     assert_eq!(messages[0].text.as_deref(), Some("final text"));
     let edits = inbound.edits();
-    assert!(edits.iter().all(|e| e.provider_id == format!("2001:{}", m.id)), "{edits:?}");
+    assert!(edits.iter().all(|e| e.provider_id == m.id.to_string()), "{edits:?}");
     assert!(edits.iter().all(|e| e.edited_at > messages[0].sent_at), "{edits:?}");
+    assert_eq!(inbound.duplicates(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_mark_stored_messages_live_and_when_caught_up_after_a_restart() {
+    let server = LoopbackServer::start().await.unwrap();
+    let alice = server.add_user(2001, "Alice", None);
+    server.add_chat(77, "Group");
+    let inbound = account(&server);
+    let r = connected(&server, &inbound).await;
+    let first = server.incoming(alice.id, "one");
+    let second = server.group_message(77, alice.id, "two");
+    let third = server.incoming(alice.id, "three");
+    assert!(inbound.wait_for_messages(3, WAIT).await);
+
+    // Deleted while the channel runs: pushed as updateDeleteMessages, which names bare ids
+    // of the account's private chats and basic groups, and they are the provider ids.
+    assert_eq!(server.delete(&[first.id, second.id]), [first.id, second.id]);
+    assert!(inbound.wait_until(WAIT, |s| s.deleted().len() >= 2).await, "no deletion arrived");
+    let want_live = [first.id.to_string(), second.id.to_string()];
+    assert_eq!(inbound.deleted(), want_live);
+    r.stop().await.unwrap();
+
+    // Deleted while it was stopped: found in the difference on restart.
+    assert_eq!(server.delete(&[third.id]), [third.id]);
+    let r = run(&inbound).await;
+    assert!(
+        inbound.wait_until(WAIT, |s| s.deleted().len() >= 3).await,
+        "the offline deletion was not caught up: {:?}",
+        inbound.deleted()
+    );
+    // A message arriving after the deletion is delivered as usual: catch-up went on.
+    server.incoming(alice.id, "four");
+    assert!(inbound.wait_for_messages(4, WAIT).await);
+    r.stop().await.unwrap();
+
+    assert_eq!(inbound.deleted(), [&want_live[..], &[third.id.to_string()]].concat());
+    assert_eq!(inbound.message_count(), 4, "a deletion removes no stored message");
     assert_eq!(inbound.duplicates(), 0);
 }

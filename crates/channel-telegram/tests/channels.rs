@@ -284,7 +284,7 @@ async fn a_send_into_a_supergroup_goes_out_once_and_its_echo_is_not_a_second_mes
     assert_eq!(echo.client_key.as_deref(), Some("key-team"), "the echo updates the pending row");
     assert_eq!((echo.direction, echo.thread_key.as_str()), (Direction::Outbound, "-1000000005001"));
     let phone = by_text(&got, "from my phone");
-    assert_eq!(phone.provider_id, format!("2001:{}", sent.id));
+    assert_eq!(phone.provider_id, sent.id.to_string());
     assert_eq!(phone.client_key, None, "another chat's message with the same id is not ours");
 }
 
@@ -505,4 +505,35 @@ async fn supergroup_history_honours_the_limit_newest_first_and_before() {
         tl::types::InputPeerChannel { channel_id: w.team.id, access_hash: w.team.access_hash }
             .into()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_in_a_supergroup_names_the_channels_message_not_a_private_one_with_its_id() {
+    let w = world().await;
+    let alice = w.server.add_user(2001, "Alice", None);
+    let inbound = account(&w.server);
+    let r = connected(&w.server, &inbound).await;
+    let c1 = w.server.channel_message(w.team.id, Some(w.bob.id), "c1");
+    // A private message with the same id as the supergroup message: ids are per box.
+    let p = w.server.incoming(alice.id, "p1");
+    assert!(inbound.wait_for_messages(2, WAIT).await, "{:?}", inbound.messages());
+    assert_eq!(p.id, c1.id, "the test needs the clash of ids");
+
+    // updateDeleteChannelMessages names the channel and its own message ids.
+    assert_eq!(w.server.delete_in_channel(w.team.id, &[c1.id]), [c1.id]);
+    assert!(inbound.wait_until(WAIT, |s| !s.deleted().is_empty()).await, "no deletion arrived");
+    // The channel's cursor moves past the deletion, and the next message is delivered.
+    let pts = w.server.channel_pts(w.team.id).map(i64::from);
+    let c2 = w.server.channel_message(w.team.id, Some(w.bob.id), "c2");
+    assert!(inbound.wait_for_messages(3, WAIT).await, "{:?}", inbound.messages());
+    assert!(inbound.wait_until(WAIT, |s| stored_channel_pts(s, w.team.id) > pts).await);
+    assert_eq!(stored_channel_pts(&inbound, w.team.id), Some(i64::from(c2.pts)));
+    r.stop().await;
+
+    assert_eq!(
+        inbound.deleted(),
+        [format!("{}:{}", thread(&w.team), c1.id)],
+        "the private message with the same id is not deleted"
+    );
+    assert_eq!(inbound.duplicates(), 0);
 }

@@ -115,7 +115,7 @@ async fn a_document_is_uploaded_in_parts_and_sent_once_under_its_random_id_even_
         (false, "report.pdf", Some("application/pdf"))
     );
     assert_eq!(sent[0].text, "the report");
-    assert_eq!(receipt.provider_id, format!("2001:{}", sent[0].id));
+    assert_eq!(receipt.provider_id, sent[0].id.to_string());
     assert!(s.server.requests_of(SAVE_PART).len() >= 3, "1.3 MB in 512 KiB parts");
     let random_ids: Vec<i64> = s
         .server
@@ -182,7 +182,7 @@ async fn an_incoming_document_is_downloaded_with_its_name_type_and_bytes() {
         s.server.incoming_file(2001, "see attached", "notes.txt", "text/plain", data.clone());
     assert!(s.inbound.wait_for_messages(2, WAIT).await);
     let got = s.inbound.messages().pop().unwrap();
-    assert_eq!(got.provider_id, format!("2001:{}", sent.id));
+    assert_eq!(got.provider_id, sent.id.to_string());
     assert_eq!(got.text.as_deref(), Some("see attached"));
     assert_eq!(got.attachments.len(), 1);
     let a = &got.attachments[0];

@@ -22,6 +22,8 @@ struct Inner {
     pass_before_failing: usize,
     duplicates: usize,
     edits: Vec<channel_core::InboundEdit>,
+    /// Provider ids marked deleted, in the order they were marked, each once.
+    deleted: Vec<String>,
 }
 
 /// An in-memory [`Inbound`]: stores each provider id once (like the engine's ingest),
@@ -60,6 +62,12 @@ impl MemoryInbound {
     /// The edits applied to stored messages, in order (the messages carry the new text).
     pub fn edits(&self) -> Vec<channel_core::InboundEdit> {
         self.lock().edits.clone()
+    }
+
+    /// The provider ids of stored messages marked deleted, in order, each once (a repeated
+    /// deletion changes nothing, as in the engine).
+    pub fn deleted(&self) -> Vec<String> {
+        self.lock().deleted.clone()
     }
 
     /// How many messages are stored (without copying them).
@@ -178,6 +186,27 @@ impl Inbound for MemoryInbound {
         };
         self.changed.notify_waiters();
         Ok(Some(id))
+    }
+
+    async fn deleted(
+        &self,
+        deletion: channel_core::InboundDeletion,
+    ) -> Result<Vec<MessageId>, ChannelError> {
+        let marked = {
+            let mut inner = self.lock();
+            let mut marked = Vec::new();
+            for p in deletion.provider_ids {
+                if let Some(id) = inner.ids.get(&p).copied()
+                    && !inner.deleted.contains(&p)
+                {
+                    inner.deleted.push(p);
+                    marked.push(id);
+                }
+            }
+            marked
+        };
+        self.changed.notify_waiters();
+        Ok(marked)
     }
 
     async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, ChannelError> {

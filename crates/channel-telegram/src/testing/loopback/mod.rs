@@ -553,6 +553,35 @@ impl LoopbackServer {
         Some(msg)
     }
 
+    /// Deletes messages `ids` of the account's private chats and basic groups for everyone
+    /// (as their sender or the owner may) and pushes `updateDeleteMessages`; returns the ids
+    /// that were there (others are passed over). The messages leave the history; clients that
+    /// were offline get the deletion by catching up.
+    pub fn delete(&self, ids: &[i32]) -> Vec<i32> {
+        self.delete_in(None, ids)
+    }
+
+    /// Deletes messages `ids` of supergroup or channel `channel` and pushes
+    /// `updateDeleteChannelMessages`; returns the ids that were there. Clients that were
+    /// offline get the deletion through `updates.getChannelDifference`.
+    pub fn delete_in_channel(&self, channel: i64, ids: &[i32]) -> Vec<i32> {
+        self.delete_in(Some(channel), ids)
+    }
+
+    fn delete_in(&self, channel: Option<i64>, ids: &[i32]) -> Vec<i32> {
+        let Some((deleted, updates)) = ({
+            let mut world = lock(&self.shared.world);
+            world.delete(channel, ids).map(|d| {
+                let updates = world.deletion_updates_for(&d);
+                (d.ids, updates)
+            })
+        }) else {
+            return Vec::new();
+        };
+        self.push(&updates);
+        deleted
+    }
+
     fn store_and_push(
         &self,
         peer: TestPeer,

@@ -151,6 +151,36 @@ pub(crate) const DC_ID: i32 = 2;
 /// Error answered as `rpc_error`.
 pub(crate) type RpcFailure = (i32, String);
 
+/// Messages deleted at once: in the account's box (`channel` `None`) or in a channel.
+#[derive(Clone, Debug)]
+pub(crate) struct Deletion {
+    /// The box's `pts` after the deletion (it advances by the number of ids).
+    pub(crate) pts: i32,
+    pub(crate) channel: Option<i64>,
+    pub(crate) ids: Vec<i32>,
+}
+
+impl Deletion {
+    fn update(&self) -> tl::enums::Update {
+        let pts_count = i32::try_from(self.ids.len()).unwrap_or(i32::MAX);
+        match self.channel {
+            None => tl::types::UpdateDeleteMessages {
+                messages: self.ids.clone(),
+                pts: self.pts,
+                pts_count,
+            }
+            .into(),
+            Some(channel_id) => tl::types::UpdateDeleteChannelMessages {
+                channel_id,
+                messages: self.ids.clone(),
+                pts: self.pts,
+                pts_count,
+            }
+            .into(),
+        }
+    }
+}
+
 /// A channel with its own update sequence and message ids.
 struct ChannelBox {
     channel: TestChannel,
@@ -169,6 +199,8 @@ pub(crate) struct World {
     messages: Vec<WorldMessage>,
     /// Edits as (pts, message id), for `getDifference`.
     edits: Vec<(i32, i32)>,
+    /// Deletions, for `getDifference` and `getChannelDifference`.
+    deletions: Vec<Deletion>,
     /// The message each `random_id` sent.
     by_random_id: HashMap<i64, (TestPeer, i32)>,
     /// Messages with a file, in the order their files were stored (see `DOCUMENT_BASE`).
@@ -212,6 +244,7 @@ impl World {
             next_id: 1,
             messages: Vec::new(),
             edits: Vec::new(),
+            deletions: Vec::new(),
             by_random_id: HashMap::new(),
             documents: Vec::new(),
             too_long_after: None,
@@ -371,6 +404,60 @@ impl World {
         let edited = m.clone();
         self.edits.push((self.pts, id));
         Some((edited, self.pts))
+    }
+
+    /// Deletes the messages `ids` of the account's private chats and basic groups
+    /// (`channel` `None`) or of a channel, for everyone, as their sender or the owner may:
+    /// they leave the history and the box's `pts` advances by their number. Ids that are not
+    /// there are passed over; `None` when none is.
+    pub(crate) fn delete(&mut self, channel: Option<i64>, ids: &[i32]) -> Option<Deletion> {
+        let in_box = |m: &WorldMessage| match channel {
+            None => m.peer.channel_id().is_none(),
+            Some(c) => m.peer == TestPeer::Channel(c),
+        };
+        let mut found: Vec<i32> = self
+            .messages
+            .iter()
+            .filter(|m| in_box(m) && ids.contains(&m.id))
+            .map(|m| m.id)
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        if found.is_empty() {
+            return None;
+        }
+        let count = i32::try_from(found.len()).unwrap_or(i32::MAX);
+        let pts = match channel {
+            None => {
+                self.pts = self.pts.saturating_add(count);
+                self.pts
+            }
+            Some(c) => {
+                let b = self.channels.get_mut(&c)?;
+                b.pts = b.pts.saturating_add(count);
+                b.pts
+            }
+        };
+        self.messages.retain(|m| !(in_box(m) && found.contains(&m.id)));
+        let deletion = Deletion { pts, channel, ids: found };
+        self.deletions.push(deletion.clone());
+        Some(deletion)
+    }
+
+    /// The `Updates` that pushes a deletion.
+    pub(crate) fn deletion_updates_for(&self, d: &Deletion) -> tl::enums::Updates {
+        let chats = match d.channel {
+            Some(c) => self.tl_chats([TestPeer::Channel(c)]),
+            None => Vec::new(),
+        };
+        tl::types::Updates {
+            updates: vec![d.update()],
+            users: Vec::new(),
+            chats,
+            date: now(),
+            seq: 0,
+        }
+        .into()
     }
 
     /// The `Updates` that pushes an edit.
@@ -1031,20 +1118,28 @@ impl World {
         let mut involved = new.clone();
         involved.extend(edited.iter().map(|(_, m)| *m));
         let (users, chats) = self.involved(&involved);
+        let mut other: Vec<(i32, tl::enums::Update)> = edited
+            .iter()
+            .map(|(pts, m)| {
+                let edit = tl::types::UpdateEditMessage {
+                    message: self.tl_message(m),
+                    pts: *pts,
+                    pts_count: 1,
+                };
+                (*pts, edit.into())
+            })
+            .collect();
+        other.extend(
+            self.deletions
+                .iter()
+                .filter(|d| d.channel.is_none() && d.pts > from_pts)
+                .map(|d| (d.pts, d.update())),
+        );
+        other.sort_by_key(|(pts, _)| *pts);
         tl::types::updates::Difference {
             new_messages: new.iter().map(|m| self.tl_message(m)).collect(),
             new_encrypted_messages: Vec::new(),
-            other_updates: edited
-                .iter()
-                .map(|(pts, m)| {
-                    tl::types::UpdateEditMessage {
-                        message: self.tl_message(m),
-                        pts: *pts,
-                        pts_count: 1,
-                    }
-                    .into()
-                })
-                .collect(),
+            other_updates: other.into_iter().map(|(_, u)| u).collect(),
             chats,
             users,
             state: self.state().into(),
@@ -1150,7 +1245,12 @@ impl World {
             pts: reached,
             timeout: None,
             new_messages: new.iter().map(|m| self.tl_message(m)).collect(),
-            other_updates: Vec::new(),
+            other_updates: self
+                .deletions
+                .iter()
+                .filter(|d| d.channel == Some(channel) && d.pts > from_pts && d.pts <= reached)
+                .map(Deletion::update)
+                .collect(),
             chats,
             users,
         }
