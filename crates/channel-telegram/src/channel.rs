@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::address;
+use crate::changes;
 use crate::config::TelegramConfig;
 use crate::echoes::Echoes;
 use crate::error::classify;
@@ -189,6 +190,40 @@ impl TelegramChannel {
         }
     }
 
+    /// Replays the edits and deletions of every channel in the committed update state from
+    /// its committed pts (see [`changes`]). A channel no longer in the peer cache, or one
+    /// Telegram refuses (left, banned), is skipped; a passing failure fails the connect.
+    async fn replay_channel_changes(
+        &self,
+        inbound: &Arc<dyn Inbound>,
+        live: &Live,
+    ) -> Result<(), ChannelError> {
+        for c in live.session.committed_updates().channels {
+            let Some(peer) = PeerId::channel(c.id) else { continue };
+            let peer_ref = match self.resolve(live, peer).await {
+                Ok(r) => r,
+                Err(ChannelError::Permanent(e)) => {
+                    tracing::warn!(error = %e, "cannot replay a channel's edits and deletions");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let input = tl::enums::InputChannel::from(&peer_ref);
+            let timeout = self.config.send_timeout;
+            match changes::replay_channel(&live.client, inbound.as_ref(), input, c.pts, timeout)
+                .await
+            {
+                Ok(()) => {}
+                // Left, banned, or the channel is gone: nothing to replay, others go on.
+                Err(ChannelError::Permanent(e)) => {
+                    tracing::warn!(error = %e, "cannot replay a channel's edits and deletions");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     async fn connect_and_receive(
         &self,
         inbound: &Arc<dyn Inbound>,
@@ -224,6 +259,14 @@ impl TelegramChannel {
         self.set_live(Some(live));
         *connected = true;
         inbound.report_state(ConnectionState::Connected).await;
+
+        // Before grammers' own catch-up: the edits and deletions in channels while away,
+        // which grammers drops (see `changes`).
+        match self.replay_channel_changes(inbound, &connection).await {
+            Ok(()) => {}
+            Err(ChannelError::NeedsLogin(r)) => return Exit::Fatal(ChannelError::NeedsLogin(r)),
+            Err(e) => return Exit::Reconnect(format!("channel changes: {e}")),
+        }
 
         let mut stream = match client
             .stream_updates(pool.updates, UpdatesConfiguration { catch_up: true })
@@ -626,28 +669,9 @@ impl TelegramChannel {
         peers: &grammers_client::peer::PeerMap,
         defer: bool,
     ) -> Result<(), ChannelError> {
-        // An edit is applied before the update state that covers it can be saved; applying
-        // it again after a restart changes nothing.
-        let edited = match &update {
-            tl::enums::Update::EditMessage(u) => mapping::edit(&u.message),
-            tl::enums::Update::EditChannelMessage(u) => mapping::edit(&u.message),
-            _ => None,
-        };
-        if let Some(edit) = edited {
-            inbound.edited(edit).await?;
-        }
-        // Deletions likewise: marking a message deleted twice changes nothing. Telegram
-        // reports at most 100 ids at once; larger lists are split to the engine's limit.
-        if let Some(deletion) = mapping::deletion(&update) {
-            for ids in deletion.provider_ids.chunks(channel_core::InboundDeletion::MAX_IDS) {
-                inbound
-                    .deleted(channel_core::InboundDeletion {
-                        provider_ids: ids.to_vec(),
-                        deleted_at: deletion.deleted_at,
-                    })
-                    .await?;
-            }
-        }
+        // Edits and deletions are applied before the update state that covers them can be
+        // saved; applying one again after a restart changes nothing.
+        changes::apply(inbound.as_ref(), &update).await?;
         let message = match &update {
             tl::enums::Update::MessageId(u) => {
                 self.echoes.message_id(u.random_id, u.id);

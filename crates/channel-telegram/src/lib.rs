@@ -7,6 +7,7 @@
 )]
 
 pub mod address;
+mod changes;
 mod channel;
 mod config;
 mod echoes;

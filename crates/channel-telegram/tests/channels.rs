@@ -537,3 +537,42 @@ async fn a_deletion_in_a_supergroup_names_the_channels_message_not_a_private_one
     );
     assert_eq!(inbound.duplicates(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_edits_and_deletions_made_while_stopped_are_applied_after_a_restart() {
+    let w = world().await;
+    let inbound = account(&w.server);
+    let r = connected(&w.server, &inbound).await;
+    let c1 = w.server.channel_message(w.team.id, Some(w.bob.id), "c1");
+    let c2 = w.server.channel_message(w.team.id, Some(w.bob.id), "c2 draft");
+    assert!(inbound.wait_for_messages(2, WAIT).await, "{:?}", inbound.messages());
+    // Live, a channel edit arrives as updateEditChannelMessage.
+    w.server.edit_in_channel(w.team.id, c2.id, "c2 second draft").unwrap();
+    assert!(inbound.wait_until(WAIT, |s| !s.edits().is_empty()).await, "no live edit");
+    r.stop().await;
+
+    // While stopped: an edit, a deletion and a new message. grammers drops the first two
+    // from the channel difference; the channel replays them itself.
+    w.server.edit_in_channel(w.team.id, c2.id, "c2 final").unwrap();
+    assert_eq!(w.server.delete_in_channel(w.team.id, &[c1.id]), [c1.id]);
+    w.server.channel_message_silently(w.team.id, Some(w.bob.id), "c3");
+    let r = connected(&w.server, &inbound).await;
+    assert!(inbound.wait_for_messages(3, WAIT).await, "{:?}", inbound.messages());
+    assert!(
+        inbound.wait_until(WAIT, |s| !s.deleted().is_empty() && s.edits().len() >= 2).await,
+        "edits {:?}, deletions {:?}",
+        inbound.edits(),
+        inbound.deleted()
+    );
+    let pts = w.server.channel_pts(w.team.id).map(i64::from);
+    assert!(inbound.wait_until(WAIT, |s| stored_channel_pts(s, w.team.id) == pts).await);
+    r.stop().await;
+
+    assert_eq!(inbound.deleted(), [format!("{}:{}", thread(&w.team), c1.id)]);
+    assert_eq!(
+        by_text(&inbound.messages(), "c2 final").provider_id,
+        format!("{}:{}", thread(&w.team), c2.id)
+    );
+    assert_eq!(texts(&inbound), ["c1", "c2 final", "c3"], "an edit is not a new message");
+    assert_eq!(inbound.duplicates(), 0);
+}

@@ -543,9 +543,20 @@ impl LoopbackServer {
     /// messages on their own) and pushes `updateEditMessage`; `None` when there is no such
     /// message. Clients that were offline get the edit by catching up.
     pub fn edit(&self, id: i32, text: &str) -> Option<WorldMessage> {
+        self.edit_in(None, id, text)
+    }
+
+    /// Edits the text of message `id` of supergroup or channel `channel` and pushes
+    /// `updateEditChannelMessage`; `None` when there is no such message. Clients that were
+    /// offline find the edit in `updates.getChannelDifference`.
+    pub fn edit_in_channel(&self, channel: i64, id: i32, text: &str) -> Option<WorldMessage> {
+        self.edit_in(Some(channel), id, text)
+    }
+
+    fn edit_in(&self, channel: Option<i64>, id: i32, text: &str) -> Option<WorldMessage> {
         let (msg, updates) = {
             let mut world = lock(&self.shared.world);
-            let (msg, pts) = world.edit(id, text)?;
+            let (msg, pts) = world.edit(channel, id, text)?;
             let updates = world.edit_updates_for(&msg, pts);
             (msg, updates)
         };

@@ -197,8 +197,9 @@ pub(crate) struct World {
     pts: i32,
     next_id: i32,
     messages: Vec<WorldMessage>,
-    /// Edits as (pts, message id), for `getDifference`.
-    edits: Vec<(i32, i32)>,
+    /// Edits as (channel, pts, message id): the account's box (`None`) or a channel's, for
+    /// `getDifference` and `getChannelDifference`.
+    edits: Vec<(Option<i64>, i32, i32)>,
     /// Deletions, for `getDifference` and `getChannelDifference`.
     deletions: Vec<Deletion>,
     /// The message each `random_id` sent.
@@ -394,16 +395,64 @@ impl World {
         self.messages.iter().find(|m| m.peer == peer && m.id == id).cloned()
     }
 
-    /// Replaces the text of message `id` of a private chat or basic group (a new pts, as
-    /// Telegram's edits take one); returns the edited message and the `updateEditMessage` pts.
-    pub(crate) fn edit(&mut self, id: i32, text: &str) -> Option<(WorldMessage, i32)> {
-        let m = self.messages.iter_mut().find(|m| m.peer.channel_id().is_none() && m.id == id)?;
-        self.pts += 1;
+    /// Replaces the text of message `id` of the account's private chats and basic groups
+    /// (`channel` `None`) or of a channel (a new pts of its box, as Telegram's edits take
+    /// one); returns the edited message and the edit's pts.
+    pub(crate) fn edit(
+        &mut self,
+        channel: Option<i64>,
+        id: i32,
+        text: &str,
+    ) -> Option<(WorldMessage, i32)> {
+        let index =
+            self.messages.iter().position(|m| m.peer.channel_id() == channel && m.id == id)?;
+        let pts = match channel {
+            None => {
+                self.pts += 1;
+                self.pts
+            }
+            Some(c) => {
+                let b = self.channels.get_mut(&c)?;
+                b.pts += 1;
+                b.pts
+            }
+        };
+        let m = &mut self.messages[index];
         m.text = text.to_owned();
         m.edit_date = Some(now().max(m.date + 1));
         let edited = m.clone();
-        self.edits.push((self.pts, id));
-        Some((edited, self.pts))
+        self.edits.push((channel, pts, id));
+        Some((edited, pts))
+    }
+
+    /// The update of an edit: `updateEditMessage`, or `updateEditChannelMessage` in a channel.
+    fn edit_update(&self, m: &WorldMessage, pts: i32) -> tl::enums::Update {
+        let message = self.tl_message(m);
+        if m.peer.channel_id().is_some() {
+            tl::types::UpdateEditChannelMessage { message, pts, pts_count: 1 }.into()
+        } else {
+            tl::types::UpdateEditMessage { message, pts, pts_count: 1 }.into()
+        }
+    }
+
+    /// The edits of a box (`channel` `None`: the account's) with `from < pts <= to`, as
+    /// (pts, update).
+    fn edits_between(
+        &self,
+        channel: Option<i64>,
+        from: i32,
+        to: i32,
+    ) -> Vec<(i32, tl::enums::Update)> {
+        self.edits
+            .iter()
+            .filter(|(c, pts, _)| *c == channel && *pts > from && *pts <= to)
+            .filter_map(|(_, pts, id)| {
+                self.messages
+                    .iter()
+                    .find(|m| m.peer.channel_id() == channel && m.id == *id)
+                    .map(|m| (*pts, self.edit_update(m, *pts)))
+            })
+            .collect()
     }
 
     /// Deletes the messages `ids` of the account's private chats and basic groups
@@ -463,10 +512,8 @@ impl World {
     /// The `Updates` that pushes an edit.
     pub(crate) fn edit_updates_for(&self, m: &WorldMessage, pts: i32) -> tl::enums::Updates {
         let (users, chats) = self.involved(&[m]);
-        let update =
-            tl::types::UpdateEditMessage { message: self.tl_message(m), pts, pts_count: 1 };
-        tl::types::Updates { updates: vec![update.into()], users, chats, date: now(), seq: 0 }
-            .into()
+        let update = self.edit_update(m, pts);
+        tl::types::Updates { updates: vec![update], users, chats, date: now(), seq: 0 }.into()
     }
 
     fn tl_peer(peer: TestPeer) -> tl::enums::Peer {
@@ -1104,31 +1151,18 @@ impl World {
             .iter()
             .filter(|m| m.peer.channel_id().is_none() && m.pts > from_pts)
             .collect();
-        let edited: Vec<(i32, &WorldMessage)> = self
+        let edited: Vec<&WorldMessage> = self
             .edits
             .iter()
-            .filter(|(pts, _)| *pts > from_pts)
-            .filter_map(|(pts, id)| {
-                self.messages
-                    .iter()
-                    .find(|m| m.peer.channel_id().is_none() && m.id == *id)
-                    .map(|m| (*pts, m))
+            .filter(|(c, pts, _)| c.is_none() && *pts > from_pts)
+            .filter_map(|(_, _, id)| {
+                self.messages.iter().find(|m| m.peer.channel_id().is_none() && m.id == *id)
             })
             .collect();
         let mut involved = new.clone();
-        involved.extend(edited.iter().map(|(_, m)| *m));
+        involved.extend(edited);
         let (users, chats) = self.involved(&involved);
-        let mut other: Vec<(i32, tl::enums::Update)> = edited
-            .iter()
-            .map(|(pts, m)| {
-                let edit = tl::types::UpdateEditMessage {
-                    message: self.tl_message(m),
-                    pts: *pts,
-                    pts_count: 1,
-                };
-                (*pts, edit.into())
-            })
-            .collect();
+        let mut other = self.edits_between(None, from_pts, self.pts);
         other.extend(
             self.deletions
                 .iter()
@@ -1245,12 +1279,19 @@ impl World {
             pts: reached,
             timeout: None,
             new_messages: new.iter().map(|m| self.tl_message(m)).collect(),
-            other_updates: self
-                .deletions
-                .iter()
-                .filter(|d| d.channel == Some(channel) && d.pts > from_pts && d.pts <= reached)
-                .map(Deletion::update)
-                .collect(),
+            other_updates: {
+                let mut other = self.edits_between(Some(channel), from_pts, reached);
+                other.extend(
+                    self.deletions
+                        .iter()
+                        .filter(|d| {
+                            d.channel == Some(channel) && d.pts > from_pts && d.pts <= reached
+                        })
+                        .map(|d| (d.pts, d.update())),
+                );
+                other.sort_by_key(|(pts, _)| *pts);
+                other.into_iter().map(|(_, u)| u).collect()
+            },
             chats,
             users,
         }
