@@ -576,3 +576,41 @@ async fn channel_edits_and_deletions_made_while_stopped_are_applied_after_a_rest
     assert_eq!(texts(&inbound), ["c1", "c2 final", "c3"], "an edit is not a new message");
     assert_eq!(inbound.duplicates(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_joined_on_another_client_while_stopped_is_caught_up_from_the_announced_pts() {
+    let w = world().await;
+    let alice = w.server.add_user(2001, "Alice", None);
+    let inbound = account(&w.server);
+    let r = connected(&w.server, &inbound).await;
+    w.server.incoming(alice.id, "p0");
+    assert!(inbound.wait_for_messages(1, WAIT).await);
+    r.stop().await;
+    assert_eq!(stored_channel_pts(&inbound, w.news.id), None, "News is unknown so far");
+
+    // While stopped: News gets a post, the owner joins it on their phone, two more posts
+    // follow, and a private message moves the account's pts.
+    w.server.channel_message_silently(w.news.id, None, "before joining");
+    let start = w.server.join_channel_elsewhere(w.news.id).unwrap();
+    w.server.channel_message_silently(w.news.id, None, "n1");
+    w.server.channel_message_silently(w.news.id, None, "n2");
+    w.server.incoming_silently(alice.id, "p1");
+
+    let r = connected(&w.server, &inbound).await;
+    assert!(inbound.wait_for_messages(4, WAIT).await, "{:?}", inbound.messages());
+    let pts = w.server.channel_pts(w.news.id).map(i64::from);
+    assert!(
+        inbound.wait_until(WAIT, |s| stored_channel_pts(s, w.news.id) == pts).await,
+        "the channel's cursor is stored with its messages"
+    );
+    r.stop().await;
+
+    let got = texts(&inbound);
+    assert!(got.contains(&"n1".to_owned()) && got.contains(&"n2".to_owned()), "{got:?}");
+    assert!(got.contains(&"p1".to_owned()), "{got:?}");
+    assert!(!got.contains(&"before joining".to_owned()), "history is not a catch-up: {got:?}");
+    assert_eq!(by_text(&inbound.messages(), "n2").thread_key, thread(&w.news));
+    assert_eq!(inbound.duplicates(), 0);
+    let asked = channel_differences(&w.server);
+    assert!(asked.iter().any(|a| a.pts == start), "from the announced pts: {asked:?}");
+}

@@ -452,6 +452,16 @@ impl LoopbackServer {
         lock(&self.shared.world).channel_too_long_after = pts_gap;
     }
 
+    /// Notes that the owner joined supergroup or channel `channel` on another client while
+    /// this one was away; returns the channel's pts then (`None` for an unknown channel).
+    /// Like Telegram, `getDifference` then announces it with `updateChannelTooLong` carrying
+    /// that pts, to clients whose state is not newer than the account's pts now: the client
+    /// fetches the channel's messages since with `getChannelDifference`. A difference is only
+    /// non-empty once the account's pts moved on (a private message, say).
+    pub fn join_channel_elsewhere(&self, channel: i64) -> Option<i32> {
+        lock(&self.shared.world).join_channel_elsewhere(channel)
+    }
+
     /// Makes a send with a `random_id` already seen answer `500 RANDOM_ID_DUPLICATE` (as
     /// Telegram may) instead of the message sent before (the default).
     pub fn answer_duplicate_sends_with_error(&self, on: bool) {

@@ -202,6 +202,9 @@ pub(crate) struct World {
     edits: Vec<(Option<i64>, i32, i32)>,
     /// Deletions, for `getDifference` and `getChannelDifference`.
     deletions: Vec<Deletion>,
+    /// Channels joined on another client, as (the account's pts then, channel, the
+    /// channel's pts then): `getDifference` announces them with `updateChannelTooLong`.
+    joined_elsewhere: Vec<(i32, i64, i32)>,
     /// The message each `random_id` sent.
     by_random_id: HashMap<i64, (TestPeer, i32)>,
     /// Messages with a file, in the order their files were stored (see `DOCUMENT_BASE`).
@@ -246,6 +249,7 @@ impl World {
             messages: Vec::new(),
             edits: Vec::new(),
             deletions: Vec::new(),
+            joined_elsewhere: Vec::new(),
             by_random_id: HashMap::new(),
             documents: Vec::new(),
             too_long_after: None,
@@ -491,6 +495,14 @@ impl World {
         let deletion = Deletion { pts, channel, ids: found };
         self.deletions.push(deletion.clone());
         Some(deletion)
+    }
+
+    /// Notes that the owner joined `channel` on another client (see
+    /// `LoopbackServer::join_channel_elsewhere`); `None` when the channel is unknown.
+    pub(crate) fn join_channel_elsewhere(&mut self, channel: i64) -> Option<i32> {
+        let pts = self.channel_pts(channel)?;
+        self.joined_elsewhere.push((self.pts, channel, pts));
+        Some(pts)
     }
 
     /// The `Updates` that pushes a deletion.
@@ -1161,8 +1173,29 @@ impl World {
             .collect();
         let mut involved = new.clone();
         involved.extend(edited);
-        let (users, chats) = self.involved(&involved);
+        let (users, mut chats) = self.involved(&involved);
         let mut other = self.edits_between(None, from_pts, self.pts);
+        // Channels joined elsewhere since the client's state: `updateChannelTooLong` with
+        // the pts to start from (the channel is unknown to the client).
+        let joined: Vec<(i64, i32)> = self
+            .joined_elsewhere
+            .iter()
+            .filter(|(at, _, _)| *at >= from_pts)
+            .map(|&(_, channel, pts)| (channel, pts))
+            .collect();
+        for &(channel_id, pts) in &joined {
+            other.push((0, tl::types::UpdateChannelTooLong { channel_id, pts: Some(pts) }.into()));
+        }
+        let known: Vec<i64> = chats
+            .iter()
+            .filter_map(|c| match c {
+                tl::enums::Chat::Channel(c) => Some(c.id),
+                _ => None,
+            })
+            .collect();
+        chats.extend(self.tl_chats(
+            joined.iter().filter(|(c, _)| !known.contains(c)).map(|&(c, _)| TestPeer::Channel(c)),
+        ));
         other.extend(
             self.deletions
                 .iter()
