@@ -185,7 +185,8 @@ async fn raw_insert_once() -> Duration {
         .foreign_keys(true)
         // The same settings as the store's connections.
         .pragma("cache_size", "-32768")
-        .pragma("temp_store", "memory");
+        .pragma("temp_store", "memory")
+        .pragma("wal_autocheckpoint", "8000");
     let pool =
         SqlitePoolOptions::new().max_connections(1).connect_with(options).await.expect("pool");
     pool.execute(
@@ -245,7 +246,8 @@ async fn raw_insert_store_schema_once() -> Duration {
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         .pragma("cache_size", "-32768")
-        .pragma("temp_store", "memory");
+        .pragma("temp_store", "memory")
+        .pragma("wal_autocheckpoint", "8000");
     let pool =
         SqlitePoolOptions::new().max_connections(1).connect_with(options).await.expect("pool");
     let batches = ingest_requests(account);

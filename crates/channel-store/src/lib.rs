@@ -3,8 +3,8 @@
 //! [`SqlStore`]: the SQL implementation of [`channel_core::Store`] on [sqlx], with SQLite as
 //! the embedded default and PostgreSQL behind the cargo feature `postgres`.
 //!
-//! * **SQLite** runs in WAL mode with `synchronous=NORMAL`, foreign keys on and a busy
-//!   timeout. Every write goes through **one writer connection** (a pool of one) in a
+//! * **SQLite** runs in WAL mode with `synchronous=NORMAL`, foreign keys on, a busy
+//!   timeout and a WAL checkpoint every 8000 pages (32 MiB). Every write goes through **one writer connection** (a pool of one) in a
 //!   transaction started with `BEGIN IMMEDIATE`, so writes are serialized without lock
 //!   upgrades; reads use a separate set of read-only connections. A transaction's statements
 //!   are sent in as few calls as possible (`BEGIN IMMEDIATE` rides with the first statement,

@@ -179,7 +179,11 @@ impl SqlStoreOptions {
             .statement_cache_capacity(256)
             // A larger page cache than the default 2 MiB, and temporary b-trees in memory.
             .pragma("cache_size", "-32768")
-            .pragma("temp_store", "memory");
+            .pragma("temp_store", "memory")
+            // Checkpoint the WAL every 8000 pages (32 MiB) rather than SQLite's 1000: each
+            // checkpoint syncs the database file, and hot index pages rewritten by many
+            // commits are copied back once. Ingest runs about 30 % faster (benches/README.md).
+            .pragma("wal_autocheckpoint", "8000");
         let timeout = self.operation_timeout;
         let open = async {
             let write = Slots::open(connect.clone(), 1, true).await?;
