@@ -8,15 +8,16 @@
 //! queued so far (at most [`MAX_GROUP`]) and commits them together; whatever arrives while
 //! the slots are taken forms the next group. SQLite has one slot (one writer); PostgreSQL
 //! has half its connections, so completions that do not arrive together still commit side
-//! by side. A lone completion commits alone, as before, so nothing waits for company.
+//! by side. A lone completion commits alone in its caller's task, as before, so nothing
+//! waits for company.
 //!
 //! Each caller still returns only after the commit that holds its completion, with its own
 //! result: a stale lease is `LeaseLost` for that job alone and writes nothing of it. When the
 //! group's transaction fails as a whole (a busy database, a provider id that belongs to
 //! another message), every completion of it is run again on its own, with the usual retries,
-//! so one bad completion never fails the others. The group runs in its own task: a caller
-//! that gives up (its timeout) does not cancel the others' commit, and a completion whose
-//! caller has gone before its group started is dropped unrun.
+//! so one bad completion never fails the others. A group of several runs in its own task: a
+//! caller that gives up (its timeout) does not cancel the others' commit, and a completion
+//! whose caller has gone before its group started is dropped unrun.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -31,9 +32,13 @@ use crate::queue::{self, Completion};
 pub(crate) const MAX_GROUP: usize = 200;
 
 struct Queued {
+    /// Tells a caller's own completion from the others in a group it drains.
+    ticket: u64,
     completion: Completion,
     reply: oneshot::Sender<Res<()>>,
 }
+
+static NEXT_TICKET: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The queue of completions waiting for a group, and the slots of the groups in flight.
 pub(crate) struct GroupCommit {
@@ -65,10 +70,12 @@ impl GroupCommit {
     /// Completes one job, committed together with the completions that are queued with it.
     pub(crate) async fn complete(&self, store: &SqlStore, completion: Completion) -> Res<()> {
         let (reply, mut rx) = oneshot::channel();
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Queued { completion, reply });
+        let ticket = NEXT_TICKET.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner).push(Queued {
+            ticket,
+            completion,
+            reply,
+        });
         loop {
             tokio::select! {
                 biased;
@@ -89,6 +96,15 @@ impl GroupCommit {
                         // Ours is in a group in flight: its answer comes through `rx`.
                         drop(permit);
                         return rx.await.unwrap_or_else(|_| Err(interrupted()));
+                    }
+                    if let [only] = group.as_slice()
+                        && only.ticket == ticket
+                    {
+                        // Alone: commit in this task, as an ungrouped call would, without
+                        // the hops to a group task and back.
+                        let result = store.finish_completion(&only.completion).await;
+                        drop(permit);
+                        return result;
                     }
                     let store = store.clone();
                     let task = tokio::spawn(async move {
