@@ -52,7 +52,8 @@ pub(crate) async fn apply(
 
 /// Reads the difference of `channel` from `pts` (at most [`MAX_PAGES`] pages, each request
 /// under `timeout`) and applies the edits and deletions in it. A `channelDifferenceTooLong`
-/// ends the replay: what it skipped is lost (logged).
+/// or a difference longer than [`MAX_PAGES`] ends the replay: what it skipped is lost
+/// (logged).
 pub(crate) async fn replay_channel(
     client: &Client,
     inbound: &dyn Inbound,
@@ -95,5 +96,9 @@ pub(crate) async fn replay_channel(
             }
         }
     }
+    tracing::warn!(
+        pages = MAX_PAGES,
+        "a channel's difference is longer than the replay reads: later edits and deletions while away are not replayed"
+    );
     Ok(())
 }
