@@ -1,95 +1,22 @@
 //! `TelegramChannel` through the real grammers client against the loopback server.
 #![cfg(feature = "testing")]
 
+mod support;
+use support::*;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use channel_core::{
-    Channel, ChannelError, ConnectionState, Direction, HistoryRequest, IdentityInfo,
-    OutgoingMessage,
+    Channel, ChannelError, ConnectionState, Direction, HistoryRequest, OutgoingMessage,
 };
 use channel_telegram::session::{SESSION_KEY, UPDATES_KEY};
 use channel_telegram::testing::MemoryInbound;
 use channel_telegram::testing::loopback::{Fault, LoopbackServer, Reply};
-use channel_telegram::{TelegramChannel, TelegramConfig};
 use grammers_tl_types::{self as tl, Identifiable};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-const WAIT: Duration = Duration::from_secs(10);
 const SEND: u32 = tl::functions::messages::SendMessage::CONSTRUCTOR_ID;
 const PING: u32 = tl::functions::Ping::CONSTRUCTOR_ID;
-const GET_DIFFERENCE: u32 = tl::functions::updates::GetDifference::CONSTRUCTOR_ID;
-
-/// Short liveness settings so that stalls are found in well under a second.
-fn fast_config() -> TelegramConfig {
-    TelegramConfig::new(4242)
-        .ping_interval(Duration::from_millis(200))
-        .ping_deadline(Duration::from_millis(300))
-        .connect_timeout(Duration::from_millis(800))
-        .sync_interval(Duration::from_millis(100))
-        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100))
-        .send_timeout(Duration::from_secs(3))
-}
-
-struct Running {
-    channel: Arc<TelegramChannel>,
-    cancel: CancellationToken,
-    task: JoinHandle<Result<(), ChannelError>>,
-}
-
-impl Running {
-    async fn stop(self) -> Result<(), ChannelError> {
-        self.cancel.cancel();
-        self.task.await.expect("run does not panic")
-    }
-}
-
-fn account(server: &LoopbackServer) -> Arc<MemoryInbound> {
-    let inbound = Arc::new(MemoryInbound::new());
-    inbound.set_state(SESSION_KEY, &server.stored_session().to_bytes());
-    inbound
-}
-
-async fn run(inbound: &Arc<MemoryInbound>) -> Running {
-    let channel = Arc::new(TelegramChannel::new(fast_config()));
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn({
-        let channel = Arc::clone(&channel);
-        let inbound: Arc<dyn channel_core::Inbound> = inbound.clone();
-        let cancel = cancel.clone();
-        async move { channel.run(inbound, cancel).await }
-    });
-    Running { channel, cancel, task }
-}
-
-async fn connected(server: &LoopbackServer, inbound: &Arc<MemoryInbound>) -> Running {
-    let r = run(inbound).await;
-    assert!(
-        inbound.wait_for_state(WAIT, |s| *s == ConnectionState::Connected).await,
-        "connected: {:?}",
-        inbound.states()
-    );
-    // The update stream has asked for its state or difference: pushes are seen from now on.
-    let asked = tl::functions::updates::GetState::CONSTRUCTOR_ID;
-    let _ = server.wait_for_requests(asked, 1, Duration::from_millis(500)).await
-        || server.wait_for_requests(GET_DIFFERENCE, 1, Duration::from_millis(500)).await;
-    r
-}
-
-fn outgoing(thread_key: &str, key: &str, text: &str) -> OutgoingMessage {
-    OutgoingMessage {
-        message_id: channel_core::MessageId::new(),
-        client_key: key.to_owned(),
-        thread_key: thread_key.to_owned(),
-        remote: IdentityInfo::new(format!("tg:{thread_key}")),
-        text: Some(text.to_owned()),
-        html: None,
-        reply_to: None,
-        references: Vec::new(),
-        attachments: Vec::new(),
-    }
-}
 
 fn random_ids(server: &LoopbackServer) -> Vec<i64> {
     server

@@ -2,112 +2,24 @@
 //! server: their own message ids and `pts`, `updates.getChannelDifference`, sends and history.
 #![cfg(feature = "testing")]
 
+mod support;
+use support::*;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use channel_core::{
-    BlobStore, Channel, ChannelError, ConnectionState, Direction, HistoryRequest, IdentityInfo,
-    InboundAttachment, InboundMessage, OutgoingMessage,
+    BlobStore, Channel, ChannelError, Direction, HistoryRequest, InboundAttachment, InboundMessage,
 };
-use channel_telegram::session::{SESSION_KEY, UPDATES_KEY};
+use channel_telegram::TelegramChannel;
+use channel_telegram::session::UPDATES_KEY;
 use channel_telegram::testing::MemoryInbound;
 use channel_telegram::testing::loopback::{LoopbackServer, TestChannel, TestUser};
-use channel_telegram::{TelegramChannel, TelegramConfig};
 use grammers_tl_types::{self as tl, Identifiable};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-const WAIT: Duration = Duration::from_secs(10);
 const SEND: u32 = tl::functions::messages::SendMessage::CONSTRUCTOR_ID;
 const SEND_MEDIA: u32 = tl::functions::messages::SendMedia::CONSTRUCTOR_ID;
-const GET_STATE: u32 = tl::functions::updates::GetState::CONSTRUCTOR_ID;
-const GET_DIFFERENCE: u32 = tl::functions::updates::GetDifference::CONSTRUCTOR_ID;
 const GET_CHANNEL_DIFFERENCE: u32 = tl::functions::updates::GetChannelDifference::CONSTRUCTOR_ID;
 const GET_HISTORY: u32 = tl::functions::messages::GetHistory::CONSTRUCTOR_ID;
-
-fn fast_config() -> TelegramConfig {
-    TelegramConfig::new(4242)
-        .ping_interval(Duration::from_millis(200))
-        .ping_deadline(Duration::from_millis(300))
-        .connect_timeout(Duration::from_millis(800))
-        .sync_interval(Duration::from_millis(100))
-        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100))
-        .send_timeout(Duration::from_secs(3))
-}
-
-struct Running {
-    channel: Arc<TelegramChannel>,
-    cancel: CancellationToken,
-    task: JoinHandle<Result<(), ChannelError>>,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.cancel.cancel();
-        self.task.await.expect("run does not panic").expect("run ends cleanly");
-    }
-}
-
-fn account(server: &LoopbackServer) -> Arc<MemoryInbound> {
-    let inbound = Arc::new(MemoryInbound::new());
-    inbound.set_state(SESSION_KEY, &server.stored_session().to_bytes());
-    inbound
-}
-
-async fn run_with(inbound: &Arc<MemoryInbound>, channel: TelegramChannel) -> Running {
-    let channel = Arc::new(channel);
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn({
-        let channel = Arc::clone(&channel);
-        let inbound: Arc<dyn channel_core::Inbound> = inbound.clone();
-        let cancel = cancel.clone();
-        async move { channel.run(inbound, cancel).await }
-    });
-    Running { channel, cancel, task }
-}
-
-/// Runs the channel and waits until its update stream listens (a first connection asks for
-/// the state, a later one for the difference).
-async fn connected_with(
-    server: &LoopbackServer,
-    inbound: &Arc<MemoryInbound>,
-    channel: TelegramChannel,
-) -> Running {
-    let state_before = server.requests_of(GET_STATE).len();
-    let diff_before = server.requests_of(GET_DIFFERENCE).len();
-    let r = run_with(inbound, channel).await;
-    assert!(
-        inbound.wait_for_state(WAIT, |s| *s == ConnectionState::Connected).await,
-        "connected: {:?}",
-        inbound.states()
-    );
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while server.requests_of(GET_STATE).len() == state_before
-        && server.requests_of(GET_DIFFERENCE).len() == diff_before
-    {
-        assert!(tokio::time::Instant::now() < deadline, "the update stream never started");
-        server.wait_for_requests(GET_STATE, state_before + 1, Duration::from_millis(50)).await;
-    }
-    r
-}
-
-async fn connected(server: &LoopbackServer, inbound: &Arc<MemoryInbound>) -> Running {
-    connected_with(server, inbound, TelegramChannel::new(fast_config())).await
-}
-
-fn outgoing(thread_key: &str, key: &str, text: &str) -> OutgoingMessage {
-    OutgoingMessage {
-        message_id: channel_core::MessageId::new(),
-        client_key: key.to_owned(),
-        thread_key: thread_key.to_owned(),
-        remote: IdentityInfo::new(format!("tg:{thread_key}")),
-        text: Some(text.to_owned()),
-        html: None,
-        reply_to: None,
-        references: Vec::new(),
-        attachments: Vec::new(),
-    }
-}
 
 /// A server with Bob, a supergroup "Team" (5001) and a public broadcast channel "News" (6001).
 struct World {
@@ -172,7 +84,7 @@ async fn a_supergroup_message_is_delivered_once_in_the_supergroups_thread_with_t
     assert!(inbound.wait_for_messages(1, WAIT).await, "{:?}", inbound.messages());
     // The channel's cursor goes with the message.
     assert_eq!(stored_channel_pts(&inbound, w.team.id), Some(i64::from(m.pts)));
-    r.stop().await;
+    r.stop_cleanly().await;
 
     let got = inbound.messages();
     assert_eq!(got.len(), 1, "{got:?}");
@@ -197,7 +109,7 @@ async fn a_supergroup_message_the_owner_sent_from_another_app_is_stored_as_outbo
     w.server.channel_message(w.team.id, Some(w.bob.id), "question?");
     let mine = w.server.channel_message(w.team.id, Some(me.id), "answered from my phone");
     assert!(inbound.wait_for_messages(2, WAIT).await, "{:?}", inbound.messages());
-    r.stop().await;
+    r.stop_cleanly().await;
 
     let got = by_text(&inbound.messages(), "answered from my phone");
     assert_eq!(got.direction, Direction::Outbound);
@@ -216,7 +128,7 @@ async fn a_broadcast_channel_post_is_delivered_with_the_channel_as_remote() {
 
     let post = w.server.channel_message(w.news.id, None, "breaking news");
     assert!(inbound.wait_for_messages(1, WAIT).await, "{:?}", inbound.messages());
-    r.stop().await;
+    r.stop_cleanly().await;
 
     let got = inbound.messages().remove(0);
     assert_eq!(got.direction, Direction::Inbound);
@@ -239,7 +151,7 @@ async fn a_send_into_a_broadcast_channel_the_owner_may_not_write_to_fails_perman
     assert!(matches!(err, Err(ChannelError::Permanent(_))), "{err:?}");
     assert_eq!(w.server.requests_of(SEND).len(), 1, "asked once, not retried");
     assert!(w.server.messages().iter().all(|m| !m.out));
-    r.stop().await;
+    r.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,7 +173,7 @@ async fn a_send_into_a_supergroup_goes_out_once_and_its_echo_is_not_a_second_mes
     let phone = w.server.outgoing_from_other_app(alice.id, "from my phone");
     assert_eq!(phone.id, sent.id, "the test needs colliding ids");
     assert!(inbound.wait_for_messages(4, WAIT).await, "{:?}", inbound.messages());
-    r.stop().await;
+    r.stop_cleanly().await;
 
     assert_eq!(receipt.provider_id, format!("{}:{}", thread(&w.team), sent.id));
     assert_eq!(sent.peer, w.team.peer());
@@ -311,7 +223,7 @@ async fn a_document_sent_into_a_supergroup_is_uploaded_and_stored_once_with_its_
     message.attachments = vec![notes];
     let receipt = r.channel.send(&message).await.unwrap();
     assert!(inbound.wait_for_messages(2, WAIT).await, "the echo: {:?}", inbound.messages());
-    r.stop().await;
+    r.stop_cleanly().await;
 
     let sent: Vec<_> = w.server.messages().into_iter().filter(|m| m.media.is_some()).collect();
     assert_eq!(sent.len(), 1, "sent once");
@@ -333,7 +245,7 @@ async fn channel_messages_posted_while_stopped_are_caught_up_once_after_a_restar
     let r = connected(&w.server, &inbound).await;
     let first = w.server.channel_message(w.team.id, Some(w.bob.id), "c0");
     assert!(inbound.wait_for_messages(1, WAIT).await);
-    r.stop().await;
+    r.stop_cleanly().await;
     assert_eq!(stored_channel_pts(&inbound, w.team.id), Some(i64::from(first.pts)));
 
     for t in ["c1", "c2", "c3"] {
@@ -347,7 +259,7 @@ async fn channel_messages_posted_while_stopped_are_caught_up_once_after_a_restar
     // The cursor moves to the channel's pts with the last message it covers.
     let pts = w.server.channel_pts(w.team.id).map(i64::from);
     assert!(inbound.wait_until(WAIT, |s| stored_channel_pts(s, w.team.id) == pts).await);
-    r.stop().await;
+    r.stop_cleanly().await;
 
     let team: Vec<String> = texts(&inbound).into_iter().filter(|t| t.starts_with('c')).collect();
     assert_eq!(team, ["c0", "c1", "c2", "c3"]);
@@ -374,7 +286,7 @@ async fn channel_messages_posted_while_stopped_are_caught_up_once_after_a_restar
         channel_differences(&w.server)[before].pts,
         w.server.channel_pts(w.team.id).unwrap()
     );
-    r.stop().await;
+    r.stop_cleanly().await;
     assert_eq!(inbound.message_count(), 5);
     assert_eq!(inbound.duplicates(), 0);
 }
@@ -386,7 +298,7 @@ async fn a_channel_difference_larger_than_one_page_is_caught_up_in_order_in_page
     let r = connected(&w.server, &inbound).await;
     w.server.channel_message(w.team.id, Some(w.bob.id), "m000");
     assert!(inbound.wait_for_messages(1, WAIT).await);
-    r.stop().await;
+    r.stop_cleanly().await;
 
     // grammers asks for 100 messages at once: 130 take two pages.
     for i in 1..=130 {
@@ -396,7 +308,7 @@ async fn a_channel_difference_larger_than_one_page_is_caught_up_in_order_in_page
     assert!(inbound.wait_for_messages(131, WAIT).await, "{}", inbound.message_count());
     let pts = w.server.channel_pts(w.team.id).map(i64::from);
     assert!(inbound.wait_until(WAIT, |s| stored_channel_pts(s, w.team.id) == pts).await);
-    r.stop().await;
+    r.stop_cleanly().await;
 
     let expected: Vec<String> = (0..=130).map(|i| format!("m{i:03}")).collect();
     assert_eq!(texts(&inbound), expected);
@@ -418,7 +330,7 @@ async fn a_gap_in_a_channels_pts_while_running_is_filled_with_get_channel_differ
     w.server.channel_message_silently(w.team.id, Some(w.bob.id), "two");
     w.server.channel_message(w.team.id, Some(w.bob.id), "three");
     assert!(inbound.wait_for_messages(3, WAIT).await, "{:?}", inbound.messages());
-    r.stop().await;
+    r.stop_cleanly().await;
 
     assert_eq!(texts(&inbound), ["one", "two", "three"]);
     assert_eq!(inbound.duplicates(), 0);
@@ -434,7 +346,7 @@ async fn a_too_long_channel_difference_is_reconciled_from_the_channels_history()
     let r = connected(&w.server, &inbound).await;
     w.server.channel_message(w.team.id, Some(w.bob.id), "c0");
     assert!(inbound.wait_for_messages(1, WAIT).await);
-    r.stop().await;
+    r.stop_cleanly().await;
 
     // While offline, more than Telegram gives as a channel difference.
     w.server.set_channel_too_long_after(Some(1));
@@ -451,7 +363,7 @@ async fn a_too_long_channel_difference_is_reconciled_from_the_channels_history()
     w.server.set_channel_too_long_after(None);
     w.server.channel_message(w.team.id, Some(w.bob.id), "c4");
     assert!(inbound.wait_for_messages(5, WAIT).await);
-    r.stop().await;
+    r.stop_cleanly().await;
 
     assert_eq!(texts(&inbound), ["c0", "c1", "c2", "c3", "c4"]);
     assert_eq!(inbound.duplicates(), 0, "nothing delivered twice");
@@ -495,7 +407,7 @@ async fn supergroup_history_honours_the_limit_newest_first_and_before() {
         .unwrap();
     let older_texts: Vec<_> = older.iter().map(|m| m.text.clone().unwrap()).collect();
     assert_eq!(older_texts, ["m1", "m0"]);
-    r.stop().await;
+    r.stop_cleanly().await;
 
     // Asked of the channel with its access hash.
     let asked = w.server.requests_of(GET_HISTORY);
@@ -528,7 +440,7 @@ async fn a_deletion_in_a_supergroup_names_the_channels_message_not_a_private_one
     assert!(inbound.wait_for_messages(3, WAIT).await, "{:?}", inbound.messages());
     assert!(inbound.wait_until(WAIT, |s| stored_channel_pts(s, w.team.id) > pts).await);
     assert_eq!(stored_channel_pts(&inbound, w.team.id), Some(i64::from(c2.pts)));
-    r.stop().await;
+    r.stop_cleanly().await;
 
     assert_eq!(
         inbound.deleted(),
@@ -549,7 +461,7 @@ async fn channel_edits_and_deletions_made_while_stopped_are_applied_after_a_rest
     // Live, a channel edit arrives as updateEditChannelMessage.
     w.server.edit_in_channel(w.team.id, c2.id, "c2 second draft").unwrap();
     assert!(inbound.wait_until(WAIT, |s| !s.edits().is_empty()).await, "no live edit");
-    r.stop().await;
+    r.stop_cleanly().await;
 
     // While stopped: an edit, a deletion and a new message. grammers drops the first two
     // from the channel difference; the channel replays them itself.
@@ -566,7 +478,7 @@ async fn channel_edits_and_deletions_made_while_stopped_are_applied_after_a_rest
     );
     let pts = w.server.channel_pts(w.team.id).map(i64::from);
     assert!(inbound.wait_until(WAIT, |s| stored_channel_pts(s, w.team.id) == pts).await);
-    r.stop().await;
+    r.stop_cleanly().await;
 
     assert_eq!(inbound.deleted(), [format!("{}:{}", thread(&w.team), c1.id)]);
     assert_eq!(
@@ -585,7 +497,7 @@ async fn a_channel_joined_on_another_client_while_stopped_is_caught_up_from_the_
     let r = connected(&w.server, &inbound).await;
     w.server.incoming(alice.id, "p0");
     assert!(inbound.wait_for_messages(1, WAIT).await);
-    r.stop().await;
+    r.stop_cleanly().await;
     assert_eq!(stored_channel_pts(&inbound, w.news.id), None, "News is unknown so far");
 
     // While stopped: News gets a post, the owner joins it on their phone, two more posts
@@ -603,7 +515,7 @@ async fn a_channel_joined_on_another_client_while_stopped_is_caught_up_from_the_
         inbound.wait_until(WAIT, |s| stored_channel_pts(s, w.news.id) == pts).await,
         "the channel's cursor is stored with its messages"
     );
-    r.stop().await;
+    r.stop_cleanly().await;
 
     let got = texts(&inbound);
     assert!(got.contains(&"n1".to_owned()) && got.contains(&"n2".to_owned()), "{got:?}");
