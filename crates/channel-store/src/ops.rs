@@ -556,8 +556,8 @@ pub(crate) async fn apply_edit(
     }
 }
 
-/// Applies a deletion (see `Store::apply_deletion`): `UPDATE ... RETURNING` over the ids in
-/// lists of at most 512, only rows not marked deleted yet.
+/// Applies a deletion (see `Store::apply_deletion`): one `UPDATE ... RETURNING` over the ids
+/// (at most `InboundDeletion::MAX_IDS`), only rows not marked deleted yet.
 pub(crate) async fn apply_deletion(
     tx: &mut crate::db::Tx,
     account: AccountId,
@@ -572,24 +572,21 @@ pub(crate) async fn apply_deletion(
     for id in &deletion.provider_ids {
         crate::limits::key("provider_id", id)?;
     }
+    if deletion.provider_ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let acc = account.to_string();
     let ids: Vec<&str> = deletion.provider_ids.iter().map(String::as_str).collect();
-    let mut changed = Vec::new();
-    for chunk in ids.chunks(512) {
-        let mut q = crate::db::Sql::new("UPDATE messages SET deleted_at = ");
-        q.bind(deletion.deleted_at.0)
-            .push(", updated_at = ")
-            .bind(now.0)
-            .push(" WHERE account_id = ")
-            .bind(acc.as_str())
-            .push(" AND deleted_at IS NULL AND provider_id IN ")
-            .in_list(chunk)
-            .push(&format!(" RETURNING {}", codec::MESSAGE_READ_COLS));
-        for row in tx.fetch_all(&q.text, &q.args).await? {
-            changed.push(codec::message(&row)?);
-        }
-    }
-    Ok(changed)
+    let mut q = crate::db::Sql::new("UPDATE messages SET deleted_at = ");
+    q.bind(deletion.deleted_at.0)
+        .push(", updated_at = ")
+        .bind(now.0)
+        .push(" WHERE account_id = ")
+        .bind(acc.as_str())
+        .push(" AND deleted_at IS NULL AND provider_id IN ")
+        .in_list(&ids)
+        .push(&format!(" RETURNING {}", codec::MESSAGE_READ_COLS));
+    all(tx.fetch_all(&q.text, &q.args).await?, codec::message).map_err(Into::into)
 }
 
 pub(crate) async fn messages(

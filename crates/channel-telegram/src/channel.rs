@@ -200,21 +200,15 @@ impl TelegramChannel {
     ) -> Result<(), ChannelError> {
         for c in live.session.committed_updates().channels {
             let Some(peer) = PeerId::channel(c.id) else { continue };
-            let peer_ref = match self.resolve(live, peer).await {
-                Ok(r) => r,
-                Err(ChannelError::Permanent(e)) => {
-                    tracing::warn!(error = %e, "cannot replay a channel's edits and deletions");
-                    continue;
-                }
-                Err(e) => return Err(e),
+            let replay = async {
+                let peer_ref = self.resolve(live, peer).await?;
+                let input = tl::enums::InputChannel::from(&peer_ref);
+                let timeout = self.config.send_timeout;
+                changes::replay_channel(&live.client, inbound.as_ref(), input, c.pts, timeout).await
             };
-            let input = tl::enums::InputChannel::from(&peer_ref);
-            let timeout = self.config.send_timeout;
-            match changes::replay_channel(&live.client, inbound.as_ref(), input, c.pts, timeout)
-                .await
-            {
+            match replay.await {
                 Ok(()) => {}
-                // Left, banned, or the channel is gone: nothing to replay, others go on.
+                // Not in the peer cache, left, banned, or gone: nothing to replay; others go on.
                 Err(ChannelError::Permanent(e)) => {
                     tracing::warn!(error = %e, "cannot replay a channel's edits and deletions");
                 }

@@ -410,23 +410,24 @@ impl World {
     ) -> Option<(WorldMessage, i32)> {
         let index =
             self.messages.iter().position(|m| m.peer.channel_id() == channel && m.id == id)?;
-        let pts = match channel {
-            None => {
-                self.pts += 1;
-                self.pts
-            }
-            Some(c) => {
-                let b = self.channels.get_mut(&c)?;
-                b.pts += 1;
-                b.pts
-            }
-        };
+        let pts = self.advance_pts(channel, 1)?;
         let m = &mut self.messages[index];
         m.text = text.to_owned();
         m.edit_date = Some(now().max(m.date + 1));
         let edited = m.clone();
         self.edits.push((channel, pts, id));
         Some((edited, pts))
+    }
+
+    /// Advances the `pts` of a box (`channel` `None`: the account's) by `by` and returns it;
+    /// `None` for an unknown channel.
+    fn advance_pts(&mut self, channel: Option<i64>, by: i32) -> Option<i32> {
+        let pts = match channel {
+            None => &mut self.pts,
+            Some(c) => &mut self.channels.get_mut(&c)?.pts,
+        };
+        *pts = pts.saturating_add(by);
+        Some(*pts)
     }
 
     /// The update of an edit: `updateEditMessage`, or `updateEditChannelMessage` in a channel.
@@ -464,10 +465,7 @@ impl World {
     /// they leave the history and the box's `pts` advances by their number. Ids that are not
     /// there are passed over; `None` when none is.
     pub(crate) fn delete(&mut self, channel: Option<i64>, ids: &[i32]) -> Option<Deletion> {
-        let in_box = |m: &WorldMessage| match channel {
-            None => m.peer.channel_id().is_none(),
-            Some(c) => m.peer == TestPeer::Channel(c),
-        };
+        let in_box = |m: &WorldMessage| m.peer.channel_id() == channel;
         let mut found: Vec<i32> = self
             .messages
             .iter()
@@ -479,18 +477,7 @@ impl World {
         if found.is_empty() {
             return None;
         }
-        let count = i32::try_from(found.len()).unwrap_or(i32::MAX);
-        let pts = match channel {
-            None => {
-                self.pts = self.pts.saturating_add(count);
-                self.pts
-            }
-            Some(c) => {
-                let b = self.channels.get_mut(&c)?;
-                b.pts = b.pts.saturating_add(count);
-                b.pts
-            }
-        };
+        let pts = self.advance_pts(channel, i32::try_from(found.len()).unwrap_or(i32::MAX))?;
         self.messages.retain(|m| !(in_box(m) && found.contains(&m.id)));
         let deletion = Deletion { pts, channel, ids: found };
         self.deletions.push(deletion.clone());
