@@ -352,3 +352,30 @@ async fn a_deletion_through_the_sink_marks_the_messages_and_is_published_once() 
     assert_eq!(h.store.message(two.message_id).await.unwrap().deleted_at, None, "nothing marked");
     assert!(h.drain_events().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn bytes_that_are_not_utf8_are_stored_replaced_and_flagged_with_the_raw_bytes_kept() {
+    let h = harness().await;
+    // What a channel does with provider bytes it cannot trust: decode, flag, keep the raw.
+    let raw: &[u8] = b"caf\xe9 \x00ok";
+    let decoded = validate::DecodedText::from_bytes(raw);
+    assert!(decoded.lossy);
+    let mut m = text("m-bytes", "chat", "tg:1", &decoded.text);
+    m.parse_error = Some("the text was not valid UTF-8".into());
+    m.attachments = vec![InboundAttachment {
+        name: None,
+        mime_type: "application/octet-stream".into(),
+        data: bytes::Bytes::copy_from_slice(raw),
+    }];
+    let outcome = h.engine.deliver(h.account.id, m).await.unwrap();
+
+    let stored = h.store.message(outcome.message_id).await.unwrap();
+    assert_eq!(stored.text.as_deref(), Some("caf\u{FFFD} \u{FFFD}ok"));
+    assert!(stored.parse_error.is_some());
+    let blob = &stored.attachments[0];
+    assert_eq!(&h.engine.blobs().get(&blob.blob_key).await.unwrap()[..], raw, "kept byte for byte");
+
+    // Decoding valid text changes nothing and flags nothing.
+    let clean = validate::DecodedText::from_bytes("grüß".as_bytes());
+    assert_eq!((clean.text.as_str(), clean.lossy), ("grüß", false));
+}

@@ -272,3 +272,41 @@ impl SqlStoreOptions {
         Ok(store)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::SqlStore;
+
+    /// `PRAGMA name` as an integer or text, on the writer or on a reader.
+    async fn pragma(store: &SqlStore, name: &str, writer: bool) -> String {
+        let pools = store.pools();
+        let ex = if writer { pools.autocommit_writer() } else { pools.reader() };
+        let row = ex
+            .fetch_optional(&format!("PRAGMA {name}"), &[])
+            .await
+            .expect("pragma")
+            .expect("a row");
+        // The result column is named after the pragma, but for `busy_timeout` (`timeout`).
+        let col = if name == "busy_timeout" { "timeout" } else { name };
+        row.text(col).or_else(|_| row.int(col).map(|n| n.to_string())).expect("value")
+    }
+
+    #[tokio::test]
+    async fn sqlite_connections_run_with_the_documented_settings() {
+        let store = SqlStore::builder()
+            .busy_timeout(std::time::Duration::from_millis(4_321))
+            .open_sqlite_in_memory()
+            .await
+            .expect("store");
+        for writer in [true, false] {
+            assert_eq!(pragma(&store, "journal_mode", writer).await, "wal");
+            // NORMAL is 1.
+            assert_eq!(pragma(&store, "synchronous", writer).await, "1");
+            assert_eq!(pragma(&store, "foreign_keys", writer).await, "1");
+            assert_eq!(pragma(&store, "busy_timeout", writer).await, "4321");
+            assert_eq!(pragma(&store, "wal_autocheckpoint", writer).await, "8000");
+        }
+        assert_eq!(pragma(&store, "query_only", true).await, "0", "one writer");
+        assert_eq!(pragma(&store, "query_only", false).await, "1", "readers only read");
+    }
+}

@@ -162,3 +162,32 @@ impl NewAccount {
         Self { id: AccountId::new(), kind, display_name: display_name.into(), enabled: true }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason() -> String {
+        "why".to_owned()
+    }
+
+    #[test]
+    fn every_connection_state_names_the_action_the_user_must_take() {
+        let cases = [
+            (ConnectionState::Connecting, UserAction::None, "connecting"),
+            (ConnectionState::Connected, UserAction::None, "connected"),
+            (
+                ConnectionState::TransientDisconnect { reason: reason() },
+                UserAction::None,
+                "transient_disconnect",
+            ),
+            (ConnectionState::NeedsLogin { reason: reason() }, UserAction::LogIn, "needs_login"),
+            (ConnectionState::LoggedOut, UserAction::LogIn, "logged_out"),
+            (ConnectionState::Failed { reason: reason() }, UserAction::FixConfiguration, "failed"),
+        ];
+        for (state, action, name) in cases {
+            assert_eq!(state.action(), action, "{state:?}");
+            assert_eq!(state.name(), name);
+        }
+    }
+}

@@ -215,6 +215,22 @@ pub async fn accounts_crud_and_connection_state(store: Arc<dyn Store>) {
     assert_eq!(updated.connection, state);
     assert_eq!(store.account(a.id).await.expect("account").connection, state);
     assert_eq!(store.account(b.id).await.expect("account"), b, "other accounts are untouched");
+    // Every state, with its reason, is kept as it was set.
+    for (n, state) in [
+        ConnectionState::Connected,
+        ConnectionState::TransientDisconnect { reason: "connection reset".to_owned() },
+        ConnectionState::LoggedOut,
+        ConnectionState::Failed { reason: "unknown host".to_owned() },
+        ConnectionState::Connecting,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let updated =
+            store.set_connection_state(b.id, &state, at(10 + n as i64)).await.expect("set state");
+        assert_eq!(updated.connection, state);
+        assert_eq!(store.account(b.id).await.expect("account").connection, state);
+    }
 
     let unknown = AccountId::new();
     assert!(is_not_found(&store.account(unknown).await.expect_err("unknown account")));
