@@ -33,6 +33,15 @@ pub enum EngineError {
     /// The store failed; [`StoreError::is_transient`] says whether to retry.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The account's channel, attached in this process, does not do this (see
+    /// [`Capabilities`](crate::Capabilities)); nothing was queued.
+    #[error("the channel of account {account} does not support {capability}")]
+    Unsupported {
+        /// The account.
+        account: AccountId,
+        /// The missing capability: `history`.
+        capability: &'static str,
+    },
     /// The engine was configured wrongly.
     #[error("engine configuration: {0}")]
     Config(String),
@@ -68,6 +77,7 @@ impl From<EngineError> for ChannelError {
                 ChannelError::InvalidInput(e.to_string())
             }
             EngineError::UnknownAccount(_)
+            | EngineError::Unsupported { .. }
             | EngineError::Config(_)
             | EngineError::InvalidSetting { .. } => ChannelError::Permanent(e.to_string()),
             EngineError::State(

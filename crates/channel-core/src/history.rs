@@ -40,12 +40,20 @@ pub struct HistoryReport {
 impl Engine {
     /// Queues a history sync for `account`. The page size is clamped to the configured maximum
     /// (500) and defaults to 100. The same request while one is unfinished returns that job.
+    /// When the account's channel is attached in this process and its capabilities have no
+    /// history, nothing is queued: [`EngineError::Unsupported`]. A job queued while the
+    /// channel ran elsewhere is discarded by the worker whose channel cannot fetch history.
     pub async fn request_history(
         &self,
         account: AccountId,
         request: HistoryRequest,
     ) -> Result<JobId, EngineError> {
         self.require_account(account).await?;
+        if let Some(channel) = self.channel(account)
+            && !channel.capabilities().history
+        {
+            return Err(EngineError::Unsupported { account, capability: "history" });
+        }
         let cfg = &self.inner.config;
         let limit =
             if request.limit == 0 { cfg.history_limit } else { request.limit.min(cfg.history_max) };
@@ -102,6 +110,10 @@ impl Engine {
             ReadyChannel::Ready(c) => c,
             ReadyChannel::Snoozed => return Ok(()),
         };
+        if !channel.capabilities().history {
+            let reason = "the account's channel does not fetch history (its capabilities)";
+            return run.discard(self, reason, None).await;
+        }
         let request = HistoryRequest {
             thread_key: args.thread_key,
             limit: args.limit.clamp(1, self.inner.config.history_max),

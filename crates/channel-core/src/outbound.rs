@@ -155,6 +155,12 @@ impl Engine {
             ReadyChannel::Ready(c) => c,
             ReadyChannel::Snoozed => return Ok(()),
         };
+        if !message.attachments.is_empty() && !channel.capabilities().media {
+            // Sending the text alone would silently drop what the user attached.
+            let reason = "the account's channel cannot send attachments (its capabilities have \
+                          no media)";
+            return self.fail_message(run, &message, reason).await;
+        }
         let conversation =
             self.db("conversation", store.conversation(message.conversation_id)).await?;
         let identity = self.db("identity", store.identity(message.identity_id)).await?;

@@ -2,9 +2,11 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use channel_core::dispatcher::Dispatcher;
+use channel_core::testing::MemoryChannel;
 use channel_core::*;
 use common::*;
 
@@ -62,4 +64,32 @@ async fn invalid_history_messages_are_skipped_not_fatal() {
     msgs.push(text("bad", "chat", "tg:42", "nul\0"));
     let report = h.engine.ingest_history(h.account.id, msgs).await.unwrap();
     assert_eq!((report.fetched, report.stored, report.skipped), (3, 2, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_channel_without_history_refuses_the_request_and_discards_a_job_queued_before() {
+    let h = harness().await;
+    // Queued while a channel that fetches history was attached (here, or in another process).
+    let queued = h.engine.request_history(h.account.id, HistoryRequest::default()).await.unwrap();
+    let no_history = Arc::new(
+        MemoryChannel::new()
+            .with_capabilities(Capabilities { history: false, ..h.channel.capabilities() }),
+    );
+    no_history.set_history(page(3));
+    h.engine.attach_channel(h.account.id, no_history.clone());
+
+    let other = HistoryRequest { thread_key: Some("other".into()), ..Default::default() };
+    let refused = h.engine.request_history(h.account.id, other).await;
+    assert!(
+        matches!(refused, Err(EngineError::Unsupported { capability: "history", .. })),
+        "{refused:?}"
+    );
+
+    let d = Dispatcher::new(h.engine.clone());
+    assert_eq!(d.run_once().await.unwrap(), 1, "only the job queued before exists");
+    let job = h.store.job(queued).await.unwrap();
+    assert_eq!(job.state, JobState::Discarded);
+    assert!(job.last_error.as_deref().unwrap_or_default().contains("does not fetch history"));
+    assert!(no_history.history_requests().is_empty(), "the channel was never asked");
+    assert!(h.store.message_by_provider_id(h.account.id, "h0").await.unwrap().is_none());
 }

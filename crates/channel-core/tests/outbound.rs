@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use channel_core::dispatcher::Dispatcher;
 use channel_core::retry::RetryPolicy;
 use channel_core::send_policy::{RateLimitPolicy, SendContext, SendDecision, SendPolicy};
-use channel_core::testing::SendScript;
+use channel_core::testing::{MemoryChannel, SendScript};
 use channel_core::*;
 use common::*;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +62,68 @@ async fn an_outbound_message_reaches_sent_with_the_provider_id() {
     assert_eq!(sends[0].remote.address, "tg:42");
     assert_eq!(sends[0].references, vec!["first-chat".to_owned()]);
     assert_eq!(h.job_of(id).await.state, JobState::Completed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attachment_for_a_channel_without_media_fails_the_send_instead_of_dropping_it() {
+    let mut h = harness().await;
+    let conversation = h.conversation("chat").await;
+    let text_only = Arc::new(
+        MemoryChannel::new()
+            .with_capabilities(Capabilities { media: false, ..h.channel.capabilities() }),
+    );
+    h.engine.attach_channel(h.account.id, text_only.clone());
+    let mut message = reply(conversation, "see the file");
+    message.attachments = vec![InboundAttachment {
+        name: Some("report.pdf".into()),
+        mime_type: "application/pdf".into(),
+        data: bytes::Bytes::from_static(b"%PDF-1.7"),
+    }];
+    let id = h.engine.send(None, message).await.unwrap();
+    let text = h.engine.send(None, reply(conversation, "and a line of text")).await.unwrap();
+    let cancel = spawn_dispatcher(&h.engine);
+    h.wait_event(is_final_for(id)).await;
+    h.wait_event(is_final_for(text)).await;
+    cancel.cancel();
+    let failed = h.store.message(id).await.unwrap();
+    assert_eq!(failed.status, MessageStatus::Failed);
+    assert!(failed.error.as_deref().unwrap_or_default().contains("attachments"), "{failed:?}");
+    assert_eq!(h.store.message(text).await.unwrap().status, MessageStatus::Sent);
+    let sends = text_only.sends();
+    assert_eq!(sends.len(), 1, "only the text message went out");
+    assert_eq!(sends[0].text.as_deref(), Some("and a line of text"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_label_of_a_send_is_its_stored_origin() {
+    let h = harness().await;
+    let conversation = h.conversation("chat").await;
+    let mut message = reply(conversation, "typed by an agent");
+    message.label = "chat_manual".to_owned();
+    let id = h.engine.send(None, message).await.unwrap();
+    let stored = h.store.message(id).await.unwrap();
+    assert_eq!(stored.origin, Origin::Service("chat_manual".to_owned()));
+    assert_eq!(stored.direction, Direction::Outbound);
+}
+
+#[tokio::test(start_paused = true)]
+async fn by_default_a_failing_send_is_dead_lettered_after_ten_attempts() {
+    let mut h = harness().await;
+    assert_eq!(h.engine.config().retry.max_attempts, 10);
+    let conversation = h.conversation("chat").await;
+    h.channel.script_sends((0..10).map(|i| SendScript::Transient(format!("failure {i}"))));
+    let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
+    let cancel = spawn_dispatcher(&h.engine);
+    h.wait_event(is_final_for(id)).await;
+    cancel.cancel();
+    assert_eq!(h.store.message(id).await.unwrap().status, MessageStatus::Failed);
+    let job = h.job_of(id).await;
+    assert_eq!((job.state, job.max_attempts), (JobState::Discarded, 10));
+    let attempts = h.store.job_attempts(job.id).await.unwrap();
+    assert_eq!(attempts.len(), 10);
+    assert!(attempts[..9].iter().all(|a| a.outcome == AttemptOutcome::Retried));
+    assert_eq!(attempts[9].outcome, AttemptOutcome::Discarded);
+    assert_eq!(h.channel.sends().len(), 10);
 }
 
 #[tokio::test(start_paused = true)]

@@ -112,6 +112,13 @@ impl MemoryChannel {
         }
     }
 
+    /// The same channel declaring `capabilities` (by default media, history and outgoing
+    /// capture, without edits).
+    pub fn with_capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities = capabilities;
+        self
+    }
+
     fn lock(&self) -> MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
