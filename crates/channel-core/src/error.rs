@@ -39,7 +39,7 @@ pub enum EngineError {
     Unsupported {
         /// The account.
         account: AccountId,
-        /// The missing capability: `history`.
+        /// The missing capability: `history` or `media`.
         capability: &'static str,
     },
     /// The engine was configured wrongly.

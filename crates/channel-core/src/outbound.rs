@@ -68,6 +68,11 @@ impl Engine {
     /// together; then the dispatcher is woken, here and (through the store's notifications) in
     /// other processes. When `account` is given, the conversation must belong to it.
     ///
+    /// Attachments for an account whose channel, attached in this process, cannot send media
+    /// are refused with [`EngineError::Unsupported`] and nothing is queued; a send queued
+    /// while such a channel runs elsewhere ends `Failed` when its job runs there, never sent
+    /// without its attachments.
+    ///
     /// ```
     /// # use std::sync::Arc;
     /// # use channel_core::{*, testing::MemoryStore, state::StateKey};
@@ -109,6 +114,11 @@ impl Engine {
             return Err(EngineError::UnknownConversation(message.conversation_id));
         }
         let account = self.db("account", self.inner.store.account(conversation.account_id)).await?;
+        if !message.attachments.is_empty()
+            && self.channel(account.id).is_some_and(|c| !c.capabilities().media)
+        {
+            return Err(EngineError::Unsupported { account: account.id, capability: "media" });
+        }
         let mut attachments = Vec::with_capacity(message.attachments.len());
         for a in &message.attachments {
             attachments.push(self.inner.blobs.put_attachment(a).await?);

@@ -65,21 +65,28 @@ async fn an_outbound_message_reaches_sent_with_the_provider_id() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_attachment_for_a_channel_without_media_fails_the_send_instead_of_dropping_it() {
+async fn an_attachment_for_a_channel_without_media_is_refused_or_fails_the_send_never_dropped() {
     let mut h = harness().await;
     let conversation = h.conversation("chat").await;
     let text_only = Arc::new(
         MemoryChannel::new()
             .with_capabilities(Capabilities { media: false, ..h.channel.capabilities() }),
     );
-    h.engine.attach_channel(h.account.id, text_only.clone());
     let mut message = reply(conversation, "see the file");
     message.attachments = vec![InboundAttachment {
         name: Some("report.pdf".into()),
         mime_type: "application/pdf".into(),
         data: bytes::Bytes::from_static(b"%PDF-1.7"),
     }];
-    let id = h.engine.send(None, message).await.unwrap();
+    // Queued while a channel with media was attached (here, or in another process).
+    let id = h.engine.send(None, message.clone()).await.unwrap();
+    h.engine.attach_channel(h.account.id, text_only.clone());
+    // With the text-only channel attached here, the same send is refused at once.
+    let refused = h.engine.send(None, message).await;
+    assert!(
+        matches!(refused, Err(EngineError::Unsupported { capability: "media", .. })),
+        "{refused:?}"
+    );
     let text = h.engine.send(None, reply(conversation, "and a line of text")).await.unwrap();
     let cancel = spawn_dispatcher(&h.engine);
     h.wait_event(is_final_for(id)).await;
