@@ -102,6 +102,25 @@ async fn an_attachment_for_a_channel_without_media_is_refused_or_fails_the_send_
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_send_wakes_the_idle_dispatcher_at_once_not_at_its_next_poll() {
+    let poll = Duration::from_secs(600);
+    let mut h = harness_with(|b| b.poll_interval(poll)).await;
+    let conversation = h.conversation("chat").await;
+    let cancel = spawn_dispatcher(&h.engine);
+    // Let the dispatcher find nothing and go to sleep for its poll interval.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start = tokio::time::Instant::now();
+    let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
+    h.wait_event(is_final_for(id)).await;
+    let took = start.elapsed();
+    cancel.cancel();
+    assert_eq!(h.channel.sends().len(), 1);
+    // On the paused clock, a dispatcher that was not woken would only act once the clock had
+    // jumped to its next poll, 599 s later.
+    assert!(took < Duration::from_secs(1), "sent after {took:?} on the paused clock");
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_label_of_a_send_is_its_stored_origin() {
     let h = harness().await;
     let conversation = h.conversation("chat").await;
