@@ -38,7 +38,8 @@ use channel_core::{
     Timestamp,
 };
 use channel_store::SqlStore;
-use criterion::{Criterion, SamplingMode, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, Executor, QueryBuilder, Sqlite};
 use tokio::runtime::Runtime;
@@ -373,6 +374,27 @@ async fn raw_insert_store_schema_once() -> Duration {
     took
 }
 
+/// Benchmarks `run`, one call per iteration; each call measures and returns its own time
+/// (setup such as creating a database stays outside it).
+fn bench_runs<F, Fut>(group: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, run: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Duration>,
+{
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let run = &run;
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += run().await;
+                }
+                total
+            }
+        })
+    });
+}
+
 fn ingest(c: &mut Criterion, rt: &Runtime) {
     let mut group = c.benchmark_group("store");
     group
@@ -381,50 +403,16 @@ fn ingest(c: &mut Criterion, rt: &Runtime) {
         .warm_up_time(Duration::from_millis(200))
         .measurement_time(Duration::from_secs(8))
         .throughput(Throughput::Elements(INGEST_MESSAGES as u64));
-    group.bench_function("sqlite_ingest_10k", |b| {
-        b.to_async(rt).iter_custom(|iters| async move {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                total += ingest_once().await;
-            }
-            total
-        })
-    });
-    group.bench_function("sqlite_raw_insert_10k", |b| {
-        b.to_async(rt).iter_custom(|iters| async move {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                total += raw_insert_once(false).await;
-            }
-            total
-        })
-    });
-    group.bench_function(RAW_PROMISE_INDEXES, |b| {
-        b.to_async(rt).iter_custom(|iters| async move {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                total += raw_insert_once(true).await;
-            }
-            total
-        })
-    });
-    group.bench_function("sqlite_raw_insert_store_schema_10k", |b| {
-        b.to_async(rt).iter_custom(|iters| async move {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                total += raw_insert_store_schema_once().await;
-            }
-            total
-        })
+    bench_runs(&mut group, rt, "sqlite_ingest_10k", ingest_once);
+    bench_runs(&mut group, rt, "sqlite_raw_insert_10k", || raw_insert_once(false));
+    bench_runs(&mut group, rt, RAW_PROMISE_INDEXES, || raw_insert_once(true));
+    bench_runs(&mut group, rt, "sqlite_raw_insert_store_schema_10k", || {
+        raw_insert_store_schema_once()
     });
     group.finish();
 }
 
 // ----- queue -----
-
-async fn sqlite_queue_once() -> Duration {
-    sqlite_queue_run(false).await
-}
 
 /// Claims in batches and completes each batch's jobs either one after the other or, as the
 /// engine's dispatcher does (it runs a claimed batch's jobs concurrently), all at once.
@@ -480,24 +468,8 @@ fn sqlite_queue(c: &mut Criterion, rt: &Runtime) {
         .warm_up_time(Duration::from_millis(200))
         .measurement_time(Duration::from_secs(8))
         .throughput(Throughput::Elements(SQLITE_JOBS as u64));
-    group.bench_function("sqlite_queue_5k", |b| {
-        b.to_async(rt).iter_custom(|iters| async move {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                total += sqlite_queue_once().await;
-            }
-            total
-        })
-    });
-    group.bench_function(SQLITE_DISPATCHER, |b| {
-        b.to_async(rt).iter_custom(|iters| async move {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                total += sqlite_queue_run(true).await;
-            }
-            total
-        })
-    });
+    bench_runs(&mut group, rt, "sqlite_queue_5k", || sqlite_queue_run(false));
+    bench_runs(&mut group, rt, SQLITE_DISPATCHER, || sqlite_queue_run(true));
     group.finish();
 }
 
@@ -620,19 +592,7 @@ fn pg_queue(c: &mut Criterion, rt: &Runtime) {
             .warm_up_time(Duration::from_millis(200))
             .measurement_time(Duration::from_secs(10))
             .throughput(Throughput::Elements(PG_JOBS as u64));
-        group.bench_function(name, |b| {
-            b.to_async(rt).iter_custom(|iters| {
-                let store = store.clone();
-                let url = url.clone();
-                async move {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        total += pg_queue_once(&store, &url, name, concurrent).await;
-                    }
-                    total
-                }
-            })
-        });
+        bench_runs(&mut group, rt, name, || pg_queue_once(&store, &url, name, concurrent));
         group.finish();
         rt.block_on(store.close());
     }

@@ -13,7 +13,7 @@ use channel_core::runtime::{Runtime, StaticChannels};
 use channel_core::state::StateKey;
 use channel_core::testing::MemoryChannel;
 use channel_core::{
-    BlobStore, ChannelKind, Engine, Event, IdentityInfo, InboundMessage, NewAccount,
+    AccountId, BlobStore, ChannelKind, Engine, Event, IdentityInfo, InboundMessage, NewAccount,
     OutboundMessage, Timestamp, send_policy::AllowAll,
 };
 use channel_store::SqlStore;
@@ -32,12 +32,19 @@ fn engine(store: SqlStore, worker: &str) -> Engine {
         .expect("engine")
 }
 
-/// Engine `a` and engine `b` on one fresh database.
-async fn two_engines() -> (Engine, Engine) {
+/// Engine `a` and engine `b` on one fresh database, and an account both see.
+async fn two_engines() -> (Engine, Engine, AccountId) {
     let url = support::pg::fresh_database().await;
     let a = SqlStore::builder().max_connections(6).connect_postgres(&url).await.expect("store a");
     let b = SqlStore::builder().max_connections(6).connect_postgres(&url).await.expect("store b");
-    (engine(a, "process-a"), engine(b, "process-b"))
+    let (a, b) = (engine(a, "process-a"), engine(b, "process-b"));
+    let account = b
+        .store()
+        .create_account(NewAccount::new(ChannelKind::Memory, "shared"), b.now())
+        .await
+        .expect("account")
+        .id;
+    (a, b, account)
 }
 
 fn hello(provider_id: &str) -> InboundMessage {
@@ -52,12 +59,7 @@ fn hello(provider_id: &str) -> InboundMessage {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_of_one_process_reach_the_subscribers_of_another() {
-    let (a, b) = two_engines().await;
-    let account = b
-        .store()
-        .create_account(NewAccount::new(ChannelKind::Memory, "shared"), b.now())
-        .await
-        .expect("account");
+    let (a, b, account) = two_engines().await;
     // Process a runs (its notification loop forwards other processes' events) but holds no
     // channel.
     let runtime = Runtime::builder(a.clone(), Arc::new(StaticChannels::new()))
@@ -66,7 +68,7 @@ async fn events_of_one_process_reach_the_subscribers_of_another() {
         .expect("runtime a");
     let mut events_a = a.subscribe();
 
-    let outcome = b.deliver(account.id, hello("m-1")).await.expect("deliver in b");
+    let outcome = b.deliver(account, hello("m-1")).await.expect("deliver in b");
 
     let received = tokio::time::timeout(WAIT, async {
         loop {
@@ -85,26 +87,19 @@ async fn events_of_one_process_reach_the_subscribers_of_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_queued_by_one_process_wakes_the_dispatcher_of_another() {
-    let (a, b) = two_engines().await;
-    let account = b
-        .store()
-        .create_account(NewAccount::new(ChannelKind::Memory, "shared"), b.now())
-        .await
-        .expect("account");
+    let (a, b, account) = two_engines().await;
     let conversation =
-        b.deliver(account.id, hello("m-1")).await.expect("deliver in b").conversation_id;
+        b.deliver(account, hello("m-1")).await.expect("deliver in b").conversation_id;
 
     // Process a holds the account and its channel; its dispatcher waits up to POLL.
     let channel = Arc::new(MemoryChannel::new());
-    let runtime = Runtime::builder(
-        a.clone(),
-        Arc::new(StaticChannels::new().with(account.id, channel.clone())),
-    )
-    .start()
-    .await
-    .expect("runtime a");
+    let runtime =
+        Runtime::builder(a.clone(), Arc::new(StaticChannels::new().with(account, channel.clone())))
+            .start()
+            .await
+            .expect("runtime a");
     tokio::time::timeout(WAIT, async {
-        while a.channel(account.id).is_none() {
+        while a.channel(account).is_none() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
