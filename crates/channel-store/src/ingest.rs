@@ -68,6 +68,9 @@ struct MsgRef {
 
 struct Conv {
     conv: Conversation,
+    /// The status as read (a new one: as created); the row's status is written back only
+    /// when it changed.
+    read_status: ConversationStatus,
     /// Not in the database yet.
     new: bool,
     /// Changed since it was read.
@@ -397,7 +400,8 @@ async fn prefetch(tx: &mut Tx, reqs: &[IngestRequest], w: &mut Work) -> Res<()> 
         for row in tx.fetch_all(&q.text, &q.args).await? {
             let c = codec::conversation(&row)?;
             extra_threads.push((c.account_id, c.thread_key.clone()));
-            w.conversations.insert(c.id, Conv { conv: c, new: false, dirty: false });
+            w.conversations
+                .insert(c.id, Conv { read_status: c.status, conv: c, new: false, dirty: false });
         }
     }
     threads.extend(extra_threads.iter().map(|(a, t)| (*a, t.as_str())));
@@ -434,7 +438,10 @@ async fn prefetch(tx: &mut Tx, reqs: &[IngestRequest], w: &mut Work) -> Res<()> 
                     w.latest.insert(key, c.id);
                 }
                 // Rows read again here are the locked, current version.
-                w.conversations.insert(c.id, Conv { conv: c, new: false, dirty: false });
+                w.conversations.insert(
+                    c.id,
+                    Conv { read_status: c.status, conv: c, new: false, dirty: false },
+                );
             }
         }
     }
@@ -631,7 +638,8 @@ fn apply(w: &mut Work, i: usize, req: &IngestRequest) -> Res<IngestOutcome> {
                     closed_at: None,
                     version: 0,
                 };
-                w.conversations.insert(id, Conv { conv, new: true, dirty: true });
+                w.conversations
+                    .insert(id, Conv { read_status: conv.status, conv, new: true, dirty: true });
                 w.new_conversations.push(id);
                 w.active.insert(key.clone(), id);
                 w.latest.insert(key.clone(), id);
@@ -694,11 +702,14 @@ async fn flush(tx: &mut Tx, reqs: &[IngestRequest], w: &Work) -> Res<()> {
             (&c.conv, ids)
         })
         .collect();
-    let mut changed: Vec<&Conversation> =
-        w.conversations.values().filter(|c| c.dirty && !c.new).map(|c| &c.conv).collect();
-    changed.sort_by_key(|c| c.id);
-    let changed: Vec<(&Conversation, String)> =
-        changed.into_iter().map(|c| (c, c.id.to_string())).collect();
+    // Changed conversations; most only moved their activity and version, which leaves the
+    // indexes on their status (the one active conversation per thread) untouched.
+    let mut changed: Vec<&Conv> = w.conversations.values().filter(|c| c.dirty && !c.new).collect();
+    changed.sort_by_key(|c| c.conv.id);
+    let (status_changed, activity_only): (Vec<_>, Vec<_>) = changed
+        .into_iter()
+        .map(|c| (&c.conv, c.conv.id.to_string(), c.conv.status != c.read_status))
+        .partition(|(_, _, status)| *status);
     let rows: Vec<MsgRow<'_>> = w
         .new_messages
         .iter()
@@ -816,29 +827,35 @@ async fn flush(tx: &mut Tx, reqs: &[IngestRequest], w: &Work) -> Res<()> {
 
     // Changed conversations: one statement per chunk (the columns of a VALUES list are named
     // column1, column2, ... on both SQLite and PostgreSQL).
-    for chunk in changed.chunks(INSERT_CHUNK) {
-        let mut q = Sql::new(
-            "UPDATE conversations SET status = v.column2, last_activity_at = v.column3, \
-             closed_at = v.column4, version = v.column5 FROM (VALUES ",
-        );
-        for (n, (c, id)) in chunk.iter().enumerate() {
-            if n > 0 {
-                q.push(", ");
+    for (list, sets) in [
+        (
+            &status_changed,
+            "status = v.column2, last_activity_at = v.column3, closed_at = v.column4, \
+             version = v.column5",
+        ),
+        (&activity_only, "last_activity_at = v.column3, version = v.column5"),
+    ] {
+        for chunk in list.chunks(INSERT_CHUNK) {
+            let mut q = Sql::new(format!("UPDATE conversations SET {sets} FROM (VALUES "));
+            for (n, (c, id, _)) in chunk.iter().enumerate() {
+                if n > 0 {
+                    q.push(", ");
+                }
+                q.push("(")
+                    .bind(id.as_str())
+                    .push(", ")
+                    .bind(c.status.as_str())
+                    .push(", ")
+                    .bind(c.last_activity_at.0)
+                    .push(", ")
+                    .bind(c.closed_at.map(|t| t.0))
+                    .push(", ")
+                    .bind(c.version)
+                    .push(")");
             }
-            q.push("(")
-                .bind(id.as_str())
-                .push(", ")
-                .bind(c.status.as_str())
-                .push(", ")
-                .bind(c.last_activity_at.0)
-                .push(", ")
-                .bind(c.closed_at.map(|t| t.0))
-                .push(", ")
-                .bind(c.version)
-                .push(")");
+            q.push(") AS v WHERE conversations.id = v.column1");
+            stmts.push(q);
         }
-        q.push(") AS v WHERE conversations.id = v.column1");
-        stmts.push(q);
     }
 
     // Messages.
