@@ -32,6 +32,7 @@ use crate::echoes::Echoes;
 use crate::error::classify;
 use crate::mapping::{self, NameTable};
 use crate::media;
+use crate::outbox::{self, Outbox};
 use crate::session::AccountSession;
 
 /// Retries an I/O error once, at once, on a new connection (safe for sends: the body, and so
@@ -114,6 +115,7 @@ pub struct TelegramChannel {
     live: Mutex<Option<Live>>,
     reporter: Mutex<Option<Arc<dyn Inbound>>>,
     echoes: Echoes,
+    outbox: Outbox,
 }
 
 impl TelegramChannel {
@@ -125,6 +127,7 @@ impl TelegramChannel {
             live: Mutex::new(None),
             reporter: Mutex::new(None),
             echoes: Echoes::default(),
+            outbox: Outbox::default(),
         }
     }
 
@@ -169,25 +172,137 @@ impl TelegramChannel {
         err
     }
 
-    async fn resolve(&self, live: &Live, peer: PeerId) -> Result<PeerRef, ChannelError> {
-        let found = tokio::time::timeout(self.config.resolve_timeout, live.session.peer_ref(peer))
+    /// The peer's reference (id and access hash) from the peer cache; when it is not there,
+    /// looked up at Telegram — by `username` (what the store knows of the identity), then in
+    /// the account's dialogs — and cached and stored. A failed look-up (network, timeout) is
+    /// retryable; only a peer that none of them knows is [`ChannelError::Permanent`].
+    async fn resolve(
+        &self,
+        live: &Live,
+        peer: PeerId,
+        username: Option<&str>,
+    ) -> Result<PeerRef, ChannelError> {
+        if let Some(found) = self.cached_ref(live, peer).await? {
+            return Ok(found);
+        }
+        // Basic groups need no access hash.
+        if peer.kind() == PeerKind::Chat {
+            return Ok(PeerRef { id: peer, auth: PeerAuth::default() });
+        }
+        let limit = self.config.resolve_timeout;
+        let looked_up = tokio::time::timeout(limit, self.look_up(live, peer, username))
             .await
             .map_err(|_| ChannelError::Timeout {
-                operation: "telegram.resolve_peer".to_owned(),
-                after: self.config.resolve_timeout,
-            })?
-            .map_err(|e| ChannelError::Transient(e.to_string()))?;
-        match found {
-            Some(r) => Ok(r),
-            // Basic groups need no access hash.
-            None if peer.kind() == PeerKind::Chat => {
-                Ok(PeerRef { id: peer, auth: PeerAuth::default() })
-            }
+                operation: "telegram.look_up_peer".to_owned(),
+                after: limit,
+            })?;
+        looked_up?;
+        live.session.persist_learned_peers().await?;
+        match self.cached_ref(live, peer).await? {
+            Some(found) => Ok(found),
             None => Err(ChannelError::Permanent(format!(
-                "unknown Telegram peer {}: not in the session's peer cache",
-                address::dialog_id(peer)
+                "unknown Telegram peer {}: not in the session's peer cache, {}not among the                  account's dialogs; it must write first, or be named by its username",
+                address::dialog_id(peer),
+                match username {
+                    Some(u) => format!("username @{u} names someone else or no one, "),
+                    None => String::new(),
+                }
             ))),
         }
+    }
+
+    async fn cached_ref(&self, live: &Live, peer: PeerId) -> Result<Option<PeerRef>, ChannelError> {
+        if !live.session.knows_peer(peer) {
+            return Ok(None);
+        }
+        live.session.peer_ref(peer).await.map_err(|e| ChannelError::Transient(e.to_string()))
+    }
+
+    /// Asks Telegram for `peer`: `contacts.resolveUsername` when a username is known, then
+    /// `messages.getDialogs` (at most 5 pages of 100). What the answers name is cached.
+    async fn look_up(
+        &self,
+        live: &Live,
+        peer: PeerId,
+        username: Option<&str>,
+    ) -> Result<(), ChannelError> {
+        let session = &live.session;
+        if let Some(username) =
+            username.map(|u| u.trim_start_matches('@')).filter(|u| !u.is_empty())
+        {
+            let call = tl::functions::contacts::ResolveUsername {
+                username: username.to_owned(),
+                referer: None,
+            };
+            match live.client.invoke(&call).await {
+                Ok(tl::enums::contacts::ResolvedPeer::Peer(r)) => {
+                    session.learn(&r.users, &r.chats);
+                    if session.knows_peer(peer) {
+                        return Ok(());
+                    }
+                }
+                // Not (or no longer) that username: the dialogs may still know the peer.
+                Err(InvocationError::Rpc(rpc)) if (400..500).contains(&rpc.code) => {
+                    tracing::info!(error = %rpc.name, "Telegram username look-up failed");
+                }
+                Err(e) => return Err(self.fail(&e).await),
+            }
+        }
+        let mut offset_date = 0;
+        let mut offset_id = 0;
+        let mut offset_peer = tl::enums::InputPeer::Empty;
+        for _ in 0..5 {
+            let call = tl::functions::messages::GetDialogs {
+                exclude_pinned: false,
+                folder_id: None,
+                offset_date,
+                offset_id,
+                offset_peer: offset_peer.clone(),
+                limit: 100,
+                hash: 0,
+            };
+            let (dialogs, messages, users, chats, complete) = match live.client.invoke(&call).await
+            {
+                Ok(tl::enums::messages::Dialogs::Dialogs(d)) => {
+                    (d.dialogs, d.messages, d.users, d.chats, true)
+                }
+                Ok(tl::enums::messages::Dialogs::Slice(d)) => {
+                    let got = d.dialogs.len();
+                    (d.dialogs, d.messages, d.users, d.chats, got < 100)
+                }
+                Ok(tl::enums::messages::Dialogs::NotModified(_)) => return Ok(()),
+                Err(e) => return Err(self.fail(&e).await),
+            };
+            session.learn(&users, &chats);
+            if session.knows_peer(peer) || complete {
+                return Ok(());
+            }
+            // The next page starts after the last dialog of this one.
+            let Some(tl::enums::Dialog::Dialog(last)) = dialogs.last() else { return Ok(()) };
+            let Some(last_peer) = mapping::peer_id(&last.peer) else { return Ok(()) };
+            let Some(last_ref) = session
+                .peer_ref(last_peer)
+                .await
+                .map_err(|e| ChannelError::Transient(e.to_string()))?
+            else {
+                return Ok(());
+            };
+            offset_id = last.top_message;
+            offset_date = messages
+                .iter()
+                .find_map(|m| match m {
+                    tl::enums::Message::Message(m)
+                        if m.id == last.top_message
+                            && mapping::peer_id(&m.peer_id) == Some(last_peer) =>
+                    {
+                        Some(m.date)
+                    }
+                    _ => None,
+                })
+                .unwrap_or(0);
+            offset_peer = last_ref.into();
+        }
+        Ok(())
     }
 
     /// Replays the edits and deletions of every channel in the committed update state from
@@ -201,7 +316,7 @@ impl TelegramChannel {
         for c in live.session.committed_updates().channels {
             let Some(peer) = PeerId::channel(c.id) else { continue };
             let replay = async {
-                let peer_ref = self.resolve(live, peer).await?;
+                let peer_ref = self.resolve(live, peer, None).await?;
                 let input = tl::enums::InputChannel::from(&peer_ref);
                 let timeout = self.config.send_timeout;
                 changes::replay_channel(&live.client, inbound.as_ref(), input, c.pts, timeout).await
@@ -228,6 +343,9 @@ impl TelegramChannel {
             Ok(s) => Arc::new(s),
             Err(e) => return Exit::Fatal(e.into()),
         };
+        if let Err(e) = self.outbox.load(inbound.as_ref()).await {
+            return Exit::Reconnect(format!("sends in flight: {e}"));
+        }
         if session.me().is_none() {
             return Exit::Fatal(ChannelError::NeedsLogin("the login was not completed".to_owned()));
         }
@@ -442,7 +560,7 @@ impl TelegramChannel {
             if !affected {
                 continue;
             }
-            let peer_ref = match self.resolve(live, peer).await {
+            let peer_ref = match self.resolve(live, peer, None).await {
                 Ok(r) => r,
                 Err(ChannelError::Permanent(e)) => {
                     tracing::warn!(error = %e, "cannot reconcile a chat");
@@ -453,13 +571,16 @@ impl TelegramChannel {
             let mut missed =
                 self.history_raw(live, peer_ref, 0, last_id, HistoryRequest::MAX_LIMIT).await?;
             missed.reverse();
+            live.session.persist_learned_peers().await?;
             for (message, raw) in missed {
                 inbound.alive();
                 let message = self.with_media(inbound, &live.client, &raw, message).await?;
                 if let Some(id) = address::message_id(&message.provider_id) {
                     live.session.note_message(dialog, id);
                 }
+                let key = message.client_key.clone();
                 inbound.deliver(message).await?;
+                self.echo_delivered(inbound.as_ref(), key.as_deref()).await;
             }
         }
         live.session.close_gap(&gap);
@@ -526,6 +647,7 @@ impl TelegramChannel {
                 tl::enums::messages::Messages::NotModified(_) => break,
             };
             let names = NameTable::from_tl(&users, &chats);
+            live.session.learn(&users, &chats);
             let got = messages.len();
             let mut lowest = offset_id;
             for m in &messages {
@@ -536,7 +658,7 @@ impl TelegramChannel {
                 if id != 0 && (lowest == 0 || id < lowest) {
                     lowest = id;
                 }
-                if let Some(mapped) = mapping::inbound_message(m, &names, self.echo_key(m))
+                if let Some(mapped) = self.map_message(m, &names)
                     && seen.insert(mapped.provider_id.clone())
                     && out.len() < limit
                 {
@@ -648,10 +770,48 @@ impl TelegramChannel {
         }
     }
 
-    /// The client key of `message` when it is the echo of one of our sends.
+    /// The client key of `message` when it is the echo of one of our sends: known by its
+    /// `updateMessageID` in this process.
     fn echo_key(&self, message: &tl::enums::Message) -> Option<String> {
         let (chat, id) = mapping::message_key(message)?;
         self.echoes.client_key(address::dialog_id(chat), id)
+    }
+
+    /// Maps a message; an outgoing one is the echo of our send when its `updateMessageID`
+    /// was seen, or when it matches a send an earlier process left in flight (see
+    /// [`outbox`]).
+    fn map_message(
+        &self,
+        message: &tl::enums::Message,
+        names: &dyn mapping::Names,
+    ) -> Option<InboundMessage> {
+        let mut mapped = mapping::inbound_message(message, names, self.echo_key(message))?;
+        if mapped.direction == channel_core::Direction::Outbound
+            && mapped.client_key.is_none()
+            && let Some((chat, id)) = mapping::message_key(message)
+        {
+            let digest = outbox::digest(mapped.text.as_deref(), mapped.reply_to.as_deref());
+            let date = mapped.sent_at.as_millis() / 1000;
+            mapped.client_key =
+                self.outbox.orphan_echo(address::dialog_id(chat), id, &digest, date);
+            if mapped.client_key.is_some() {
+                tracing::info!(
+                    provider_id = %mapped.provider_id,
+                    "the echo of a send left in flight by an earlier process"
+                );
+            }
+        }
+        Some(mapped)
+    }
+
+    /// After the echo of our send (`client_key`) was delivered: its send is no longer in
+    /// flight. A failure to write that is only logged (the entry expires).
+    async fn echo_delivered(&self, inbound: &dyn Inbound, client_key: Option<&str>) {
+        if let Some(key) = client_key
+            && let Err(e) = self.outbox.done(inbound, key).await
+        {
+            tracing::warn!(error = %e, "could not update the Telegram sends in flight");
+        }
     }
 
     async fn on_update(
@@ -675,7 +835,7 @@ impl TelegramChannel {
             tl::enums::Update::NewChannelMessage(u) => Some(&u.message),
             _ => None,
         };
-        let mapped = message.and_then(|m| mapping::inbound_message(m, peers, self.echo_key(m)));
+        let mapped = message.and_then(|m| self.map_message(m, peers));
         let mapped = match (mapped, message) {
             (Some(mapped), Some(raw)) => {
                 Some(self.with_media(inbound, &live.client, raw, mapped).await?)
@@ -690,13 +850,18 @@ impl TelegramChannel {
         {
             session.note_message(address::dialog_id(chat), id);
         }
+        // What a reply needs (the peers this update taught) is stored before the message
+        // that will be answered.
+        session.persist_learned_peers().await?;
         let cursor = (!defer).then(|| session.advance(state));
         if let Some(mut message) = mapped {
             message.cursor = cursor.clone();
+            let key = message.client_key.clone();
             inbound.deliver(message).await?;
             if cursor.is_some() {
                 session.updates_committed();
             }
+            self.echo_delivered(inbound.as_ref(), key.as_deref()).await;
         }
         Ok(())
     }
@@ -846,8 +1011,24 @@ impl Channel for TelegramChannel {
             None => None,
         };
         let live = self.live()?;
-        let peer_ref = self.resolve(&live, peer).await?;
+        let username = match peer.kind() {
+            PeerKind::User => message.remote.username.as_deref(),
+            _ => None,
+        };
+        let peer_ref = self.resolve(&live, peer, username).await?;
         let random_id = address::random_id(&message.client_key);
+        // Recorded before it goes out: the echo is still ours after a crash (see `outbox`).
+        let state = live.session.state();
+        self.outbox
+            .record(
+                state.as_ref(),
+                random_id,
+                &message.client_key,
+                address::dialog_id(peer),
+                outbox::digest(text, message.reply_to.as_deref()),
+                Timestamp::now().as_millis() / 1000,
+            )
+            .await?;
         self.echoes.sending(random_id, &message.client_key, address::dialog_id(peer));
         let reply_to = reply_to.map(|id| {
             tl::types::InputReplyToMessage {
@@ -951,7 +1132,14 @@ impl Channel for TelegramChannel {
             Err(e) if is_random_id_duplicate(&e) => {
                 return self.already_sent(&live, peer, peer_ref, message, random_id).await;
             }
-            Err(e) => return Err(self.fail(&e).await),
+            Err(e) => {
+                let err = self.fail(&e).await;
+                if matches!(err, ChannelError::Permanent(_)) {
+                    // Refused: nothing went out, nothing will echo.
+                    self.echo_delivered(state.as_ref(), Some(&message.client_key)).await;
+                }
+                return Err(err);
+            }
             Ok(u) => u,
         };
         let (id, date) = sent_message(&updates, random_id).ok_or_else(|| {
@@ -988,7 +1176,10 @@ impl Channel for TelegramChannel {
             n => n.min(HistoryRequest::MAX_LIMIT),
         };
         let live = self.live()?;
-        let peer_ref = self.resolve(&live, peer).await?;
-        self.history(&live, peer_ref, offset_id, min_id, limit).await
+        let peer_ref = self.resolve(&live, peer, None).await?;
+        let found = self.history(&live, peer_ref, offset_id, min_id, limit).await?;
+        // The engine stores what is returned: what a reply needs goes first.
+        live.session.persist_learned_peers().await?;
+        Ok(found)
     }
 }

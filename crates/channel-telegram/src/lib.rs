@@ -15,6 +15,7 @@ pub mod error;
 pub mod login;
 mod mapping;
 mod media;
+mod outbox;
 pub mod session;
 #[cfg(feature = "testing")]
 pub mod testing;

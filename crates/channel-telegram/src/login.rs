@@ -54,7 +54,7 @@ use tokio::sync::mpsc;
 
 use crate::channel::{PoolGuard, RetryIoOnce};
 use crate::error::classify;
-use crate::session::{AccountSession, PEERS_KEY, SessionError, StoredSelf, UPDATES_KEY};
+use crate::session::{AccountSession, SessionError, StoredSelf};
 
 /// Account-state key of a login in progress.
 pub const LOGIN_KEY: &str = "telegram/login";
@@ -638,8 +638,7 @@ impl TelegramLogin {
         });
         conn.session.save().await?;
         if previous.map(|p| p.id) != Some(user.id) {
-            account.state_delete(PEERS_KEY).await?;
-            account.state_delete(UPDATES_KEY).await?;
+            AccountSession::forget_account_data(account.as_ref()).await?;
         }
         account.state_delete(LOGIN_KEY).await?;
         let display_name = match (user.first_name, user.last_name) {

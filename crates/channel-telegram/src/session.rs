@@ -8,13 +8,18 @@
 //!
 //! * [`SESSION_KEY`]: home DC, DC addresses with the auth key, the self user. Written when
 //!   it changes (login, DC migration, a new auth key).
-//! * [`PEERS_KEY`]: the peer cache (ids and access hashes), written by the channel now and
-//!   then.
+//! * [`PEERS_KEY`]: the peer cache (ids and access hashes), a snapshot written by the
+//!   channel now and then (every sync tick when it changed, and on a clean stop).
+//! * [`PEERS_NEW_KEY`]: the peers learned since that snapshot (new ones, and ones whose
+//!   access hash changed). The channel writes it before it delivers the message that taught
+//!   them ([`AccountSession::persist_learned_peers`]), so what is needed to answer a stored
+//!   conversation is never only in memory, whenever the process dies; the next snapshot
+//!   takes them in and empties it. Loading reads the snapshot, then this.
 //! * [`UPDATES_KEY`]: the update state (pts, qts, date, seq, channel pts). It is a cursor: it
 //!   advances only with the commit of the messages it covers (it rides in
 //!   [`InboundMessage::cursor`](channel_core::InboundMessage)), or after a catch-up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddrV4, SocketAddrV6};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -24,14 +29,23 @@ use grammers_session::types::{
 };
 use grammers_session::updates::{MessageBox, State};
 use grammers_session::{BoxFuture, Session, SessionData};
+use grammers_tl_types as tl;
 use serde::{Deserialize, Serialize};
 
 /// Account-state key of the session (DCs, auth key, self user).
 pub const SESSION_KEY: &str = "telegram/session";
 /// Account-state key of the peer cache.
 pub const PEERS_KEY: &str = "telegram/peers";
+/// Account-state key of the peers learned since the last [`PEERS_KEY`] snapshot.
+pub const PEERS_NEW_KEY: &str = "telegram/peers-new";
 /// Account-state key of the update state (the cursor).
 pub const UPDATES_KEY: &str = "telegram/updates";
+/// Account-state key of the sends in flight (see [`crate::outbox`]).
+pub const OUTBOX_KEY: &str = "telegram/outbox";
+
+/// The keys of what the channel learned about an account (peers, update state, sends in
+/// flight): dropped with the session on sign-out, and when another user logs in.
+pub const ACCOUNT_DATA_KEYS: [&str; 4] = [PEERS_KEY, PEERS_NEW_KEY, UPDATES_KEY, OUTBOX_KEY];
 
 /// Why the session could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +165,57 @@ struct StoredPeer {
     hash: Option<i64>,
 }
 
+impl StoredPeer {
+    fn from_info(p: &PeerInfo) -> Self {
+        match p {
+            PeerInfo::User { id, auth, .. } => {
+                StoredPeer { k: 'u', id: *id, hash: auth.map(|a| a.hash()) }
+            }
+            PeerInfo::Chat { id } => StoredPeer { k: 'c', id: *id, hash: None },
+            PeerInfo::Channel { id, auth, .. } => {
+                StoredPeer { k: 'h', id: *id, hash: auth.map(|a| a.hash()) }
+            }
+        }
+    }
+
+    /// The peer, `None` for an unknown kind or an id out of Telegram's ranges.
+    fn to_info(self) -> Option<(PeerId, PeerInfo)> {
+        let (id, info) = match self.k {
+            'u' => (
+                PeerId::user(self.id)?,
+                PeerInfo::User {
+                    id: self.id,
+                    auth: self.hash.map(PeerAuth::from_hash),
+                    bot: None,
+                    is_self: None,
+                },
+            ),
+            'c' => (PeerId::chat(self.id)?, PeerInfo::Chat { id: self.id }),
+            'h' => (
+                PeerId::channel(self.id)?,
+                PeerInfo::Channel {
+                    id: self.id,
+                    auth: self.hash.map(PeerAuth::from_hash),
+                    kind: None,
+                },
+            ),
+            _ => return None,
+        };
+        Some((id, info))
+    }
+}
+
+/// Reads a stored list of peers; an unreadable one is dropped (peers can be learned again).
+fn read_peers(raw: Option<Vec<u8>>, what: &str) -> Vec<StoredPeer> {
+    match raw {
+        Some(raw) => serde_json::from_slice::<Vec<StoredPeer>>(&raw).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "dropping an unreadable Telegram {what}");
+            Vec::new()
+        }),
+        None => Vec::new(),
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct StoredUpdates {
     pts: i32,
@@ -194,7 +259,12 @@ struct Inner {
     dcs: HashMap<i32, DcOption>,
     me: Option<StoredSelf>,
     peers: HashMap<PeerId, PeerInfo>,
+    /// The snapshot under [`PEERS_KEY`] is behind the cache.
     peers_dirty: bool,
+    /// Peers learned (new, or their access hash changed) and not yet written anywhere.
+    unsaved: HashSet<PeerId>,
+    /// Peers written under [`PEERS_NEW_KEY`] since the last snapshot.
+    journal: HashSet<PeerId>,
     updates: UpdatesState,
     updates_dirty: bool,
     /// Whether the account state holds an update state (false on a first connection).
@@ -222,6 +292,9 @@ pub struct UpdateGap {
 pub struct AccountSession {
     inner: Mutex<Inner>,
     state: Arc<dyn Inbound>,
+    /// Orders the writes of [`PEERS_KEY`] and [`PEERS_NEW_KEY`], so that an older list never
+    /// lands after a newer one.
+    peer_writes: tokio::sync::Mutex<()>,
 }
 
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -242,14 +315,10 @@ impl AccountSession {
         if !dcs.contains_key(&stored.home_dc) {
             return Err(SessionError::Corrupt(format!("home DC {} is unknown", stored.home_dc)));
         }
-        // The peer cache and the update state are recoverable: a corrupt one is dropped.
-        let peers = match state.state_get(PEERS_KEY).await? {
-            Some(raw) => serde_json::from_slice::<Vec<StoredPeer>>(&raw).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "dropping an unreadable Telegram peer cache");
-                Vec::new()
-            }),
-            None => Vec::new(),
-        };
+        // The peer cache and the update state are recoverable: a corrupt one is dropped. The
+        // peers learned since the snapshot are newer than it.
+        let mut peers = read_peers(state.state_get(PEERS_KEY).await?, "peer cache");
+        peers.extend(read_peers(state.state_get(PEERS_NEW_KEY).await?, "list of new peers"));
         let updates = match state.state_get(UPDATES_KEY).await? {
             Some(raw) => serde_json::from_slice::<StoredUpdates>(&raw).ok().or_else(|| {
                 tracing::warn!("dropping an unreadable Telegram update state");
@@ -260,32 +329,8 @@ impl AccountSession {
         let updates_stored = updates.is_some();
         let updates = updates.unwrap_or_default();
         let recent = updates.recent.clone();
-        let peers = peers
-            .into_iter()
-            .filter_map(|p| {
-                let info = match p.k {
-                    'u' => PeerInfo::User {
-                        id: p.id,
-                        auth: p.hash.map(PeerAuth::from_hash),
-                        bot: None,
-                        is_self: None,
-                    },
-                    'c' => PeerInfo::Chat { id: p.id },
-                    'h' => PeerInfo::Channel {
-                        id: p.id,
-                        auth: p.hash.map(PeerAuth::from_hash),
-                        kind: None,
-                    },
-                    _ => return None,
-                };
-                let valid = match p.k {
-                    'u' => PeerId::user(p.id).is_some(),
-                    'c' => PeerId::chat(p.id).is_some(),
-                    _ => PeerId::channel(p.id).is_some(),
-                };
-                valid.then(|| (info.id(), info))
-            })
-            .collect();
+        let peers: HashMap<PeerId, PeerInfo> =
+            peers.into_iter().filter_map(StoredPeer::to_info).collect();
         Ok(Self {
             inner: Mutex::new(Inner {
                 home_dc: stored.home_dc,
@@ -293,6 +338,8 @@ impl AccountSession {
                 me: stored.me,
                 peers,
                 peers_dirty: false,
+                unsaved: HashSet::new(),
+                journal: HashSet::new(),
                 updates: updates.to_state(),
                 updates_dirty: false,
                 updates_stored,
@@ -300,6 +347,7 @@ impl AccountSession {
                 reported: None,
             }),
             state,
+            peer_writes: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -313,6 +361,8 @@ impl AccountSession {
                 me: None,
                 peers: HashMap::new(),
                 peers_dirty: false,
+                unsaved: HashSet::new(),
+                journal: HashSet::new(),
                 updates: UpdatesState::default(),
                 updates_dirty: false,
                 updates_stored: false,
@@ -320,7 +370,13 @@ impl AccountSession {
                 reported: None,
             }),
             state,
+            peer_writes: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The account state this session is kept in.
+    pub fn state(&self) -> Arc<dyn Inbound> {
+        Arc::clone(&self.state)
     }
 
     /// The logged-in user, if known.
@@ -351,31 +407,134 @@ impl AccountSession {
         self.persist_session().await
     }
 
-    /// Writes the peer cache if it changed.
+    /// Writes a snapshot of the peer cache if it changed, and then empties the list of peers
+    /// learned since the last one (the snapshot holds them).
     pub async fn save_peers_if_changed(&self) -> Result<(), SessionError> {
-        let bytes = {
+        let _order = self.peer_writes.lock().await;
+        let (bytes, covered) = {
             let mut inner = lock(&self.inner);
-            if !inner.peers_dirty {
+            if !inner.peers_dirty && inner.journal.is_empty() && inner.unsaved.is_empty() {
                 return Ok(());
             }
             inner.peers_dirty = false;
-            let peers: Vec<StoredPeer> = inner
-                .peers
-                .values()
-                .map(|p| match p {
-                    PeerInfo::User { id, auth, .. } => {
-                        StoredPeer { k: 'u', id: *id, hash: auth.map(|a| a.hash()) }
-                    }
-                    PeerInfo::Chat { id } => StoredPeer { k: 'c', id: *id, hash: None },
-                    PeerInfo::Channel { id, auth, .. } => {
-                        StoredPeer { k: 'h', id: *id, hash: auth.map(|a| a.hash()) }
-                    }
-                })
-                .collect();
-            serde_json::to_vec(&peers).unwrap_or_default()
+            let peers: Vec<StoredPeer> = inner.peers.values().map(StoredPeer::from_info).collect();
+            let covered: Vec<PeerId> = inner.unsaved.drain().collect();
+            (serde_json::to_vec(&peers).unwrap_or_default(), covered)
         };
-        self.state.state_put(PEERS_KEY, &bytes).await?;
+        if let Err(e) = self.state.state_put(PEERS_KEY, &bytes).await {
+            let mut inner = lock(&self.inner);
+            inner.peers_dirty = true;
+            inner.unsaved.extend(covered);
+            return Err(e.into());
+        }
+        let had_journal = !lock(&self.inner).journal.is_empty();
+        if had_journal {
+            // Left in place on a failure: the next snapshot tries again, and until then the
+            // list is rewritten from the current cache whenever a peer is learned.
+            self.state.state_delete(PEERS_NEW_KEY).await?;
+            lock(&self.inner).journal.clear();
+        }
         Ok(())
+    }
+
+    /// Writes the peers learned since the last write (new ones, and ones whose access hash
+    /// changed) under [`PEERS_NEW_KEY`]; nothing when there are none (the usual case: one
+    /// lock, no I/O). Call it before delivering a message whose update taught them, so that
+    /// a reply to it can be sent after any crash.
+    pub async fn persist_learned_peers(&self) -> Result<(), SessionError> {
+        if lock(&self.inner).unsaved.is_empty() {
+            return Ok(());
+        }
+        let _order = self.peer_writes.lock().await;
+        let (bytes, taken) = {
+            let mut inner = lock(&self.inner);
+            if inner.unsaved.is_empty() {
+                return Ok(());
+            }
+            let taken: Vec<PeerId> = inner.unsaved.drain().collect();
+            inner.journal.extend(taken.iter().copied());
+            // Always from the cache as it is now: a hash that changed again wins.
+            let list: Vec<StoredPeer> = inner
+                .journal
+                .iter()
+                .filter_map(|id| inner.peers.get(id))
+                .map(StoredPeer::from_info)
+                .collect();
+            (serde_json::to_vec(&list).unwrap_or_default(), taken)
+        };
+        if let Err(e) = self.state.state_put(PEERS_NEW_KEY, &bytes).await {
+            lock(&self.inner).unsaved.extend(taken);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Caches the users and chats of a response the channel invoked itself (grammers caches
+    /// those of updates): what a later send to them needs. Ids out of Telegram's ranges,
+    /// `min` users and peers without an access hash (other than basic groups) are passed
+    /// over. Write them with [`AccountSession::persist_learned_peers`].
+    pub fn learn(&self, users: &[tl::enums::User], chats: &[tl::enums::Chat]) {
+        let infos = users
+            .iter()
+            .filter_map(|u| match u {
+                tl::enums::User::User(u) if PeerId::user(u.id).is_some() => Some(PeerInfo::from(u)),
+                _ => None,
+            })
+            .chain(chats.iter().filter_map(|c| match c {
+                tl::enums::Chat::Chat(c) if PeerId::chat(c.id).is_some() => {
+                    Some(PeerInfo::Chat { id: c.id })
+                }
+                tl::enums::Chat::Channel(c) if PeerId::channel(c.id).is_some() && !c.min => {
+                    Some(PeerInfo::from(&tl::enums::Chat::Channel(c.clone())))
+                }
+                _ => None,
+            }));
+        for info in infos {
+            let is_self = matches!(info, PeerInfo::User { is_self: Some(true), .. });
+            if is_self || info.auth().is_some() || matches!(info, PeerInfo::Chat { .. }) {
+                self.remember_peer(info);
+            }
+        }
+    }
+
+    /// Adds or updates a peer in the cache; returns whether the self user changed.
+    fn remember_peer(&self, peer: PeerInfo) -> bool {
+        let mut inner = lock(&self.inner);
+        if let PeerInfo::User { id, auth, bot, is_self: Some(true) } = &peer {
+            let new = StoredSelf {
+                id: *id,
+                access_hash: auth.map(|a| a.hash()),
+                bot: bot.unwrap_or(false),
+            };
+            let old = inner.me.replace(new);
+            return old != Some(new);
+        }
+        let id = peer.id();
+        let changed = match inner.peers.get_mut(&id) {
+            Some(known) => {
+                let before = StoredPeer::from_info(known);
+                known.extend_info(&peer);
+                let after = StoredPeer::from_info(known);
+                before.hash != after.hash || before.k != after.k
+            }
+            None => {
+                inner.peers.insert(id, peer);
+                true
+            }
+        };
+        if changed {
+            inner.peers_dirty = true;
+            inner.unsaved.insert(id);
+        }
+        false
+    }
+
+    /// Whether the peer cache holds `peer` (with its access hash, for users and channels).
+    pub fn knows_peer(&self, peer: PeerId) -> bool {
+        lock(&self.inner)
+            .peers
+            .get(&peer)
+            .is_some_and(|p| matches!(p, PeerInfo::Chat { .. }) || p.auth().is_some())
     }
 
     /// The update state committed so far.
@@ -519,7 +678,14 @@ impl AccountSession {
 
     /// Removes everything stored for the session (sign-out).
     pub async fn wipe(state: &dyn Inbound) -> Result<(), ChannelError> {
-        for key in [SESSION_KEY, PEERS_KEY, UPDATES_KEY] {
+        state.state_delete(SESSION_KEY).await?;
+        Self::forget_account_data(state).await
+    }
+
+    /// Removes what was learned about the account ([`ACCOUNT_DATA_KEYS`]): peers, update
+    /// state, sends in flight.
+    pub async fn forget_account_data(state: &dyn Inbound) -> Result<(), ChannelError> {
+        for key in ACCOUNT_DATA_KEYS {
             state.state_delete(key).await?;
         }
         Ok(())
@@ -588,34 +754,7 @@ impl Session for AccountSession {
 
     fn cache_peer(&self, peer: PeerInfo) -> BoxFuture<'_, Result<(), SessionError>> {
         Box::pin(async move {
-            let self_changed = {
-                let mut inner = lock(&self.inner);
-                if let PeerInfo::User { id, auth, bot, is_self: Some(true) } = &peer {
-                    let new = StoredSelf {
-                        id: *id,
-                        access_hash: auth.map(|a| a.hash()),
-                        bot: bot.unwrap_or(false),
-                    };
-                    let old = inner.me.replace(new);
-                    old != Some(new)
-                } else {
-                    let id = peer.id();
-                    let changed = match inner.peers.get_mut(&id) {
-                        Some(known) => {
-                            let before = known.clone();
-                            known.extend_info(&peer);
-                            *known != before
-                        }
-                        None => {
-                            inner.peers.insert(id, peer);
-                            true
-                        }
-                    };
-                    inner.peers_dirty |= changed;
-                    false
-                }
-            };
-            if self_changed {
+            if self.remember_peer(peer) {
                 self.persist_session().await?;
             }
             Ok(())

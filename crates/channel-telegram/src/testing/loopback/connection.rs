@@ -305,6 +305,10 @@ impl Connection {
                 let _ = self.shared.world_answer(request);
                 vec![Outgoing::Close]
             }
+            Reply::ProcessThenHold => {
+                let _ = self.shared.world_answer(request);
+                Vec::new()
+            }
             Reply::Delayed(after, inner) => return self.resolve(request, *inner, delay + after),
         };
         (delay, outs)

@@ -6,7 +6,7 @@
 //! `invokeWithLayer(initConnection(help.getConfig))`, `updates.getState`,
 //! `updates.getDifference`, `updates.getChannelDifference`, `messages.sendMessage` and
 //! `messages.sendMedia` (deduplicated on `random_id`), `messages.getHistory`,
-//! `users.getUsers` and pings from a small in-memory account (the *world*: users, basic
+//! `messages.getDialogs`, `contacts.resolveUsername`, `users.getUsers` and pings from a small in-memory account (the *world*: users, basic
 //! groups, supergroups and broadcast channels with their own `pts`), pushes updates, and lets
 //! a test script replies, rpc errors and faults.
 //!
@@ -72,6 +72,9 @@ pub enum Reply {
     /// Let the world process the request (a send is stored), then close the connection
     /// before the answer goes out: the client cannot know whether it worked.
     ProcessThenDrop,
+    /// Let the world process the request (a send is stored), then never answer it: the
+    /// client waits, as when Telegram accepted a message and the answer is still on its way.
+    ProcessThenHold,
     /// Answer with the inner reply after a delay.
     Delayed(Duration, Box<Reply>),
 }

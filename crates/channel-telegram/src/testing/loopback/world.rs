@@ -1112,6 +1112,34 @@ impl World {
                 }
                 Ok(self.channel_difference(channel, req.pts, req.limit).to_bytes())
             }
+            f::contacts::ResolveUsername::CONSTRUCTOR_ID => {
+                let req = f::contacts::ResolveUsername::from_bytes(args).map_err(bad)?;
+                let wanted = req.username.trim_start_matches('@').to_lowercase();
+                let is = |u: &Option<String>| {
+                    u.as_deref().map(str::to_lowercase) == Some(wanted.clone())
+                };
+                let peer = if let Some(u) = self.users.values().find(|u| is(&u.username)) {
+                    TestPeer::User(u.id)
+                } else if let Some(c) = self.channels.values().find(|c| is(&c.channel.username)) {
+                    TestPeer::Channel(c.channel.id)
+                } else {
+                    return Err((400, "USERNAME_NOT_OCCUPIED".to_owned()));
+                };
+                let (users, chats) = match peer {
+                    TestPeer::User(id) => (self.tl_users([id]), Vec::new()),
+                    other => (Vec::new(), self.tl_chats([other])),
+                };
+                Ok(tl::enums::contacts::ResolvedPeer::from(tl::types::contacts::ResolvedPeer {
+                    peer: Self::tl_peer(peer),
+                    chats,
+                    users,
+                })
+                .to_bytes())
+            }
+            f::messages::GetDialogs::CONSTRUCTOR_ID => {
+                f::messages::GetDialogs::from_bytes(args).map_err(bad)?;
+                Ok(self.dialogs().to_bytes())
+            }
             f::users::GetUsers::CONSTRUCTOR_ID => {
                 let req = f::users::GetUsers::from_bytes(args).map_err(bad)?;
                 let ids: Vec<i64> = req
@@ -1197,6 +1225,36 @@ impl World {
             chats,
             users,
             state: self.state().into(),
+        }
+        .into()
+    }
+
+    /// Every chat with a message, newest first, in one complete `messages.dialogs`.
+    fn dialogs(&self) -> tl::enums::messages::Dialogs {
+        let mut tops: Vec<&WorldMessage> = Vec::new();
+        for m in self.messages.iter().rev() {
+            if !tops.iter().any(|t| t.peer == m.peer) {
+                tops.push(m);
+            }
+        }
+        let (users, chats) = self.involved(&tops);
+        let dialogs = tops
+            .iter()
+            .map(|m| {
+                let mut d = tl_build::channel_dialog(0, m.id, m.pts);
+                let tl::enums::Dialog::Dialog(x) = &mut d else {
+                    unreachable!("tl_build::channel_dialog builds a dialog");
+                };
+                x.peer = Self::tl_peer(m.peer);
+                x.pts = m.peer.channel_id().and_then(|id| self.channel_pts(id));
+                d
+            })
+            .collect();
+        tl::types::messages::Dialogs {
+            dialogs,
+            messages: tops.iter().map(|m| self.tl_message(m)).collect(),
+            chats,
+            users,
         }
         .into()
     }
