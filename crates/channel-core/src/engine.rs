@@ -16,7 +16,7 @@ use crate::error::{EngineError, with_timeout};
 use crate::events::{DEFAULT_EVENT_CAPACITY, EventBus, JOBS_TOPIC};
 use crate::model::*;
 use crate::retry::RetryPolicy;
-use crate::send_policy::{RateLimitPolicy, SendPolicy};
+use crate::send_policy::{RateLimitPolicy, SendPolicy, StorePolicyMemory};
 use crate::state::{AccountState, StateCipher, StateKey};
 use crate::store::{Notification, Store, StoreError};
 use crate::validate::Limits;
@@ -248,7 +248,8 @@ impl EngineBuilder {
         self
     }
 
-    /// The send policy (default: [`RateLimitPolicy::default`]).
+    /// The send policy (default: [`RateLimitPolicy::default`], its counters kept in the
+    /// store: [`StorePolicyMemory`]).
     pub fn send_policy(mut self, policy: Arc<dyn SendPolicy>) -> Self {
         self.send_policy = Some(policy);
         self
@@ -378,15 +379,17 @@ impl EngineBuilder {
             self.config.event_capacity,
             self.config.db_timeout,
         );
+        let send_policy = self.send_policy.unwrap_or_else(|| {
+            let memory = StorePolicyMemory::new(Arc::clone(&self.store));
+            Arc::new(RateLimitPolicy::default().remembered_in(Arc::new(memory)))
+        });
         Ok(Engine {
             inner: Arc::new(Inner {
                 cipher: Arc::new(StateCipher::new(&self.key)),
                 store: self.store,
                 blobs,
                 clock: self.clock,
-                send_policy: self
-                    .send_policy
-                    .unwrap_or_else(|| Arc::new(RateLimitPolicy::default())),
+                send_policy,
                 events,
                 wake: Notify::new(),
                 channels: RwLock::new(HashMap::new()),

@@ -3,7 +3,17 @@
 //! [`RateLimitPolicy`] (the default) keeps per-account and per-chat rates with `governor`; a
 //! service can add its own rules (quiet hours, opt-outs) by implementing [`SendPolicy`] and
 //! combining it with [`PolicyChain`].
+//!
+//! Counted in memory only, a restart would forget what was just sent, and a worker in a
+//! crash loop would send faster than the policy allows. With a [`PolicyMemory`]
+//! ([`RateLimitPolicy::remembered_in`]; the engine's default keeps it in the account state,
+//! [`StorePolicyMemory`]) each allowed send first writes the account's counters — for every
+//! limit, the time its next slot frees up (GCRA's theoretical arrival time), in wall-clock
+//! time — and a process that sees an account for the first time loads them and starts from
+//! there, rounded towards sending less. A send whose counters cannot be written is held back
+//! for a second, never let through uncounted.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::ops::Add;
 use std::sync::Arc;
@@ -17,6 +27,89 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
 use crate::model::{AccountId, ChannelKind, MessageId, Timestamp};
+use crate::store::Store;
+
+/// The account-state key under which [`StorePolicyMemory`] keeps an account's counters.
+pub const POLICY_STATE_KEY: &str = "core/send_policy";
+
+/// Where [`RateLimitPolicy`] keeps its counters across restarts, one value per account.
+#[async_trait]
+pub trait PolicyMemory: Send + Sync + 'static {
+    /// The account's stored counters, if any. An error holds the account's sends back.
+    async fn load(&self, account: AccountId) -> Result<Option<Vec<u8>>, String>;
+    /// Stores the account's counters (before the send they allow goes out).
+    async fn save(&self, account: AccountId, value: &[u8]) -> Result<(), String>;
+}
+
+/// A [`PolicyMemory`] in the store's account state, under [`POLICY_STATE_KEY`] (the counters
+/// are times, not secrets: stored as they are), each call under a timeout.
+pub struct StorePolicyMemory {
+    store: Arc<dyn Store>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for StorePolicyMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorePolicyMemory").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
+
+impl StorePolicyMemory {
+    /// Counters in `store`, each read or write limited to the default database timeout.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store, timeout: crate::DEFAULT_DB_TIMEOUT }
+    }
+}
+
+#[async_trait]
+impl PolicyMemory for StorePolicyMemory {
+    async fn load(&self, account: AccountId) -> Result<Option<Vec<u8>>, String> {
+        match tokio::time::timeout(self.timeout, self.store.state_get(account, POLICY_STATE_KEY))
+            .await
+        {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => {
+                Err(format!("reading the send policy's counters took over {:?}", self.timeout))
+            }
+        }
+    }
+
+    async fn save(&self, account: AccountId, value: &[u8]) -> Result<(), String> {
+        let put = self.store.state_put(account, POLICY_STATE_KEY, value);
+        match tokio::time::timeout(self.timeout, put).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => {
+                Err(format!("writing the send policy's counters took over {:?}", self.timeout))
+            }
+        }
+    }
+}
+
+/// An account's counters as remembered: when each limit's next slot frees up (unix ms).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Counters {
+    /// The account's limit.
+    a: i64,
+    /// Each chat's limit, by thread key (only chats whose slot lies in the future).
+    c: HashMap<String, i64>,
+}
+
+/// Advances a GCRA theoretical arrival time by one send at `now`.
+fn gcra_next(tat: i64, now: i64, period: Duration) -> i64 {
+    tat.max(now).saturating_add(i64::try_from(period.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How many of a limit's cells a remembered arrival time `tat` takes at `now`, rounded up
+/// (towards sending less), at most the burst.
+fn cells_taken(tat: i64, now: i64, quota: &Quota) -> u32 {
+    let ahead = tat.saturating_sub(now);
+    if ahead <= 0 {
+        return 0;
+    }
+    let period = i64::try_from(quota.replenish_interval().as_millis()).unwrap_or(i64::MAX).max(1);
+    let cells = ahead.saturating_add(period - 1) / period;
+    u32::try_from(cells).unwrap_or(u32::MAX).min(quota.burst_size().get())
+}
 
 /// What the policy is asked about.
 #[derive(Clone, Debug)]
@@ -129,7 +222,13 @@ type Keyed<K> = RateLimiter<
 pub struct RateLimitPolicy {
     per_account: Keyed<AccountId>,
     per_chat: Keyed<(AccountId, String)>,
+    account_quota: Quota,
+    chat_quota: Quota,
     checks: AtomicU64,
+    memory: Option<Arc<dyn PolicyMemory>>,
+    /// The counters of the accounts seen by this process (with a memory). One check at a
+    /// time, so that the writes land in order.
+    remembered: tokio::sync::Mutex<HashMap<AccountId, Counters>>,
 }
 
 impl std::fmt::Debug for RateLimitPolicy {
@@ -162,20 +261,32 @@ impl RateLimitPolicy {
                 clock.clone(),
             ),
             per_chat: RateLimiter::new(per_chat, DefaultKeyedStateStore::default(), clock),
+            account_quota: per_account,
+            chat_quota: per_chat,
             checks: AtomicU64::new(0),
+            memory: None,
+            remembered: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
-}
 
-impl Default for RateLimitPolicy {
-    fn default() -> Self {
-        Self::new(Self::default_account_quota(), Self::default_chat_quota())
+    /// Keeps the counters in `memory` too, so that they survive a restart (see the module
+    /// docs). The engine's default policy keeps them in the store ([`StorePolicyMemory`]).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use channel_core::send_policy::{RateLimitPolicy, StorePolicyMemory};
+    /// # fn demo(store: Arc<dyn channel_core::Store>) {
+    /// let memory = Arc::new(StorePolicyMemory::new(store));
+    /// let policy = RateLimitPolicy::default().remembered_in(memory);
+    /// # }
+    /// ```
+    pub fn remembered_in(mut self, memory: Arc<dyn PolicyMemory>) -> Self {
+        self.memory = Some(memory);
+        self
     }
-}
 
-#[async_trait]
-impl SendPolicy for RateLimitPolicy {
-    async fn check(&self, ctx: &SendContext<'_>) -> SendDecision {
+    /// The decision of the in-memory limiters (a refusal spends nothing).
+    fn decide(&self, ctx: &SendContext<'_>) -> SendDecision {
         // Forget idle keys now and then so the maps stay small.
         if self.checks.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
             self.per_account.retain_recent();
@@ -191,6 +302,85 @@ impl SendPolicy for RateLimitPolicy {
             return SendDecision::DelayUntil(ctx.now.plus(wait.max(Duration::from_millis(1))));
         }
         SendDecision::Allow
+    }
+
+    /// Takes the cells that remembered counters say are in use, in the in-memory limiters.
+    fn prime(&self, account: AccountId, counters: &Counters, now: i64) {
+        let take = |n: u32| NonZeroU32::new(n);
+        if let Some(n) = take(cells_taken(counters.a, now, &self.account_quota)) {
+            let _ = self.per_account.check_key_n(&account, n);
+        }
+        for (thread, tat) in &counters.c {
+            if let Some(n) = take(cells_taken(*tat, now, &self.chat_quota)) {
+                let _ = self.per_chat.check_key_n(&(account, thread.clone()), n);
+            }
+        }
+    }
+
+    async fn check_remembered(
+        &self,
+        memory: &Arc<dyn PolicyMemory>,
+        ctx: &SendContext<'_>,
+    ) -> SendDecision {
+        let now = ctx.now.as_millis();
+        let hold = |why: String| {
+            tracing::warn!(account = %ctx.account_id, error = %why, "send policy counters unavailable; holding the send back");
+            SendDecision::DelayUntil(ctx.now.plus(Duration::from_secs(1)))
+        };
+        let mut remembered = self.remembered.lock().await;
+        let counters = match remembered.entry(ctx.account_id) {
+            std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let counters = match memory.load(ctx.account_id).await {
+                    Ok(Some(raw)) => serde_json::from_slice(&raw).unwrap_or_else(|e| {
+                        // Unreadable: as if the account's limit had just been used up.
+                        tracing::warn!(error = %e, "unreadable send policy counters; starting as if just used");
+                        let full = i64::try_from(
+                            self.account_quota.burst_size_replenished_in().as_millis(),
+                        )
+                        .unwrap_or(i64::MAX);
+                        Counters { a: now.saturating_add(full), c: HashMap::new() }
+                    }),
+                    Ok(None) => Counters::default(),
+                    Err(e) => return hold(e),
+                };
+                self.prime(ctx.account_id, &counters, now);
+                slot.insert(counters)
+            }
+        };
+        let decision = self.decide(ctx);
+        if decision != SendDecision::Allow {
+            return decision;
+        }
+        counters.a = gcra_next(counters.a, now, self.account_quota.replenish_interval());
+        let chat = counters.c.get(ctx.thread_key).copied().unwrap_or(0);
+        counters.c.insert(
+            ctx.thread_key.to_owned(),
+            gcra_next(chat, now, self.chat_quota.replenish_interval()),
+        );
+        counters.c.retain(|_, tat| *tat > now);
+        let bytes = serde_json::to_vec(&*counters).unwrap_or_default();
+        match memory.save(ctx.account_id, &bytes).await {
+            Ok(()) => SendDecision::Allow,
+            // The cells stay taken in memory: the next try waits for them, uncounted never.
+            Err(e) => hold(e),
+        }
+    }
+}
+
+impl Default for RateLimitPolicy {
+    fn default() -> Self {
+        Self::new(Self::default_account_quota(), Self::default_chat_quota())
+    }
+}
+
+#[async_trait]
+impl SendPolicy for RateLimitPolicy {
+    async fn check(&self, ctx: &SendContext<'_>) -> SendDecision {
+        match &self.memory {
+            Some(memory) => self.check_remembered(memory, ctx).await,
+            None => self.decide(ctx),
+        }
     }
 }
 
@@ -242,5 +432,99 @@ mod tests {
             SendDecision::Allow,
             "other accounts are separate"
         );
+    }
+
+    /// A memory in a map, that can be made to fail.
+    #[derive(Default)]
+    struct MapMemory {
+        values: std::sync::Mutex<HashMap<AccountId, Vec<u8>>>,
+        fail_saves: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl PolicyMemory for MapMemory {
+        async fn load(&self, account: AccountId) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.values.lock().unwrap().get(&account).cloned())
+        }
+        async fn save(&self, account: AccountId, value: &[u8]) -> Result<(), String> {
+            if self.fail_saves.load(Ordering::Relaxed) {
+                return Err("store down".to_owned());
+            }
+            self.values.lock().unwrap().insert(account, value.to_vec());
+            Ok(())
+        }
+    }
+
+    /// Wall-clock time that moves with tokio's paused clock.
+    fn at(start: tokio::time::Instant, thread: &str, account: AccountId) -> SendContext<'_> {
+        SendContext { now: Timestamp(1_000_000).plus(start.elapsed()), ..ctx(account, thread) }
+    }
+
+    fn chat_quota() -> Quota {
+        RateLimitPolicy::default_chat_quota()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_in_a_crash_loop_never_sends_faster_than_one_that_kept_running() {
+        let start = tokio::time::Instant::now();
+        let account = AccountId::new();
+        let memory: Arc<MapMemory> = Arc::default();
+        let fresh = || {
+            RateLimitPolicy::new(RateLimitPolicy::default_account_quota(), chat_quota())
+                .remembered_in(memory.clone())
+        };
+        let steady = RateLimitPolicy::new(RateLimitPolicy::default_account_quota(), chat_quota());
+        let (mut crashing_sent, mut steady_sent) = (0, 0);
+        let mut life = fresh();
+        // 60 s, a check every 100 ms, a restart every 700 ms.
+        for step in 1..=600 {
+            if step % 7 == 0 {
+                life = fresh();
+            }
+            if life.check(&at(start, "chat", account)).await == SendDecision::Allow {
+                crashing_sent += 1;
+            }
+            if steady.check(&at(start, "chat", account)).await == SendDecision::Allow {
+                steady_sent += 1;
+            }
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        assert!(crashing_sent <= steady_sent, "{crashing_sent} > {steady_sent}");
+        // Burst of 3, then one per 3 s: 3 + 19.
+        assert_eq!(steady_sent, 22);
+        assert!(crashing_sent >= 20, "restarts cost at most a slot each: {crashing_sent}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_policy_starts_where_the_last_one_stopped() {
+        let start = tokio::time::Instant::now();
+        let account = AccountId::new();
+        let memory: Arc<MapMemory> = Arc::default();
+        let first = RateLimitPolicy::default().remembered_in(memory.clone());
+        for _ in 0..3 {
+            assert_eq!(first.check(&at(start, "chat", account)).await, SendDecision::Allow);
+        }
+        drop(first);
+        let second = RateLimitPolicy::default().remembered_in(memory.clone());
+        assert!(
+            matches!(second.check(&at(start, "chat", account)).await, SendDecision::DelayUntil(_)),
+            "the burst was used before the restart"
+        );
+        assert_eq!(second.check(&at(start, "other chat", account)).await, SendDecision::Allow);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(second.check(&at(start, "chat", account)).await, SendDecision::Allow);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_whose_counters_cannot_be_written_is_held_back() {
+        let start = tokio::time::Instant::now();
+        let account = AccountId::new();
+        let memory: Arc<MapMemory> = Arc::default();
+        memory.fail_saves.store(true, Ordering::Relaxed);
+        let policy = RateLimitPolicy::default().remembered_in(memory.clone());
+        assert!(matches!(
+            policy.check(&at(start, "chat", account)).await,
+            SendDecision::DelayUntil(_)
+        ));
     }
 }
