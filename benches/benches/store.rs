@@ -115,6 +115,7 @@ fn ingest_requests(account: AccountId) -> Vec<Vec<IngestRequest>> {
                         references: Vec::new(),
                         attachments: Vec::new(),
                         parse_error: None,
+                        defects: Vec::new(),
                         sent_at: Timestamp(T0.0 + n as i64),
                         cursor: None,
                     },
@@ -136,7 +137,7 @@ async fn ingest_once() -> Duration {
     let batches = ingest_requests(account);
     let start = Instant::now();
     for batch in batches {
-        store.ingest_batch(batch).await.expect("ingest_batch");
+        store.ingest_batch(&batch).await.expect("ingest_batch");
     }
     let took = start.elapsed();
     record("sqlite_ingest_10k", INGEST_MESSAGES, took);

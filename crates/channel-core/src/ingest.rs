@@ -10,17 +10,24 @@ use crate::channel::{ChannelError, Inbound};
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::model::*;
-use crate::store::{IngestDisposition, IngestOutcome, IngestRequest, StoredInbound};
+use crate::store::{IngestDisposition, IngestOutcome, IngestRequest, StoreError, StoredInbound};
 use crate::validate;
 
 impl Engine {
     /// Stores a message a channel received for `account`, and returns after the commit.
     ///
-    /// In order: the message is validated (nothing is written for invalid input), its
-    /// attachments go to the blob store, its cursor is sealed, and [`Store::ingest`] commits
-    /// message and cursor together under the database timeout. Only then are the events
-    /// published. Delivering the same provider id again is harmless: the store reports a
-    /// duplicate and only the cursor moves.
+    /// In order: the message is degraded where it must be (see [`validate::degrade_inbound`]:
+    /// nothing a provider delivers is refused as a whole; what was changed is listed in the
+    /// message's defects), its attachments go to the blob store, its cursor is sealed, and
+    /// [`Store::ingest_batch`] commits message and cursor together under the database timeout.
+    /// If the store refuses the message even so, a placeholder row takes its place (see
+    /// [`defect::PLACEHOLDER`](crate::defect::PLACEHOLDER)) so that the account goes on. Only
+    /// then are the events published. Delivering the same provider id again is harmless: the
+    /// store reports a duplicate and only the cursor moves.
+    ///
+    /// The only refusals are a cursor the channel made wrongly ([`EngineError::Invalid`]) and
+    /// an unknown account; a failure of the store itself is returned as it is, and nothing is
+    /// stored degraded because of it: retry the call.
     ///
     /// ```
     /// # use std::sync::Arc;
@@ -37,44 +44,102 @@ impl Engine {
     /// let again = engine.deliver(account.id, msg).await.unwrap();
     /// assert_eq!(again.disposition, IngestDisposition::Duplicate);
     /// assert_eq!(again.message_id, first.message_id);
+    ///
+    /// // A NUL byte, which PostgreSQL cannot store, is replaced and flagged, not refused.
+    /// let odd = InboundMessage::text("m2", "chat", IdentityInfo::new("tg:1"), "a\0b", engine.now());
+    /// let out = engine.deliver(account.id, odd).await.unwrap();
+    /// let stored = store.message(out.message_id).await.unwrap();
+    /// assert_eq!(stored.text.as_deref(), Some("a\u{FFFD}b"));
+    /// assert_eq!(stored.defects[0].code, defect::NUL_REPLACED);
     /// # });
     /// ```
     ///
-    /// [`Store::ingest`]: crate::Store::ingest
+    /// [`Store::ingest_batch`]: crate::Store::ingest_batch
     pub async fn deliver(
         &self,
         account: AccountId,
         message: InboundMessage,
     ) -> Result<IngestOutcome, EngineError> {
-        validate::check_inbound(&message, &self.inner.config.limits)?;
-        self.require_account(account).await?;
-        let req = self.prepare(account, message).await?;
-        let outcome = self.db("ingest", self.inner.store.ingest(req)).await?;
-        self.publish_ingest(account, &outcome).await;
-        Ok(outcome)
+        let mut outcomes = self.deliver_batch(account, vec![message]).await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("ingest returned no outcome".to_owned()).into())
     }
 
-    /// Stores a fetched batch in order, in one store call (one transaction on SQL stores).
-    /// Every message is validated before anything is written.
+    /// Stores a fetched batch in order, in one store call (one transaction on SQL stores),
+    /// with the same rules as [`Engine::deliver`]. A message the store refuses never holds
+    /// the batch hostage: the batch is then stored message by message, the refused one
+    /// replaced by a placeholder, in order, and every cursor moves.
     pub async fn deliver_batch(
         &self,
         account: AccountId,
         messages: Vec<InboundMessage>,
     ) -> Result<Vec<IngestOutcome>, EngineError> {
-        for m in &messages {
-            validate::check_inbound(m, &self.inner.config.limits)?;
+        let limits = &self.inner.config.limits;
+        let blob_max = self.inner.blobs.max_size();
+        let mut degraded = Vec::with_capacity(messages.len());
+        for m in messages {
+            if let Some(c) = &m.cursor {
+                validate::check_cursor(c, limits)?;
+            }
+            let m = validate::degrade_inbound(m, limits, blob_max);
+            validate::check_inbound(&m, limits)?;
+            degraded.push(m);
         }
-        if messages.is_empty() {
+        if degraded.is_empty() {
             return Ok(Vec::new());
         }
         self.require_account(account).await?;
-        let mut reqs = Vec::with_capacity(messages.len());
-        for m in messages {
+        let mut reqs = Vec::with_capacity(degraded.len());
+        for m in degraded {
             reqs.push(self.prepare(account, m).await?);
         }
-        let outcomes = self.db("ingest_batch", self.inner.store.ingest_batch(reqs)).await?;
-        for o in &outcomes {
-            self.publish_ingest(account, o).await;
+        let outcomes = match self.db("ingest_batch", self.inner.store.ingest_batch(&reqs)).await {
+            Ok(outcomes) => outcomes,
+            Err(StoreError::InvalidInput { field, reason }) => {
+                tracing::warn!(
+                    %account, field, %reason,
+                    "the store refused a message of a batch; storing it message by message"
+                );
+                self.ingest_each(&mut reqs).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for (o, req) in outcomes.iter().zip(&reqs) {
+            self.publish_ingest(account, o, &req.message.defects).await;
+        }
+        Ok(outcomes)
+    }
+
+    /// Stores `reqs` one by one, replacing each one the store refuses by a placeholder (in
+    /// `reqs` too, so that the events name its defects).
+    async fn ingest_each(
+        &self,
+        reqs: &mut [IngestRequest],
+    ) -> Result<Vec<IngestOutcome>, EngineError> {
+        let mut outcomes = Vec::with_capacity(reqs.len());
+        for req in reqs.iter_mut() {
+            let mut tries = 0;
+            let outcome = loop {
+                let call = self.inner.store.ingest_batch(std::slice::from_ref(req));
+                match self.db("ingest", call).await {
+                    Ok(mut o) => {
+                        break o.pop().ok_or_else(|| {
+                            StoreError::Corrupt("ingest returned no outcome".to_owned())
+                        })?;
+                    }
+                    Err(StoreError::InvalidInput { field, reason }) if tries < 2 => {
+                        tracing::warn!(
+                            account = %req.account_id, field, %reason,
+                            "the store refused a message; storing a placeholder in its place"
+                        );
+                        *req = placeholder(req, field, &reason, tries == 1);
+                        tries += 1;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            outcomes.push(outcome);
         }
         Ok(outcomes)
     }
@@ -135,6 +200,7 @@ impl Engine {
                 references: m.references,
                 attachments,
                 parse_error: m.parse_error,
+                defects: m.defects,
                 sent_at: m.sent_at,
                 cursor,
             },
@@ -154,6 +220,11 @@ impl Engine {
         account: AccountId,
         edit: InboundEdit,
     ) -> Result<Option<MessageId>, EngineError> {
+        let (edit, defects) = validate::degrade_edit(edit, &self.inner.config.limits);
+        if !defects.is_empty() {
+            let codes: Vec<&str> = defects.iter().map(|d| d.code.as_str()).collect();
+            tracing::warn!(%account, ?codes, "an edit was degraded to be stored");
+        }
         validate::check_edit(&edit, &self.inner.config.limits)?;
         self.require_account(account).await?;
         let now = self.now();
@@ -182,6 +253,7 @@ impl Engine {
         account: AccountId,
         deletion: InboundDeletion,
     ) -> Result<Vec<MessageId>, EngineError> {
+        let deletion = validate::degrade_deletion(deletion, &self.inner.config.limits);
         validate::check_deletion(&deletion, &self.inner.config.limits)?;
         self.require_account(account).await?;
         if deletion.provider_ids.is_empty() {
@@ -202,20 +274,90 @@ impl Engine {
         Ok(ids)
     }
 
-    async fn publish_ingest(&self, account: AccountId, o: &IngestOutcome) {
+    async fn publish_ingest(&self, account: AccountId, o: &IngestOutcome, defects: &[Defect]) {
         let disposition = match o.disposition {
             IngestDisposition::Stored => "stored",
             IngestDisposition::Duplicate => "duplicate",
             IngestDisposition::EchoMatched => "echo_matched",
         };
         metrics::counter!("channel_ingest_total", "disposition" => disposition).increment(1);
-        let events = ingest_events(account, o);
+        if o.disposition == IngestDisposition::Stored {
+            for d in defects {
+                metrics::counter!("channel_message_defects_total", "code" => d.code.clone())
+                    .increment(1);
+            }
+        }
+        let events = ingest_events(account, o, defects);
         self.inner.events.publish_all(events).await;
     }
 }
 
+/// A placeholder for a message the store refused: its provider id, thread, sender,
+/// direction, client key, time and cursor, the reason in `parse_error`, its raw form (a
+/// `message/rfc822` attachment) if it had one, and its defects plus
+/// [`defect::PLACEHOLDER`]. `minimal` drops everything but ids (shortened), the cursor and
+/// the time, for a store that refused the first placeholder too.
+fn placeholder(req: &IngestRequest, field: &str, reason: &str, minimal: bool) -> IngestRequest {
+    let m = &req.message;
+    let mut defects = m.defects.clone();
+    if !defects.iter().any(|d| d.code == defect::PLACEHOLDER) {
+        defects.push(Defect::new(defect::PLACEHOLDER).field(field));
+    }
+    let why = format!("the store refused the message ({field}: {reason}); this is a placeholder");
+    let why = validate::DecodedText::from_string(why).text;
+    let why = validate::truncate_utf8(&why, validate::Limits::DEFAULT.parse_error).to_owned();
+    let message = if minimal {
+        StoredInbound {
+            provider_id: validate::shortened_id(&m.provider_id),
+            thread_key: validate::shortened_id(&m.thread_key),
+            remote: IdentityInfo::new(validate::UNKNOWN_ADDRESS),
+            direction: m.direction,
+            origin: m.origin.clone(),
+            client_key: m.client_key.as_deref().map(validate::shortened_id),
+            text: None,
+            html: None,
+            reply_to: None,
+            references: Vec::new(),
+            attachments: Vec::new(),
+            parse_error: Some(why),
+            defects: vec![Defect::new(defect::PLACEHOLDER).field(field)],
+            sent_at: m.sent_at,
+            cursor: m.cursor.clone(),
+        }
+    } else {
+        StoredInbound {
+            provider_id: m.provider_id.clone(),
+            thread_key: m.thread_key.clone(),
+            remote: m.remote.clone(),
+            direction: m.direction,
+            origin: m.origin.clone(),
+            client_key: m.client_key.clone(),
+            text: None,
+            html: None,
+            reply_to: None,
+            references: Vec::new(),
+            attachments: m
+                .attachments
+                .iter()
+                .filter(|a| a.mime_type == "message/rfc822")
+                .take(1)
+                .cloned()
+                .collect(),
+            parse_error: Some(why),
+            defects,
+            sent_at: m.sent_at,
+            cursor: m.cursor.clone(),
+        }
+    };
+    IngestRequest { message, ..req.clone() }
+}
+
 /// The events an ingest outcome publishes.
-pub(crate) fn ingest_events(account: AccountId, o: &IngestOutcome) -> Vec<Event> {
+pub(crate) fn ingest_events(
+    account: AccountId,
+    o: &IngestOutcome,
+    defects: &[Defect],
+) -> Vec<Event> {
     let mut events = Vec::new();
     match o.disposition {
         IngestDisposition::Stored => {
@@ -236,6 +378,7 @@ pub(crate) fn ingest_events(account: AccountId, o: &IngestOutcome) -> Vec<Event>
                 account_id: account,
                 conversation_id: o.conversation_id,
                 message_id: o.message_id,
+                defects: defects.iter().map(|d| d.code.clone()).collect(),
             });
         }
         IngestDisposition::EchoMatched => {

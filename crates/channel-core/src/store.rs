@@ -149,6 +149,8 @@ pub struct StoredInbound {
     pub attachments: Vec<Attachment>,
     /// Parse error, if any.
     pub parse_error: Option<String>,
+    /// What was wrong with the message, or changed to store it.
+    pub defects: Vec<Defect>,
     /// The provider's time.
     pub sent_at: Timestamp,
     /// The cursor to advance in the same commit (value already sealed).
@@ -363,6 +365,16 @@ pub trait Store: Send + Sync + 'static {
         conversation: ConversationId,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError>;
+    /// The account's messages that were stored degraded (with [`defects`](Message::defects)),
+    /// newest first (by the time they were stored, then id), at most `limit`; with `code`,
+    /// only those with a defect of that code (such as
+    /// [`defect::TEXT_TRUNCATED`](crate::defect::TEXT_TRUNCATED)).
+    async fn messages_with_defects(
+        &self,
+        account: AccountId,
+        code: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
     /// Applies a provider's edit to the message with `edit.provider_id`: new text and HTML,
     /// `edited_at` set. An edit not newer than the stored one changes nothing. Returns the
     /// message as stored afterwards and whether this edit changed it; `None` when the account
@@ -390,13 +402,14 @@ pub trait Store: Send + Sync + 'static {
     /// rules as [`Store::ingest`]. SQL stores do it in one transaction (all or nothing). The
     /// default runs them one by one: a failure leaves the earlier ones stored, which is
     /// harmless because ingest is idempotent; the caller retries the batch.
-    async fn ingest_batch(
-        &self,
-        reqs: Vec<IngestRequest>,
-    ) -> Result<Vec<IngestOutcome>, StoreError> {
+    ///
+    /// The requests are borrowed so that a caller still has them when the store refuses one
+    /// ([`StoreError::InvalidInput`]): the engine then stores the batch message by message
+    /// and puts a placeholder in place of the refused one.
+    async fn ingest_batch(&self, reqs: &[IngestRequest]) -> Result<Vec<IngestOutcome>, StoreError> {
         let mut out = Vec::with_capacity(reqs.len());
         for req in reqs {
-            out.push(self.ingest(req).await?);
+            out.push(self.ingest(req.clone()).await?);
         }
         Ok(out)
     }

@@ -1,12 +1,25 @@
-//! Input checks done before anything is written, and helpers for channels that turn provider
-//! bytes into valid text.
+//! The one set of [`Limits`], input checks done before anything is written, and the
+//! degrading of what providers deliver.
 //!
-//! The engine refuses, with a [`ValidationError`] naming the field, any message that a
-//! database would store differently or not at all: NUL bytes (PostgreSQL cannot store them in
-//! text), empty ids, and fields over the [`Limits`]. Nothing is written for a refused message.
+//! Two kinds of input meet two rules:
+//!
+//! - **What a caller asks** (an outbound message, an account-state value, a cursor) is
+//!   refused with a [`ValidationError`] naming the field when a database would store it
+//!   differently or not at all: NUL bytes (PostgreSQL cannot store them in text), empty ids,
+//!   fields over the [`Limits`]. Nothing is written for a refused request.
+//! - **What a provider delivers** is never refused as a whole (promise 5 of the design):
+//!   [`degrade_inbound`] turns any [`InboundMessage`] into one the stores can hold, and lists
+//!   what it changed as [`Defect`]s on the message. The engine runs it on every delivered
+//!   message; [`check_inbound`] then holds by construction.
+//!
+//! The stores check the same [`Limits::DEFAULT`] again (they are public contracts and may be
+//! called directly); nothing here and there can disagree.
 
 use std::fmt;
 
+use sha2::{Digest, Sha256};
+
+use crate::model::defect::{self, Defect};
 use crate::model::{
     CursorUpdate, IdentityInfo, InboundAttachment, InboundDeletion, InboundEdit, InboundMessage,
     OutboundMessage,
@@ -42,6 +55,9 @@ pub struct Limits {
     pub state_value: usize,
     /// Origin labels of outbound messages: 64.
     pub label: usize,
+    /// Defects recorded on one message: 64 (a message with more keeps the first 63 and one
+    /// that counts the rest).
+    pub defects: usize,
 }
 
 impl Limits {
@@ -59,6 +75,7 @@ impl Limits {
         state_key: 256,
         state_value: 1 << 20,
         label: 64,
+        defects: 64,
     };
 }
 
@@ -197,6 +214,7 @@ pub fn check_inbound(m: &InboundMessage, l: &Limits) -> Result<(), ValidationErr
     }
     check_attachments(&m.attachments, l)?;
     check_opt("parse_error", m.parse_error.as_deref(), l.parse_error)?;
+    check_count("defects", m.defects.len(), l.defects)?;
     if let Some(c) = &m.cursor {
         check_cursor(c, l)?;
     }
@@ -232,6 +250,378 @@ pub fn check_outbound(m: &OutboundMessage, l: &Limits) -> Result<(), ValidationE
         return Err(ValidationError::new("text", Problem::Other("the message is empty".into())));
     }
     Ok(())
+}
+
+/// A stable id of at most 72 bytes standing for `id`: `~sha256:` and the SHA-256 of `id` in
+/// lower-case hex. The same long id always gives the same short one, so a message, its
+/// replies' references and its thread key still meet after they were shortened.
+///
+/// ```
+/// use channel_core::validate::shortened_id;
+///
+/// let long = format!("<{}@example.org>", "x".repeat(2000));
+/// assert_eq!(shortened_id(&long), shortened_id(&long));
+/// assert_eq!(shortened_id(&long).len(), 72);
+/// assert_ne!(shortened_id(&long), shortened_id("<other@example.org>"));
+/// ```
+pub fn shortened_id(id: &str) -> String {
+    format!("~sha256:{}", hex::encode(Sha256::digest(id.as_bytes())))
+}
+
+/// The name of the attachment that keeps a text cut by [`degrade_inbound`].
+pub const FULL_TEXT_NAME: &str = "full-text.txt";
+/// The name of the attachment that keeps an HTML body cut by [`degrade_inbound`].
+pub const FULL_HTML_NAME: &str = "full-text.html";
+/// The address stored for a message whose remote party has no usable address.
+pub const UNKNOWN_ADDRESS: &str = "unknown";
+
+/// Collects defects, with the cap of [`Limits::defects`].
+struct Defects<'a> {
+    list: Vec<Defect>,
+    limits: &'a Limits,
+}
+
+impl Defects<'_> {
+    fn push(&mut self, d: Defect) {
+        self.list.push(d);
+    }
+
+    /// Cleans the channel's own defects, then caps the list.
+    fn finish(mut self) -> Vec<Defect> {
+        let max = self.limits.defects.max(1);
+        for d in &mut self.list {
+            d.code = clean_name(&d.code, 64);
+            d.field = d.field.take().map(|f| clean_name(&f, self.limits.attachment_meta));
+            if let Some(l) = &mut d.left_out {
+                l.name = l.name.take().map(|n| clean_name(&n, self.limits.attachment_meta));
+                l.mime_type = clean_name(&l.mime_type, self.limits.attachment_meta);
+            }
+        }
+        if self.list.len() > max {
+            let total = self.list.len();
+            self.list.truncate(max - 1);
+            self.list.push(
+                Defect::new("defects_truncated")
+                    .size(total as u64)
+                    .limit(self.limits.defects as u64),
+            );
+        }
+        self.list
+    }
+}
+
+/// NUL bytes replaced and cut to `max` bytes, without a defect (for defect fields themselves).
+fn clean_name(s: &str, max: usize) -> String {
+    let s = DecodedText::from_string(s.to_owned()).text;
+    truncate_utf8(&s, max).to_owned()
+}
+
+/// Replaces NUL bytes of `value`, recording a defect for `field`.
+fn without_nul(field: &str, value: String, out: &mut Defects<'_>) -> String {
+    let decoded = DecodedText::from_string(value);
+    if decoded.lossy {
+        out.push(Defect::new(defect::NUL_REPLACED).field(field));
+    }
+    decoded.text
+}
+
+/// An id as stored: NUL bytes replaced, shortened when over the limit. `None` when empty.
+fn degrade_id(field: &str, id: String, l: &Limits, out: &mut Defects<'_>) -> Option<String> {
+    if id.is_empty() {
+        return None;
+    }
+    let id = without_nul(field, id, out);
+    if id.len() > l.id {
+        out.push(
+            Defect::new(defect::ID_SHORTENED).field(field).size(id.len() as u64).limit(l.id as u64),
+        );
+        return Some(shortened_id(&id));
+    }
+    Some(id)
+}
+
+/// A name as stored: NUL bytes replaced, cut at the limit. `None` when empty.
+fn degrade_name(
+    field: &str,
+    name: Option<String>,
+    max: usize,
+    out: &mut Defects<'_>,
+) -> Option<String> {
+    let name = without_nul(field, name?, out);
+    if name.len() > max {
+        out.push(
+            Defect::new(defect::NAME_TRUNCATED)
+                .field(field)
+                .size(name.len() as u64)
+                .limit(max as u64),
+        );
+        return Some(truncate_utf8(&name, max).to_owned());
+    }
+    Some(name)
+}
+
+/// A body as stored: NUL bytes replaced, cut at the limit with the whole body kept as an
+/// attachment (returned) when it fits the blob limit.
+fn degrade_body(
+    field: &str,
+    body: Option<String>,
+    max: usize,
+    blob_max: u64,
+    keep_as: (&str, &str),
+    out: &mut Defects<'_>,
+) -> (Option<String>, Option<InboundAttachment>) {
+    let Some(body) = body else { return (None, None) };
+    let body = without_nul(field, body, out);
+    if body.len() <= max {
+        return (Some(body), None);
+    }
+    let code = if field == "html" { defect::HTML_TRUNCATED } else { defect::TEXT_TRUNCATED };
+    out.push(Defect::new(code).field(field).size(body.len() as u64).limit(max as u64));
+    let cut = truncate_utf8(&body, max).to_owned();
+    if body.len() as u64 <= blob_max {
+        let (name, mime_type) = keep_as;
+        let kept = InboundAttachment {
+            name: Some(name.to_owned()),
+            mime_type: mime_type.to_owned(),
+            data: bytes::Bytes::from(body.into_bytes()),
+        };
+        (Some(cut), Some(kept))
+    } else {
+        out.push(
+            Defect::new(defect::RAW_NOT_KEPT).field(field).size(body.len() as u64).limit(blob_max),
+        );
+        (Some(cut), None)
+    }
+}
+
+/// The references as stored: each one degraded like an id, empty ones dropped, and at most
+/// `max` of them: the root (the first) and the nearest parents (the last ones).
+fn degrade_references(refs: Vec<String>, l: &Limits, out: &mut Defects<'_>) -> Vec<String> {
+    let mut kept: Vec<String> = Vec::with_capacity(refs.len().min(l.references));
+    let count = refs.len();
+    let refs: Vec<String> = if count > l.references && l.references > 0 {
+        out.push(
+            Defect::new(defect::REFERENCES_DROPPED)
+                .field("references")
+                .size(count as u64)
+                .limit(l.references as u64),
+        );
+        let mut iter = refs.into_iter();
+        let root = iter.next();
+        let nearest: Vec<String> = iter.skip(count - l.references).collect();
+        root.into_iter().chain(nearest).collect()
+    } else if l.references == 0 {
+        Vec::new()
+    } else {
+        refs
+    };
+    for r in refs {
+        if let Some(r) = degrade_id("references", r, l, out) {
+            kept.push(r);
+        }
+    }
+    kept
+}
+
+/// Turns what a provider delivered into a message every store can hold, listing on
+/// [`InboundMessage::defects`] what was changed and why. Never fails, and changes nothing
+/// in a message that is within the limits.
+///
+/// What it does: NUL bytes are replaced by U+FFFD everywhere; an id over [`Limits::id`] is
+/// replaced by its [`shortened_id`]; a missing provider id is derived from the content
+/// ([`defect::ID_MISSING`]), a missing thread key is the provider id; a missing address is
+/// [`UNKNOWN_ADDRESS`]; names are cut at the limit; a text or HTML body over the limit is cut
+/// and kept whole as an attachment ([`FULL_TEXT_NAME`], [`FULL_HTML_NAME`]) when it fits
+/// `blob_max`; references over the limit keep the root and the nearest parents; attachments
+/// larger than `blob_max` or over the count are left out and recorded (name, type, size) in
+/// their defect. The channel's own defects are kept first. The cursor is the channel's own
+/// and is not touched (see [`check_cursor`]).
+///
+/// ```
+/// use channel_core::validate::{Limits, degrade_inbound, check_inbound};
+/// use channel_core::{IdentityInfo, InboundMessage, Timestamp};
+///
+/// let mut m = InboundMessage::text("m1", "t", IdentityInfo::new("a@x.org"), "a\0b", Timestamp(1));
+/// m.references = (0..1000).map(|i| format!("<{i}@x>")).collect();
+/// let m = degrade_inbound(m, &Limits::DEFAULT, 1 << 20);
+/// assert_eq!(m.text.as_deref(), Some("a\u{FFFD}b"));
+/// assert_eq!(m.references.len(), 500);
+/// assert_eq!(m.references[0], "<0@x>", "the root is kept");
+/// assert_eq!(m.references[499], "<999@x>", "the nearest parent is kept");
+/// let codes: Vec<_> = m.defects.iter().map(|d| d.code.as_str()).collect();
+/// assert_eq!(codes, ["nul_replaced", "references_dropped"]);
+/// assert!(check_inbound(&m, &Limits::DEFAULT).is_ok());
+/// ```
+pub fn degrade_inbound(m: InboundMessage, l: &Limits, blob_max: u64) -> InboundMessage {
+    let InboundMessage {
+        provider_id,
+        thread_key,
+        remote,
+        direction,
+        client_key,
+        text,
+        html,
+        reply_to,
+        references,
+        attachments,
+        parse_error,
+        defects,
+        sent_at,
+        cursor,
+    } = m;
+    let mut out = Defects { list: defects, limits: l };
+    let provider_id = match degrade_id("provider_id", provider_id, l, &mut out) {
+        Some(id) => id,
+        None => {
+            out.push(Defect::new(defect::ID_MISSING).field("provider_id"));
+            content_id(&thread_key, &remote.address, text.as_deref(), html.as_deref(), sent_at.0)
+        }
+    };
+    let thread_key =
+        degrade_id("thread_key", thread_key, l, &mut out).unwrap_or_else(|| provider_id.clone());
+    let client_key = client_key.and_then(|k| degrade_id("client_key", k, l, &mut out));
+    let reply_to = reply_to.and_then(|r| degrade_id("reply_to", r, l, &mut out));
+    let address = match degrade_id("remote.address", remote.address, l, &mut out) {
+        Some(a) if a.len() <= l.address => a,
+        Some(a) => {
+            out.push(
+                Defect::new(defect::ID_SHORTENED)
+                    .field("remote.address")
+                    .size(a.len() as u64)
+                    .limit(l.address as u64),
+            );
+            shortened_id(&a)
+        }
+        None => {
+            out.push(Defect::new(defect::ADDRESS_MISSING).field("remote.address"));
+            UNKNOWN_ADDRESS.to_owned()
+        }
+    };
+    let remote = IdentityInfo {
+        address,
+        display_name: degrade_name("remote.display_name", remote.display_name, l.name, &mut out),
+        username: degrade_name("remote.username", remote.username, l.name, &mut out),
+    };
+    let (text, full_text) =
+        degrade_body("text", text, l.text, blob_max, (FULL_TEXT_NAME, "text/plain"), &mut out);
+    let (html, full_html) =
+        degrade_body("html", html, l.html, blob_max, (FULL_HTML_NAME, "text/html"), &mut out);
+    let references = degrade_references(references, l, &mut out);
+    let extras: Vec<InboundAttachment> = full_text.into_iter().chain(full_html).collect();
+    let room = l.attachments.saturating_sub(extras.len());
+    let mut kept = Vec::with_capacity(attachments.len().min(room) + extras.len());
+    for (i, a) in attachments.into_iter().enumerate() {
+        let field = format!("attachments[{i}]");
+        let size = a.data.len() as u64;
+        let name = degrade_name(&format!("{field}.name"), a.name, l.attachment_meta, &mut out);
+        let mime_type = match without_nul(&format!("{field}.mime_type"), a.mime_type, &mut out) {
+            t if t.is_empty() || t.len() > l.attachment_meta => {
+                "application/octet-stream".to_owned()
+            }
+            t => t,
+        };
+        if size > blob_max {
+            out.push(
+                Defect::new(defect::ATTACHMENT_TOO_LARGE)
+                    .field(field)
+                    .size(size)
+                    .limit(blob_max)
+                    .left_out(name, mime_type),
+            );
+        } else if kept.len() >= room {
+            out.push(
+                Defect::new(defect::ATTACHMENT_OVER_COUNT)
+                    .field(field)
+                    .size(size)
+                    .limit(l.attachments as u64)
+                    .left_out(name, mime_type),
+            );
+        } else {
+            kept.push(InboundAttachment { name, mime_type, data: a.data });
+        }
+    }
+    kept.extend(extras);
+    let parse_error = parse_error.map(|e| {
+        let e = without_nul("parse_error", e, &mut out);
+        if e.len() > l.parse_error {
+            out.push(
+                Defect::new(defect::PARSE_ERROR_TRUNCATED)
+                    .field("parse_error")
+                    .size(e.len() as u64)
+                    .limit(l.parse_error as u64),
+            );
+            truncate_utf8(&e, l.parse_error).to_owned()
+        } else {
+            e
+        }
+    });
+    InboundMessage {
+        provider_id,
+        thread_key,
+        remote,
+        direction,
+        client_key,
+        text,
+        html,
+        reply_to,
+        references,
+        attachments: kept,
+        parse_error,
+        defects: out.finish(),
+        sent_at,
+        cursor,
+    }
+}
+
+/// An edit as it can be stored: the provider id degraded like [`degrade_inbound`] does it (so
+/// that it still finds a message whose id was shortened), NUL bytes replaced and bodies cut
+/// at the limit. Returns the edit and the defects (logged by the engine: an edit replaces
+/// the text, the message's own defects stay those of its delivery).
+pub fn degrade_edit(e: InboundEdit, l: &Limits) -> (InboundEdit, Vec<Defect>) {
+    let mut out = Defects { list: Vec::new(), limits: l };
+    let provider_id = degrade_id("provider_id", e.provider_id, l, &mut out).unwrap_or_default();
+    let mut body = |field: &str, b: Option<String>, max: usize| {
+        let b = without_nul(field, b?, &mut out);
+        if b.len() > max {
+            let code =
+                if field == "html" { defect::HTML_TRUNCATED } else { defect::TEXT_TRUNCATED };
+            out.push(Defect::new(code).field(field).size(b.len() as u64).limit(max as u64));
+            return Some(truncate_utf8(&b, max).to_owned());
+        }
+        Some(b)
+    };
+    let text = body("text", e.text, l.text);
+    let html = body("html", e.html, l.html);
+    (InboundEdit { provider_id, text, html, edited_at: e.edited_at }, out.finish())
+}
+
+/// A deletion's provider ids degraded like [`degrade_inbound`] does it, so that they find
+/// messages whose ids were shortened; empty ids are dropped.
+pub fn degrade_deletion(d: InboundDeletion, l: &Limits) -> InboundDeletion {
+    let mut out = Defects { list: Vec::new(), limits: l };
+    let provider_ids = d
+        .provider_ids
+        .into_iter()
+        .filter_map(|id| degrade_id("provider_ids", id, l, &mut out))
+        .collect();
+    InboundDeletion { provider_ids, deleted_at: d.deleted_at }
+}
+
+/// A provider id derived from a message's content, for a provider that gave none.
+fn content_id(
+    thread: &str,
+    address: &str,
+    text: Option<&str>,
+    html: Option<&str>,
+    at: i64,
+) -> String {
+    let mut h = Sha256::new();
+    for part in [thread, address, text.unwrap_or(""), html.unwrap_or("")] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.update(at.to_be_bytes());
+    format!("~content:{}", hex::encode(h.finalize()))
 }
 
 /// Text decoded from provider bytes, and whether anything had to be replaced.

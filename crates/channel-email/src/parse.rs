@@ -211,6 +211,7 @@ pub(crate) fn parse_message(
         references,
         attachments,
         parse_error,
+        defects: Vec::new(),
         sent_at,
         cursor: None,
     };
@@ -238,6 +239,7 @@ fn raw_only(raw: &[u8], provider_id: String, why: &str, sent_at: Timestamp) -> I
         references: Vec::new(),
         attachments: vec![raw_attachment(raw)],
         parse_error: Some(why.to_owned()),
+        defects: Vec::new(),
         sent_at,
         cursor: None,
     }

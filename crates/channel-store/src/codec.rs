@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use channel_core::{
     Account, AccountId, Attachment, AttemptOutcome, ChannelKind, ConnectionState, ContactId,
-    Conversation, ConversationId, ConversationStatus, Direction, Identity, IdentityId, Job,
+    Conversation, ConversationId, ConversationStatus, Defect, Direction, Identity, IdentityId, Job,
     JobAttempt, JobId, JobKind, JobState, Lease, Message, MessageId, MessageStatus, Origin,
     StoreError, Timestamp,
 };
@@ -24,13 +24,13 @@ pub(crate) const CONVERSATION_COLS: &str = "id, account_id, thread_key, primary_
 
 pub(crate) const MESSAGE_COLS: &str = "id, account_id, conversation_id, identity_id, direction, \
      origin, provider_id, client_key, status, text, html, reply_to, attachments, parse_error, \
-     error, sent_at, created_at, updated_at";
+     error, sent_at, created_at, updated_at, defects";
 
 /// The columns a stored message is read from: [`MESSAGE_COLS`] (what an insert writes), the
 /// time of its latest edit and the time it was deleted.
 pub(crate) const MESSAGE_READ_COLS: &str = "id, account_id, conversation_id, identity_id, \
      direction, origin, provider_id, client_key, status, text, html, reply_to, attachments, \
-     parse_error, error, sent_at, created_at, updated_at, edited_at, deleted_at";
+     parse_error, error, sent_at, created_at, updated_at, defects, edited_at, deleted_at";
 
 pub(crate) const JOB_COLS: &str = "id, kind, account_id, message_id, payload, unique_key, state, \
      attempt, max_attempts, run_at, leased_by, lease_expires_at, last_error, created_at, \
@@ -160,6 +160,10 @@ pub(crate) fn message(row: &Row) -> Result<Message, StoreError> {
         updated_at: ts(row, "updated_at")?,
         edited_at: opt_ts(row, "edited_at")?,
         deleted_at: opt_ts(row, "deleted_at")?,
+        defects: match row.opt_text("defects")? {
+            Some(j) => json::<Vec<Defect>>("defects", &j)?,
+            None => Vec::new(),
+        },
     })
 }
 

@@ -23,12 +23,14 @@ use channel_core::{
 use crate::codec::{self, CONVERSATION_COLS, IDENTITY_COLS};
 use crate::db::{Sql, Tx};
 use crate::error::{Fail, Res, invalid};
-use crate::limits::{self, MAX_BODY_BYTES, MAX_KEY_BYTES, MAX_NAME_BYTES};
+use crate::limits::{
+    self, MAX_HTML_BYTES, MAX_KEY_BYTES, MAX_NAME_BYTES, MAX_PARSE_ERROR_BYTES, MAX_TEXT_BYTES,
+};
 use crate::ops::{self, MAX_MERGE_DEPTH, MsgRow};
 
 /// Values per `IN (...)` list.
 const IN_CHUNK: usize = 512;
-/// Rows per multi-row statement (18 values per message row: 9,000, well below SQLite's
+/// Rows per multi-row statement (19 values per message row: 9,500, well below SQLite's
 /// 32,766 and PostgreSQL's 65,535 parameters).
 const INSERT_CHUNK: usize = 500;
 
@@ -42,14 +44,15 @@ fn validate(req: &IngestRequest) -> Res<()> {
     if let Some(k) = &m.client_key {
         limits::key("client_key", k)?;
     }
-    limits::opt_text("text", m.text.as_deref(), MAX_BODY_BYTES)?;
-    limits::opt_text("html", m.html.as_deref(), MAX_BODY_BYTES)?;
+    limits::opt_text("text", m.text.as_deref(), MAX_TEXT_BYTES)?;
+    limits::opt_text("html", m.html.as_deref(), MAX_HTML_BYTES)?;
     limits::opt_text("reply_to", m.reply_to.as_deref(), MAX_KEY_BYTES)?;
     limits::count("references", m.references.len(), limits::MAX_REFERENCES)?;
     for r in &m.references {
         limits::text("references", r, MAX_KEY_BYTES)?;
     }
-    limits::opt_text("parse_error", m.parse_error.as_deref(), MAX_BODY_BYTES)?;
+    limits::opt_text("parse_error", m.parse_error.as_deref(), MAX_PARSE_ERROR_BYTES)?;
+    ops::check_defects(&m.defects)?;
     limits::text("origin", &m.origin.to_stored(), MAX_NAME_BYTES)?;
     if let Some(c) = &m.cursor {
         limits::key("cursor.key", &c.key)?;
@@ -737,6 +740,7 @@ async fn flush(tx: &mut Tx, reqs: &[IngestRequest], w: &Work) -> Res<()> {
                 parse_error: m.parse_error.as_deref(),
                 sent_at: m.sent_at.0,
                 now: req.now.0,
+                defects: ops::check_defects(&m.defects)?,
             })
         })
         .collect::<Result<_, Fail>>()?;

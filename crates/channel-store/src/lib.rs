@@ -64,6 +64,7 @@
 //!         references: vec![],
 //!         attachments: vec![],
 //!         parse_error: None,
+//!         defects: Vec::new(),
 //!         sent_at: now,
 //!         cursor: None,
 //!     },

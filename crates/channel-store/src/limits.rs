@@ -9,28 +9,43 @@
 //! state: NUL bytes in them are replaced by U+FFFD and they are cut to [`MAX_ERROR_BYTES`].
 //! (The error of a `MessageOutcome::Failed` is message text and checked like other text.)
 
+use channel_core::validate::Limits;
+
 use crate::error::{Fail, invalid};
 
+/// The limits of what a message may hold: channel-core's [`Limits::DEFAULT`], the one set of
+/// limits that the engine degrades delivered messages to. The constants below are taken from
+/// it; only what concerns the store alone (job payloads, recorded errors, batch sizes) is
+/// defined here.
+const L: Limits = Limits::DEFAULT;
+
 /// Identifiers, keys and addresses: provider ids, thread keys, client keys, addresses,
-/// state keys, unique keys, contact ids, lease names and holders, worker names, blob keys.
-pub const MAX_KEY_BYTES: usize = 1024;
+/// state keys, unique keys, contact ids, lease names and holders, worker names, blob keys
+/// ([`Limits::id`]).
+pub const MAX_KEY_BYTES: usize = L.id;
 /// Names: account display names, identity display names and usernames, file names, MIME
-/// types.
-pub const MAX_NAME_BYTES: usize = 1024;
-/// A message body (text or HTML) and a parse error.
-pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// types ([`Limits::name`]).
+pub const MAX_NAME_BYTES: usize = L.name;
+/// A plain-text message body ([`Limits::text`]).
+pub const MAX_TEXT_BYTES: usize = L.text;
+/// An HTML message body ([`Limits::html`]).
+pub const MAX_HTML_BYTES: usize = L.html;
+/// A parse error description ([`Limits::parse_error`]).
+pub const MAX_PARSE_ERROR_BYTES: usize = L.parse_error;
 /// A recorded error text (longer ones are cut).
 pub const MAX_ERROR_BYTES: usize = 16 * 1024;
-/// A value of the account state.
-pub const MAX_STATE_VALUE_BYTES: usize = 16 * 1024 * 1024;
+/// A value of the account state ([`Limits::state_value`]).
+pub const MAX_STATE_VALUE_BYTES: usize = L.state_value;
 /// A job payload, serialized as JSON.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 /// The serialized connection state of an account.
 pub const MAX_CONNECTION_STATE_BYTES: usize = 64 * 1024;
-/// Entries of `references` of one inbound message.
-pub const MAX_REFERENCES: usize = 1000;
-/// Attachments of one message.
-pub const MAX_ATTACHMENTS: usize = 1000;
+/// Entries of `references` of one inbound message ([`Limits::references`]).
+pub const MAX_REFERENCES: usize = L.references;
+/// Attachments of one message ([`Limits::attachments`]).
+pub const MAX_ATTACHMENTS: usize = L.attachments;
+/// The serialized defects of one message.
+pub const MAX_DEFECTS_BYTES: usize = 64 * 1024;
 /// Messages in one `ingest_batch` call.
 pub const MAX_BATCH: usize = 10_000;
 

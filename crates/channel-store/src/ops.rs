@@ -11,7 +11,9 @@ use channel_core::{
 use crate::codec::{self, all, limit};
 use crate::db::{Arg, Ex, Sql, Tx};
 use crate::error::{Res, invalid};
-use crate::limits::{self, MAX_BODY_BYTES, MAX_CONNECTION_STATE_BYTES, MAX_NAME_BYTES};
+use crate::limits::{
+    self, MAX_CONNECTION_STATE_BYTES, MAX_HTML_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES,
+};
 
 // ----- accounts -----
 
@@ -524,8 +526,8 @@ pub(crate) async fn apply_edit(
     now: Timestamp,
 ) -> Res<Option<(Message, bool)>> {
     crate::limits::key("provider_id", &edit.provider_id)?;
-    crate::limits::opt_text("text", edit.text.as_deref(), crate::limits::MAX_BODY_BYTES)?;
-    crate::limits::opt_text("html", edit.html.as_deref(), crate::limits::MAX_BODY_BYTES)?;
+    crate::limits::opt_text("text", edit.text.as_deref(), MAX_TEXT_BYTES)?;
+    crate::limits::opt_text("html", edit.html.as_deref(), MAX_HTML_BYTES)?;
     let acc = account.to_string();
     // `RETURNING` rather than the count of changed rows: on SQLite the count after the
     // `BEGIN` sent with this statement is the previous statement's.
@@ -602,6 +604,59 @@ pub(crate) async fn messages(
     Ok(all(ex.fetch_all(&sql, &[Arg::Text(&id), Arg::Int(limit(n))]).await?, codec::message)?)
 }
 
+/// The account's messages stored with defects, newest first; with `code`, only those with a
+/// defect of that code.
+pub(crate) async fn messages_with_defects(
+    ex: Ex<'_>,
+    account: AccountId,
+    code: Option<&str>,
+    n: usize,
+) -> Res<Vec<Message>> {
+    let id = account.to_string();
+    let cols = codec::MESSAGE_READ_COLS;
+    let Some(code) = code else {
+        let sql = format!(
+            "SELECT {cols} FROM messages WHERE account_id = ? AND defects IS NOT NULL \
+             ORDER BY created_at DESC, id DESC LIMIT ?"
+        );
+        return Ok(all(
+            ex.fetch_all(&sql, &[Arg::Text(&id), Arg::Int(limit(n))]).await?,
+            codec::message,
+        )?);
+    };
+    // The JSON holds `"code":"<code>"`; LIKE narrows, the exact match is checked below.
+    let escaped: String = code
+        .chars()
+        .flat_map(|c| match c {
+            '%' | '_' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect();
+    let pattern = format!("%\"code\":\"{escaped}\"%");
+    let sql = format!(
+        "SELECT {cols} FROM messages WHERE account_id = ? AND defects IS NOT NULL \
+         AND defects LIKE ? ESCAPE '\\' ORDER BY created_at DESC, id DESC LIMIT ?"
+    );
+    let rows =
+        ex.fetch_all(&sql, &[Arg::Text(&id), Arg::Text(&pattern), Arg::Int(limit(n))]).await?;
+    let messages = all(rows, codec::message)?;
+    Ok(messages.into_iter().filter(|m| m.defects.iter().any(|d| d.code == code)).collect())
+}
+
+/// Checks the defects of a message and returns them as JSON (`None` when there are none).
+pub(crate) fn check_defects(defects: &[channel_core::Defect]) -> Res<Option<String>> {
+    if defects.is_empty() {
+        return Ok(None);
+    }
+    limits::count("defects", defects.len(), channel_core::validate::Limits::DEFAULT.defects)?;
+    let json = codec::to_json("defects", &defects)?;
+    limits::size("defects", json.len(), limits::MAX_DEFECTS_BYTES)?;
+    if json.contains("\\u0000") {
+        return Err(invalid("defects", "contains a NUL byte"));
+    }
+    Ok(Some(json))
+}
+
 /// Checks the stored attachments of a message.
 pub(crate) fn check_attachments(attachments: &[channel_core::Attachment]) -> Res<String> {
     limits::count("attachments", attachments.len(), limits::MAX_ATTACHMENTS)?;
@@ -616,8 +671,8 @@ pub(crate) fn check_attachments(attachments: &[channel_core::Attachment]) -> Res
 
 pub(crate) async fn enqueue_send(tx: &mut Tx, req: &SendRequest) -> Res<Message> {
     limits::key("client_key", &req.client_key)?;
-    limits::opt_text("text", req.text.as_deref(), MAX_BODY_BYTES)?;
-    limits::opt_text("html", req.html.as_deref(), MAX_BODY_BYTES)?;
+    limits::opt_text("text", req.text.as_deref(), MAX_TEXT_BYTES)?;
+    limits::opt_text("html", req.html.as_deref(), MAX_HTML_BYTES)?;
     limits::opt_text("reply_to", req.reply_to.as_deref(), limits::MAX_KEY_BYTES)?;
     let origin = req.origin.to_stored();
     limits::text("origin", &origin, MAX_NAME_BYTES)?;
@@ -661,6 +716,7 @@ pub(crate) async fn enqueue_send(tx: &mut Tx, req: &SendRequest) -> Res<Message>
         updated_at: req.now,
         edited_at: None,
         deleted_at: None,
+        defects: Vec::new(),
     };
     let row = MsgRow {
         id: message.id.to_string(),
@@ -679,6 +735,7 @@ pub(crate) async fn enqueue_send(tx: &mut Tx, req: &SendRequest) -> Res<Message>
         parse_error: None,
         sent_at: req.now.0,
         now: req.now.0,
+        defects: None,
     };
     let mut q = Sql::new(format!("INSERT INTO messages ({}) VALUES ", codec::MESSAGE_COLS));
     row.push(&mut q);
@@ -721,6 +778,8 @@ pub(crate) struct MsgRow<'a> {
     pub(crate) parse_error: Option<&'a str>,
     pub(crate) sent_at: i64,
     pub(crate) now: i64,
+    /// The defects as JSON, `None` for a message stored as delivered.
+    pub(crate) defects: Option<String>,
 }
 
 impl<'a> MsgRow<'a> {
@@ -760,6 +819,8 @@ impl<'a> MsgRow<'a> {
             .bind(self.now)
             .push(", ")
             .bind(self.now)
+            .push(", ")
+            .bind(self.defects.as_deref())
             .push(")");
     }
 }

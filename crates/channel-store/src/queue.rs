@@ -432,7 +432,7 @@ pub(crate) fn check_outcome(outcome: Option<&MessageOutcome>) -> Res<()> {
     match outcome {
         Some(MessageOutcome::Sent { provider_id, .. }) => limits::key("provider_id", provider_id),
         Some(MessageOutcome::Failed { error }) => {
-            limits::text("error", error, limits::MAX_BODY_BYTES)
+            limits::text("error", error, limits::MAX_TEXT_BYTES)
         }
         None => Ok(()),
     }

@@ -231,6 +231,19 @@ impl Store for SqlStore {
         self.run("messages", ops::messages(self.pools().reader(), conversation, limit)).await
     }
 
+    async fn messages_with_defects(
+        &self,
+        account: AccountId,
+        code: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.run(
+            "messages_with_defects",
+            ops::messages_with_defects(self.pools().reader(), account, code, limit),
+        )
+        .await
+    }
+
     async fn apply_edit(
         &self,
         account: AccountId,
@@ -263,12 +276,9 @@ impl Store for SqlStore {
         out.pop().ok_or_else(|| StoreError::Corrupt("ingest returned no outcome".to_owned()))
     }
 
-    async fn ingest_batch(
-        &self,
-        reqs: Vec<IngestRequest>,
-    ) -> Result<Vec<IngestOutcome>, StoreError> {
+    async fn ingest_batch(&self, reqs: &[IngestRequest]) -> Result<Vec<IngestOutcome>, StoreError> {
         self.run("ingest_batch", async {
-            write_tx!(self, |tx| ingest::ingest_batch(tx, &reqs).await?)
+            write_tx!(self, |tx| ingest::ingest_batch(tx, reqs).await?)
         })
         .await
     }

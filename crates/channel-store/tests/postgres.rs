@@ -32,6 +32,7 @@ fn inbound(provider_id: &str, thread: &str, from: &str) -> StoredInbound {
         references: Vec::new(),
         attachments: Vec::new(),
         parse_error: None,
+        defects: Vec::new(),
         sent_at: T0,
         cursor: None,
     }
@@ -124,7 +125,7 @@ async fn two_processes_store_each_message_once_and_open_one_conversation() {
                 let out = if n % 5 == 0 {
                     let other =
                         request(account, inbound(&format!("p{}", (n + 1) % 30), "t1", "s1"));
-                    store.ingest_batch(vec![req, other]).await.expect("batch").remove(0)
+                    store.ingest_batch(&[req, other]).await.expect("batch").remove(0)
                 } else {
                     store.ingest(req).await.expect("ingest")
                 };

@@ -29,6 +29,7 @@ fn inbound(provider_id: &str, thread: &str, from: &str, text: &str) -> StoredInb
         references: Vec::new(),
         attachments: Vec::new(),
         parse_error: None,
+        defects: Vec::new(),
         sent_at: T0,
         cursor: None,
     }
@@ -104,10 +105,10 @@ async fn a_batch_is_all_or_nothing() {
     let a = account(&store).await;
     let good = request(a, inbound("p1", "t", "alice", "one"));
     let unknown = request(AccountId::new(), inbound("p2", "t", "bob", "two"));
-    let err = store.ingest_batch(vec![good.clone(), unknown]).await;
+    let err = store.ingest_batch(&[good.clone(), unknown]).await;
     assert!(matches!(err, Err(StoreError::NotFound { what: "account", .. })), "{err:?}");
     let bad = request(a, inbound("p3", "t", "carol", "th\0ree"));
-    let err = store.ingest_batch(vec![good.clone(), bad]).await;
+    let err = store.ingest_batch(&[good.clone(), bad]).await;
     assert!(err.as_ref().is_err_and(is_invalid), "{err:?}");
     assert!(store.message_by_provider_id(a, "p1").await.expect("lookup").is_none());
     assert!(store.identities(a, false).await.expect("identities").is_empty());
@@ -116,8 +117,7 @@ async fn a_batch_is_all_or_nothing() {
     let first = store.ingest(good).await.expect("ingest");
     let mut reused = request(a, inbound("p4", "other", "dave", "four"));
     reused.new_message_id = first.message_id;
-    let err =
-        store.ingest_batch(vec![request(a, inbound("p5", "t", "erin", "five")), reused]).await;
+    let err = store.ingest_batch(&[request(a, inbound("p5", "t", "erin", "five")), reused]).await;
     assert!(err.as_ref().is_err_and(is_invalid), "{err:?}");
     assert!(store.message_by_provider_id(a, "p5").await.expect("lookup").is_none());
     assert!(store.find_identity(a, "erin").await.expect("lookup").is_none());
@@ -258,10 +258,10 @@ async fn a_big_batch_is_stored_in_one_go() {
             )
         })
         .collect();
-    let out = store.ingest_batch(reqs.clone()).await.expect("batch");
+    let out = store.ingest_batch(&reqs).await.expect("batch");
     assert_eq!(out.iter().filter(|o| o.conversation_opened).count(), 300);
-    let again = store.ingest_batch(reqs).await.expect("batch again");
+    let again = store.ingest_batch(&reqs).await.expect("batch again");
     assert!(again.iter().all(|o| o.disposition == IngestDisposition::Duplicate));
     let too_many = vec![request(a, inbound("p", "t", "a", "x")); limits::MAX_BATCH + 1];
-    assert!(store.ingest_batch(too_many).await.as_ref().is_err_and(is_invalid));
+    assert!(store.ingest_batch(&too_many).await.as_ref().is_err_and(is_invalid));
 }

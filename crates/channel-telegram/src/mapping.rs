@@ -136,6 +136,7 @@ pub(crate) fn inbound_message(
         references: Vec::new(),
         attachments: Vec::new(),
         parse_error: None,
+        defects: Vec::new(),
         sent_at: Timestamp::from_unix_seconds(i64::from(m.date)),
         cursor: None,
     })

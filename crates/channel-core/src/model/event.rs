@@ -22,6 +22,10 @@ pub enum Event {
         conversation_id: ConversationId,
         /// The message.
         message_id: MessageId,
+        /// The codes of the message's [`defects`](crate::Message::defects), if it was stored
+        /// degraded (empty for a message stored as delivered).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        defects: Vec<String>,
     },
     /// An outbound message was accepted by the provider.
     MessageSent {

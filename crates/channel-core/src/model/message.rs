@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AccountId, ConversationId, IdentityId, IdentityInfo, MessageId, Timestamp, UnknownValue,
+    AccountId, ConversationId, Defect, IdentityId, IdentityInfo, MessageId, Timestamp, UnknownValue,
 };
 
 /// Which way a message went.
@@ -196,6 +196,11 @@ pub struct Message {
     /// [`Event::MessageDeleted`](crate::Event::MessageDeleted).
     #[serde(default)]
     pub deleted_at: Option<Timestamp>,
+    /// What was wrong with the message as the provider delivered it, and what was changed to
+    /// store it (codes and sizes, never content); empty for a message stored as delivered.
+    /// See [`defect`](crate::defect).
+    #[serde(default)]
+    pub defects: Vec<Defect>,
 }
 
 /// A channel's report that a stored message's text was edited at the provider (Telegram's
@@ -281,6 +286,10 @@ pub struct InboundMessage {
     pub attachments: Vec<InboundAttachment>,
     /// Set when the message could not be parsed (the raw bytes are then an attachment).
     pub parse_error: Option<String>,
+    /// Defects the channel found in the provider's form of the message (a provider's own
+    /// codes, such as a malformed MIME structure). The engine adds its own when it has to
+    /// change the message to store it.
+    pub defects: Vec<Defect>,
     /// The provider's time.
     pub sent_at: Timestamp,
     /// A cursor to advance in the same commit.
@@ -308,6 +317,7 @@ impl InboundMessage {
             references: Vec::new(),
             attachments: Vec::new(),
             parse_error: None,
+            defects: Vec::new(),
             sent_at,
             cursor: None,
         }

@@ -2,6 +2,7 @@
 
 mod account;
 mod conversation;
+pub mod defect;
 mod event;
 mod identity;
 mod ids;
@@ -12,6 +13,7 @@ mod timestamp;
 
 pub use account::{Account, ChannelKind, ConnectionState, NewAccount, UnknownValue, UserAction};
 pub use conversation::{Conversation, ConversationStatus, LifecyclePolicy, OnClosed};
+pub use defect::{Defect, LeftOut};
 pub use event::Event;
 pub use identity::{Identity, IdentityInfo};
 pub use ids::{AccountId, ContactId, ConversationId, IdentityId, JobId, MessageId};

@@ -76,6 +76,7 @@ fn inbound(
         references: Vec::new(),
         attachments: Vec::new(),
         parse_error: None,
+        defects: Vec::new(),
         sent_at,
         cursor: None,
     }
@@ -646,6 +647,61 @@ pub async fn cursor_is_written_with_the_message_and_not_on_failure(store: Arc<dy
     assert_eq!(store.message_by_provider_id(account.id, "p-2").await.expect("lookup"), None);
 }
 
+/// Defects round-trip as they were given, and [`Store::messages_with_defects`] lists the
+/// degraded messages of one account, newest first, filtered by code; a store refuses more
+/// defects than the limit.
+pub async fn defects_round_trip_and_degraded_messages_are_listed_by_code(store: Arc<dyn Store>) {
+    let store = &*store;
+    let account = new_account(store, "a", T0).await;
+    let other = new_account(store, "b", T0).await;
+    let cut = crate::Defect::new(crate::defect::TEXT_TRUNCATED).field("text").size(9).limit(4);
+    let left_out = crate::Defect::new(crate::defect::ATTACHMENT_TOO_LARGE)
+        .field("attachments[0]")
+        .size(99)
+        .limit(10)
+        .left_out(Some("a_b%.pdf".into()), "application/pdf");
+    let own = crate::Defect::new("missing_boundary");
+    let mut m1 = inbound("p-1", "chat", "alice", "cut", at(1));
+    m1.defects = vec![cut.clone(), left_out.clone()];
+    let m2 = inbound("p-2", "chat", "alice", "fine", at(2));
+    let mut m3 = inbound("p-3", "chat", "alice", "own", at(3));
+    m3.defects = vec![own.clone()];
+    let mut m4 = inbound("p-4", "chat", "alice", "other account", at(4));
+    m4.defects = vec![cut.clone()];
+    let o1 = ingest(store, account.id, m1, at(1)).await;
+    let o2 = ingest(store, account.id, m2, at(2)).await;
+    let o3 = ingest(store, account.id, m3, at(3)).await;
+    ingest(store, other.id, m4, at(4)).await;
+
+    let stored = store.message(o1.message_id).await.expect("message");
+    assert_eq!(stored.defects, vec![cut, left_out], "defects round-trip");
+    assert!(store.message(o2.message_id).await.expect("message").defects.is_empty());
+
+    let ids = |list: Vec<Message>| list.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    let all = store.messages_with_defects(account.id, None, 10).await.expect("list");
+    assert_eq!(ids(all), vec![o3.message_id, o1.message_id], "newest first, this account's");
+    let cut_only = store
+        .messages_with_defects(account.id, Some(crate::defect::TEXT_TRUNCATED), 10)
+        .await
+        .expect("list");
+    assert_eq!(ids(cut_only), vec![o1.message_id]);
+    let own_only =
+        store.messages_with_defects(account.id, Some("missing_boundary"), 10).await.expect("list");
+    assert_eq!(ids(own_only), vec![o3.message_id]);
+    let like_chars =
+        store.messages_with_defects(account.id, Some("text%truncated"), 10).await.expect("list");
+    assert!(like_chars.is_empty(), "a code is matched exactly, not as a pattern");
+    let limited = store.messages_with_defects(account.id, None, 1).await.expect("list");
+    assert_eq!(ids(limited), vec![o3.message_id]);
+
+    let mut too_many = inbound("p-5", "chat", "alice", "many", at(5));
+    too_many.defects =
+        (0..=crate::validate::Limits::DEFAULT.defects).map(|_| crate::Defect::new("x")).collect();
+    let refused =
+        store.ingest(request(account.id, too_many, LifecyclePolicy::default(), at(5))).await;
+    assert!(matches!(refused, Err(StoreError::InvalidInput { .. })), "{refused:?}");
+}
+
 /// A batch is ingested in order with the per-message rules (duplicates, also within the
 /// batch); a refused batch can be retried and then stores each message once.
 pub async fn ingest_batch_in_order_with_dedup(store: Arc<dyn Store>) {
@@ -662,7 +718,7 @@ pub async fn ingest_batch_in_order_with_dedup(store: Arc<dyn Store>) {
     let first = ingest(store, account.id, inbound("p-1", "chat", "alice", "one", T0), T0).await;
 
     let outs = store
-        .ingest_batch(vec![
+        .ingest_batch(&[
             req("p-2", "two"),
             req("p-1", "one"),
             req("p-3", "three"),
@@ -681,14 +737,14 @@ pub async fn ingest_batch_in_order_with_dedup(store: Arc<dyn Store>) {
     assert_eq!(store.messages(first.conversation_id, 10).await.expect("messages").len(), 3);
 
     let bad =
-        store.ingest_batch(vec![req("p-4", "four"), req("p-5", "fi\0ve"), req("p-6", "six")]).await;
+        store.ingest_batch(&[req("p-4", "four"), req("p-5", "fi\0ve"), req("p-6", "six")]).await;
     assert!(bad.is_err(), "a batch with a bad message fails");
     assert!(
         store.message_by_provider_id(account.id, "p-6").await.expect("lookup").is_none(),
         "nothing after the bad one"
     );
     let outs = store
-        .ingest_batch(vec![req("p-4", "four"), req("p-5", "five"), req("p-6", "six")])
+        .ingest_batch(&[req("p-4", "four"), req("p-5", "five"), req("p-6", "six")])
         .await
         .expect("retried batch");
     assert_eq!(outs.len(), 3);
@@ -1927,6 +1983,7 @@ macro_rules! store_conformance_tests {
             reply_joins_the_conversation_of_the_message_it_answers,
             cursor_is_written_with_the_message_and_not_on_failure,
             ingest_batch_in_order_with_dedup,
+            defects_round_trip_and_degraded_messages_are_listed_by_code,
             identity_link_unlink_and_merge,
             listings_are_ordered_and_limited,
             conversation_status_is_compare_and_set,

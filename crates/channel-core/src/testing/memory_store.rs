@@ -84,7 +84,26 @@ fn check_attachments(attachments: &[Attachment]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Like the SQL stores, refuses what is over [`Limits::DEFAULT`](crate::validate::Limits).
+fn within(field: &'static str, len: usize, max: usize) -> Result<(), StoreError> {
+    if len > max {
+        return Err(StoreError::InvalidInput {
+            field,
+            reason: format!("{len} is more than the limit of {max}"),
+        });
+    }
+    Ok(())
+}
+
 fn check_inbound(m: &StoredInbound) -> Result<(), StoreError> {
+    let l = crate::validate::Limits::DEFAULT;
+    within("provider_id", m.provider_id.len(), l.id)?;
+    within("thread_key", m.thread_key.len(), l.id)?;
+    within("text", m.text.as_deref().map_or(0, str::len), l.text)?;
+    within("html", m.html.as_deref().map_or(0, str::len), l.html)?;
+    within("references", m.references.len(), l.references)?;
+    within("attachments", m.attachments.len(), l.attachments)?;
+    within("defects", m.defects.len(), l.defects)?;
     no_nul("provider_id", &m.provider_id)?;
     no_nul("thread_key", &m.thread_key)?;
     no_nul("remote.address", &m.remote.address)?;
@@ -417,6 +436,7 @@ impl Inner {
                 reply_to: m.reply_to.clone(),
                 attachments: m.attachments.clone(),
                 parse_error: m.parse_error.clone(),
+                defects: m.defects.clone(),
                 error: None,
                 sent_at: m.sent_at,
                 created_at: now,
@@ -935,21 +955,37 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
+    async fn messages_with_defects(
+        &self,
+        account: AccountId,
+        code: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let inner = self.lock();
+        let mut out: Vec<Message> = inner
+            .messages
+            .values()
+            .filter(|m| m.account_id == account && !m.defects.is_empty())
+            .filter(|m| code.is_none_or(|c| m.defects.iter().any(|d| d.code == c)))
+            .cloned()
+            .collect();
+        out.sort_by_key(|m| std::cmp::Reverse((m.created_at, m.id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
     async fn ingest(&self, req: IngestRequest) -> Result<IngestOutcome, StoreError> {
         let mut inner = self.lock();
         inner.validate_ingest(&req)?;
         Ok(inner.apply_ingest(req))
     }
 
-    async fn ingest_batch(
-        &self,
-        reqs: Vec<IngestRequest>,
-    ) -> Result<Vec<IngestOutcome>, StoreError> {
+    async fn ingest_batch(&self, reqs: &[IngestRequest]) -> Result<Vec<IngestOutcome>, StoreError> {
         let mut inner = self.lock();
-        for req in &reqs {
+        for req in reqs {
             inner.validate_ingest(req)?;
         }
-        Ok(reqs.into_iter().map(|req| inner.apply_ingest(req)).collect())
+        Ok(reqs.iter().map(|req| inner.apply_ingest(req.clone())).collect())
     }
 
     async fn enqueue_send(&self, req: SendRequest) -> Result<Message, StoreError> {
@@ -1001,6 +1037,7 @@ impl Store for MemoryStore {
             updated_at: req.now,
             edited_at: None,
             deleted_at: None,
+            defects: Vec::new(),
         };
         let job = Job {
             id: req.job_id,

@@ -82,6 +82,7 @@ fn inbound(rng: &mut Rng, step: u64, used: &[String], sent_at: Timestamp) -> Sto
         references,
         attachments: Vec::new(),
         parse_error: None,
+        defects: Vec::new(),
         sent_at,
         cursor: if rng.chance(50) {
             Some(CursorUpdate {
@@ -189,11 +190,11 @@ pub async fn check_against_memory(sql: &dyn Store, seed: u64, steps: u64) {
                 now,
             });
         }
-        let a = memory.ingest_batch(batch.clone()).await.expect("memory ingest_batch");
+        let a = memory.ingest_batch(&batch).await.expect("memory ingest_batch");
         let b = if batch.len() == 1 {
             vec![sql.ingest(batch.remove(0)).await.expect("sql ingest")]
         } else {
-            sql.ingest_batch(batch).await.expect("sql ingest_batch")
+            sql.ingest_batch(&batch).await.expect("sql ingest_batch")
         };
         assert_eq!(a, b, "ingest outcomes at step {step}");
     }
