@@ -13,10 +13,13 @@
 //!   (UIDVALIDITY, UIDNEXT) advances only with the commit of the messages it covers (it
 //!   rides on the last message of each batch). UID FETCH uses explicit UID sets in batches
 //!   of at most 500 and must end with a tagged OK (an EOF in the middle is an error). The
-//!   provider id is the Message-ID (X-Microsoft-Original-Message-ID first, a hash of the
-//!   headers when there is none), which the store deduplicates on.
+//!   provider id is the Message-ID (X-Microsoft-Original-Message-ID first; without either, a
+//!   hash of the whole message less the trace fields added in transit,
+//!   [`thread::content_id`]), which the store deduplicates on.
 //! * **Parse** with mail-parser; a message that cannot be parsed is delivered raw with
-//!   `parse_error` set ([`parse`]).
+//!   `parse_error` set; every text part the sender wrote is kept; structural defects (missing
+//!   boundaries, a header without its blank line, unknown charsets, raw 8-bit header bytes)
+//!   are listed with the codes of [`defect`] and the raw message is kept ([`parse`]).
 //! * **Thread** on the root of References ([`thread`]), every id carried along; mail without
 //!   them joins a recent thread of the same normalized subject and participant
 //!   ([`thread_index`]).
@@ -46,6 +49,7 @@ mod backoff;
 mod channel;
 pub mod config;
 pub mod cursor;
+pub mod defect;
 pub mod error;
 mod fetch;
 mod history;
@@ -55,6 +59,7 @@ pub mod parse;
 pub mod send;
 mod sent_folder;
 pub mod stream;
+mod structure;
 mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;

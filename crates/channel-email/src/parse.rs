@@ -3,12 +3,31 @@
 //! Parsing never fails: a message that cannot be parsed (no headers, no `From`) is still
 //! delivered, with its raw bytes as the first attachment (`message/rfc822`) and
 //! `parse_error` set, so it never blocks the messages behind it.
+//!
+//! Nothing the sender wrote disappears:
+//!
+//! - The text is the first text part of the body (an HTML part converted when there is no
+//!   plain one), the HTML the first HTML part. **Every other text part** that mail-parser
+//!   counts as body (a second `text/plain`, an inline text part with a file name, the parts
+//!   of a second `multipart/alternative`) is kept as an attachment: under its file name, or
+//!   `part-N.txt` / `part-N.html` (N its part number) when it has none, with its MIME type
+//!   (`text/plain`, `text/html`...) and its decoded text as UTF-8. Nothing is appended to the
+//!   text.
+//! - The parts of a `multipart/digest` (and any other attached message) are `message/rfc822`
+//!   attachments holding the message's bytes.
+//! - The body of a message whose header runs into it without a blank line is the text.
+//! - Structural defects ([`crate::defect`]) are listed in `defects`; whenever there is one,
+//!   or the core will have to change what is stored (NUL bytes in the text, an id longer than
+//!   the core's limit, a display name over its limit, references over their limit), the raw
+//!   message is the first attachment, `message.eml` (`message/rfc822`).
 
 use bytes::Bytes;
-use channel_core::{Direction, IdentityInfo, InboundAttachment, InboundMessage, Timestamp};
+use channel_core::validate::Limits;
+use channel_core::{Defect, Direction, IdentityInfo, InboundAttachment, InboundMessage, Timestamp};
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
 
-use crate::thread::{hashed_id, normalize_id, thread_key};
+use crate::structure;
+use crate::thread::{content_id, normalize_id, thread_key};
 
 /// Which folder a message was found in, which decides its direction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,7 +41,8 @@ pub enum FolderRole {
 /// The ids of a message: its provider id and the ids it refers to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageIds {
-    /// X-Microsoft-Original-Message-ID, else Message-ID, else a hash of the headers.
+    /// X-Microsoft-Original-Message-ID, else Message-ID, else the [`content_id`] of the whole
+    /// message less its trace fields.
     pub provider_id: String,
     /// In-Reply-To (every id).
     pub in_reply_to: Vec<String>,
@@ -38,28 +58,17 @@ fn id_list(value: &HeaderValue<'_>) -> Vec<String> {
     }
 }
 
-fn header_text<'a>(message: &'a mail_parser::Message<'a>, name: &'static str) -> &'a str {
-    message.header_raw(name).unwrap_or("")
-}
-
-fn ids_of(message: &mail_parser::Message<'_>, raw: &[u8]) -> MessageIds {
-    let provider_id = message
+/// The id the message names itself by: X-Microsoft-Original-Message-ID, else Message-ID.
+fn own_id(message: &mail_parser::Message<'_>) -> Option<String> {
+    message
         .header_raw("X-Microsoft-Original-Message-ID")
         .and_then(normalize_id)
         .or_else(|| message.message_id().and_then(normalize_id))
-        .unwrap_or_else(|| {
-            hashed_id(
-                &[
-                    ("date", header_text(message, "Date")),
-                    ("from", header_text(message, "From")),
-                    ("to", header_text(message, "To")),
-                    ("subject", header_text(message, "Subject")),
-                ],
-                raw,
-            )
-        });
+}
+
+fn ids_of(message: &mail_parser::Message<'_>, raw: &[u8]) -> MessageIds {
     MessageIds {
-        provider_id,
+        provider_id: own_id(message).unwrap_or_else(|| content_id(raw)),
         in_reply_to: id_list(message.in_reply_to()),
         references: id_list(message.references()),
     }
@@ -136,13 +145,12 @@ pub(crate) fn parse_message(
     let fallback_time = internal_date.unwrap_or_else(Timestamp::now);
     let parsed = MessageParser::default().parse(raw);
     let Some(message) = parsed.filter(|m| !m.headers().is_empty()) else {
-        let id = hashed_id(&[], raw);
-        return ParsedMessage {
-            message: raw_only(raw, id, "the message has no header", fallback_time),
-            subject: None,
-            has_thread_headers: false,
-        };
+        let mut message =
+            raw_only(raw, content_id(raw), "the message has no header", fallback_time);
+        message.defects.push(Defect::new(crate::defect::NO_HEADER));
+        return ParsedMessage { message, subject: None, has_thread_headers: false };
     };
+    let found = structure::check(&message, raw);
     let subject = message.subject().map(str::to_owned);
     let ids = ids_of(&message, raw);
     let has_thread_headers = !ids.references.is_empty() || !ids.in_reply_to.is_empty();
@@ -166,40 +174,51 @@ pub(crate) fn parse_message(
         .date()
         .map(|d| Timestamp::from_unix_seconds(d.to_timestamp()))
         .unwrap_or(fallback_time);
-    let text = (message.text_body_count() > 0 || message.html_body_count() > 0)
-        .then(|| message.body_text(0).map(|t| t.into_owned()))
-        .flatten();
-    let html = message
-        .html_bodies()
-        .find(|p| matches!(p.body, PartType::Html(_)))
-        .and_then(|p| p.text_contents().map(str::to_owned));
-    let mut attachments = Vec::new();
-    if parse_error.is_some() {
-        attachments.push(raw_attachment(raw));
+    let bodies = Bodies::choose(&message);
+    let mut text = bodies.text;
+    if text.as_deref().is_none_or(str::is_empty)
+        && let Some(recovered) = found.text_in_header
+    {
+        text = Some(recovered);
     }
+    let html = bodies
+        .html
+        .and_then(|id| message.parts.get(id))
+        .and_then(|p| p.text_contents().map(str::to_owned));
+    let mut attachments = Vec::with_capacity(message.attachments.len() + bodies.extra.len());
     for part in message.attachments() {
-        let mime_type = part
-            .content_type()
-            .map(|ct| match ct.subtype() {
-                Some(sub) => format!("{}/{}", ct.ctype(), sub),
-                None => ct.ctype().to_owned(),
-            })
-            .unwrap_or_else(|| "application/octet-stream".to_owned())
-            .to_ascii_lowercase();
         attachments.push(InboundAttachment {
             name: part.attachment_name().map(str::to_owned),
+            mime_type: mime_type_of(part),
+            data: Bytes::copy_from_slice(part.contents()),
+        });
+    }
+    for id in bodies.extra {
+        let Some(part) = message.parts.get(id) else { continue };
+        let is_html = matches!(part.body, PartType::Html(_));
+        let name = part
+            .attachment_name()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("part-{id}.{}", if is_html { "html" } else { "txt" }));
+        let mime_type = match part.content_type() {
+            Some(ct) if ct.ctype().eq_ignore_ascii_case("text") => mime_type_of(part),
+            _ if is_html => "text/html".to_owned(),
+            _ => "text/plain".to_owned(),
+        };
+        attachments.push(InboundAttachment {
+            name: Some(name),
             mime_type,
             data: Bytes::copy_from_slice(part.contents()),
         });
     }
     let thread = thread_key(&ids.references, &ids.in_reply_to, &ids.provider_id);
-    let mut references = ids.references.clone();
+    let mut references = ids.references;
     for id in &ids.in_reply_to {
         if !references.contains(id) {
             references.push(id.clone());
         }
     }
-    let message = InboundMessage {
+    let mut message = InboundMessage {
         provider_id: ids.provider_id,
         thread_key: thread,
         remote,
@@ -211,11 +230,88 @@ pub(crate) fn parse_message(
         references,
         attachments,
         parse_error,
-        defects: Vec::new(),
+        defects: found.defects,
         sent_at,
         cursor: None,
     };
+    if !message.defects.is_empty() || message.parse_error.is_some() || will_be_changed(&message) {
+        message.attachments.insert(0, raw_attachment(raw));
+    }
     ParsedMessage { message, subject, has_thread_headers }
+}
+
+/// Which parts are the text and the HTML of a message, and which other text parts must be kept
+/// as attachments (part numbers).
+struct Bodies {
+    text: Option<String>,
+    html: Option<usize>,
+    extra: Vec<usize>,
+}
+
+impl Bodies {
+    fn choose(message: &mail_parser::Message<'_>) -> Self {
+        let is_text = |id: u32| {
+            message
+                .parts
+                .get(id as usize)
+                .is_some_and(|p| matches!(p.body, PartType::Text(_) | PartType::Html(_)))
+        };
+        let text_pos = message.text_body.iter().position(|&id| is_text(id));
+        let text_id = text_pos.and_then(|pos| message.text_body.get(pos).copied());
+        let text = text_pos.and_then(|pos| message.body_text(pos)).map(|t| t.into_owned());
+        let html_id = message.html_body.iter().copied().find(|&id| {
+            message.parts.get(id as usize).is_some_and(|p| matches!(p.body, PartType::Html(_)))
+        });
+        let mut extra: Vec<usize> = Vec::new();
+        for &id in message.text_body.iter().chain(&message.html_body) {
+            if Some(id) == text_id
+                || Some(id) == html_id
+                || !is_text(id)
+                || message.attachments.contains(&id)
+                || extra.contains(&(id as usize))
+            {
+                continue;
+            }
+            extra.push(id as usize);
+        }
+        Self { text, html: html_id.map(|id| id as usize), extra }
+    }
+}
+
+/// The MIME type of an attachment as stored: `type/subtype` in lower case, `message/rfc822`
+/// for an attached message without its own type (a `multipart/digest` part), `text/plain`
+/// for a multipart whose boundary was missing (its body was read as text).
+fn mime_type_of(part: &mail_parser::MessagePart<'_>) -> String {
+    let declared = part.content_type().map(|ct| match ct.subtype() {
+        Some(sub) => format!("{}/{}", ct.ctype(), sub),
+        None => ct.ctype().to_owned(),
+    });
+    let declared = declared.map(|t| t.to_ascii_lowercase());
+    match (&part.body, declared) {
+        (PartType::Message(_), Some(t)) if t.starts_with("message/") => t,
+        (PartType::Message(_), _) => "message/rfc822".to_owned(),
+        (PartType::Text(_), Some(t)) if t.starts_with("multipart/") => "text/plain".to_owned(),
+        (_, Some(t)) => t,
+        (_, None) => "application/octet-stream".to_owned(),
+    }
+}
+
+/// Whether the core's [`degrade_inbound`](channel_core::validate::degrade_inbound) will change
+/// something the raw message alone still has: NUL bytes in the text, HTML or display name, an
+/// id or a display name over the limit, references over the limit. (A text over the limit is
+/// kept whole by the core itself; attachments over a limit are recorded.)
+fn will_be_changed(m: &InboundMessage) -> bool {
+    let l = &Limits::DEFAULT;
+    let has_nul = |s: Option<&str>| s.is_some_and(|s| s.contains('\0'));
+    has_nul(m.text.as_deref())
+        || has_nul(m.html.as_deref())
+        || has_nul(m.remote.display_name.as_deref())
+        || m.remote.display_name.as_ref().is_some_and(|n| n.len() > l.name)
+        || m.remote.address.len() > l.address
+        || m.provider_id.len() > l.id
+        || m.thread_key.len() > l.id
+        || m.references.len() > l.references
+        || m.references.iter().any(|r| r.len() > l.id)
 }
 
 fn raw_attachment(raw: &[u8]) -> InboundAttachment {
@@ -245,12 +341,15 @@ fn raw_only(raw: &[u8], provider_id: String, why: &str, sent_at: Timestamp) -> I
     }
 }
 
-/// Only the provider id of a message (for rescans and history lookups on header fetches).
-pub(crate) fn provider_id_of(raw: &[u8]) -> String {
-    match MessageParser::default().parse_headers(raw) {
-        Some(m) if !m.headers().is_empty() => ids_of(&m, raw).provider_id,
-        _ => hashed_id(&[], raw),
-    }
+/// The provider id of a message from its header alone (rescans and history lookups fetch only
+/// the header): `Some` when the message names itself (Message-ID or
+/// X-Microsoft-Original-Message-ID), `None` when its id is its [`content_id`], which needs the
+/// whole message: fetch it whole for that.
+pub(crate) fn provider_id_of(header: &[u8]) -> Option<String> {
+    MessageParser::default()
+        .parse_headers(header)
+        .filter(|m| !m.headers().is_empty())
+        .and_then(|m| own_id(&m))
 }
 
 #[cfg(test)]
@@ -290,13 +389,27 @@ hi there\r\n";
     }
 
     #[test]
-    fn a_message_without_id_gets_a_stable_hash_of_its_headers() {
+    fn a_message_without_id_is_known_by_its_content_less_trace_fields() {
         let raw =
             b"From: a@x.org\r\nDate: Tue, 1 Jul 2025 10:00:00 +0000\r\nSubject: s\r\n\r\nbody";
         let a = to_inbound(raw, FolderRole::Inbox, None).provider_id;
         assert_eq!(a, to_inbound(raw, FolderRole::Inbox, None).provider_id);
+        assert_eq!(a, content_id(raw));
         assert!(a.ends_with("@hash.channel-email.invalid>"));
-        assert_eq!(provider_id_of(raw), a);
+        assert_eq!(provider_id_of(raw), None, "the header alone cannot name it");
+        let other =
+            b"From: a@x.org\r\nDate: Tue, 1 Jul 2025 10:00:00 +0000\r\nSubject: s\r\n\r\nbody 2";
+        assert_ne!(a, to_inbound(other, FolderRole::Inbox, None).provider_id);
+    }
+
+    #[test]
+    fn the_header_alone_gives_the_same_id_as_the_whole_message_when_it_names_one() {
+        let header = b"From: a@x.org\r\nMessage-ID: <h1@x.org>\r\n\r\n";
+        assert_eq!(provider_id_of(header).as_deref(), Some("<h1@x.org>"));
+        assert_eq!(
+            provider_id_of(REPLY),
+            Some(to_inbound(REPLY, FolderRole::Inbox, None).provider_id)
+        );
     }
 
     #[test]

@@ -139,7 +139,7 @@ pub(crate) async fn catch_up(
 
 /// After a UIDVALIDITY change: the UIDs whose messages are not stored yet. Reads only the
 /// identifying header fields of every message, asks the sink which Message-IDs it knows and
-/// keeps the rest (a sink that cannot tell keeps them all; ingest deduplicates anyway). The
+/// keeps the rest (and every message without a Message-ID, whose id needs its whole content) (a sink that cannot tell keeps them all; ingest deduplicates anyway). The
 /// known messages still feed the threading fallback.
 async fn unknown_uids(
     session: &mut Session,
@@ -151,13 +151,17 @@ async fn unknown_uids(
     let mut unknown = Vec::new();
     for chunk in uids.chunks(KNOWN_IDS_LIMIT.min(EmailConfig::MAX_BATCH)) {
         let (fetched, _) = uid_fetch(session, chunk, FetchWhat::IdHeaders).await?;
-        let ids: Vec<String> = fetched.iter().map(|f| provider_id_of(&f.raw)).collect();
-        let known = inbound.known_provider_ids(&ids).await.map_err(ImapError::Inbound)?;
+        // A message without a Message-ID is known by the hash of its whole content, which the
+        // header cannot give: it counts as unknown and is fetched whole (ingest deduplicates).
+        let ids: Vec<Option<String>> = fetched.iter().map(|f| provider_id_of(&f.raw)).collect();
+        let named: Vec<String> = ids.iter().flatten().cloned().collect();
+        let known = inbound.known_provider_ids(&named).await.map_err(ImapError::Inbound)?;
         for (f, id) in fetched.iter().zip(&ids) {
-            if known.contains(id) {
-                threads.parse(f, role);
-            } else {
-                unknown.push(f.uid);
+            match id {
+                Some(id) if known.contains(id) => {
+                    threads.parse(f, role);
+                }
+                _ => unknown.push(f.uid),
             }
         }
         inbound.alive();

@@ -5,7 +5,8 @@
 //! help it would have forgotten the threads it saw before: a reply without References or
 //! In-Reply-To to such a thread would open a new conversation. Before the first catch-up of
 //! a folder, the channel therefore reads the headers (only the headers) of the messages it has
-//! already delivered that arrived within the thread window, at most [`WARMUP_LIMIT`] of them,
+//! already delivered that arrived within the thread window, at most [`WARMUP_LIMIT`] of them
+//! (the whole message for those without a Message-ID, whose id is a hash of their content),
 //! and feeds them to the index in UID order, as it did when it first read them. Nothing is
 //! delivered and nothing is written: the index is rebuilt from the mailbox itself.
 
@@ -15,7 +16,7 @@ use crate::cursor::FolderCursor;
 use crate::error::ImapError;
 use crate::fetch::{FetchWhat, uid_fetch};
 use crate::imap_session::{FolderStatus, Session, uid_search};
-use crate::parse::FolderRole;
+use crate::parse::{FolderRole, provider_id_of};
 use crate::thread_index::ThreadIndex;
 
 /// The most messages per folder whose headers are read to refill the index.
@@ -62,7 +63,19 @@ pub(crate) async fn warm_up(
     let newest = &uids[uids.len().saturating_sub(WARMUP_LIMIT)..];
     let mut seen = 0usize;
     for chunk in newest.chunks(WARMUP_BATCH) {
-        let (fetched, _) = uid_fetch(session, chunk, FetchWhat::Headers).await?;
+        let (mut fetched, _) = uid_fetch(session, chunk, FetchWhat::Headers).await?;
+        // A message without a Message-ID is threaded under its content id, which needs the
+        // whole message: read those again whole, so the index holds the key the store has.
+        let unnamed: Vec<u32> =
+            fetched.iter().filter(|f| provider_id_of(&f.raw).is_none()).map(|f| f.uid).collect();
+        if !unnamed.is_empty() {
+            let (whole, _) = uid_fetch(session, &unnamed, FetchWhat::Full).await?;
+            for w in whole {
+                if let Some(f) = fetched.iter_mut().find(|f| f.uid == w.uid) {
+                    *f = w;
+                }
+            }
+        }
         for f in &fetched {
             threads.parse(f, role);
         }

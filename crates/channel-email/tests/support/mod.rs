@@ -3,6 +3,7 @@
 //! delivers and the fault-injecting proxy.
 #![allow(dead_code)]
 
+pub mod corpus;
 pub mod fault_proxy;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use channel_core::store::{IngestDisposition, IngestOutcome};
 use channel_core::{
     ChannelError, ConnectionState, ConversationId, IdentityId, Inbound, InboundMessage, MessageId,
 };
+#[allow(unused_imports)]
 pub use channel_email::testing::*;
 use tokio::time::Instant;
 
