@@ -368,7 +368,7 @@ pub trait Store: Send + Sync + 'static {
     /// The account's messages that were stored degraded (with [`defects`](Message::defects)),
     /// newest first (by the time they were stored, then id), at most `limit`; with `code`,
     /// only those with a defect of that code (such as
-    /// [`defect::TEXT_TRUNCATED`](crate::defect::TEXT_TRUNCATED)).
+    /// [`defect::TEXT_TRUNCATED`]).
     async fn messages_with_defects(
         &self,
         account: AccountId,
