@@ -100,3 +100,27 @@ proptest! {
         prop_assert!(!m.provider_id.is_empty());
     }
 }
+
+#[test]
+fn a_raw_message_over_the_blob_limit_is_left_out_and_recorded() {
+    let raw = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/missing-boundary.eml"),
+    )
+    .unwrap();
+    let m = to_inbound(&raw, FolderRole::Inbox, None);
+    assert_eq!(m.attachments[0].name.as_deref(), Some("message.eml"));
+    let m = degrade_inbound(m, &Limits::DEFAULT, 64);
+    check_inbound(&m, &Limits::DEFAULT).expect("storable");
+    assert!(m.attachments.iter().all(|a| a.name.as_deref() != Some("message.eml")));
+    let left = m
+        .defects
+        .iter()
+        .find(|d| d.code == channel_core::defect::ATTACHMENT_TOO_LARGE)
+        .expect("the raw message left out is recorded");
+    let what = left.left_out.as_ref().expect("what was left out");
+    assert_eq!(
+        (what.name.as_deref(), what.mime_type.as_str(), left.size),
+        (Some("message.eml"), "message/rfc822", Some(raw.len() as u64))
+    );
+    assert!(m.defects.iter().any(|d| d.code == channel_email::defect::MISSING_BOUNDARY));
+}
