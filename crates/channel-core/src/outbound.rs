@@ -226,11 +226,37 @@ impl Engine {
         }
     }
 
+    /// The `Failed` outcome of a send the provider accepted under an id the store refuses.
+    fn not_recorded(
+        &self,
+        job: &Job,
+        message: &Message,
+        receipt: &SendReceipt,
+        err: &StoreError,
+    ) -> MessageOutcome {
+        let reason = format!(
+            "{SENT_BUT_NOT_RECORDED}: the provider accepted it as `{}`, but the store refused that id ({err}); it is not sent again",
+            receipt.provider_id.replace('\0', "\u{FFFD}")
+        );
+        tracing::error!(
+            job = %job.id,
+            message = %message.id,
+            error = %err,
+            "sent, but the store refused the provider id: completing the job with the message failed"
+        );
+        MessageOutcome::Failed { error: reason }
+    }
+
     /// Records a send the provider accepted, and never calls the channel again for it.
     ///
     /// * The `Sent` outcome (with the provider id) is retried with backoff (100 ms doubling
     ///   to 5 s) for up to one `job_lease_ttl` while the store fails transiently, extending the
     ///   job's lease so that it is not rescued meanwhile.
+    /// * If the provider id is already held by an outbound copy of this send (its echo or
+    ///   the owner's capture, stored before the send was recorded, as after a crash), the two
+    ///   become one row ([`Store::merge_stray`](crate::Store::merge_stray)): the copy is
+    ///   removed, the message ends `Sent` with the id, and `MessageMerged { kept, removed }`
+    ///   is published before `MessageSent`.
     /// * If the store refuses it for good (`InvalidInput`: the provider id is already stored
     ///   for another message of the account, or cannot be stored), the job is completed with
     ///   the message `Failed`, its `error` starting with [`SENT_BUT_NOT_RECORDED`] and naming
@@ -253,6 +279,8 @@ impl Engine {
         let mut outcome =
             MessageOutcome::Sent { provider_id: receipt.provider_id.clone(), at: receipt.at };
         let mut refused = false;
+        let mut merge_tried = false;
+        let mut merged: Option<MessageId> = None;
         let mut delay = Duration::from_millis(100);
         let mut tries = 0u32;
         loop {
@@ -265,8 +293,17 @@ impl Engine {
                         run.count("sent_not_recorded");
                         self.publish_if_failed(message.account_id, message.id).await;
                     } else {
-                        if tries > 1 {
+                        if tries > 1 && merged.is_none() {
                             tracing::info!(job = %job.id, message = %message.id, tries, "the send was recorded after store failures");
+                        }
+                        if let Some(removed) = merged {
+                            metrics::counter!("channel_messages_merged_total").increment(1);
+                            let event = Event::MessageMerged {
+                                account_id: message.account_id,
+                                kept: message.id,
+                                removed,
+                            };
+                            self.inner.events.publish(event).await;
                         }
                         let event = Event::MessageSent {
                             account_id: message.account_id,
@@ -300,6 +337,31 @@ impl Engine {
                     );
                     return;
                 }
+                Err(err @ StoreError::InvalidInput { .. }) if !merge_tried && !refused => {
+                    // The id may be held by a stray copy of this very send (its echo, stored
+                    // before the send was recorded): make them one row and record again.
+                    merge_tried = true;
+                    let merge = store.merge_stray(message.id, &receipt.provider_id);
+                    match self.db("merge_stray", merge).await {
+                        Ok(Some(removed)) => {
+                            tracing::info!(
+                                job = %job.id,
+                                message = %message.id,
+                                %removed,
+                                "the provider's id was held by a stray copy of this send: merged"
+                            );
+                            merged = Some(removed);
+                        }
+                        Ok(None) => {
+                            refused = true;
+                            outcome = self.not_recorded(job, message, &receipt, &err);
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = %job.id, message = %message.id, error = %e, "could not merge a stray copy of the send; recording again");
+                            merge_tried = false;
+                        }
+                    }
+                }
                 Err(err @ (StoreError::InvalidInput { .. } | StoreError::NotFound { .. })) => {
                     if refused || matches!(err, StoreError::NotFound { .. }) {
                         // Even the fallback was refused, or the job is gone: nothing left to
@@ -309,17 +371,7 @@ impl Engine {
                         return;
                     }
                     refused = true;
-                    let reason = format!(
-                        "{SENT_BUT_NOT_RECORDED}: the provider accepted it as `{}`, but the store refused that id ({err}); it is not sent again",
-                        receipt.provider_id.replace('\0', "\u{FFFD}")
-                    );
-                    tracing::error!(
-                        job = %job.id,
-                        message = %message.id,
-                        error = %err,
-                        "sent, but the store refused the provider id: completing the job with the message failed"
-                    );
-                    outcome = MessageOutcome::Failed { error: reason };
+                    outcome = self.not_recorded(job, message, &receipt, &err);
                 }
                 Err(err) => {
                     let now = self.now();

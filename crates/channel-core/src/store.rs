@@ -433,6 +433,18 @@ pub trait Store: Send + Sync + 'static {
         lease_ttl: Duration,
         now: Timestamp,
     ) -> Result<Vec<JobLease>, StoreError>;
+    /// Makes one row of a send and its stray copy: when another *outbound* message of
+    /// `keep`'s account already holds `provider_id` (the echo of the send, or the owner's
+    /// capture of it, stored before the send was recorded, as after a crash), that message is
+    /// removed so that `keep` can take the id with [`Store::complete`]. Returns the removed
+    /// message's id. Returns `None` and changes nothing when no such message exists, when
+    /// the holder is `keep` itself, is inbound (a real conflict, never merged away), or is
+    /// referenced by a job. `NotFound` if `keep` does not exist.
+    async fn merge_stray(
+        &self,
+        keep: MessageId,
+        provider_id: &str,
+    ) -> Result<Option<MessageId>, StoreError>;
     /// Completes a claimed job and applies the message outcome, atomically. `LeaseLost` if the
     /// lease is stale.
     async fn complete(

@@ -521,13 +521,19 @@ pub fn degrade_inbound(m: InboundMessage, l: &Limits, blob_max: u64) -> InboundM
             t => t,
         };
         if size > blob_max {
+            let raw = mime_type == "message/rfc822";
             out.push(
                 Defect::new(defect::ATTACHMENT_TOO_LARGE)
-                    .field(field)
+                    .field(field.clone())
                     .size(size)
                     .limit(blob_max)
                     .left_out(name, mime_type),
             );
+            if raw {
+                // A message's raw form (or an attached message) over the limit: say plainly
+                // that the original was not kept.
+                out.push(Defect::new(defect::RAW_NOT_KEPT).field(field).size(size).limit(blob_max));
+            }
         } else if kept.len() >= room {
             out.push(
                 Defect::new(defect::ATTACHMENT_OVER_COUNT)

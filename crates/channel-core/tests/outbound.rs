@@ -645,3 +645,32 @@ async fn a_record_that_timed_out_but_committed_is_not_sent_again() {
     );
     assert_eq!(h.channel.sends().len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_send_whose_echo_was_stored_first_as_a_stray_row_is_merged_and_ends_sent() {
+    let mut h = harness().await;
+    let conversation = h.conversation("chat").await;
+    let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
+    // After a crash, the provider's copy of the send came back without our client key and
+    // was stored as the owner's message from another app.
+    let mut echo = text("tg-77", "chat", "tg:1", "hello");
+    echo.direction = Direction::Outbound;
+    let stray = h.engine.deliver(h.account.id, echo).await.unwrap();
+    assert_eq!(stray.disposition, IngestDisposition::Stored);
+    h.drain_events();
+    // The retried send is recognised by the provider (same client key) and answers its id.
+    h.channel.script_sends([SendScript::OkWithId("tg-77".into())]);
+    assert_eq!(Dispatcher::new(h.engine.clone()).run_once().await.unwrap(), 1);
+
+    let m = h.store.message(id).await.unwrap();
+    assert_eq!((m.status, m.provider_id.as_deref()), (MessageStatus::Sent, Some("tg-77")));
+    assert!(h.store.message(stray.message_id).await.is_err(), "the stray row is gone");
+    assert_eq!(h.store.messages(conversation, 10).await.unwrap().len(), 2, "first and ours");
+    assert_eq!(
+        h.drain_events(),
+        vec![
+            Event::MessageMerged { account_id: h.account.id, kept: id, removed: stray.message_id },
+            Event::MessageSent { account_id: h.account.id, message_id: id },
+        ]
+    );
+}

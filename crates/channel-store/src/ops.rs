@@ -501,6 +501,38 @@ pub(crate) async fn message(ex: Ex<'_>, id: MessageId) -> Res<Message> {
     message_in(ex, id).await?.ok_or_else(|| StoreError::not_found("message", id).into())
 }
 
+/// See [`Store::merge_stray`](channel_core::Store::merge_stray).
+pub(crate) async fn merge_stray(
+    tx: &mut Tx,
+    keep: MessageId,
+    provider_id: &str,
+) -> Res<Option<MessageId>> {
+    let keep_s = keep.to_string();
+    let Some(row) = tx
+        .fetch_optional("SELECT account_id FROM messages WHERE id = ?", &[Arg::Text(&keep_s)])
+        .await?
+    else {
+        return Err(StoreError::not_found("message", keep).into());
+    };
+    let account = row.text("account_id")?;
+    let holder = tx
+        .fetch_optional(
+            "SELECT id FROM messages WHERE account_id = ? AND provider_id = ? \
+             AND direction = 'outbound' AND id <> ? \
+             AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.message_id = messages.id)",
+            &[Arg::Text(&account), Arg::Text(provider_id), Arg::Text(&keep_s)],
+        )
+        .await?;
+    let Some(holder) = holder else { return Ok(None) };
+    let holder_id = holder.text("id")?;
+    tx.execute("DELETE FROM messages WHERE id = ?", &[Arg::Text(&holder_id)]).await?;
+    Ok(Some(
+        holder_id
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("malformed message id `{holder_id}`")))?,
+    ))
+}
+
 pub(crate) async fn message_by_provider_id(
     ex: Ex<'_>,
     account: AccountId,

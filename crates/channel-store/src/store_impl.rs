@@ -324,6 +324,17 @@ impl Store for SqlStore {
         .await
     }
 
+    async fn merge_stray(
+        &self,
+        keep: MessageId,
+        provider_id: &str,
+    ) -> Result<Option<MessageId>, StoreError> {
+        self.run("merge_stray", async {
+            write_tx!(self, |tx| ops::merge_stray(tx, keep, provider_id).await?)
+        })
+        .await
+    }
+
     async fn complete(
         &self,
         lease: &JobLease,

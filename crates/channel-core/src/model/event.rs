@@ -49,6 +49,18 @@ pub enum Event {
         /// The message.
         message_id: MessageId,
     },
+    /// A send and a stray copy of it became one message: the provider accepted `kept`, and
+    /// `removed` (its echo or the owner's capture, stored before the send was recorded, as
+    /// after a crash) held the provider's id. `removed` no longer exists; `kept` is `Sent`
+    /// with that id (a [`Event::MessageSent`] follows).
+    MessageMerged {
+        /// The account.
+        account_id: AccountId,
+        /// The message that stays: the one `send` returned.
+        kept: MessageId,
+        /// The message that was removed.
+        removed: MessageId,
+    },
     /// A message changed status (for example to `Failed`).
     MessageStatusChanged {
         /// The account.

@@ -593,6 +593,37 @@ pub async fn echo_of_own_send_updates_the_pending_message(store: Arc<dyn Store>)
     assert_eq!(store.messages(conversation, 10).await.expect("messages").len(), 3);
 }
 
+/// A stray outbound copy of a send (its echo stored without our client key, as after a
+/// crash) is merged away so that the send can take the provider id; an inbound holder, the
+/// send itself, or a missing holder change nothing.
+pub async fn a_stray_copy_of_a_send_is_merged_and_nothing_else_ever_is(store: Arc<dyn Store>) {
+    let store = &*store;
+    let (account, conversation, pending, _job) = queued_send(store, 10).await;
+    let mut stray = inbound("p-stray", "t", "alice", "hello from the service", at(2));
+    stray.direction = Direction::Outbound;
+    stray.origin = Origin::OtherApp;
+    let stray = ingest(store, account.id, stray, at(2)).await;
+    assert_eq!(stray.disposition, IngestDisposition::Stored, "stored as the owner's message");
+
+    assert_eq!(store.merge_stray(pending.id, "in-1").await.expect("merge"), None, "inbound");
+    assert_eq!(store.merge_stray(pending.id, "nobody").await.expect("merge"), None, "missing");
+    assert!(store.message_by_provider_id(account.id, "in-1").await.expect("lookup").is_some());
+    let unknown = store.merge_stray(MessageId::new(), "p-stray").await;
+    assert!(matches!(unknown, Err(StoreError::NotFound { .. })), "{unknown:?}");
+
+    let removed = store.merge_stray(pending.id, "p-stray").await.expect("merge");
+    assert_eq!(removed, Some(stray.message_id));
+    assert!(matches!(store.message(stray.message_id).await, Err(StoreError::NotFound { .. })));
+    let lease = claim_one(store, "w", 60, at(3)).await;
+    let sent = MessageOutcome::Sent { provider_id: "p-stray".to_owned(), at: at(3) };
+    store.complete(&lease, Some(sent), at(3)).await.expect("the send takes the id");
+    let kept = store.message_by_provider_id(account.id, "p-stray").await.expect("lookup");
+    let kept = kept.expect("one row holds the id");
+    assert_eq!((kept.id, kept.status), (pending.id, MessageStatus::Sent));
+    assert_eq!(store.messages(conversation, 10).await.expect("messages").len(), 2, "one row");
+    assert_eq!(store.merge_stray(pending.id, "p-stray").await.expect("again"), None, "itself");
+}
+
 /// A reply (by `reply_to` or `references`) to a known message joins that message's
 /// conversation even under another thread key; unknown references fall back to the key.
 pub async fn reply_joins_the_conversation_of_the_message_it_answers(store: Arc<dyn Store>) {
@@ -1980,6 +2011,7 @@ macro_rules! store_conformance_tests {
             ingest_same_message_concurrently_is_stored_once,
             concurrent_first_messages_open_one_conversation,
             echo_of_own_send_updates_the_pending_message,
+            a_stray_copy_of_a_send_is_merged_and_nothing_else_ever_is,
             reply_joins_the_conversation_of_the_message_it_answers,
             cursor_is_written_with_the_message_and_not_on_failure,
             ingest_batch_in_order_with_dedup,

@@ -1154,6 +1154,39 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
+    async fn merge_stray(
+        &self,
+        keep: MessageId,
+        provider_id: &str,
+    ) -> Result<Option<MessageId>, StoreError> {
+        self.injected("merge_stray")?;
+        let mut inner = self.lock();
+        let account = match inner.messages.get(&keep) {
+            Some(m) => m.account_id,
+            None => return Err(StoreError::not_found("message", keep)),
+        };
+        let key = (account, provider_id.to_owned());
+        let Some(&holder) = inner.message_by_provider.get(&key) else {
+            return Ok(None);
+        };
+        let outbound =
+            inner.messages.get(&holder).is_some_and(|m| m.direction == Direction::Outbound);
+        let referenced = inner.jobs.values().any(|j| j.message_id == Some(holder));
+        if holder == keep || !outbound || referenced {
+            return Ok(None);
+        }
+        if let Some(m) = inner.messages.remove(&holder) {
+            inner.message_by_provider.remove(&key);
+            if let Some(k) = m.client_key {
+                let ck = (account, k);
+                if inner.message_by_client_key.get(&ck) == Some(&holder) {
+                    inner.message_by_client_key.remove(&ck);
+                }
+            }
+        }
+        Ok(Some(holder))
+    }
+
     async fn complete(
         &self,
         lease: &JobLease,
