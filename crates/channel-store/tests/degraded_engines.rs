@@ -10,18 +10,26 @@ use std::sync::Arc;
 use channel_core::state::StateKey;
 use channel_core::validate::Limits;
 use channel_core::{
-    BlobStore, ChannelKind, CursorUpdate, Engine, EngineError, IdentityInfo, InboundMessage,
-    IngestDisposition, NewAccount, Timestamp, defect,
+    AccountId, BlobStore, ChannelKind, CursorUpdate, Engine, EngineError, IdentityInfo,
+    InboundMessage, IngestDisposition, NewAccount, Timestamp, defect,
 };
 use channel_store::SqlStore;
 
-/// An engine that lets texts up to 8 MiB through, beyond what the stores hold (1 MiB).
-fn engine(store: SqlStore) -> Engine {
-    Engine::builder(Arc::new(store), StateKey::from_bytes([7; 32]))
+/// An engine that lets texts up to 8 MiB through, beyond what the stores hold (1 MiB), and
+/// an email account on it.
+async fn engine(store: SqlStore) -> (Engine, AccountId) {
+    let engine = Engine::builder(Arc::new(store), StateKey::from_bytes([7; 32]))
         .blob_store(BlobStore::in_memory())
         .limits(Limits { text: 8 << 20, ..Limits::DEFAULT })
         .build()
-        .expect("engine")
+        .expect("engine");
+    let account = engine
+        .store()
+        .create_account(NewAccount::new(ChannelKind::Email, "a"), engine.now())
+        .await
+        .expect("account")
+        .id;
+    (engine, account)
 }
 
 fn text(id: &str, body: &str, cursor: u8) -> InboundMessage {
@@ -37,13 +45,7 @@ fn text(id: &str, body: &str, cursor: u8) -> InboundMessage {
 }
 
 async fn a_refused_message_leaves_a_placeholder_and_the_batch_goes_on(store: SqlStore) {
-    let engine = engine(store);
-    let account = engine
-        .store()
-        .create_account(NewAccount::new(ChannelKind::Email, "a"), engine.now())
-        .await
-        .expect("account")
-        .id;
+    let (engine, account) = engine(store).await;
     let huge = "z".repeat(2 << 20);
     let batch =
         vec![text("<1@x>", "before", 1), text("<2@x>", &huge, 2), text("<3@x>", "after", 3)];
@@ -95,13 +97,7 @@ async fn postgres_a_store_failure_mid_batch_stores_nothing_degraded_and_the_batc
 
     let url = support::pg::fresh_database().await;
     let store = SqlStore::builder().max_connections(4).connect_postgres(&url).await.expect("store");
-    let engine = engine(store);
-    let account = engine
-        .store()
-        .create_account(NewAccount::new(ChannelKind::Email, "a"), engine.now())
-        .await
-        .expect("account")
-        .id;
+    let (engine, account) = engine(store).await;
     let batch: Vec<InboundMessage> = vec![
         text("<1@x>", "one", 1),
         text("<2@x>", "two \0 with a NUL byte", 2),
