@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use channel_core::state::StateKey;
 use channel_core::store::IngestOutcome;
 use channel_core::{
-    BlobStore, Channel, ChannelError, ChannelKind, ConnectionState, Engine, Event, IdentityInfo,
-    Inbound, InboundMessage, MessageId, NewAccount, OutgoingMessage, Store,
+    BlobStore, Channel, ChannelError, ConnectionState, Engine, Event, IdentityInfo, Inbound,
+    InboundMessage, MessageId, NewAccount, OutgoingMessage, Store,
 };
 use channel_email::testing::{PrivateDovecot, User, account_config, fill_maildir, stack};
 use channel_email::{EmailChannel, EmailConfig};
@@ -192,7 +192,7 @@ async fn engine_on_sqlite(
         .build()
         .expect("engine");
     let account = store
-        .create_account(NewAccount::new(ChannelKind::Email, address), engine.now())
+        .create_account(NewAccount::new(channel_email::KIND, address), engine.now())
         .await
         .expect("account");
     (engine, account.id)

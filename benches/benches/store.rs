@@ -130,7 +130,7 @@ fn ingest_requests(account: AccountId) -> Vec<Vec<IngestRequest>> {
 async fn ingest_once() -> Duration {
     let store = SqlStore::open_sqlite_in_memory().await.expect("store");
     let account = store
-        .create_account(NewAccount::new(ChannelKind::Email, "bench"), T0)
+        .create_account(NewAccount::new(ChannelKind::from_static("email"), "bench"), T0)
         .await
         .expect("account")
         .id;
@@ -268,7 +268,7 @@ async fn raw_insert_store_schema_once() -> Duration {
     let account = {
         let store = SqlStore::open_sqlite(path.to_str().expect("utf-8 path")).await.expect("store");
         let id = store
-            .create_account(NewAccount::new(ChannelKind::Email, "bench"), T0)
+            .create_account(NewAccount::new(ChannelKind::from_static("email"), "bench"), T0)
             .await
             .expect("account")
             .id;

@@ -27,7 +27,7 @@ pub const DISPATCHED_KINDS: [JobKind; 3] =
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 /// # let store = Arc::new(MemoryStore::new());
 /// # let engine = Engine::builder(store.clone(), StateKey::generate()).blob_store(BlobStore::in_memory()).build().unwrap();
-/// # let account = store.create_account(NewAccount::new(ChannelKind::Memory, "a"), engine.now()).await.unwrap();
+/// # let account = store.create_account(NewAccount::new(ChannelKind::from_static("memory"), "a"), engine.now()).await.unwrap();
 /// let channel = Arc::new(MemoryChannel::new());
 /// engine.attach_channel(account.id, channel.clone());
 /// # let msg = InboundMessage::text("m1", "chat", IdentityInfo::new("tg:1"), "hi", engine.now());

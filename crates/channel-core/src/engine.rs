@@ -15,6 +15,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{EngineError, with_timeout};
 use crate::events::{DEFAULT_EVENT_CAPACITY, EventBus, JOBS_TOPIC};
 use crate::model::*;
+use crate::provider::{Provider, Providers};
 use crate::retry::RetryPolicy;
 use crate::send_policy::{RateLimitPolicy, SendPolicy, StorePolicyMemory};
 use crate::state::{AccountState, StateCipher, StateKey};
@@ -71,8 +72,6 @@ pub struct EngineConfig {
     pub default_lifecycle: LifecyclePolicy,
     /// Field limits of stored messages.
     pub limits: Limits,
-    /// Domain of generated email Message-IDs (`channel.local`).
-    pub email_domain: String,
     /// Capacity of the in-process event channel (1024).
     pub event_capacity: usize,
 }
@@ -103,7 +102,6 @@ impl Default for EngineConfig {
             lease_renew_every: Duration::from_secs(5),
             default_lifecycle: LifecyclePolicy::default(),
             limits: Limits::DEFAULT,
-            email_domain: "channel.local".to_owned(),
             event_capacity: DEFAULT_EVENT_CAPACITY,
         }
     }
@@ -178,12 +176,6 @@ impl EngineConfig {
                 reason: "must not be empty",
             });
         }
-        if self.email_domain.trim().is_empty() {
-            return Err(EngineError::InvalidSetting {
-                setting: "email_domain",
-                reason: "must not be empty",
-            });
-        }
         Ok(())
     }
 }
@@ -210,6 +202,7 @@ pub struct EngineBuilder {
     blob_dir: Option<PathBuf>,
     clock: Arc<dyn Clock>,
     send_policy: Option<Arc<dyn SendPolicy>>,
+    providers: Providers,
     config: EngineConfig,
 }
 
@@ -255,6 +248,16 @@ impl EngineBuilder {
         self
     }
 
+    /// Registers a provider (see [`Provider`]): the engine asks it for the idempotency keys of
+    /// its accounts' sends, and a [`Runtime`](crate::runtime::Runtime) built with
+    /// [`Runtime::with_providers`](crate::runtime::Runtime::with_providers) creates their
+    /// channels with it. Register every provider in every process that queues sends for its
+    /// accounts.
+    pub fn provider(mut self, provider: Arc<dyn Provider>) -> Self {
+        self.providers.insert(provider);
+        self
+    }
+
     /// Replaces the whole configuration.
     pub fn config(mut self, config: EngineConfig) -> Self {
         self.config = config;
@@ -292,10 +295,6 @@ impl EngineBuilder {
     setter!(
         /// Field limits.
         limits: Limits
-    );
-    setter!(
-        /// Domain of generated email Message-IDs.
-        email_domain: String
     );
 
     setter!(
@@ -395,6 +394,7 @@ impl EngineBuilder {
                 channels: RwLock::new(HashMap::new()),
                 lifecycle: RwLock::new(HashMap::new()),
                 known_accounts: RwLock::new(HashSet::new()),
+                providers: RwLock::new(self.providers),
                 config: self.config,
             }),
         })
@@ -423,6 +423,7 @@ pub(crate) struct Inner {
     pub(crate) channels: RwLock<HashMap<AccountId, Arc<dyn Channel>>>,
     pub(crate) lifecycle: RwLock<HashMap<AccountId, LifecyclePolicy>>,
     pub(crate) known_accounts: RwLock<HashSet<AccountId>>,
+    pub(crate) providers: RwLock<Providers>,
     pub(crate) config: EngineConfig,
 }
 
@@ -444,8 +445,25 @@ impl Engine {
             blob_dir: None,
             clock: Arc::new(SystemClock),
             send_policy: None,
+            providers: Providers::new(),
             config: EngineConfig::default(),
         }
+    }
+
+    /// Registers a provider after the engine was built (what
+    /// [`RuntimeBuilder::provider`](crate::runtime::RuntimeBuilder::provider) does).
+    pub fn register_provider(&self, provider: Arc<dyn Provider>) {
+        write(&self.inner.providers).insert(provider);
+    }
+
+    /// The provider of `kind`, if this process has it.
+    pub fn provider(&self, kind: &ChannelKind) -> Option<Arc<dyn Provider>> {
+        read(&self.inner.providers).get(kind).cloned()
+    }
+
+    /// The providers this process has.
+    pub fn providers(&self) -> Providers {
+        read(&self.inner.providers).clone()
     }
 
     /// The store.

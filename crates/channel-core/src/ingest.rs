@@ -38,7 +38,7 @@ impl Engine {
     ///     .blob_store(BlobStore::in_memory())
     ///     .build()
     ///     .unwrap();
-    /// let account = store.create_account(NewAccount::new(ChannelKind::Memory, "a"), engine.now()).await.unwrap();
+    /// let account = store.create_account(NewAccount::new(ChannelKind::from_static("memory"), "a"), engine.now()).await.unwrap();
     /// let msg = InboundMessage::text("m1", "chat", IdentityInfo::new("tg:1"), "hi", engine.now());
     /// let first = engine.deliver(account.id, msg.clone()).await.unwrap();
     /// let again = engine.deliver(account.id, msg).await.unwrap();

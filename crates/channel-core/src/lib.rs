@@ -29,6 +29,7 @@ pub mod lease_keeper;
 pub mod lifecycle;
 pub mod model;
 pub mod outbound;
+pub mod provider;
 pub mod retry;
 pub mod runtime;
 pub mod send_policy;

@@ -33,35 +33,19 @@ pub(crate) fn store_error_class(e: &StoreError) -> &'static str {
     }
 }
 
-/// Our idempotency key for a new outbound message, in the form the provider expects:
-///
-/// * email: an RFC 5322 Message-ID, `<uuid@domain>`;
-/// * Telegram: a `random_id`, a non-zero `i64` in decimal, from the random bits of the
-///   message id;
-/// * others: the message id.
-///
-/// ```
-/// use channel_core::{ChannelKind, MessageId, outbound::client_key_for};
-/// let id = MessageId::new();
-/// assert!(client_key_for(ChannelKind::Email, id, "example.org").ends_with("@example.org>"));
-/// assert!(client_key_for(ChannelKind::Telegram, id, "x").parse::<i64>().is_ok());
-/// assert_eq!(client_key_for(ChannelKind::Telegram, id, "x"), client_key_for(ChannelKind::Telegram, id, "x"));
-/// ```
-pub fn client_key_for(kind: ChannelKind, message_id: MessageId, email_domain: &str) -> String {
-    match kind {
-        ChannelKind::Email => format!("<{}@{}>", message_id.as_uuid().simple(), email_domain),
-        ChannelKind::Telegram => {
-            let bytes = message_id.as_uuid().into_bytes();
-            let mut low = [0u8; 8];
-            low.copy_from_slice(&bytes[8..]);
-            let n = i64::from_be_bytes(low);
-            (if n == 0 { 1 } else { n }).to_string()
-        }
-        _ => message_id.to_string(),
-    }
-}
-
 impl Engine {
+    /// Our idempotency key for a new send from `account`: its provider's
+    /// [`Provider::client_key`](crate::provider::Provider::client_key), or the message id
+    /// when this process has no provider of the account's kind (register the provider in
+    /// every process that queues sends; a provider that checks the form of its keys refuses
+    /// such a send for good).
+    pub fn client_key(&self, account: &Account, message_id: MessageId) -> String {
+        match self.provider(&account.kind) {
+            Some(p) => p.client_key(account, message_id),
+            None => message_id.to_string(),
+        }
+    }
+
     /// Queues an outbound message and returns its id at once.
     ///
     /// The message (status `Pending`, with its client key) and its send job are committed
@@ -79,7 +63,7 @@ impl Engine {
     /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
     /// # let store = Arc::new(MemoryStore::new());
     /// # let engine = Engine::builder(store.clone(), StateKey::generate()).blob_store(BlobStore::in_memory()).build().unwrap();
-    /// # let account = store.create_account(NewAccount::new(ChannelKind::Memory, "a"), engine.now()).await.unwrap();
+    /// # let account = store.create_account(NewAccount::new(ChannelKind::from_static("memory"), "a"), engine.now()).await.unwrap();
     /// # let msg = InboundMessage::text("m1", "chat", IdentityInfo::new("tg:1"), "hi", engine.now());
     /// let conversation = engine.deliver(account.id, msg).await.unwrap().conversation_id;
     /// let reply = OutboundMessage {
@@ -130,7 +114,7 @@ impl Engine {
             job_id: JobId::new(),
             conversation_id: conversation.id,
             origin: Origin::Service(message.label),
-            client_key: client_key_for(account.kind, message_id, &self.inner.config.email_domain),
+            client_key: self.client_key(&account, message_id),
             text: message.text,
             html: message.html,
             reply_to: message.reply_to,

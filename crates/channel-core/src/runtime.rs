@@ -46,6 +46,45 @@ pub trait ChannelFactory: Send + Sync + 'static {
     /// account's state and the account waits for [`Runtime::reconnect`]; other errors are
     /// retried with backoff.
     async fn create(&self, account: &Account) -> Result<Arc<dyn Channel>, ChannelError>;
+
+    /// Whether this process can run accounts of `kind`; the runtime takes the lease only of
+    /// accounts it can run and leaves the others to the processes that can. The default says
+    /// yes to every kind.
+    fn supports(&self, kind: &ChannelKind) -> bool {
+        let _ = kind;
+        true
+    }
+}
+
+/// The [`ChannelFactory`] of a runtime built with [`Runtime::with_providers`]: each account's
+/// channel from the engine's provider of its kind.
+#[derive(Debug, Clone)]
+pub struct ProviderChannels {
+    engine: Engine,
+}
+
+impl ProviderChannels {
+    /// Channels from `engine`'s providers.
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+}
+
+#[async_trait]
+impl ChannelFactory for ProviderChannels {
+    async fn create(&self, account: &Account) -> Result<Arc<dyn Channel>, ChannelError> {
+        match self.engine.provider(&account.kind) {
+            Some(provider) => provider.channel(account, &self.engine).await,
+            None => Err(ChannelError::Permanent(format!(
+                "this process has no provider of kind `{}` for account {}",
+                account.kind, account.id
+            ))),
+        }
+    }
+
+    fn supports(&self, kind: &ChannelKind) -> bool {
+        self.engine.provider(kind).is_some()
+    }
 }
 
 /// A [`ChannelFactory`] over channels made in advance (tests, fixed setups).
@@ -106,6 +145,14 @@ impl fmt::Debug for RuntimeBuilder {
 }
 
 impl RuntimeBuilder {
+    /// Registers a provider on the engine (see
+    /// [`EngineBuilder::provider`](crate::EngineBuilder::provider)); with
+    /// [`Runtime::with_providers`] its accounts' channels are created by it.
+    pub fn provider(self, provider: Arc<dyn crate::provider::Provider>) -> Self {
+        self.engine.register_provider(provider);
+        self
+    }
+
     /// Runs the loops under this watchdog (default: one with the watchdog's defaults).
     pub fn watchdog(mut self, watchdog: Watchdog) -> Self {
         self.watchdog = Some(watchdog);
@@ -208,7 +255,7 @@ impl RuntimeBuilder {
 ///     .clock(Arc::new(channel_core::clock::TokioClock::new()))
 ///     .build()
 ///     .unwrap();
-/// let account = store.create_account(NewAccount::new(ChannelKind::Memory, "a"), engine.now()).await.unwrap();
+/// let account = store.create_account(NewAccount::new(ChannelKind::from_static("memory"), "a"), engine.now()).await.unwrap();
 /// let channel = Arc::new(MemoryChannel::new());
 /// let channels = StaticChannels::new().with(account.id, channel.clone());
 /// let runtime = Runtime::builder(engine.clone(), Arc::new(channels)).start().await.unwrap();
@@ -250,6 +297,15 @@ struct Slot {
 }
 
 impl Runtime {
+    /// Starts building a runtime for `engine` whose accounts' channels are created by the
+    /// engine's providers ([`ProviderChannels`]); add providers with
+    /// [`RuntimeBuilder::provider`]. Accounts of a kind this process has no provider for are
+    /// left to the processes that have one.
+    pub fn with_providers(engine: Engine) -> RuntimeBuilder {
+        let factory = Arc::new(ProviderChannels::new(engine.clone()));
+        Self::builder(engine, factory)
+    }
+
     /// Starts building a runtime for `engine`, creating channels with `factory`.
     pub fn builder(engine: Engine, factory: Arc<dyn ChannelFactory>) -> RuntimeBuilder {
         RuntimeBuilder {
@@ -371,8 +427,12 @@ async fn lease_loop(s: Arc<Shared>, ctx: LoopContext) -> LoopResult {
         ctx.ping();
         let mut wanted = vec![Lease::LEADER.to_owned()];
         match s.engine.db("accounts", s.engine.store().accounts()).await {
-            Ok(accounts) => wanted
-                .extend(accounts.iter().filter(|a| a.enabled).map(|a| Lease::account_name(a.id))),
+            Ok(accounts) => wanted.extend(
+                accounts
+                    .iter()
+                    .filter(|a| a.enabled && s.factory.supports(&a.kind))
+                    .map(|a| Lease::account_name(a.id)),
+            ),
             Err(e) => {
                 // Keep what we hold; acquire nothing new.
                 tracing::warn!(error = %e, "could not list accounts");

@@ -391,7 +391,7 @@ mod tests {
     fn ctx(account: AccountId, thread: &str) -> SendContext<'_> {
         SendContext {
             account_id: account,
-            kind: ChannelKind::Memory,
+            kind: ChannelKind::from_static("memory"),
             thread_key: thread,
             message_id: MessageId::new(),
             attempt: 1,

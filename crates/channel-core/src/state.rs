@@ -186,7 +186,7 @@ impl StateCipher {
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 /// let store = Arc::new(MemoryStore::new());
-/// let account = store.create_account(NewAccount::new(ChannelKind::Memory, "a"), Timestamp(0)).await.unwrap();
+/// let account = store.create_account(NewAccount::new(ChannelKind::from_static("memory"), "a"), Timestamp(0)).await.unwrap();
 /// let state = AccountState::new(store.clone(), Arc::new(StateCipher::new(&StateKey::generate())), account.id);
 /// state.put("session", b"token").await.unwrap();
 /// assert_eq!(state.get("session").await.unwrap().unwrap().expose_secret(), b"token");

@@ -434,23 +434,45 @@ async fn bad_outbound_input_is_refused_before_anything_is_queued() {
     assert!(h.store.jobs_in_state(JobState::Available, 10).await.unwrap().is_empty());
 }
 
+/// A provider defined here, outside the core, forms the idempotency keys of its accounts.
+struct Sms;
+
+#[async_trait::async_trait]
+impl channel_core::provider::Provider for Sms {
+    fn kind(&self) -> ChannelKind {
+        ChannelKind::from_static("sms")
+    }
+    fn capabilities(&self) -> channel_core::Capabilities {
+        channel_core::Capabilities::default()
+    }
+    fn client_key(&self, account: &Account, message_id: MessageId) -> String {
+        format!("sms:{}:{}", account.display_name, message_id.as_uuid().simple())
+    }
+    async fn channel(
+        &self,
+        _account: &Account,
+        _engine: &Engine,
+    ) -> Result<Arc<dyn Channel>, ChannelError> {
+        Err(ChannelError::Permanent("not in this test".into()))
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn email_accounts_get_rfc_message_ids_as_client_keys() {
-    let h = harness_with(|b| b.email_domain("mail.example.org".into())).await;
-    let email = h
+async fn a_registered_provider_forms_the_client_keys_of_its_accounts() {
+    let h = harness_with(|b| b.provider(Arc::new(Sms))).await;
+    let sms = h
         .store
-        .create_account(NewAccount::new(ChannelKind::Email, "box"), h.engine.now())
+        .create_account(NewAccount::new(ChannelKind::from_static("sms"), "gw"), h.engine.now())
         .await
         .unwrap();
-    let c = h
-        .engine
-        .deliver(email.id, text("<a@b>", "<a@b>", "a@b", "hi"))
-        .await
-        .unwrap()
-        .conversation_id;
-    let id = h.engine.send(None, reply(c, "answer")).await.unwrap();
+    let c = h.engine.deliver(sms.id, text("s-1", "+4912", "+4912", "hi")).await.unwrap();
+    let id = h.engine.send(None, reply(c.conversation_id, "answer")).await.unwrap();
     let key = h.store.message(id).await.unwrap().client_key.unwrap();
-    assert!(key.starts_with('<') && key.ends_with("@mail.example.org>"), "{key}");
+    assert_eq!(key, format!("sms:gw:{}", id.as_uuid().simple()));
+    // An account whose provider this process does not have gets the message id.
+    let conversation = h.conversation("chat").await;
+    let id = h.engine.send(None, reply(conversation, "x")).await.unwrap();
+    assert_eq!(h.store.message(id).await.unwrap().client_key, Some(id.to_string()));
 }
 
 /// The store's `complete` fails (database down) after the provider accepted the message.

@@ -38,7 +38,7 @@ async fn the_runtime_runs_the_channel_delivers_inbound_and_sends_outbound() {
     let store = Arc::new(MemoryStore::new());
     let engine = engine(&store, "w1");
     let account = store
-        .create_account(NewAccount::new(ChannelKind::Memory, "a"), engine.now())
+        .create_account(NewAccount::new(ChannelKind::from_static("memory"), "a"), engine.now())
         .await
         .unwrap();
     let channel = Arc::new(MemoryChannel::new());
@@ -80,8 +80,10 @@ async fn two_processes_on_one_store_connect_each_account_once_and_take_over_on_s
     let store = Arc::new(MemoryStore::new());
     let e1 = engine(&store, "w1");
     let e2 = engine(&store, "w2");
-    let account =
-        store.create_account(NewAccount::new(ChannelKind::Memory, "a"), e1.now()).await.unwrap();
+    let account = store
+        .create_account(NewAccount::new(ChannelKind::from_static("memory"), "a"), e1.now())
+        .await
+        .unwrap();
     let c1 = Arc::new(MemoryChannel::new());
     let c2 = Arc::new(MemoryChannel::new());
     let r1 =
@@ -113,7 +115,7 @@ async fn a_channel_that_needs_login_is_parked_until_reconnect() {
     let store = Arc::new(MemoryStore::new());
     let engine = engine(&store, "w1");
     let account = store
-        .create_account(NewAccount::new(ChannelKind::Memory, "a"), engine.now())
+        .create_account(NewAccount::new(ChannelKind::from_static("memory"), "a"), engine.now())
         .await
         .unwrap();
     let channel = Arc::new(MemoryChannel::new());
@@ -140,7 +142,7 @@ async fn a_transient_channel_failure_is_restarted_with_backoff() {
     let store = Arc::new(MemoryStore::new());
     let engine = engine(&store, "w1");
     let account = store
-        .create_account(NewAccount::new(ChannelKind::Memory, "a"), engine.now())
+        .create_account(NewAccount::new(ChannelKind::from_static("memory"), "a"), engine.now())
         .await
         .unwrap();
     let channel = Arc::new(MemoryChannel::new());
@@ -162,7 +164,7 @@ async fn a_transient_channel_failure_is_restarted_with_backoff() {
 async fn shutdown_leaves_the_accounts_it_held_recorded_as_disconnected() {
     let store = Arc::new(MemoryStore::new());
     let engine = engine(&store, "w1");
-    let new = |name: &str| NewAccount::new(ChannelKind::Memory, name);
+    let new = |name: &str| NewAccount::new(ChannelKind::from_static("memory"), name);
     let running = store.create_account(new("running"), engine.now()).await.unwrap();
     let parked = store.create_account(new("parked"), engine.now()).await.unwrap();
     let channel = Arc::new(MemoryChannel::new());
@@ -200,4 +202,37 @@ async fn shutdown_leaves_the_accounts_it_held_recorded_as_disconnected() {
     let lease = Lease::account_name(running.id);
     let other = store.acquire_lease(&lease, "w2", Duration::from_secs(15), engine.now()).await;
     assert!(other.unwrap().is_some(), "the lease is released at once");
+}
+
+/// Providers are plug-ins: the in-memory test provider runs its account like any provider;
+/// an account of a kind this process has no provider for still lists, is never leased here,
+/// and stays as it was for the processes that have its provider.
+#[tokio::test(start_paused = true)]
+async fn a_runtime_runs_the_kinds_it_has_providers_for_and_leaves_the_others_alone() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = engine(&store, "w1");
+    let memory = store
+        .create_account(NewAccount::new(testing::MEMORY_KIND, "a"), engine.now())
+        .await
+        .unwrap();
+    let pigeon = store
+        .create_account(
+            NewAccount::new(ChannelKind::from_static("carrier-pigeon"), "coo"),
+            engine.now(),
+        )
+        .await
+        .unwrap();
+    let provider = Arc::new(testing::MemoryProvider::new());
+    let runtime =
+        Runtime::with_providers(engine.clone()).provider(provider.clone()).start().await.unwrap();
+
+    let channel = provider.channel_of(memory.id);
+    channel.push_inbound(text("m-1", "chat", "tg:5", "hello"));
+    channel.wait_for_deliveries(1).await;
+    until("the memory account is connected", || runtime.holds_account(memory.id)).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(!runtime.holds_account(pigeon.id), "no provider here: left to others");
+    assert_eq!(store.account(pigeon.id).await.unwrap().connection, ConnectionState::Connecting);
+    assert_eq!(store.accounts().await.unwrap().len(), 2, "listing is not broken");
+    runtime.shutdown().await;
 }

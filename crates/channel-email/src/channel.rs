@@ -138,7 +138,7 @@ impl EmailChannel {
 #[async_trait]
 impl Channel for EmailChannel {
     fn kind(&self) -> ChannelKind {
-        ChannelKind::Email
+        crate::KIND
     }
 
     fn capabilities(&self) -> Capabilities {

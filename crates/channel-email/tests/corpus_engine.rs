@@ -18,8 +18,8 @@ use channel_core::state::StateKey;
 use channel_core::store::IngestOutcome;
 use channel_core::validate::{Limits, degrade_inbound};
 use channel_core::{
-    AccountId, BlobStore, Channel, ChannelError, ChannelKind, ConnectionState, Engine, Inbound,
-    InboundDeletion, InboundEdit, InboundMessage, Message, MessageId, NewAccount, Store,
+    AccountId, BlobStore, Channel, ChannelError, ConnectionState, Engine, Inbound, InboundDeletion,
+    InboundEdit, InboundMessage, Message, MessageId, NewAccount, Store,
 };
 use channel_email::parse::{FolderRole, to_inbound};
 use channel_email::{EmailChannel, FolderCursor};
@@ -142,7 +142,7 @@ async fn corpus_through_the_engine(store: Arc<dyn Store>) {
         .build()
         .expect("engine");
     let account = store
-        .create_account(NewAccount::new(ChannelKind::Email, &user.address), engine.now())
+        .create_account(NewAccount::new(channel_email::KIND, &user.address), engine.now())
         .await
         .expect("account")
         .id;

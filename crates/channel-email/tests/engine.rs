@@ -11,8 +11,8 @@ use channel_core::dispatcher::Dispatcher;
 use channel_core::state::StateKey;
 use channel_core::testing::MemoryStore;
 use channel_core::{
-    BlobStore, Channel, ChannelKind, Direction, Engine, IdentityInfo, MessageId, MessageStatus,
-    NewAccount, Origin, OutboundMessage, OutgoingMessage, Store,
+    BlobStore, Channel, Direction, Engine, IdentityInfo, MessageId, MessageStatus, NewAccount,
+    Origin, OutboundMessage, OutgoingMessage, Store,
 };
 use channel_email::{EmailChannel, FolderCursor};
 use support::{TestSink, stack};
@@ -44,10 +44,11 @@ async fn mail_is_stored_once_through_the_engine_and_a_reply_goes_out_through_the
     let store = Arc::new(MemoryStore::new());
     let engine = Engine::builder(store.clone(), StateKey::generate())
         .blob_store(BlobStore::in_memory())
+        .provider(Arc::new(channel_email::EmailProvider::new()))
         .build()
         .expect("engine");
     let account = store
-        .create_account(NewAccount::new(ChannelKind::Email, &bob.address), engine.now())
+        .create_account(NewAccount::new(channel_email::KIND, &bob.address), engine.now())
         .await
         .expect("account")
         .id;

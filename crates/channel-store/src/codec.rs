@@ -14,7 +14,7 @@ use crate::db::Row;
 use crate::error::corrupt;
 
 pub(crate) const ACCOUNT_COLS: &str =
-    "id, kind, display_name, enabled, connection, created_at, updated_at";
+    "id, kind, display_name, config, enabled, connection, created_at, updated_at";
 
 pub(crate) const IDENTITY_COLS: &str = "id, account_id, address, display_name, username, \
      contact_id, merged_into, created_at, updated_at";
@@ -99,8 +99,9 @@ pub(crate) fn to_json<T: serde::Serialize>(
 pub(crate) fn account(row: &Row) -> Result<Account, StoreError> {
     Ok(Account {
         id: account_id(row, "id")?,
-        kind: ChannelKind::from_str(&row.text("kind")?)?,
+        kind: ChannelKind::stored(row.text("kind")?),
         display_name: row.text("display_name")?,
+        config: json::<serde_json::Value>("account config", &row.text("config")?)?,
         enabled: row.boolean("enabled")?,
         connection: json::<ConnectionState>("connection state", &row.text("connection")?)?,
         created_at: ts(row, "created_at")?,

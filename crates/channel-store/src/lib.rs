@@ -44,7 +44,7 @@
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! let store = SqlStore::open_sqlite_in_memory().await?;
 //! let now = Timestamp::now();
-//! let account = store.create_account(NewAccount::new(ChannelKind::Email, "me@example.com"), now).await?;
+//! let account = store.create_account(NewAccount::new(ChannelKind::from_static("email"), "me@example.com"), now).await?;
 //!
 //! let request = IngestRequest {
 //!     account_id: account.id,

@@ -53,22 +53,26 @@ pub(crate) async fn create_account(tx: &mut Tx, new: &NewAccount, now: Timestamp
     }
     let account = Account {
         id: new.id,
-        kind: new.kind,
+        kind: new.kind.clone(),
         display_name: new.display_name.clone(),
+        config: new.config.clone(),
         enabled: new.enabled,
         connection: ConnectionState::Connecting,
         created_at: now,
         updated_at: now,
     };
     let connection = codec::to_json("connection", &account.connection)?;
+    let config = codec::to_json("config", &account.config)?;
+    limits::size("config", config.len(), limits::MAX_CONNECTION_STATE_BYTES)?;
     let id = account.id.to_string();
     tx.execute(
-        "INSERT INTO accounts (id, kind, display_name, enabled, connection, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO accounts (id, kind, display_name, config, enabled, connection, created_at, \
+         updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         &[
             Arg::Text(&id),
             Arg::Text(account.kind.as_str()),
             Arg::Text(&account.display_name),
+            Arg::Text(&config),
             Arg::Bool(account.enabled),
             Arg::Text(&connection),
             Arg::Int(now.0),

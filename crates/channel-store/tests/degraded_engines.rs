@@ -25,7 +25,7 @@ async fn engine(store: SqlStore) -> (Engine, AccountId) {
         .expect("engine");
     let account = engine
         .store()
-        .create_account(NewAccount::new(ChannelKind::Email, "a"), engine.now())
+        .create_account(NewAccount::new(ChannelKind::from_static("email"), "a"), engine.now())
         .await
         .expect("account")
         .id;

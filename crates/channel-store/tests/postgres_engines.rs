@@ -40,7 +40,7 @@ async fn two_engines() -> (Engine, Engine, AccountId) {
     let (a, b) = (engine(a, "process-a"), engine(b, "process-b"));
     let account = b
         .store()
-        .create_account(NewAccount::new(ChannelKind::Memory, "shared"), b.now())
+        .create_account(NewAccount::new(ChannelKind::from_static("memory"), "shared"), b.now())
         .await
         .expect("account")
         .id;

@@ -48,7 +48,11 @@ fn request(account: AccountId, message: StoredInbound) -> IngestRequest {
 }
 
 async fn account(store: &SqlStore) -> AccountId {
-    store.create_account(NewAccount::new(ChannelKind::Memory, "acc"), T0).await.expect("account").id
+    store
+        .create_account(NewAccount::new(ChannelKind::from_static("memory"), "acc"), T0)
+        .await
+        .expect("account")
+        .id
 }
 
 fn is_invalid(e: &StoreError) -> bool {
@@ -82,7 +86,8 @@ async fn over_long_and_nul_inputs_are_refused_and_nothing_is_written() {
     nul_name.remote = IdentityInfo::new("alice").with_display_name("Al\0ice");
     let err = store.ingest(request(a, nul_name)).await;
     assert!(err.as_ref().is_err_and(is_invalid), "{err:?}");
-    let err = store.create_account(NewAccount::new(ChannelKind::Memory, "a\0b"), T0).await;
+    let err =
+        store.create_account(NewAccount::new(ChannelKind::from_static("memory"), "a\0b"), T0).await;
     assert!(err.as_ref().is_err_and(is_invalid), "{err:?}");
     let err = store.state_put(a, "k\0", b"v").await;
     assert!(err.as_ref().is_err_and(is_invalid), "{err:?}");

@@ -25,7 +25,7 @@ use std::time::Duration;
 use channel_core::runtime::{Runtime, StaticChannels};
 use channel_core::send_policy::{RateLimitPolicy, StorePolicyMemory};
 use channel_core::state::StateKey;
-use channel_core::{ChannelKind, Direction, Engine, NewAccount, OutboundMessage, Store, Timestamp};
+use channel_core::{Direction, Engine, NewAccount, OutboundMessage, Store, Timestamp};
 use channel_store::SqlStore;
 use channel_telegram::session::SESSION_KEY;
 use channel_telegram::{TelegramChannel, TelegramConfig};
@@ -51,6 +51,7 @@ async fn main() -> Result<(), Error> {
     .remembered_in(Arc::new(StorePolicyMemory::new(Arc::clone(&store))));
     let engine = Engine::builder(Arc::clone(&store), StateKey::from_bytes([7; 32]))
         .send_policy(Arc::new(policy))
+        .provider(Arc::new(channel_telegram::TelegramProvider::new()))
         .blob_dir(std::path::Path::new(&db).with_extension("blobs"))
         .worker_id("crash-worker".to_owned())
         .send_timeout(Duration::from_secs(2))
@@ -64,7 +65,7 @@ async fn main() -> Result<(), Error> {
         None => {
             let a = store
                 .create_account(
-                    NewAccount::new(ChannelKind::Telegram, "crash test"),
+                    NewAccount::new(channel_telegram::KIND, "crash test"),
                     Timestamp::now(),
                 )
                 .await?;

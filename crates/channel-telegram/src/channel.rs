@@ -920,7 +920,7 @@ fn sent_message(updates: &tl::enums::Updates, random_id: i64) -> Option<(i32, i3
 #[async_trait]
 impl Channel for TelegramChannel {
     fn kind(&self) -> ChannelKind {
-        ChannelKind::Telegram
+        crate::KIND
     }
 
     fn capabilities(&self) -> Capabilities {

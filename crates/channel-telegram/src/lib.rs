@@ -16,10 +16,12 @@ pub mod login;
 mod mapping;
 mod media;
 mod outbox;
+pub mod provider;
 pub mod session;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use channel::TelegramChannel;
 pub use config::TelegramConfig;
+pub use provider::{KIND, TelegramProvider};
 pub use session::{AccountSession, SessionError, StoredSession};

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use channel_core::state::StateKey;
-use channel_core::{BlobStore, ChannelKind, Engine, Message, NewAccount, defect};
+use channel_core::{BlobStore, Engine, Message, NewAccount, defect};
 use channel_store::SqlStore;
 use channel_telegram::TelegramChannel;
 use channel_telegram::session::{SESSION_KEY, UPDATES_KEY};
@@ -50,7 +50,7 @@ async fn a_document_over_the_blob_limit_and_a_text_with_a_nul_byte_are_stored_de
         .expect("engine");
     let account = engine
         .store()
-        .create_account(NewAccount::new(ChannelKind::Telegram, "tg"), engine.now())
+        .create_account(NewAccount::new(channel_telegram::KIND, "tg"), engine.now())
         .await
         .expect("account")
         .id;

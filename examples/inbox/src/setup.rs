@@ -167,7 +167,7 @@ pub async fn demo_account(store: &Arc<dyn Store>) -> Result<(Account, bool), Err
     let accounts = store.accounts().await.context("cannot list the accounts")?;
     let existing = accounts
         .into_iter()
-        .find(|a| a.kind == ChannelKind::Memory && a.display_name == DEMO_ACCOUNT);
+        .find(|a| a.kind == ChannelKind::from_static("memory") && a.display_name == DEMO_ACCOUNT);
     match existing {
         Some(a) if a.enabled => Ok((a, false)),
         Some(a) => {
@@ -180,7 +180,7 @@ pub async fn demo_account(store: &Arc<dyn Store>) -> Result<(Account, bool), Err
         None => {
             let a = store
                 .create_account(
-                    NewAccount::new(ChannelKind::Memory, DEMO_ACCOUNT),
+                    NewAccount::new(ChannelKind::from_static("memory"), DEMO_ACCOUNT),
                     Timestamp::now(),
                 )
                 .await

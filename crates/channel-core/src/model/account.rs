@@ -7,33 +7,88 @@ use serde::{Deserialize, Serialize};
 
 use super::{AccountId, Timestamp};
 
-/// The kind of provider an account connects to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum ChannelKind {
-    /// A Telegram user or bot account.
-    Telegram,
-    /// An IMAP/SMTP mailbox.
-    Email,
-    /// The scriptable in-memory channel used in tests.
-    Memory,
+/// The kind of provider an account connects to: an open name that a [`Provider`] owns, such
+/// as `"email"`, `"telegram"` or a third party's `"sms"`.
+///
+/// The core knows no kind by name. A kind is 1 to 32 bytes of lower-case ASCII letters,
+/// digits, `-` and `_` ([`ChannelKind::parse`] checks it); a kind read back from a store is
+/// taken as it is, so that an account of a provider this version does not know still lists
+/// and is left to the processes that have it.
+///
+/// ```
+/// use channel_core::ChannelKind;
+///
+/// const SMS: ChannelKind = ChannelKind::from_static("sms");
+/// assert_eq!(SMS.as_str(), "sms");
+/// assert_eq!(ChannelKind::parse("sms").unwrap(), SMS);
+/// assert!(ChannelKind::parse("Not A Kind").is_err());
+/// ```
+///
+/// [`Provider`]: crate::provider::Provider
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChannelKind(std::borrow::Cow<'static, str>);
+
+/// Why a name is not a valid [`ChannelKind`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{0}` is not a provider kind: use 1 to 32 lower-case ASCII letters, digits, `-` or `_` (such as `email`)"
+)]
+pub struct InvalidKind(pub String);
+
+const fn valid_kind(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.is_empty() || b.len() > 32 {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_') {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 impl ChannelKind {
-    /// The stored name: `telegram`, `email` or `memory`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ChannelKind::Telegram => "telegram",
-            ChannelKind::Email => "email",
-            ChannelKind::Memory => "memory",
+    /// A kind from a constant name; an invalid name fails to compile when used in a `const`.
+    pub const fn from_static(name: &'static str) -> Self {
+        assert!(valid_kind(name), "a provider kind is 1 to 32 of a-z, 0-9, `-`, `_`");
+        Self(std::borrow::Cow::Borrowed(name))
+    }
+
+    /// A kind from a name given at run time, checked.
+    pub fn parse(name: &str) -> Result<Self, InvalidKind> {
+        if valid_kind(name) {
+            Ok(Self(std::borrow::Cow::Owned(name.to_owned())))
+        } else {
+            Err(InvalidKind(name.to_owned()))
         }
+    }
+
+    /// A kind as a store holds it, taken as it is (see the type's documentation).
+    pub fn stored(name: String) -> Self {
+        Self(std::borrow::Cow::Owned(name))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
 impl fmt::Display for ChannelKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ChannelKind {
+    type Err = InvalidKind;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
     }
 }
 
@@ -45,18 +100,6 @@ pub struct UnknownValue {
     pub what: &'static str,
     /// The value found.
     pub value: String,
-}
-
-impl FromStr for ChannelKind {
-    type Err = UnknownValue;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "telegram" => Ok(ChannelKind::Telegram),
-            "email" => Ok(ChannelKind::Email),
-            "memory" => Ok(ChannelKind::Memory),
-            other => Err(UnknownValue { what: "channel kind", value: other.to_owned() }),
-        }
-    }
 }
 
 /// What the user of an account has to do to get it working again.
@@ -133,6 +176,11 @@ pub struct Account {
     pub kind: ChannelKind,
     /// A name for people (a phone number, an address).
     pub display_name: String,
+    /// The provider's configuration of the account (servers, folders, intervals), as its
+    /// provider (de)serializes it; never secrets, which live in the encrypted account state.
+    /// `null` when the provider needs none.
+    #[serde(default)]
+    pub config: serde_json::Value,
     /// Disabled accounts are not connected.
     pub enabled: bool,
     /// The last reported connection state.
@@ -152,14 +200,28 @@ pub struct NewAccount {
     pub kind: ChannelKind,
     /// A name for people.
     pub display_name: String,
+    /// The provider's configuration (see [`Account::config`]).
+    pub config: serde_json::Value,
     /// Whether it starts enabled.
     pub enabled: bool,
 }
 
 impl NewAccount {
-    /// An enabled account with a fresh id.
+    /// An enabled account with a fresh id and no configuration.
     pub fn new(kind: ChannelKind, display_name: impl Into<String>) -> Self {
-        Self { id: AccountId::new(), kind, display_name: display_name.into(), enabled: true }
+        Self {
+            id: AccountId::new(),
+            kind,
+            display_name: display_name.into(),
+            config: serde_json::Value::Null,
+            enabled: true,
+        }
+    }
+
+    /// With the provider's configuration.
+    pub fn with_config(mut self, config: serde_json::Value) -> Self {
+        self.config = config;
+        self
     }
 }
 

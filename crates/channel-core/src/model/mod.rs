@@ -11,7 +11,9 @@ mod lease;
 mod message;
 mod timestamp;
 
-pub use account::{Account, ChannelKind, ConnectionState, NewAccount, UnknownValue, UserAction};
+pub use account::{
+    Account, ChannelKind, ConnectionState, InvalidKind, NewAccount, UnknownValue, UserAction,
+};
 pub use conversation::{Conversation, ConversationStatus, LifecyclePolicy, OnClosed};
 pub use defect::{Defect, LeftOut};
 pub use event::Event;

@@ -50,7 +50,7 @@ pub fn at(secs: i64) -> Timestamp {
 
 async fn new_account(store: &dyn Store, name: &str, now: Timestamp) -> Account {
     store
-        .create_account(NewAccount::new(ChannelKind::Memory, name), now)
+        .create_account(NewAccount::new(ChannelKind::from_static("memory"), name), now)
         .await
         .expect("create_account")
 }
@@ -201,7 +201,7 @@ pub async fn accounts_crud_and_connection_state(store: Arc<dyn Store>) {
     assert_eq!(a.connection, ConnectionState::Connecting);
     assert!(a.enabled);
     assert_eq!(a.display_name, "first");
-    assert_eq!(a.kind, ChannelKind::Memory);
+    assert_eq!(a.kind, ChannelKind::from_static("memory"));
     assert_eq!((a.created_at, a.updated_at), (T0, T0));
     assert_eq!(store.account(a.id).await.expect("account"), a);
     assert_eq!(store.accounts().await.expect("accounts"), vec![a.clone(), b.clone()]);
@@ -247,12 +247,23 @@ pub async fn accounts_crud_and_connection_state(store: Arc<dyn Store>) {
 
     let dup = NewAccount {
         id: a.id,
-        kind: ChannelKind::Email,
+        kind: ChannelKind::from_static("email"),
         display_name: "dup".into(),
+        config: serde_json::Value::Null,
         enabled: true,
     };
     assert!(store.create_account(dup, at(5)).await.is_err(), "an existing account id is refused");
     assert_eq!(store.accounts().await.expect("accounts").len(), 2);
+
+    // A provider's configuration round-trips, and a kind no process here knows lists fine.
+    let config = serde_json::json!({"imap": {"host": "mail.example.org", "port": 993}, "folders": ["INBOX"]});
+    let other = NewAccount::new(ChannelKind::from_static("carrier-pigeon"), "coo")
+        .with_config(config.clone());
+    let other = store.create_account(other, at(6)).await.expect("an unknown kind is stored");
+    let listed = store.accounts().await.expect("accounts still list");
+    let found = listed.iter().find(|x| x.id == other.id).expect("listed");
+    assert_eq!((found.kind.as_str(), &found.config), ("carrier-pigeon", &config));
+    assert_eq!(store.account(a.id).await.expect("account").config, serde_json::Value::Null);
 }
 
 /// Account state values are put, overwritten, read, deleted and cleared per account, byte for

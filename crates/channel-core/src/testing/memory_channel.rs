@@ -50,6 +50,55 @@ struct Shared {
     runs: usize,
 }
 
+/// The kind of the in-memory test provider: `memory`.
+pub const MEMORY_KIND: ChannelKind = ChannelKind::from_static("memory");
+
+/// The in-memory test provider, a [`Provider`](crate::provider::Provider) like any other: each
+/// account of kind [`MEMORY_KIND`] gets its own [`MemoryChannel`], made on first use and kept,
+/// so that a test can script it and read what it sent ([`MemoryProvider::channel_of`]).
+#[derive(Default)]
+pub struct MemoryProvider {
+    channels: Mutex<HashMap<AccountId, Arc<MemoryChannel>>>,
+}
+
+impl std::fmt::Debug for MemoryProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryProvider").finish_non_exhaustive()
+    }
+}
+
+impl MemoryProvider {
+    /// A provider with no channels yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The channel of `account` (made now if it has none yet).
+    pub fn channel_of(&self, account: AccountId) -> Arc<MemoryChannel> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(channels.entry(account).or_insert_with(|| Arc::new(MemoryChannel::new())))
+    }
+}
+
+#[async_trait]
+impl crate::provider::Provider for MemoryProvider {
+    fn kind(&self) -> ChannelKind {
+        MEMORY_KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        MemoryChannel::new().capabilities()
+    }
+
+    async fn channel(
+        &self,
+        account: &Account,
+        _engine: &crate::Engine,
+    ) -> Result<Arc<dyn Channel>, ChannelError> {
+        Ok(self.channel_of(account.id))
+    }
+}
+
 /// A channel driven by the test: inbound messages pushed by the test are delivered by its
 /// `run`; sends follow a script and are all recorded (with their client key), so tests can
 /// check at-most-once behaviour; history pages come from a list.
@@ -231,7 +280,7 @@ impl MemoryChannel {
 #[async_trait]
 impl Channel for MemoryChannel {
     fn kind(&self) -> ChannelKind {
-        ChannelKind::Memory
+        MEMORY_KIND
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -23,7 +23,7 @@ use crate::store::*;
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let store = MemoryStore::new();
 /// let account = store
-///     .create_account(NewAccount::new(ChannelKind::Memory, "test"), Timestamp(1))
+///     .create_account(NewAccount::new(ChannelKind::from_static("memory"), "test"), Timestamp(1))
 ///     .await
 ///     .unwrap();
 /// assert_eq!(store.accounts().await.unwrap(), vec![account]);
@@ -560,6 +560,7 @@ impl Store for MemoryStore {
             id: new.id,
             kind: new.kind,
             display_name: new.display_name,
+            config: new.config,
             enabled: new.enabled,
             connection: ConnectionState::Connecting,
             created_at: now,

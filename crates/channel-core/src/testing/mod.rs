@@ -8,5 +8,5 @@ pub mod conformance;
 mod memory_channel;
 mod memory_store;
 
-pub use memory_channel::{MemoryChannel, SendScript};
+pub use memory_channel::{MEMORY_KIND, MemoryChannel, MemoryProvider, SendScript};
 pub use memory_store::MemoryStore;

@@ -35,7 +35,7 @@ pub async fn harness_with(configure: impl FnOnce(EngineBuilder) -> EngineBuilder
         .send_policy(Arc::new(AllowAll));
     let engine = configure(builder).build().expect("engine");
     let account = store
-        .create_account(NewAccount::new(ChannelKind::Memory, "test"), engine.now())
+        .create_account(NewAccount::new(ChannelKind::from_static("memory"), "test"), engine.now())
         .await
         .expect("account");
     let channel = Arc::new(MemoryChannel::new());

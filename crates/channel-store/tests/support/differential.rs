@@ -102,7 +102,7 @@ pub async fn check_against_memory(sql: &dyn Store, seed: u64, steps: u64) {
     let t0 = Timestamp(1_700_000_000_000);
     let mut accounts = Vec::new();
     for n in 0..2 {
-        let new = NewAccount::new(ChannelKind::Memory, format!("acc-{n}"));
+        let new = NewAccount::new(ChannelKind::from_static("memory"), format!("acc-{n}"));
         let a = memory.create_account(new.clone(), t0).await.expect("memory account");
         let b = sql.create_account(new, t0).await.expect("sql account");
         assert_eq!(a, b);
