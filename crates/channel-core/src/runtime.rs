@@ -337,6 +337,45 @@ impl Runtime {
         self.shared.slot(account).is_some_and(|s| *s.held.borrow())
     }
 
+    /// Runs one step of an account's login (see
+    /// [`Provider::login_step`](crate::provider::Provider::login_step)) through the provider
+    /// of its kind, in this process, which must hold the account's lease: with several
+    /// workers, the steps run where the account's connection lives and no second session
+    /// opens. When the login is done the account connects at once.
+    ///
+    /// Errors: [`LoginError::Elsewhere`] when this process does not hold the account's lease
+    /// (run the step in the one that does, or wait a few seconds after creating or enabling
+    /// the account); [`LoginError::Failed`] for an unknown account or kind.
+    pub async fn login_step(
+        &self,
+        account: AccountId,
+        flow: &str,
+        input: crate::provider::LoginInput,
+    ) -> Result<crate::provider::LoginStep, crate::provider::LoginError> {
+        use crate::provider::{LoginError, LoginStep};
+        let engine = &self.shared.engine;
+        let acc = match engine.db("account", engine.store().account(account)).await {
+            Ok(a) => a,
+            Err(e) if e.is_transient() => return Err(LoginError::Unavailable(e.to_string())),
+            Err(e) => return Err(LoginError::Failed(e.to_string())),
+        };
+        let Some(provider) = engine.provider(&acc.kind) else {
+            return Err(LoginError::Failed(format!(
+                "this process has no provider of kind `{}`: register it on the runtime",
+                acc.kind
+            )));
+        };
+        if !self.holds_account(account) {
+            return Err(LoginError::Elsewhere(account));
+        }
+        let step = provider.login_step(&acc, engine, flow, input).await?;
+        if matches!(step, LoginStep::Done { .. }) {
+            tracing::info!(%account, flow, "logged in; connecting");
+            self.reconnect(account);
+        }
+        Ok(step)
+    }
+
     /// Makes the account's loop try again after a login or configuration fix (it waits after
     /// `NeedsLogin` and `Permanent` errors).
     pub fn reconnect(&self, account: AccountId) {

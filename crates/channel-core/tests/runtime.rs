@@ -236,3 +236,47 @@ async fn a_runtime_runs_the_kinds_it_has_providers_for_and_leaves_the_others_alo
     assert_eq!(store.accounts().await.unwrap().len(), 2, "listing is not broken");
     runtime.shutdown().await;
 }
+
+/// A login is a step machine driven through the runtime that holds the account's lease: a
+/// wrong value is retried at the same step; another process is told to leave it to the
+/// holder; done, the secret is in the account state.
+#[tokio::test(start_paused = true)]
+async fn a_login_runs_step_by_step_through_the_runtime_that_holds_the_account() {
+    use channel_core::provider::{LoginError, LoginInput, LoginStep};
+    let store = Arc::new(MemoryStore::new());
+    let (a, b) = (engine(&store, "w1"), engine(&store, "w2"));
+    let account =
+        store.create_account(NewAccount::new(testing::MEMORY_KIND, "a"), a.now()).await.unwrap();
+    let provider = Arc::new(testing::MemoryProvider::new());
+    let first =
+        Runtime::with_providers(a.clone()).provider(provider.clone()).start().await.unwrap();
+    until("the first process holds the account", || first.holds_account(account.id)).await;
+    let second = Runtime::with_providers(b.clone()).provider(provider).start().await.unwrap();
+
+    let asked = first.login_step(account.id, "token", LoginInput::none()).await.unwrap();
+    assert!(matches!(&asked, LoginStep::Input { name, .. } if name == "token"), "{asked:?}");
+    let wrong = first.login_step(account.id, "token", LoginInput::none().with("token", "nope"));
+    assert!(matches!(wrong.await, Err(LoginError::InvalidInput { .. })));
+    let elsewhere = second
+        .login_step(
+            account.id,
+            "token",
+            LoginInput::none().with("token", testing::MEMORY_LOGIN_TOKEN),
+        )
+        .await;
+    assert_eq!(elsewhere, Err(LoginError::Elsewhere(account.id)));
+    let done = first
+        .login_step(
+            account.id,
+            "token",
+            LoginInput::none().with("token", testing::MEMORY_LOGIN_TOKEN),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done, LoginStep::Done { who: Some("a".to_owned()) });
+    assert!(a.account_state(account.id).get("memory/logged_in").await.unwrap().is_some());
+    let unknown = first.login_step(account.id, "carrier", LoginInput::none()).await;
+    assert!(matches!(unknown, Err(LoginError::UnknownFlow { .. })));
+    second.shutdown().await;
+    first.shutdown().await;
+}

@@ -97,7 +97,56 @@ impl crate::provider::Provider for MemoryProvider {
     ) -> Result<Arc<dyn Channel>, ChannelError> {
         Ok(self.channel_of(account.id))
     }
+
+    fn login_flows(&self) -> Vec<crate::provider::LoginFlow> {
+        vec![crate::provider::LoginFlow {
+            id: "token".to_owned(),
+            name: "Token".to_owned(),
+            description: format!("Type the token `{MEMORY_LOGIN_TOKEN}`."),
+        }]
+    }
+
+    /// One input step: the token [`MEMORY_LOGIN_TOKEN`]; a wrong one can be retried.
+    async fn login_step(
+        &self,
+        account: &Account,
+        engine: &crate::Engine,
+        flow: &str,
+        input: crate::provider::LoginInput,
+    ) -> Result<crate::provider::LoginStep, crate::provider::LoginError> {
+        use crate::provider::{FieldKind, LoginError, LoginField, LoginStep};
+        use secrecy::ExposeSecret;
+        if flow != "token" {
+            return Err(LoginError::UnknownFlow { flow: flow.to_owned() });
+        }
+        let Some(token) = input.get("token") else {
+            return Ok(LoginStep::Input {
+                name: "token".to_owned(),
+                fields: vec![LoginField {
+                    id: "token".to_owned(),
+                    kind: FieldKind::Token,
+                    label: "Token".to_owned(),
+                }],
+                hint: None,
+            });
+        };
+        if token.expose_secret() != MEMORY_LOGIN_TOKEN {
+            return Err(LoginError::InvalidInput {
+                field: "token".to_owned(),
+                message: "that is not the token; try again".to_owned(),
+            });
+        }
+        engine
+            .account_state(account.id)
+            .put("memory/logged_in", b"yes")
+            .await
+            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        Ok(LoginStep::Done { who: Some(account.display_name.clone()) })
+    }
 }
+
+/// The token of [`MemoryProvider`]'s one login flow, `token`.
+pub const MEMORY_LOGIN_TOKEN: &str = "letmein";
 
 /// A channel driven by the test: inbound messages pushed by the test are delivered by its
 /// `run`; sends follow a script and are all recorded (with their client key), so tests can

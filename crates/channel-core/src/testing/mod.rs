@@ -8,5 +8,7 @@ pub mod conformance;
 mod memory_channel;
 mod memory_store;
 
-pub use memory_channel::{MEMORY_KIND, MemoryChannel, MemoryProvider, SendScript};
+pub use memory_channel::{
+    MEMORY_KIND, MEMORY_LOGIN_TOKEN, MemoryChannel, MemoryProvider, SendScript,
+};
 pub use memory_store::MemoryStore;
