@@ -45,6 +45,13 @@ pub enum EngineError {
     /// The engine was configured wrongly.
     #[error("engine configuration: {0}")]
     Config(String),
+    /// An account's configuration was refused by its provider; nothing was saved.
+    #[error(transparent)]
+    AccountConfig(#[from] crate::provider::ConfigError),
+    /// This process has no provider of the account's kind: register it
+    /// ([`RuntimeBuilder::provider`](crate::runtime::RuntimeBuilder::provider)).
+    #[error("no provider of kind `{0}` in this process: register it on the runtime")]
+    NoProvider(crate::ChannelKind),
     /// A setting is out of range (a zero duration, a zero batch size).
     #[error("engine setting `{setting}` {reason}")]
     InvalidSetting {
@@ -79,6 +86,8 @@ impl From<EngineError> for ChannelError {
             EngineError::UnknownAccount(_)
             | EngineError::Unsupported { .. }
             | EngineError::Config(_)
+            | EngineError::AccountConfig(_)
+            | EngineError::NoProvider(_)
             | EngineError::InvalidSetting { .. } => ChannelError::Permanent(e.to_string()),
             EngineError::State(
                 StateError::Decrypt { .. } | StateError::Format { .. } | StateError::InvalidKey(_),

@@ -337,6 +337,21 @@ impl Runtime {
         self.shared.slot(account).is_some_and(|s| *s.held.borrow())
     }
 
+    /// Creates an account after its provider checked its configuration
+    /// ([`Provider::check_config`](crate::provider::Provider::check_config)); nothing is saved
+    /// when the configuration is refused ([`EngineError::AccountConfig`], naming the field) or
+    /// this process has no provider of its kind ([`EngineError::NoProvider`]). An enabled
+    /// account is connected by the runtime that takes its lease; one that needs a login waits
+    /// for [`Runtime::login_step`].
+    pub async fn add_account(&self, new: NewAccount) -> Result<Account, EngineError> {
+        let engine = &self.shared.engine;
+        let provider =
+            engine.provider(&new.kind).ok_or_else(|| EngineError::NoProvider(new.kind.clone()))?;
+        provider.check_config(&new.config)?;
+        let now = engine.now();
+        Ok(engine.db("create_account", engine.store().create_account(new, now)).await?)
+    }
+
     /// Runs one step of an account's login (see
     /// [`Provider::login_step`](crate::provider::Provider::login_step)) through the provider
     /// of its kind, in this process, which must hold the account's lease: with several

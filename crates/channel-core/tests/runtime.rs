@@ -280,3 +280,51 @@ async fn a_login_runs_step_by_step_through_the_runtime_that_holds_the_account() 
     second.shutdown().await;
     first.shutdown().await;
 }
+
+/// A provider outside the core that needs a `gateway` in its accounts' configuration.
+struct Pigeon;
+
+#[async_trait::async_trait]
+impl channel_core::provider::Provider for Pigeon {
+    fn kind(&self) -> ChannelKind {
+        ChannelKind::from_static("carrier-pigeon")
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+    async fn channel(&self, _: &Account, _: &Engine) -> Result<Arc<dyn Channel>, ChannelError> {
+        Ok(Arc::new(MemoryChannel::new()))
+    }
+    fn check_config(
+        &self,
+        config: &serde_json::Value,
+    ) -> Result<(), channel_core::provider::ConfigError> {
+        match config.get("loft").and_then(|v| v.as_str()) {
+            Some(l) if !l.is_empty() => Ok(()),
+            _ => Err(channel_core::provider::ConfigError::new("loft", "must name the pigeon loft")),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_account_is_saved_only_with_a_configuration_its_provider_accepts() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = engine(&store, "w1");
+    let runtime = Runtime::with_providers(engine.clone()).provider(Arc::new(Pigeon)).start().await;
+    let runtime = runtime.unwrap();
+    let kind = ChannelKind::from_static("carrier-pigeon");
+    let refused = runtime.add_account(NewAccount::new(kind.clone(), "coo")).await;
+    match refused {
+        Err(EngineError::AccountConfig(e)) => assert_eq!(e.field, "loft"),
+        other => panic!("{other:?}"),
+    }
+    let unknown = runtime.add_account(NewAccount::new(ChannelKind::from_static("fax"), "f")).await;
+    assert!(matches!(unknown, Err(EngineError::NoProvider(k)) if k.as_str() == "fax"));
+    assert!(store.accounts().await.unwrap().is_empty(), "nothing saved");
+    let config = serde_json::json!({"loft": "roof"});
+    let saved = runtime.add_account(NewAccount::new(kind, "coo").with_config(config.clone()));
+    let saved = saved.await.unwrap();
+    assert_eq!(store.account(saved.id).await.unwrap().config, config);
+    until("its account is connected", || runtime.holds_account(saved.id)).await;
+    runtime.shutdown().await;
+}
