@@ -4,16 +4,17 @@
 //!
 //! * [`model`]: accounts, identities (linked to a contact or unlinked), conversations,
 //!   messages, jobs, leases and events.
-//! * [`Channel`]: what a provider implements; [`Store`]: persistence; [`BlobStore`]:
-//!   attachment bytes.
+//! * [`provider::Provider`]: the plug-in of one kind of account (its configuration,
+//!   channels, login flows and idempotency keys); [`Channel`]: one account's connection;
+//!   [`Store`]: persistence; [`BlobStore`]: attachment bytes.
 //! * The [`Engine`]: idempotent ingest ([`Engine::deliver`]), durable sends
 //!   ([`Engine::send`] and the [`Dispatcher`](dispatcher::Dispatcher)), history syncs, the
 //!   conversation lifecycle ([`Engine::sweep_account`]) and encrypted account state
 //!   ([`state`]).
 //! * The [`Runtime`](runtime::Runtime): runs it all in a process, sharing a database with
 //!   other processes through leases ([`lease_keeper`]).
-//! * [`testing`] (feature `testing`): `MemoryStore`, `MemoryChannel` and the store
-//!   conformance suite.
+//! * [`testing`] (feature `testing`): `MemoryStore`, `MemoryChannel`, `MemoryProvider` and
+//!   the store conformance suite.
 
 pub mod blob;
 pub mod channel;
