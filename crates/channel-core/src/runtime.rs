@@ -358,9 +358,10 @@ impl Runtime {
     /// workers, the steps run where the account's connection lives and no second session
     /// opens. When the login is done the account connects at once.
     ///
-    /// Errors: [`LoginError::Elsewhere`] when this process does not hold the account's lease
-    /// (run the step in the one that does, or wait a few seconds after creating or enabling
-    /// the account); [`LoginError::Failed`] for an unknown account or kind.
+    /// Errors: [`Elsewhere`](crate::provider::LoginError::Elsewhere) when this process does
+    /// not hold the account's lease (run the step in the one that does, or wait a few seconds
+    /// after creating or enabling the account); [`Failed`](crate::provider::LoginError::Failed)
+    /// for an unknown account or kind.
     pub async fn login_step(
         &self,
         account: AccountId,
