@@ -340,7 +340,10 @@ impl TelegramChannel {
         connected: &mut bool,
     ) -> Exit {
         let session = match AccountSession::load(Arc::clone(inbound)).await {
-            Ok(s) => Arc::new(s),
+            Ok(s) => {
+                s.pin_data_centres(&self.config.data_centres, self.config.home_dc);
+                Arc::new(s)
+            }
             Err(e) => return Exit::Fatal(e.into()),
         };
         if let Err(e) = self.outbox.load(inbound.as_ref()).await {

@@ -1,5 +1,7 @@
-//! Configuration of a Telegram channel: app credentials, timeouts, liveness.
+//! Configuration of a Telegram channel: app credentials, data centres, timeouts, liveness.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 /// Settings of a [`TelegramChannel`](crate::TelegramChannel). Defaults follow the system this
@@ -31,6 +33,8 @@ pub struct TelegramConfig {
     pub(crate) updates_capacity: usize,
     pub(crate) max_upload_size: u64,
     pub(crate) max_download_size: u64,
+    pub(crate) data_centres: BTreeMap<i32, SocketAddrV4>,
+    pub(crate) home_dc: Option<i32>,
 }
 
 impl TelegramConfig {
@@ -51,6 +55,8 @@ impl TelegramConfig {
             updates_capacity: 10_000,
             max_upload_size: 2000 * 1024 * 1024,
             max_download_size: 100 * 1024 * 1024,
+            data_centres: BTreeMap::new(),
+            home_dc: None,
         }
     }
 
@@ -131,6 +137,26 @@ impl TelegramConfig {
     pub fn max_download_size(mut self, bytes: u64) -> Self {
         self.max_download_size = bytes;
         self
+    }
+
+    /// Where data centre `id` is reached, over the address Telegram's own configuration gives
+    /// (a proxy, a test server, the loopback server of the `testing` feature): the auth key
+    /// stays in the session, the address is this one.
+    pub fn data_centre(mut self, id: i32, address: SocketAddrV4) -> Self {
+        self.data_centres.insert(id, address);
+        self
+    }
+
+    /// The data centre a new login starts at (default: Telegram's DC 2). Telegram moves the
+    /// login to the account's home DC when it lives elsewhere.
+    pub fn home_dc(mut self, id: i32) -> Self {
+        self.home_dc = Some(id);
+        self
+    }
+
+    /// The data centres set with [`TelegramConfig::data_centre`].
+    pub fn data_centres(&self) -> &BTreeMap<i32, SocketAddrV4> {
+        &self.data_centres
     }
 
     /// The media limit for `size` bytes.

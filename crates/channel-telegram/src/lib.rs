@@ -6,6 +6,7 @@
            (built into these docs with the `testing` feature)."
 )]
 
+pub mod account_config;
 pub mod address;
 mod changes;
 mod channel;
@@ -21,6 +22,7 @@ pub mod session;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use account_config::TelegramAccountConfig;
 pub use channel::TelegramChannel;
 pub use config::TelegramConfig;
 pub use provider::{KIND, TelegramProvider};

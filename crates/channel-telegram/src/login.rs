@@ -40,6 +40,8 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::BTreeMap;
+use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +54,7 @@ use grammers_tl_types as tl;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::TelegramConfig;
 use crate::channel::{PoolGuard, RetryIoOnce};
 use crate::error::classify;
 use crate::session::{AccountSession, SessionError, StoredSelf};
@@ -81,6 +84,9 @@ pub struct PendingLogin {
     phone_code_hash: String,
     /// The step it waits for.
     pub step: LoginStep,
+    /// The 2FA password's hint, when the login waits for the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 /// How Telegram delivered the login code.
@@ -256,18 +262,49 @@ impl From<CallError> for LoginError {
     }
 }
 
-/// Logs Telegram accounts in and out (see the [module](self)).
-#[derive(Clone, Debug)]
+/// Logs Telegram accounts in and out (see the [module](self)). Its `Debug` leaves the
+/// api_hash out.
+#[derive(Clone)]
 pub struct TelegramLogin {
     api_id: i32,
     api_hash: String,
     timeout: Duration,
+    data_centres: BTreeMap<i32, SocketAddrV4>,
+    home_dc: Option<i32>,
+}
+
+impl std::fmt::Debug for TelegramLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelegramLogin")
+            .field("api_id", &self.api_id)
+            .field("timeout", &self.timeout)
+            .field("data_centres", &self.data_centres)
+            .field("home_dc", &self.home_dc)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TelegramLogin {
     /// Logins for the app with this `api_id` and `api_hash` (from <https://my.telegram.org>).
     pub fn new(api_id: i32, api_hash: impl Into<String>) -> Self {
-        Self { api_id, api_hash: api_hash.into(), timeout: Duration::from_secs(30) }
+        Self {
+            api_id,
+            api_hash: api_hash.into(),
+            timeout: Duration::from_secs(30),
+            data_centres: BTreeMap::new(),
+            home_dc: None,
+        }
+    }
+
+    /// Logins for the app and the data centres of a channel's `config` (its api_id, its
+    /// [`TelegramConfig::data_centre`] addresses and [`TelegramConfig::home_dc`]), with this
+    /// `api_hash`.
+    pub fn for_config(config: &TelegramConfig, api_hash: impl Into<String>) -> Self {
+        Self {
+            data_centres: config.data_centres.clone(),
+            home_dc: config.home_dc,
+            ..Self::new(config.api_id, api_hash)
+        }
     }
 
     /// Limit for each request of a step, connecting included (default 30 s).
@@ -298,6 +335,7 @@ impl TelegramLogin {
                 AccountSession::fresh(Arc::clone(account))
             }
         };
+        session.pin_data_centres(&self.data_centres, self.home_dc);
         let session = Arc::new(session);
         let params = ConnectionParams { retry_policy: Box::new(RetryIoOnce), ..Default::default() };
         let pool = SenderPool::with_configuration(Arc::clone(&session), self.api_id, params);
@@ -386,6 +424,7 @@ impl TelegramLogin {
                         phone,
                         phone_code_hash: code.phone_code_hash,
                         step: LoginStep::Code,
+                        hint: None,
                     },
                 )
                 .await?;
@@ -570,15 +609,15 @@ impl TelegramLogin {
         phone: String,
         phone_code_hash: String,
     ) -> Result<LoginProgress, LoginError> {
-        Self::store_pending(
-            &**account,
-            &PendingLogin { phone, phone_code_hash, step: LoginStep::Password },
-        )
-        .await?;
         let hint = match self.call(conn, &tl::functions::account::GetPassword {}).await {
             Ok(tl::enums::account::Password::Password(p)) => p.hint,
             Err(_) => None,
         };
+        Self::store_pending(
+            &**account,
+            &PendingLogin { phone, phone_code_hash, step: LoginStep::Password, hint: hint.clone() },
+        )
+        .await?;
         Ok(LoginProgress::PasswordNeeded { hint })
     }
 

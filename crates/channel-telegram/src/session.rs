@@ -40,7 +40,7 @@ pub const PEERS_KEY: &str = "telegram/peers";
 pub const PEERS_NEW_KEY: &str = "telegram/peers-new";
 /// Account-state key of the update state (the cursor).
 pub const UPDATES_KEY: &str = "telegram/updates";
-/// Account-state key of the sends in flight (see [`crate::outbox`]).
+/// Account-state key of the sends in flight (the channel's outbox).
 pub const OUTBOX_KEY: &str = "telegram/outbox";
 
 /// The keys of what the channel learned about an account (peers, update state, sends in
@@ -144,6 +144,11 @@ impl StoredSession {
         }
         Ok(s)
     }
+}
+
+/// The IPv6 form of an IPv4 address, for the session's second address.
+fn mapped(address: SocketAddrV4) -> SocketAddrV6 {
+    SocketAddrV6::new(address.ip().to_ipv6_mapped(), address.port(), 0, 0)
 }
 
 fn stored_dc(dc: &DcOption) -> StoredDc {
@@ -273,6 +278,9 @@ struct Inner {
     recent: Vec<(i64, i32)>,
     /// The state grammers' message box last reported (`sync_update_state`).
     reported: Option<UpdatesState>,
+    /// Addresses from the account's configuration, which win over any other (stored, or
+    /// from Telegram's `help.getConfig`).
+    pinned: HashMap<i32, SocketAddrV4>,
 }
 
 /// Updates that grammers skipped: its state ran ahead of what was delivered, as after a
@@ -345,6 +353,7 @@ impl AccountSession {
                 updates_stored,
                 recent,
                 reported: None,
+                pinned: HashMap::new(),
             }),
             state,
             peer_writes: tokio::sync::Mutex::new(()),
@@ -368,9 +377,42 @@ impl AccountSession {
                 updates_stored: false,
                 recent: Vec::new(),
                 reported: None,
+                pinned: HashMap::new(),
             }),
             state,
             peer_writes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Reaches each data centre of `dcs` at its address, whatever the stored session or
+    /// Telegram's configuration say (the auth keys are kept). A fresh session (no auth key
+    /// yet, no login) starts at `home_dc` when given.
+    pub fn pin_data_centres(
+        &self,
+        dcs: &std::collections::BTreeMap<i32, SocketAddrV4>,
+        home_dc: Option<i32>,
+    ) {
+        let mut inner = lock(&self.inner);
+        for (&id, &address) in dcs {
+            inner.pinned.insert(id, address);
+            let dc = inner.dcs.entry(id).or_insert(DcOption {
+                id,
+                ipv4: address,
+                ipv6: mapped(address),
+                auth_key: None,
+            });
+            dc.ipv4 = address;
+            dc.ipv6 = mapped(address);
+        }
+        let fresh = inner.me.is_none() && inner.dcs.values().all(|d| d.auth_key.is_none());
+        if let Some(home) = home_dc.filter(|_| fresh) {
+            inner.dcs.entry(home).or_insert(DcOption {
+                id: home,
+                ipv4: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+                ipv6: SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, 0, 0, 0),
+                auth_key: None,
+            });
+            inner.home_dc = home;
         }
     }
 
@@ -717,10 +759,14 @@ impl Session for AccountSession {
     }
 
     fn set_dc_option(&self, dc_option: &DcOption) -> BoxFuture<'_, Result<(), SessionError>> {
-        let dc_option = dc_option.clone();
+        let mut dc_option = dc_option.clone();
         Box::pin(async move {
             let changed = {
                 let mut inner = lock(&self.inner);
+                if let Some(&address) = inner.pinned.get(&dc_option.id) {
+                    dc_option.ipv4 = address;
+                    dc_option.ipv6 = mapped(address);
+                }
                 inner.dcs.insert(dc_option.id, dc_option.clone()).as_ref() != Some(&dc_option)
             };
             if changed {

@@ -80,7 +80,7 @@ pub(crate) fn prime() -> Vec<u8> {
     hex::decode(PRIME_HEX).unwrap_or_default()
 }
 
-/// A test password whose `x` is precomputed ([`PRECOMPUTED_X`]): deriving it takes seconds
+/// A test password whose `x` is precomputed (`PRECOMPUTED_X`): deriving it takes seconds
 /// in a debug build (PBKDF2 with 100 000 rounds).
 pub const TEST_PASSWORD: &str = "hunter2";
 /// `x = PH2("hunter2", salt1, salt2)` for the fixed salts below.
