@@ -330,6 +330,36 @@ impl LoopbackServer {
         crate::session::StoredSession { me: None, ..self.stored_session() }
     }
 
+    /// This server as a data centre of an account's configuration: its id and address,
+    /// for `data_centres` in [`TelegramAccountConfig`](crate::TelegramAccountConfig).
+    pub fn data_centre(&self) -> (i32, SocketAddrV4) {
+        (self.shared.dc_id, SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.addr.port()))
+    }
+
+    /// Stores this server's auth key in an account's state, not logged in: what Telegram's
+    /// key exchange makes at the first connection of a login. The loopback server cannot run
+    /// that exchange (the client checks Telegram's own RSA keys), so a test hands the key
+    /// over this way. The stored address is a placeholder: the account's configuration must
+    /// give this server's address ([`LoopbackServer::data_centre`]), as for any data centre.
+    pub async fn provision_auth_key(
+        &self,
+        state: &channel_core::state::AccountState,
+    ) -> Result<(), channel_core::state::StateError> {
+        let unreachable = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+        let session = crate::session::StoredSession {
+            version: 1,
+            home_dc: self.shared.dc_id,
+            dcs: vec![crate::session::StoredDc {
+                id: self.shared.dc_id,
+                ipv4: unreachable,
+                ipv6: SocketAddrV6::new(unreachable.ip().to_ipv6_mapped(), 0, 0, 0),
+                auth_key: Some(hex::encode(self.shared.auth_key)),
+            }],
+            me: None,
+        };
+        state.put(crate::session::SESSION_KEY, &session.to_bytes()).await
+    }
+
     // ----- logins -----
 
     /// Makes the auth key logged out: requests other than the login methods get
