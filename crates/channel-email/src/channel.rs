@@ -113,7 +113,11 @@ impl EmailChannel {
         if let Some(raw) = raw {
             // The message is sent: a failed copy to Sent is logged, not an error of the send.
             if let Err(e) = self.append_to_sent(&raw).await {
-                tracing::warn!(error = %e, "could not append the sent copy to the Sent folder");
+                tracing::warn!(
+                    account = %self.config.account_label,
+                    error = %e,
+                    "could not append the sent copy to the Sent folder"
+                );
             }
         }
         Ok(receipt)

@@ -3,10 +3,18 @@
 use std::fmt;
 use std::time::Duration;
 
-/// How a connection to a mail server is secured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::duration;
+
+/// How a connection to a mail server is secured. In an account's configuration: `"tls"`,
+/// `"starttls"` or `"plaintext"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Security {
-    /// TLS from the first byte (IMAP 993, SMTP 465).
+    /// TLS from the first byte (IMAP 993, SMTP 465). The default.
+    #[default]
     Tls,
     /// A plaintext connection upgraded with STARTTLS before login (IMAP 143, SMTP 587).
     StartTls,
@@ -26,8 +34,8 @@ pub struct ServerConfig {
     pub security: Security,
     /// Login name.
     pub username: String,
-    /// Password (never logged).
-    pub password: String,
+    /// Password (never logged, never printed by `Debug`).
+    pub password: SecretString,
 }
 
 impl ServerConfig {
@@ -38,13 +46,19 @@ impl ServerConfig {
 
     /// A server reached with the given security and no credentials yet.
     pub fn new(host: impl Into<String>, port: u16, security: Security) -> Self {
-        Self { host: host.into(), port, security, username: String::new(), password: String::new() }
+        Self {
+            host: host.into(),
+            port,
+            security,
+            username: String::new(),
+            password: SecretString::from(String::new()),
+        }
     }
 
     /// Sets the credentials.
     pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
         self.username = username.into();
-        self.password = password.into();
+        self.password = SecretString::from(password.into());
         self
     }
 }
@@ -64,24 +78,36 @@ impl fmt::Debug for ServerConfig {
 /// Every time limit of the channel. The defaults follow the project's table: connect, read
 /// and write 60 s, IDLE inactivity 5 min, a fresh IDLE at most every 29 min (RFC 2177), DONE
 /// answered within 15 s, polling every 30 s without IDLE, a whole SMTP send within 120 s.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// In an account's configuration each one is a duration such as `"60s"`, `"300ms"`, `"5m"`
+/// (a bare number is seconds); a missing one keeps its default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Timeouts {
     /// Connecting, TLS handshake, greeting and login.
+    #[serde(with = "duration")]
     pub connect: Duration,
     /// One read from the socket that makes no progress.
+    #[serde(with = "duration")]
     pub read: Duration,
     /// One write to the socket that makes no progress.
+    #[serde(with = "duration")]
     pub write: Duration,
     /// Silence from the server during IDLE after which the connection is taken for dead
     /// (servers send `* OK Still here` every few minutes).
+    #[serde(with = "duration")]
     pub idle_inactivity: Duration,
     /// How long one IDLE command may last before it is renewed.
+    #[serde(with = "duration")]
     pub idle_max: Duration,
     /// How long the server may take to end IDLE after `DONE`.
+    #[serde(with = "duration")]
     pub done: Duration,
     /// How often the folder is checked when the server has no IDLE.
+    #[serde(with = "duration")]
     pub poll_interval: Duration,
     /// A whole SMTP send (lettre's own timeout covers only connecting).
+    #[serde(with = "duration")]
     pub send: Duration,
 }
 
@@ -101,11 +127,14 @@ impl Default for Timeouts {
 }
 
 /// Jittered exponential backoff between reconnects: 2 s to 80 s by default.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BackoffConfig {
     /// The first delay.
+    #[serde(with = "duration")]
     pub min: Duration,
     /// The largest delay.
+    #[serde(with = "duration")]
     pub max: Duration,
 }
 
@@ -115,8 +144,10 @@ impl Default for BackoffConfig {
     }
 }
 
-/// Where a folder without a stored cursor starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// Where a folder without a stored cursor starts. In an account's configuration:
+/// `"beginning"` or `"now"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StartFrom {
     /// Every message already in the folder is delivered (nothing is ever skipped).
     #[default]
@@ -173,6 +204,9 @@ pub struct EmailConfig {
     /// one thread by normalized subject and participant ([`crate::thread_index`]); zero
     /// switches that fallback off. 7 days by default.
     pub thread_window: Duration,
+    /// How logs name the account (default: its address; the provider sets the account's id
+    /// and address).
+    pub account_label: String,
 }
 
 impl EmailConfig {
@@ -181,8 +215,10 @@ impl EmailConfig {
 
     /// A configuration with the defaults: INBOX and Sent watched, no APPEND, batches of 100.
     pub fn new(address: impl Into<String>, imap: ServerConfig, smtp: ServerConfig) -> Self {
+        let address = address.into().trim().to_lowercase();
         Self {
-            address: address.into().trim().to_lowercase(),
+            account_label: address.clone(),
+            address,
             display_name: None,
             imap,
             smtp,
@@ -250,6 +286,12 @@ impl EmailConfig {
     /// Sets the window of the subject-and-participant threading fallback (zero: off).
     pub fn thread_window(mut self, window: Duration) -> Self {
         self.thread_window = window;
+        self
+    }
+
+    /// Sets how logs name the account.
+    pub fn account_label(mut self, label: impl Into<String>) -> Self {
+        self.account_label = label.into();
         self
     }
 

@@ -7,6 +7,7 @@ use async_imap::Client;
 use async_imap::imap_proto::{
     MailboxDatum, NameAttribute, Response, ResponseCode, Status, StatusAttribute,
 };
+use secrecy::ExposeSecret;
 use tokio::net::TcpStream;
 
 use crate::config::{EmailConfig, Security};
@@ -76,15 +77,60 @@ async fn read_greeting(client: &mut Client<MailStream>) -> Result<(), ImapError>
     }
 }
 
-fn classify_login(e: async_imap::error::Error) -> ImapError {
+/// What the server said in a NO, without async-imap's Debug framing
+/// (`code: None, info: Some("[AUTHENTICATIONFAILED] Authentication failed.")`).
+fn server_text(no: &str) -> String {
+    let text = match no.split_once("info: Some(\"") {
+        Some((_, rest)) => rest.strip_suffix("\")").unwrap_or(rest).replace("\\\"", "\""),
+        None => no.to_owned(),
+    };
+    text.trim().to_owned()
+}
+
+/// The response code of a NO (`AUTHENTICATIONFAILED`), from its text or async-imap's framing.
+fn response_code(no: &str, text: &str) -> Option<String> {
+    if let Some(rest) = text.strip_prefix('[') {
+        return rest.split_once(']').map(|(code, _)| code.trim().to_ascii_uppercase());
+    }
+    let (_, after) = no.split_once("code: Some(")?;
+    let code: String = after.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+    (!code.is_empty()).then(|| code.to_ascii_uppercase())
+}
+
+/// A refused login in words a person can act on: who was refused, why, what to do.
+pub(crate) fn refused_login_sentence(server: &str, login: &str, detail: &str) -> String {
+    format!(
+        "the {server} server refused the login of `{login}`: {detail}; log in again with the \
+         right password (an app password where the provider asks for one)"
+    )
+}
+
+fn classify_login(e: async_imap::error::Error, login: &str) -> ImapError {
     match e {
         async_imap::error::Error::No(msg) => {
+            let text = server_text(&msg);
+            let code = response_code(&msg, &text).unwrap_or_default();
+            let said = text.split_once(']').map_or(text.as_str(), |(_, t)| t).trim();
             let upper = msg.to_ascii_uppercase();
-            if upper.contains("UNAVAILABLE") || upper.contains("INUSE") || upper.contains("LIMIT") {
-                ImapError::Protocol(format!("login refused for now: {msg}"))
-            } else {
-                ImapError::Auth(msg)
+            if ["UNAVAILABLE", "INUSE", "LIMIT"].iter().any(|c| upper.contains(c)) {
+                return ImapError::Protocol(format!(
+                    "the IMAP server cannot log `{login}` in for now ({said}); trying again"
+                ));
             }
+            let why = match code.as_str() {
+                "AUTHENTICATIONFAILED" | "" => "wrong login name or password",
+                "AUTHORIZATIONFAILED" => "this login may not use the mailbox",
+                "EXPIRED" => "the password has expired",
+                "PRIVACYREQUIRED" => "the server logs in only over TLS (set `imap.security`)",
+                "CONTACTADMIN" => "the server asks to contact its administrator",
+                _ => "login refused",
+            };
+            let detail = if said.is_empty() {
+                why.to_owned()
+            } else {
+                format!("{why} (the server said: {said})")
+            };
+            ImapError::Auth(refused_login_sentence("IMAP", login, &detail))
         }
         other => other.into(),
     }
@@ -95,40 +141,50 @@ pub(crate) async fn connect(config: &EmailConfig) -> Result<ImapConnection, Imap
     let t = config.timeouts;
     within("imap connect", t.connect, async {
         let tcp = TcpStream::connect((config.imap.host.as_str(), config.imap.port)).await?;
-        tcp.set_nodelay(true)?;
-        let handle = TimeoutHandle::new(t.read, t.write);
-        let base = TimeoutStream::new(tcp, handle.clone());
-        let client = match config.imap.security {
-            Security::Plaintext => {
-                let mut client = Client::new(MailStream::Plain(base));
-                read_greeting(&mut client).await?;
-                client
-            }
-            Security::Tls => {
-                let mut client = Client::new(tls_handshake(config, base).await?);
-                read_greeting(&mut client).await?;
-                client
-            }
-            Security::StartTls => {
-                let mut plain = Client::new(MailStream::Plain(base));
-                read_greeting(&mut plain).await?;
-                plain.run_command_and_check_ok("STARTTLS", None).await?;
-                let MailStream::Plain(base) = plain.into_inner() else {
-                    return Err(ImapError::Protocol("STARTTLS on a TLS stream".into()));
-                };
-                Client::new(tls_handshake(config, base).await?)
-            }
-        };
-        let session = client
-            .login(&config.imap.username, &config.imap.password)
-            .await
-            .map_err(|(e, _)| classify_login(e))?;
-        let mut session = session;
-        let caps = session.capabilities().await?;
-        let idle = caps.has_str("IDLE");
-        Ok(ImapConnection { session, timeouts: handle, idle })
+        log_in_over(config, tcp).await
     })
     .await
+}
+
+/// Secures, greets and logs in over a connected socket (no limit of its own: the caller
+/// runs it under one).
+pub(crate) async fn log_in_over(
+    config: &EmailConfig,
+    tcp: TcpStream,
+) -> Result<ImapConnection, ImapError> {
+    let t = config.timeouts;
+    tcp.set_nodelay(true)?;
+    let handle = TimeoutHandle::new(t.read, t.write);
+    let base = TimeoutStream::new(tcp, handle.clone());
+    let client = match config.imap.security {
+        Security::Plaintext => {
+            let mut client = Client::new(MailStream::Plain(base));
+            read_greeting(&mut client).await?;
+            client
+        }
+        Security::Tls => {
+            let mut client = Client::new(tls_handshake(config, base).await?);
+            read_greeting(&mut client).await?;
+            client
+        }
+        Security::StartTls => {
+            let mut plain = Client::new(MailStream::Plain(base));
+            read_greeting(&mut plain).await?;
+            plain.run_command_and_check_ok("STARTTLS", None).await?;
+            let MailStream::Plain(base) = plain.into_inner() else {
+                return Err(ImapError::Protocol("STARTTLS on a TLS stream".into()));
+            };
+            Client::new(tls_handshake(config, base).await?)
+        }
+    };
+    let login = &config.imap.username;
+    let mut session = client
+        .login(login, config.imap.password.expose_secret())
+        .await
+        .map_err(|(e, _)| classify_login(e, login))?;
+    let caps = session.capabilities().await?;
+    let idle = caps.has_str("IDLE");
+    Ok(ImapConnection { session, timeouts: handle, idle })
 }
 
 /// Quotes a mailbox name or search string; CR, LF and NUL are refused.
@@ -350,6 +406,24 @@ mod tests {
     fn quoting_escapes_and_refuses_line_breaks() {
         assert_eq!(quote(r#"a"b\c"#).unwrap(), r#""a\"b\\c""#);
         assert!(quote("a\r\nb").is_err());
+    }
+
+    #[test]
+    fn a_refused_login_is_a_sentence_not_a_debug_dump() {
+        let no = r#"code: None, info: Some("[AUTHENTICATIONFAILED] Authentication failed.")"#;
+        let ImapError::Auth(sentence) =
+            classify_login(async_imap::error::Error::No(no.to_owned()), "bob@example.org")
+        else {
+            panic!("not an authentication error");
+        };
+        assert!(!sentence.contains("code:") && !sentence.contains("Some("), "{sentence}");
+        assert!(sentence.contains("`bob@example.org`"), "{sentence}");
+        assert!(sentence.contains("wrong login name or password"), "{sentence}");
+        assert!(sentence.contains("Authentication failed."), "{sentence}");
+        assert!(sentence.contains("log in again"), "{sentence}");
+        let busy = r#"code: None, info: Some("[UNAVAILABLE] Temporary failure")"#;
+        let e = classify_login(async_imap::error::Error::No(busy.to_owned()), "bob@example.org");
+        assert!(matches!(e, ImapError::Protocol(_)), "{e:?}");
     }
 
     #[test]

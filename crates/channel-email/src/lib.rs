@@ -45,11 +45,13 @@
 //! # }
 //! ```
 
+pub mod account;
 mod backoff;
 mod channel;
 pub mod config;
 pub mod cursor;
 pub mod defect;
+mod duration;
 pub mod error;
 mod fetch;
 mod history;
@@ -67,12 +69,15 @@ pub mod testing;
 pub mod thread;
 pub mod thread_index;
 pub mod thread_warmup;
+pub mod verify;
 mod watch;
 
+pub use account::{EmailAccountConfig, PASSWORD_KEY};
 pub use channel::EmailChannel;
 pub use config::{BackoffConfig, EmailConfig, Security, ServerConfig, StartFrom, Timeouts};
 pub use cursor::FolderCursor;
 pub use history::effective_limit;
-pub use provider::{EmailProvider, KIND};
+pub use provider::{EmailProvider, KIND, PASSWORD_FLOW};
 pub use send::{AttachmentSource, default_subject};
 pub use sent_folder::USUAL_SENT_NAMES;
+pub use verify::{VerifyError, verify};

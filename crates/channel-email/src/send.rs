@@ -12,6 +12,7 @@ use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use secrecy::ExposeSecret;
 
 use crate::config::{EmailConfig, Security};
 use crate::thread::{is_message_id, message_id_for};
@@ -107,8 +108,10 @@ impl SmtpSender {
                 .timeout(Some(config.timeouts.connect))
                 .pool_config(PoolConfig::new().max_size(config.smtp_pool_size.max(1)));
         if !smtp.username.is_empty() {
-            builder =
-                builder.credentials(Credentials::new(smtp.username.clone(), smtp.password.clone()));
+            builder = builder.credentials(Credentials::new(
+                smtp.username.clone(),
+                smtp.password.expose_secret().to_owned(),
+            ));
         }
         Ok(Self { transport: builder.build(), from, config })
     }

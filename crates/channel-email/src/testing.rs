@@ -282,6 +282,13 @@ impl MailStack {
         add_users_and_wait(&self.passwd, self.imap_port, prefix, n)
     }
 
+    /// The stored account configuration of `user` on this stack (plaintext on loopback, SMTP
+    /// without login, test-sized timeouts), as `Account::config` holds it. The password is
+    /// not part of it: the login flow saves it.
+    pub fn account_config(&self, user: &User) -> crate::EmailAccountConfig {
+        stored_account_config(user, self.imap_port, self.smtp_port)
+    }
+
     /// The maildir of `user` (it exists once the user has logged in or received mail).
     pub fn maildir(&self, user: &User) -> PathBuf {
         self.dir.join("mail").join(&user.address)
@@ -313,6 +320,27 @@ pub fn account_config(user: &User, imap_port: u16, smtp_port: u16) -> EmailConfi
     .timeouts(test_timeouts())
     .backoff(BackoffConfig { min: Duration::from_millis(100), max: Duration::from_millis(800) })
     .start_from(StartFrom::Beginning)
+}
+
+/// The stored configuration of an account on `imap_port` and `smtp_port` of loopback:
+/// plaintext, SMTP without login, test-sized timeouts and backoff.
+pub fn stored_account_config(
+    user: &User,
+    imap_port: u16,
+    smtp_port: u16,
+) -> crate::EmailAccountConfig {
+    use crate::account::SmtpAuth;
+    let mut config = crate::EmailAccountConfig::new(&user.address, "127.0.0.1", "127.0.0.1");
+    config.imap.port = Some(imap_port);
+    config.imap.security = Security::Plaintext;
+    config.smtp.port = Some(smtp_port);
+    config.smtp.security = Security::Plaintext;
+    config.smtp.auth = SmtpAuth::None;
+    config.timeouts = test_timeouts();
+    config.backoff =
+        BackoffConfig { min: Duration::from_millis(100), max: Duration::from_millis(800) };
+    config.start_from = StartFrom::Beginning;
+    config
 }
 
 /// A free TCP port on loopback.

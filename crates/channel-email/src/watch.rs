@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use channel_core::{ChannelError, ConnectionState, Inbound};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::config::EmailConfig;
@@ -39,8 +40,46 @@ impl FolderWatcher {
         }
     }
 
+    /// The folder before the session finds it (the Sent folder's name comes from LIST).
+    fn folder_hint(&self) -> &str {
+        match self.role {
+            FolderRole::Inbox => &self.config.inbox,
+            FolderRole::Sent => "Sent",
+        }
+    }
+
     /// Runs until cancelled (`Ok`) or until the credentials are rejected (`NeedsLogin`).
+    /// Everything it logs is in a span naming the account and the folder.
     pub(crate) async fn run(self) -> Result<(), ChannelError> {
+        let span = tracing::info_span!(
+            "email_folder",
+            account = %self.config.account_label,
+            folder = %self.folder_hint(),
+        );
+        self.run_loop().instrument(span).await
+    }
+
+    /// Why the session ended, as a sentence for the account's connection state.
+    fn disconnect_reason(&self, e: &ImapError, delay: Duration) -> String {
+        let imap = &self.config.imap;
+        let server = format!("{}:{}", imap.host, imap.port);
+        let retry = format!("reconnecting in {} s", delay.as_secs().max(1));
+        match e {
+            ImapError::Io(_) | ImapError::ConnectionLost(_) => {
+                format!("the connection to the IMAP server {server} failed ({e}); {retry}")
+            }
+            ImapError::Timeout { .. } => {
+                format!("the IMAP server {server} did not answer in time ({e}); {retry}")
+            }
+            ImapError::Tls(_) => format!(
+                "tls with the IMAP server {server} failed ({e}): check `imap.security` and the \
+                 server's certificate; {retry}"
+            ),
+            _ => format!("the IMAP server {server} ended the session ({e}); {retry}"),
+        }
+    }
+
+    async fn run_loop(&self) -> Result<(), ChannelError> {
         let mut backoff = Backoff::new(self.config.backoff);
         loop {
             if self.cancel.is_cancelled() {
@@ -54,7 +93,12 @@ impl FolderWatcher {
             match outcome {
                 Ok(()) => return Ok(()),
                 Err(ImapError::Auth(reason)) => {
-                    tracing::warn!(role = ?self.role, "IMAP login rejected");
+                    tracing::warn!(
+                        account = %self.config.account_label,
+                        folder = %self.folder_hint(),
+                        %reason,
+                        "IMAP login rejected"
+                    );
                     if !self.reports_state {
                         // The inbox loop reports it; this one just stops.
                         return Err(ChannelError::NeedsLogin(reason));
@@ -66,10 +110,15 @@ impl FolderWatcher {
                 }
                 Err(ImapError::Inbound(ChannelError::Cancelled)) => return Ok(()),
                 Err(e) => {
-                    let reason = e.to_string();
-                    tracing::info!(role = ?self.role, error = %reason, "IMAP session dropped");
-                    self.report(ConnectionState::TransientDisconnect { reason }).await;
                     let delay = backoff.next_delay();
+                    let reason = self.disconnect_reason(&e, delay);
+                    tracing::info!(
+                        account = %self.config.account_label,
+                        folder = %self.folder_hint(),
+                        error = %e,
+                        "IMAP session dropped"
+                    );
+                    self.report(ConnectionState::TransientDisconnect { reason }).await;
                     tokio::select! {
                         _ = self.cancel.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(delay) => {}
@@ -96,7 +145,10 @@ impl FolderWatcher {
         let folder = match self.role {
             FolderRole::Inbox => self.config.inbox.clone(),
             FolderRole::Sent => match find_sent(&mut conn.session).await? {
-                Some(name) => name,
+                Some(name) => {
+                    tracing::Span::current().record("folder", name.as_str());
+                    name
+                }
                 None => {
                     tracing::info!("no Sent folder: mail sent from other clients is not captured");
                     self.cancel.cancelled().await;
