@@ -227,6 +227,11 @@ impl LoginInput {
         self.values.get(field)
     }
 
+    /// The fields that were entered (so that a provider can refuse one it does not know).
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.values.keys().map(String::as_str)
+    }
+
     /// Whether nothing was entered.
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()

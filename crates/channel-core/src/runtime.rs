@@ -193,6 +193,7 @@ impl RuntimeBuilder {
             leader: AtomicBool::new(false),
             slots: Mutex::new(HashMap::new()),
             channel_max_silence: self.channel_max_silence,
+            lease_wake: Notify::new(),
         });
         let reg = |spec: LoopSpec| {
             watchdog.register(spec).map(|_| ()).map_err(|e| EngineError::Config(e.to_string()))
@@ -288,6 +289,8 @@ struct Shared {
     leader: AtomicBool,
     slots: Mutex<HashMap<AccountId, Arc<Slot>>>,
     channel_max_silence: Duration,
+    /// Wakes the lease loop before its next tick (a new account).
+    lease_wake: Notify,
 }
 
 /// What the lease loop tells an account loop.
@@ -342,14 +345,18 @@ impl Runtime {
     /// when the configuration is refused ([`EngineError::AccountConfig`], naming the field) or
     /// this process has no provider of its kind ([`EngineError::NoProvider`]). An enabled
     /// account is connected by the runtime that takes its lease; one that needs a login waits
-    /// for [`Runtime::login_step`].
+    /// for [`Runtime::login_step`]. The lease loop runs at once, so a login can usually start
+    /// right after this returns (when another process was faster, its steps run there).
     pub async fn add_account(&self, new: NewAccount) -> Result<Account, EngineError> {
         let engine = &self.shared.engine;
         let provider =
             engine.provider(&new.kind).ok_or_else(|| EngineError::NoProvider(new.kind.clone()))?;
         provider.check_config(&new.config)?;
         let now = engine.now();
-        Ok(engine.db("create_account", engine.store().create_account(new, now)).await?)
+        let account = engine.db("create_account", engine.store().create_account(new, now)).await?;
+        // Take its lease now rather than at the next tick, so that its login can start.
+        self.shared.lease_wake.notify_one();
+        Ok(account)
     }
 
     /// Runs one step of an account's login (see
@@ -516,6 +523,7 @@ async fn lease_loop(s: Arc<Shared>, ctx: LoopContext) -> LoopResult {
                 return Ok(());
             }
             _ = tokio::time::sleep(every) => {}
+            _ = s.lease_wake.notified() => {}
         }
     }
 }

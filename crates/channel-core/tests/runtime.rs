@@ -322,9 +322,17 @@ async fn an_account_is_saved_only_with_a_configuration_its_provider_accepts() {
     assert!(matches!(unknown, Err(EngineError::NoProvider(k)) if k.as_str() == "fax"));
     assert!(store.accounts().await.unwrap().is_empty(), "nothing saved");
     let config = serde_json::json!({"loft": "roof"});
+    tokio::time::sleep(Duration::from_secs(1)).await; // the lease loop's first tick is past
+    let added_at = tokio::time::Instant::now();
     let saved = runtime.add_account(NewAccount::new(kind, "coo").with_config(config.clone()));
     let saved = saved.await.unwrap();
     assert_eq!(store.account(saved.id).await.unwrap().config, config);
-    until("its account is connected", || runtime.holds_account(saved.id)).await;
+    until("its account is held", || runtime.holds_account(saved.id)).await;
+    assert!(
+        added_at.elapsed() < Duration::from_secs(1),
+        "taken at once, not at the next lease tick (every {:?}): {:?}",
+        engine.config().lease_renew_every,
+        added_at.elapsed()
+    );
     runtime.shutdown().await;
 }
