@@ -74,6 +74,7 @@ mod watch;
 
 pub use account::{EmailAccountConfig, PASSWORD_KEY};
 pub use channel::EmailChannel;
+
 pub use config::{BackoffConfig, EmailConfig, Security, ServerConfig, StartFrom, Timeouts};
 pub use cursor::FolderCursor;
 pub use history::effective_limit;
@@ -81,3 +82,8 @@ pub use provider::{EmailProvider, KIND, PASSWORD_FLOW};
 pub use send::{AttachmentSource, default_subject};
 pub use sent_folder::USUAL_SENT_NAMES;
 pub use verify::{VerifyError, verify};
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
