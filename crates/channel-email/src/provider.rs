@@ -152,6 +152,12 @@ impl Provider for EmailProvider {
         let config = EmailAccountConfig::from_json(&account.config).map_err(|e| {
             LoginError::Failed(format!("{e}; fix the account's configuration, then log in"))
         })?;
+        if let Some(unknown) = input.fields().find(|f| *f != PASSWORD_FLOW) {
+            return Err(LoginError::InvalidInput {
+                field: unknown.to_owned(),
+                message: format!("the email login asks only for `{PASSWORD_FLOW}`"),
+            });
+        }
         let Some(password) = input.get(PASSWORD_FLOW) else {
             return Ok(LoginStep::Input {
                 name: PASSWORD_FLOW.to_owned(),

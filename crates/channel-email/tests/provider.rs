@@ -201,6 +201,13 @@ async fn an_account_is_added_logged_in_and_replies_through_the_runtime_on_sqlite
     assert_eq!(name, "password");
     assert_eq!((fields[0].id.as_str(), fields[0].kind), ("password", FieldKind::Password));
 
+    let unknown =
+        runtime.login_step(account.id, "password", LoginInput::none().with("code", "12345")).await;
+    assert!(
+        matches!(&unknown, Err(LoginError::InvalidInput { field, .. }) if field == "code"),
+        "{unknown:?}"
+    );
+
     let wrong = runtime
         .login_step(account.id, "password", LoginInput::none().with("password", "wrong"))
         .await;
