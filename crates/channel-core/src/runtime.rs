@@ -365,9 +365,9 @@ impl Runtime {
     /// workers, the steps run where the account's connection lives and no second session
     /// opens. When the login is done the account connects at once.
     ///
-    /// Errors: [`Elsewhere`](crate::provider::LoginError::Elsewhere) when this process does
-    /// not hold the account's lease (run the step in the one that does, or wait a few seconds
-    /// after creating or enabling the account); [`Failed`](crate::provider::LoginError::Failed)
+    /// A step right after the account was added or enabled waits up to one lease tick for
+    /// this process to take its lease. Errors: [`Elsewhere`](crate::provider::LoginError::Elsewhere)
+    /// when another process holds the account's lease (run the step there); [`Failed`](crate::provider::LoginError::Failed)
     /// for an unknown account or kind.
     pub async fn login_step(
         &self,
@@ -389,7 +389,15 @@ impl Runtime {
             )));
         };
         if !self.holds_account(account) {
-            return Err(LoginError::Elsewhere(account));
+            // A new or just enabled account: the lease loop takes it within a tick.
+            self.shared.lease_wake.notify_one();
+            let deadline = tokio::time::Instant::now() + engine.config().lease_renew_every;
+            while !self.holds_account(account) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if !self.holds_account(account) {
+                return Err(LoginError::Elsewhere(account));
+            }
         }
         let step = provider.login_step(&acc, engine, flow, input).await?;
         if matches!(step, LoginStep::Done { .. }) {

@@ -340,3 +340,38 @@ pub struct OutboundMessage {
     /// Origin label, such as `chat_manual`.
     pub label: String,
 }
+
+impl OutboundMessage {
+    /// A plain-text message into `conversation`, labelled `manual`.
+    ///
+    /// ```
+    /// use channel_core::{ConversationId, OutboundMessage};
+    ///
+    /// let m = OutboundMessage::text(ConversationId::new(), "hello")
+    ///     .label("autoreply")
+    ///     .reply_to(Some("<q1@example.org>".to_owned()));
+    /// assert_eq!((m.text.as_deref(), m.label.as_str()), (Some("hello"), "autoreply"));
+    /// ```
+    pub fn text(conversation: ConversationId, text: impl Into<String>) -> Self {
+        Self {
+            conversation_id: conversation,
+            text: Some(text.into()),
+            html: None,
+            reply_to: None,
+            attachments: Vec::new(),
+            label: "manual".to_owned(),
+        }
+    }
+
+    /// With the origin label (such as `autoreply`), stored as `Origin::Service(label)`.
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into();
+        self
+    }
+
+    /// Replying to the message with this provider id.
+    pub fn reply_to(mut self, provider_id: Option<String>) -> Self {
+        self.reply_to = provider_id;
+        self
+    }
+}
