@@ -37,7 +37,7 @@ use crate::error::EngineError;
 use crate::events::JOBS_TOPIC;
 use crate::lease_keeper::LeaseKeeper;
 use crate::model::*;
-use crate::store::Notification;
+use crate::store::{Notification, StoreError};
 
 /// Creates the channel of an account when this process takes the account's lease.
 #[async_trait]
@@ -355,6 +355,26 @@ impl Runtime {
         let now = engine.now();
         let account = engine.db("create_account", engine.store().create_account(new, now)).await?;
         // Take its lease now rather than at the next tick, so that its login can start.
+        self.shared.lease_wake.notify_one();
+        Ok(account)
+    }
+
+    /// Enables or disables an account (an account whose server cannot be reached while it is
+    /// verified can be kept saved, unverified and disabled). The lease loop runs at once: a
+    /// disabled account's channel stops and its lease is released, an enabled one is taken
+    /// by the process whose lease loop is first.
+    pub async fn set_account_enabled(
+        &self,
+        account: AccountId,
+        enabled: bool,
+    ) -> Result<Account, EngineError> {
+        let engine = &self.shared.engine;
+        let now = engine.now();
+        let set = engine.store().set_account_enabled(account, enabled, now);
+        let account = match engine.db("set_account_enabled", set).await {
+            Err(StoreError::NotFound { .. }) => return Err(EngineError::UnknownAccount(account)),
+            other => other?,
+        };
         self.shared.lease_wake.notify_one();
         Ok(account)
     }

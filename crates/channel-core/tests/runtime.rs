@@ -334,5 +334,13 @@ async fn an_account_is_saved_only_with_a_configuration_its_provider_accepts() {
         engine.config().lease_renew_every,
         added_at.elapsed()
     );
+    // Kept saved but disabled (a server that cannot be reached yet): let go at once.
+    runtime.set_account_enabled(saved.id, false).await.unwrap();
+    until("its lease is let go", || !runtime.holds_account(saved.id)).await;
+    assert!(!store.account(saved.id).await.unwrap().enabled);
+    runtime.set_account_enabled(saved.id, true).await.unwrap();
+    until("it is taken again", || runtime.holds_account(saved.id)).await;
+    let unknown = runtime.set_account_enabled(AccountId::new(), true).await;
+    assert!(matches!(unknown, Err(EngineError::UnknownAccount(_))), "{unknown:?}");
     runtime.shutdown().await;
 }
