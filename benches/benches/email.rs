@@ -404,6 +404,7 @@ fn push_latency(c: &mut Criterion) {
                         remote: IdentityInfo::new(&bob.address),
                         text: Some("latency probe".to_owned()),
                         html: None,
+                        subject: None,
                         reply_to: None,
                         references: Vec::new(),
                         attachments: Vec::new(),

@@ -111,6 +111,7 @@ impl World {
             remote: IdentityInfo::new(format!("tg:{}", self.alice.id)),
             text: Some("a reply from the inbox".to_owned()),
             html: None,
+            subject: None,
             reply_to: None,
             references: Vec::new(),
             attachments: Vec::new(),

@@ -91,6 +91,8 @@ pub struct OutgoingMessage {
     pub text: Option<String>,
     /// HTML.
     pub html: Option<String>,
+    /// The subject the service gave (email); `None`: the provider's default.
+    pub subject: Option<String>,
     /// Provider id of the message replied to.
     pub reply_to: Option<String>,
     /// Provider ids of the thread's earlier messages (email References).

@@ -37,6 +37,8 @@ pub const DISPATCHED_KINDS: [JobKind; 3] =
 ///         conversation_id: conversation,
 ///         text: Some("hello".into()),
 ///         html: None,
+///         subject: None,
+///         idempotency_key: None,
 ///         reply_to: None,
 ///         attachments: vec![],
 ///         label: "manual".into(),

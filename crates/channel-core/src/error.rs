@@ -48,6 +48,15 @@ pub enum EngineError {
     /// An account's configuration was refused by its provider; nothing was saved.
     #[error(transparent)]
     AccountConfig(#[from] crate::provider::ConfigError),
+    /// The idempotency key was used before for a message with other content: use a new key
+    /// for a new message, or send the same content again.
+    #[error("idempotency key `{key}` was used for message {message} with other content")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+        /// The message it names.
+        message: crate::MessageId,
+    },
     /// This process has no provider of the account's kind: register it
     /// ([`RuntimeBuilder::provider`](crate::runtime::RuntimeBuilder::provider)).
     #[error("no provider of kind `{0}` in this process: register it on the runtime")]
@@ -87,6 +96,7 @@ impl From<EngineError> for ChannelError {
             | EngineError::Unsupported { .. }
             | EngineError::Config(_)
             | EngineError::AccountConfig(_)
+            | EngineError::IdempotencyConflict { .. }
             | EngineError::NoProvider(_)
             | EngineError::InvalidSetting { .. } => ChannelError::Permanent(e.to_string()),
             EngineError::State(

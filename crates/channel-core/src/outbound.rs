@@ -33,6 +33,21 @@ pub(crate) fn store_error_class(e: &StoreError) -> &'static str {
     }
 }
 
+/// The message id of a send with the service's idempotency `key` in `account`: the same
+/// account and key always give the same id (a UUID made from their SHA-256), so the message
+/// itself records the key for as long as it exists.
+fn idempotent_message_id(account: AccountId, key: &str) -> MessageId {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"channel-core idempotency key\0");
+    h.update(account.as_uuid().as_bytes());
+    h.update(key.as_bytes());
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    MessageId(uuid::Builder::from_random_bytes(bytes).into_uuid())
+}
+
 impl Engine {
     /// Our idempotency key for a new send from `account`: its provider's
     /// [`Provider::client_key`](crate::provider::Provider::client_key), or the message id
@@ -70,6 +85,8 @@ impl Engine {
     ///     conversation_id: conversation,
     ///     text: Some("hello!".into()),
     ///     html: None,
+    ///     subject: None,
+    ///     idempotency_key: None,
     ///     reply_to: None,
     ///     attachments: vec![],
     ///     label: "manual".into(),
@@ -103,29 +120,82 @@ impl Engine {
         {
             return Err(EngineError::Unsupported { account: account.id, capability: "media" });
         }
+        let message_id = match &message.idempotency_key {
+            Some(key) => {
+                let id = idempotent_message_id(account.id, key);
+                if let Some(existing) = self.existing_send(id, key, &message).await? {
+                    return Ok(existing);
+                }
+                id
+            }
+            None => MessageId::new(),
+        };
         let mut attachments = Vec::with_capacity(message.attachments.len());
         for a in &message.attachments {
             attachments.push(self.inner.blobs.put_attachment(a).await?);
         }
-        let message_id = MessageId::new();
         let now = self.now();
         let req = SendRequest {
             message_id,
             job_id: JobId::new(),
             conversation_id: conversation.id,
-            origin: Origin::Service(message.label),
+            origin: Origin::Service(message.label.clone()),
             client_key: self.client_key(&account, message_id),
-            text: message.text,
-            html: message.html,
-            reply_to: message.reply_to,
+            text: message.text.clone(),
+            html: message.html.clone(),
+            subject: message.subject.clone(),
+            reply_to: message.reply_to.clone(),
             attachments,
             max_attempts: self.inner.config.retry.max_attempts,
             run_at: now,
             now,
         };
-        self.db("enqueue_send", self.inner.store.enqueue_send(req)).await?;
+        match self.db("enqueue_send", self.inner.store.enqueue_send(req)).await {
+            Ok(_) => {}
+            // The same key raced in from another call: its message stands.
+            Err(StoreError::InvalidInput { .. })
+                if let Some(key) = &message.idempotency_key
+                    && let Some(existing) =
+                        self.existing_send(message_id, key, &message).await? =>
+            {
+                return Ok(existing);
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.announce_jobs("send").await;
         Ok(message_id)
+    }
+
+    /// The message a send with idempotency `key` already queued as `id`, if any: `Ok(None)`
+    /// when there is none, [`EngineError::IdempotencyConflict`] when its content differs.
+    async fn existing_send(
+        &self,
+        id: MessageId,
+        key: &str,
+        message: &OutboundMessage,
+    ) -> Result<Option<MessageId>, EngineError> {
+        let stored = match self.db("message", self.inner.store.message(id)).await {
+            Ok(m) => m,
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let hashes: Vec<String> = message
+            .attachments
+            .iter()
+            .map(|a| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&a.data)))
+            .collect();
+        let same = stored.conversation_id == message.conversation_id
+            && stored.text == message.text
+            && stored.html == message.html
+            && stored.subject == message.subject
+            && stored.reply_to == message.reply_to
+            && stored.origin == Origin::Service(message.label.clone())
+            && stored.attachments.iter().map(|a| &a.sha256).eq(hashes.iter());
+        if same {
+            Ok(Some(id))
+        } else {
+            Err(EngineError::IdempotencyConflict { key: key.to_owned(), message: id })
+        }
     }
 
     /// Runs one claimed send job to its end (sent, retried, snoozed or failed).
@@ -196,6 +266,7 @@ impl Engine {
             },
             text: message.text.clone(),
             html: message.html.clone(),
+            subject: message.subject.clone(),
             reply_to: message.reply_to.clone(),
             references,
             attachments: message.attachments.clone(),

@@ -203,6 +203,8 @@ pub struct SendRequest {
     pub text: Option<String>,
     /// HTML.
     pub html: Option<String>,
+    /// The subject (email).
+    pub subject: Option<String>,
     /// Provider id of the message replied to.
     pub reply_to: Option<String>,
     /// Stored attachments.

@@ -241,6 +241,14 @@ pub fn check_deletion(d: &InboundDeletion, l: &Limits) -> Result<(), ValidationE
 /// Checks an outbound message: it must carry text, HTML or an attachment, and a label.
 pub fn check_outbound(m: &OutboundMessage, l: &Limits) -> Result<(), ValidationError> {
     check_str("label", &m.label, l.label, true)?;
+    check_opt("subject", m.subject.as_deref(), l.name)?;
+    if m.subject.as_deref().is_some_and(|s| s.contains(['\r', '\n'])) {
+        let why = "must be one line (a line break would start a new header field)";
+        return Err(ValidationError::new("subject", Problem::Other(why.into())));
+    }
+    if let Some(key) = &m.idempotency_key {
+        check_str("idempotency_key", key, l.id, true)?;
+    }
     check_opt("text", m.text.as_deref(), l.text)?;
     check_opt("html", m.html.as_deref(), l.html)?;
     check_opt("reply_to", m.reply_to.as_deref(), l.id)?;
@@ -733,6 +741,8 @@ mod tests {
             conversation_id: crate::ConversationId::new(),
             text: Some(String::new()),
             html: None,
+            subject: None,
+            idempotency_key: None,
             reply_to: None,
             attachments: vec![],
             label: "manual".into(),

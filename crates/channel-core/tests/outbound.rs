@@ -696,3 +696,55 @@ async fn a_send_whose_echo_was_stored_first_as_a_stray_row_is_merged_and_ends_se
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_same_idempotency_key_returns_the_same_message_and_queues_nothing_more() {
+    let h = harness().await;
+    let conversation = h.conversation("chat").await;
+    let first = reply(conversation, "your order shipped").idempotency_key("order-7-shipped");
+    let id = h.engine.send(None, first.clone().subject("Order 7")).await.unwrap();
+    let again = h.engine.send(None, first.clone().subject("Order 7")).await.unwrap();
+    assert_eq!(again, id, "a retry after a crash gets the same message");
+    let jobs = h.store.jobs_in_state(JobState::Available, 10).await.unwrap();
+    assert_eq!(jobs.len(), 1, "and queues nothing more");
+    assert_eq!(h.store.message(id).await.unwrap().subject.as_deref(), Some("Order 7"));
+
+    let other = reply(conversation, "a different text").idempotency_key("order-7-shipped");
+    match h.engine.send(None, other).await {
+        Err(EngineError::IdempotencyConflict { key, message }) => {
+            assert_eq!((key.as_str(), message), ("order-7-shipped", id))
+        }
+        r => panic!("the same key with other content is an error: {r:?}"),
+    }
+    let new_key = reply(conversation, "your order shipped").idempotency_key("order-8-shipped");
+    assert_ne!(h.engine.send(None, new_key).await.unwrap(), id, "another key, another message");
+
+    // Another account may use the same key for its own message.
+    let other_account = h
+        .store
+        .create_account(NewAccount::new(testing::MEMORY_KIND, "b"), h.engine.now())
+        .await
+        .unwrap();
+    let out = h.engine.deliver(other_account.id, text("b-1", "chat-b", "tg:9", "hi")).await;
+    let theirs = reply(out.unwrap().conversation_id, "your order shipped");
+    let theirs = h.engine.send(None, theirs.idempotency_key("order-7-shipped")).await.unwrap();
+    assert_ne!(theirs, id, "keys are unique per account");
+
+    // The subject reaches the channel.
+    Dispatcher::new(h.engine.clone()).run_once().await.unwrap();
+    let sent = h.channel.sends();
+    let ours = sent.iter().find(|m| m.message_id == id).expect("sent");
+    assert_eq!(ours.subject.as_deref(), Some("Order 7"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subject_with_a_line_break_is_refused_and_nothing_is_queued() {
+    let h = harness().await;
+    let conversation = h.conversation("chat").await;
+    let evil = reply(conversation, "x").subject("hi\r\nBcc: everyone@example.org");
+    match h.engine.send(None, evil).await {
+        Err(EngineError::Invalid(v)) => assert_eq!(v.field, "subject"),
+        r => panic!("{r:?}"),
+    }
+    assert!(h.store.jobs_in_state(JobState::Available, 10).await.unwrap().is_empty());
+}

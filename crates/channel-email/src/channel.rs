@@ -186,9 +186,10 @@ impl Channel for EmailChannel {
     }
 
     async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt, ChannelError> {
-        let subject = match self.threads.subject_of(&message.thread_key) {
-            Some(base) => format!("Re: {base}"),
-            None => default_subject(message),
+        let subject = match (&message.subject, self.threads.subject_of(&message.thread_key)) {
+            (Some(given), _) => given.clone(),
+            (None, Some(base)) => format!("Re: {base}"),
+            (None, None) => default_subject(message),
         };
         self.send_with_subject(message, &subject).await
     }

@@ -257,6 +257,7 @@ mod tests {
             remote: IdentityInfo::new(to),
             text: Some("hello".to_owned()),
             html: None,
+            subject: None,
             reply_to: Some("<p@example.org>".to_owned()),
             references: vec!["<root@example.org>".to_owned()],
             attachments: Vec::new(),

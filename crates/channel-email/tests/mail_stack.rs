@@ -59,6 +59,7 @@ fn outgoing(to: &User, client_key: &str, text: &str) -> OutgoingMessage {
         remote: IdentityInfo::new(&to.address),
         text: Some(text.to_owned()),
         html: None,
+        subject: None,
         reply_to: None,
         references: Vec::new(),
         attachments: Vec::new(),
@@ -699,4 +700,30 @@ async fn a_reply_without_thread_headers_finds_its_thread_after_a_restart() {
         "the reply joins the thread the channel saw before it restarted"
     );
     assert_eq!(stored(&reply).conversation, stored(&first).conversation);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subject_the_service_gives_is_the_mails_subject() {
+    let st = stack();
+    let (alice, bob) = (st.user("alice"), st.user("bob"));
+    let alice_channel = channel(st.config(&alice).watch_sent(false));
+    let mut message = outgoing(&bob, &key("subject"), "your order left our warehouse");
+    message.subject = Some("Order 7 shipped".to_owned());
+    alice_channel.send(&message).await.expect("sent");
+    let maildir = st.maildir(&bob);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mails: Vec<String> = ["new", "cur"]
+            .iter()
+            .filter_map(|d| std::fs::read_dir(maildir.join(d)).ok())
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .collect();
+        if let Some(mail) = mails.iter().find(|m| m.contains("your order left")) {
+            assert!(mail.contains("Subject: Order 7 shipped\r\n"), "{mail}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the mail never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

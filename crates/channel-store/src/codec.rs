@@ -24,13 +24,13 @@ pub(crate) const CONVERSATION_COLS: &str = "id, account_id, thread_key, primary_
 
 pub(crate) const MESSAGE_COLS: &str = "id, account_id, conversation_id, identity_id, direction, \
      origin, provider_id, client_key, status, text, html, reply_to, attachments, parse_error, \
-     error, sent_at, created_at, updated_at, defects";
+     error, sent_at, created_at, updated_at, defects, subject";
 
 /// The columns a stored message is read from: [`MESSAGE_COLS`] (what an insert writes), the
 /// time of its latest edit and the time it was deleted.
 pub(crate) const MESSAGE_READ_COLS: &str = "id, account_id, conversation_id, identity_id, \
      direction, origin, provider_id, client_key, status, text, html, reply_to, attachments, \
-     parse_error, error, sent_at, created_at, updated_at, defects, edited_at, deleted_at";
+     parse_error, error, sent_at, created_at, updated_at, defects, subject, edited_at, deleted_at";
 
 pub(crate) const JOB_COLS: &str = "id, kind, account_id, message_id, payload, unique_key, state, \
      attempt, max_attempts, run_at, leased_by, lease_expires_at, last_error, created_at, \
@@ -152,6 +152,7 @@ pub(crate) fn message(row: &Row) -> Result<Message, StoreError> {
         status: MessageStatus::from_str(&row.text("status")?)?,
         text: row.opt_text("text")?,
         html: row.opt_text("html")?,
+        subject: row.opt_text("subject")?,
         reply_to: row.opt_text("reply_to")?,
         attachments: json::<Vec<Attachment>>("attachments", &row.text("attachments")?)?,
         parse_error: row.opt_text("parse_error")?,

@@ -30,7 +30,7 @@ use crate::ops::{self, MAX_MERGE_DEPTH, MsgRow};
 
 /// Values per `IN (...)` list.
 const IN_CHUNK: usize = 512;
-/// Rows per multi-row statement (19 values per message row: 9,500, well below SQLite's
+/// Rows per multi-row statement (20 values per message row: 10,000, well below SQLite's
 /// 32,766 and PostgreSQL's 65,535 parameters).
 const INSERT_CHUNK: usize = 500;
 
@@ -741,6 +741,7 @@ async fn flush(tx: &mut Tx, reqs: &[IngestRequest], w: &Work) -> Res<()> {
                 sent_at: m.sent_at.0,
                 now: req.now.0,
                 defects: ops::check_defects(&m.defects)?,
+                subject: None,
             })
         })
         .collect::<Result<_, Fail>>()?;

@@ -709,6 +709,7 @@ pub(crate) async fn enqueue_send(tx: &mut Tx, req: &SendRequest) -> Res<Message>
     limits::key("client_key", &req.client_key)?;
     limits::opt_text("text", req.text.as_deref(), MAX_TEXT_BYTES)?;
     limits::opt_text("html", req.html.as_deref(), MAX_HTML_BYTES)?;
+    limits::opt_text("subject", req.subject.as_deref(), MAX_NAME_BYTES)?;
     limits::opt_text("reply_to", req.reply_to.as_deref(), limits::MAX_KEY_BYTES)?;
     let origin = req.origin.to_stored();
     limits::text("origin", &origin, MAX_NAME_BYTES)?;
@@ -743,6 +744,7 @@ pub(crate) async fn enqueue_send(tx: &mut Tx, req: &SendRequest) -> Res<Message>
         status: MessageStatus::Pending,
         text: req.text.clone(),
         html: req.html.clone(),
+        subject: req.subject.clone(),
         reply_to: req.reply_to.clone(),
         attachments: req.attachments.clone(),
         parse_error: None,
@@ -772,6 +774,7 @@ pub(crate) async fn enqueue_send(tx: &mut Tx, req: &SendRequest) -> Res<Message>
         sent_at: req.now.0,
         now: req.now.0,
         defects: None,
+        subject: req.subject.as_deref(),
     };
     let mut q = Sql::new(format!("INSERT INTO messages ({}) VALUES ", codec::MESSAGE_COLS));
     row.push(&mut q);
@@ -816,6 +819,8 @@ pub(crate) struct MsgRow<'a> {
     pub(crate) now: i64,
     /// The defects as JSON, `None` for a message stored as delivered.
     pub(crate) defects: Option<String>,
+    /// The subject of a send.
+    pub(crate) subject: Option<&'a str>,
 }
 
 impl<'a> MsgRow<'a> {
@@ -857,6 +862,8 @@ impl<'a> MsgRow<'a> {
             .bind(self.now)
             .push(", ")
             .bind(self.defects.as_deref())
+            .push(", ")
+            .bind(self.subject)
             .push(")");
     }
 }

@@ -114,6 +114,8 @@ async fn a_send_queued_by_one_process_wakes_the_dispatcher_of_another() {
                 conversation_id: conversation,
                 text: Some("hi from b".to_owned()),
                 html: None,
+                subject: None,
+                idempotency_key: None,
                 reply_to: None,
                 attachments: vec![],
                 label: "chat_manual".to_owned(),

@@ -1,12 +1,13 @@
-//! `kill -9` proof: a worker process (`examples/crash_worker.rs`: one account through
-//! channel-core's runtime on SQLite, answering each incoming message once) is killed at the
+//! `kill -9` proof: a worker process (this test binary started again as a child running
+//! [`worker_process`]: one account through channel-core's runtime on SQLite, answering each
+//! incoming message once) is killed at the
 //! worst moments while the loopback server — in this test's process, a process of its own
 //! for the worker — keeps its state. Each time, every reply ends `Sent` exactly once as the
 //! server sees it, with Telegram's id, and the store holds no stray row.
 #![cfg(feature = "testing")]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,16 +24,6 @@ const SEND: u32 = tl::functions::messages::SendMessage::CONSTRUCTOR_ID;
 const GET_STATE: u32 = tl::functions::updates::GetState::CONSTRUCTOR_ID;
 const SETTLE: Duration = Duration::from_secs(60);
 
-/// The worker binary, built by `cargo test` next to this test's binary (an example with
-/// `required-features = ["testing"]`).
-fn worker_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary has a path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
-    let bin = dir.join("examples").join(format!("crash_worker{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "{} missing: run with --features testing", bin.display());
-    bin
-}
-
 /// One worker process and the lines it prints.
 struct Worker {
     child: Child,
@@ -41,9 +32,11 @@ struct Worker {
 
 impl Worker {
     fn start(dir: &Path, reply: bool) -> Self {
-        let mut child = Command::new(worker_binary())
-            .arg(dir.join("worker.db"))
-            .arg(dir.join("session.json"))
+        let exe = std::env::current_exe().expect("the test binary has a path");
+        let mut child = Command::new(exe)
+            .args(["--ignored", "--exact", "worker_process", "--nocapture", "--test-threads=1"])
+            .env("CRASH_WORKER_DB", dir.join("worker.db"))
+            .env("CRASH_WORKER_SESSION", dir.join("session.json"))
             .env("CRASH_WORKER_REPLY", if reply { "1" } else { "0" })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -279,4 +272,125 @@ async fn a_crash_loop_of_thirty_kills_loses_duplicates_and_fails_no_reply() {
     );
     assert!(r.incoming >= 30, "{r:?}");
     assert_eq!(r, clean(r.incoming));
+}
+
+/// The worker process, run when a test above starts this test binary again as a child (with
+/// `CRASH_WORKER_DB` and `CRASH_WORKER_SESSION` set; without them it returns at once): one
+/// Telegram account through channel-core's runtime on SQLite, answering every incoming
+/// message once ("re: <text>", as a reply to it), until it is killed.
+///
+/// The auto-reply is idempotent across crashes: it does not react to events, it looks at what
+/// is stored (every 100 ms) and queues a reply for each incoming message that has none. The
+/// reply and its job are committed together, so a crash never queues one twice. It prints
+/// `stored <provider id>` when it first sees an incoming message stored, and
+/// `queued <provider id>` when it queued its reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the crash tests' worker process, started by them"]
+async fn worker_process() {
+    let (Ok(db), Ok(session)) =
+        (std::env::var("CRASH_WORKER_DB"), std::env::var("CRASH_WORKER_SESSION"))
+    else {
+        return;
+    };
+    // The test harness has printed `test worker_process ... ` without a line end: end it, so
+    // that the worker's own lines stand alone.
+    println!();
+    run_worker(db, session).await.expect("the worker runs until it is killed");
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+async fn run_worker(db: String, session: String) -> Result<(), Error> {
+    use std::collections::HashSet;
+    use std::num::NonZeroU32;
+
+    use channel_core::runtime::{Runtime, StaticChannels};
+    use channel_core::send_policy::{RateLimitPolicy, StorePolicyMemory};
+    use channel_core::state::StateKey;
+    use channel_core::{Engine, NewAccount, OutboundMessage, Timestamp};
+    use channel_telegram::session::SESSION_KEY;
+    use channel_telegram::{TelegramChannel, TelegramConfig};
+    use governor::Quota;
+
+    let reply = std::env::var("CRASH_WORKER_REPLY").map_or(true, |v| v != "0");
+    let store: Arc<dyn Store> = Arc::new(SqlStore::open_sqlite(&db).await?);
+    // Looser than the default limits, so that the replies keep up with the test's traffic;
+    // kept in the store like the default's.
+    let per_minute = |n| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+    let policy = RateLimitPolicy::new(
+        Quota::per_minute(per_minute(600)).allow_burst(per_minute(20)),
+        Quota::per_second(per_minute(2)).allow_burst(per_minute(5)),
+    )
+    .remembered_in(Arc::new(StorePolicyMemory::new(Arc::clone(&store))));
+    let engine = Engine::builder(Arc::clone(&store), StateKey::from_bytes([7; 32]))
+        .send_policy(Arc::new(policy))
+        .provider(Arc::new(channel_telegram::TelegramProvider::new()))
+        .blob_dir(std::path::Path::new(&db).with_extension("blobs"))
+        .worker_id("crash-worker".to_owned())
+        .send_timeout(Duration::from_secs(2))
+        .history_timeout(Duration::from_secs(2))
+        .job_lease_ttl(Duration::from_secs(4))
+        .rescue_interval(Duration::from_millis(500))
+        .poll_interval(Duration::from_millis(200))
+        .build()?;
+    let account = match store.accounts().await?.into_iter().next() {
+        Some(a) => a,
+        None => {
+            let a = store
+                .create_account(
+                    NewAccount::new(channel_telegram::KIND, "crash test"),
+                    Timestamp::now(),
+                )
+                .await?;
+            let bytes = std::fs::read(&session)?;
+            engine.account_state(a.id).put(SESSION_KEY, &bytes).await?;
+            a
+        }
+    };
+    let config = TelegramConfig::new(4242)
+        .send_timeout(Duration::from_millis(1500))
+        .connect_timeout(Duration::from_secs(2))
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500));
+    let channels = StaticChannels::new().with(account.id, Arc::new(TelegramChannel::new(config)));
+    // Killed, never stopped: the runtime is kept alive until then.
+    let _runtime = Runtime::builder(engine.clone(), Arc::new(channels)).start().await?;
+
+    let mut seen = HashSet::new();
+    loop {
+        for c in store.conversations(account.id, None, 1000).await? {
+            let messages = store.messages(c.id, 1000).await?;
+            for m in &messages {
+                let Some(pid) = m.provider_id.as_deref() else { continue };
+                if m.direction != Direction::Inbound {
+                    continue;
+                }
+                if seen.insert(pid.to_owned()) {
+                    println!("stored {pid}");
+                }
+                let answered = messages.iter().any(|r| {
+                    r.direction == Direction::Outbound && r.reply_to.as_deref() == Some(pid)
+                });
+                if reply && !answered {
+                    let text = format!("re: {}", m.text.as_deref().unwrap_or_default());
+                    engine
+                        .send(
+                            Some(account.id),
+                            OutboundMessage {
+                                conversation_id: c.id,
+                                text: Some(text),
+                                html: None,
+                                subject: None,
+                                idempotency_key: None,
+                                reply_to: Some(pid.to_owned()),
+                                attachments: Vec::new(),
+                                label: "auto_reply".to_owned(),
+                            },
+                        )
+                        .await?;
+                    println!("queued {pid}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -78,6 +78,7 @@ fn message(key: &str, caption: Option<&str>, attachments: Vec<Attachment>) -> Ou
         remote: IdentityInfo::new("tg:2001"),
         text: caption.map(str::to_owned),
         html: None,
+        subject: None,
         reply_to: None,
         references: Vec::new(),
         attachments,

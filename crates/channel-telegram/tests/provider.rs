@@ -153,6 +153,8 @@ impl Worker {
             conversation_id: incoming.conversation_id,
             text: Some("yes, how can we help?".to_owned()),
             html: None,
+            subject: None,
+            idempotency_key: None,
             reply_to: incoming.provider_id.clone(),
             attachments: Vec::new(),
             label: "chat_manual".to_owned(),

@@ -226,6 +226,8 @@ async fn answer(
                 conversation_id,
                 text: Some(format!("{greeting} Thanks for writing; someone will answer shortly.")),
                 html: None,
+                subject: None,
+                idempotency_key: None,
                 reply_to: opening.first().and_then(|m| m.provider_id.clone()),
                 attachments: vec![],
                 label: "autoreply".into(),

@@ -172,6 +172,10 @@ pub struct Message {
     pub text: Option<String>,
     /// HTML body.
     pub html: Option<String>,
+    /// The subject of an email sent through [`Engine::send`](crate::Engine::send), if it was
+    /// given.
+    #[serde(default)]
+    pub subject: Option<String>,
     /// The provider id of the message this replies to.
     pub reply_to: Option<String>,
     /// Attachments.
@@ -333,6 +337,14 @@ pub struct OutboundMessage {
     pub text: Option<String>,
     /// HTML (email).
     pub html: Option<String>,
+    /// The subject (email; other providers ignore it). Without one, email uses the first
+    /// line of the text.
+    pub subject: Option<String>,
+    /// The service's idempotency key, unique per account: the same key again returns the
+    /// same message and queues nothing; the same key with other content is
+    /// [`EngineError::IdempotencyConflict`](crate::EngineError::IdempotencyConflict). Kept as
+    /// long as the message (the message id is derived from it).
+    pub idempotency_key: Option<String>,
     /// Provider id of the message this replies to.
     pub reply_to: Option<String>,
     /// Attachments (stored before the message is queued).
@@ -357,10 +369,24 @@ impl OutboundMessage {
             conversation_id: conversation,
             text: Some(text.into()),
             html: None,
+            subject: None,
+            idempotency_key: None,
             reply_to: None,
             attachments: Vec::new(),
             label: "manual".to_owned(),
         }
+    }
+
+    /// With a subject (email).
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// With the service's idempotency key (see [`OutboundMessage::idempotency_key`]).
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
     }
 
     /// With the origin label (such as `autoreply`), stored as `Origin::Service(label)`.

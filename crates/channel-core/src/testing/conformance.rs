@@ -122,6 +122,7 @@ fn send_request(
         client_key: client_key.to_owned(),
         text: Some("hello from the service".to_owned()),
         html: None,
+        subject: Some("Re: hello".to_owned()),
         reply_to: None,
         attachments: Vec::new(),
         max_attempts,

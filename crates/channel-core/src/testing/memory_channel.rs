@@ -160,7 +160,7 @@ pub const MEMORY_LOGIN_TOKEN: &str = "letmein";
 /// let channel = MemoryChannel::new();
 /// channel.script_sends([SendScript::Transient("flaky".into()), SendScript::OkWithId("p-1".into())]);
 /// # let msg = OutgoingMessage { message_id: MessageId::new(), client_key: "k".into(), thread_key: "t".into(),
-/// #     remote: IdentityInfo::new("a"), text: None, html: None, reply_to: None, references: vec![], attachments: vec![] };
+/// #     remote: IdentityInfo::new("a"), text: None, html: None, subject: None, reply_to: None, references: vec![], attachments: vec![] };
 /// assert!(channel.send(&msg).await.is_err());
 /// assert_eq!(channel.send(&msg).await.unwrap().provider_id, "p-1");
 /// assert_eq!(channel.sends().len(), 2);
@@ -245,7 +245,7 @@ impl MemoryChannel {
     /// # use channel_core::{OutgoingMessage, MessageId, IdentityInfo};
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// # let to = |thread: &str| OutgoingMessage { message_id: MessageId::new(), client_key: "k".into(),
-    /// #     thread_key: thread.into(), remote: IdentityInfo::new("a"), text: None, html: None,
+    /// #     thread_key: thread.into(), remote: IdentityInfo::new("a"), text: None, html: None, subject: None,
     /// #     reply_to: None, references: vec![], attachments: vec![] };
     /// let channel = MemoryChannel::new();
     /// channel.script_thread("chat-bob", [SendScript::Permanent("blocked".into())]);

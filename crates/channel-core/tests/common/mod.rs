@@ -53,6 +53,8 @@ pub fn reply(conversation: ConversationId, body: &str) -> OutboundMessage {
         conversation_id: conversation,
         text: Some(body.to_owned()),
         html: None,
+        subject: None,
+        idempotency_key: None,
         reply_to: None,
         attachments: vec![],
         label: "manual".to_owned(),

@@ -152,6 +152,7 @@ pub async fn check_against_memory(sql: &dyn Store, seed: u64, steps: u64) {
                 client_key: format!("ck-{}", rng.below(10)),
                 text: Some("reply".into()),
                 html: None,
+                subject: (rng.below(2) == 0).then(|| "Re: hi".to_owned()),
                 reply_to: None,
                 attachments: Vec::new(),
                 max_attempts: 3,

@@ -113,6 +113,7 @@ pub fn outgoing(thread_key: &str, key: &str, text: &str) -> OutgoingMessage {
         remote: IdentityInfo::new(format!("tg:{thread_key}")),
         text: Some(text.to_owned()),
         html: None,
+        subject: None,
         reply_to: None,
         references: Vec::new(),
         attachments: Vec::new(),

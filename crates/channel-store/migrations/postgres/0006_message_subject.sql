@@ -1,0 +1,2 @@
+-- The subject a service gave a send (email).
+ALTER TABLE messages ADD COLUMN subject TEXT;
