@@ -48,6 +48,15 @@ pub enum EngineError {
     /// An account's configuration was refused by its provider; nothing was saved.
     #[error(transparent)]
     AccountConfig(#[from] crate::provider::ConfigError),
+    /// The conversation is not assigned as the change needs (another operator claimed it
+    /// first, or it was released meanwhile): show the operator who has it.
+    #[error("conversation {conversation} is assigned to {}", assignee.as_deref().unwrap_or("nobody"))]
+    AssignedElsewhere {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Who it is assigned to now.
+        assignee: Option<String>,
+    },
     /// The idempotency key was used before for a message with other content: use a new key
     /// for a new message, or send the same content again.
     #[error("idempotency key `{key}` was used for message {message} with other content")]
@@ -97,6 +106,7 @@ impl From<EngineError> for ChannelError {
             | EngineError::Config(_)
             | EngineError::AccountConfig(_)
             | EngineError::IdempotencyConflict { .. }
+            | EngineError::AssignedElsewhere { .. }
             | EngineError::NoProvider(_)
             | EngineError::InvalidSetting { .. } => ChannelError::Permanent(e.to_string()),
             EngineError::State(

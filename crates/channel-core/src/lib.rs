@@ -16,6 +16,7 @@
 //! * [`testing`] (feature `testing`): `MemoryStore`, `MemoryChannel`, `MemoryProvider` and
 //!   the store conformance suite.
 
+pub mod assignment;
 pub mod blob;
 pub mod channel;
 pub mod clock;

@@ -171,6 +171,7 @@ mod tests {
             expires_at: None,
             closed_at: None,
             version: 1,
+            assignee: None,
         }
     }
 

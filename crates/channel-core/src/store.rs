@@ -19,6 +19,15 @@ use crate::model::*;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
+    /// The conversation's assignee is no longer the one the caller expected (another
+    /// operator claimed it first): re-read and decide again.
+    #[error("conversation {id} is assigned to {}", current.as_deref().unwrap_or("nobody"))]
+    AssigneeChanged {
+        /// The conversation.
+        id: String,
+        /// Who it is assigned to now.
+        current: Option<String>,
+    },
     /// The row does not exist: check the id.
     #[error("{what} {id} not found")]
     NotFound {
@@ -367,6 +376,17 @@ pub trait Store: Send + Sync + 'static {
         conversation: ConversationId,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError>;
+    /// Sets a conversation's assignee if it is `expected` now (compare-and-set, so that two
+    /// operators never both get it), bumping its version; returns it as stored afterwards.
+    /// [`StoreError::AssigneeChanged`] names the current assignee when it is not `expected`;
+    /// `NotFound` for an unknown conversation.
+    async fn set_assignee(
+        &self,
+        conversation: ConversationId,
+        expected: Option<&str>,
+        assignee: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Conversation, StoreError>;
     /// The account's messages that were stored degraded (with [`defects`](Message::defects)),
     /// newest first (by the time they were stored, then id), at most `limit`; with `code`,
     /// only those with a defect of that code (such as

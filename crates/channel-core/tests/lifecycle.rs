@@ -161,3 +161,46 @@ async fn a_sweep_racing_messages_never_leaves_two_open_conversations_for_a_threa
         assert!(active <= 1, "thread t{t} has {active} active conversations");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn operators_claim_release_and_transfer_a_conversation_and_each_change_is_published() {
+    use channel_core::assignment::Assignment;
+    let mut h = harness().await;
+    let conversation = h.conversation("chat").await;
+    h.drain_events();
+
+    let claimed = h.engine.assign(conversation, Assignment::Claim { operator: "ana" }).await;
+    assert_eq!(claimed.unwrap().assignee.as_deref(), Some("ana"));
+    let again = h.engine.assign(conversation, Assignment::Claim { operator: "ana" }).await;
+    assert_eq!(again.unwrap().assignee.as_deref(), Some("ana"), "claiming twice is harmless");
+    match h.engine.assign(conversation, Assignment::Claim { operator: "ben" }).await {
+        Err(EngineError::AssignedElsewhere { assignee, .. }) => {
+            assert_eq!(assignee.as_deref(), Some("ana"))
+        }
+        r => panic!("ben must not get it: {r:?}"),
+    }
+    let not_his = h.engine.assign(conversation, Assignment::Release { operator: "ben" }).await;
+    assert!(matches!(not_his, Err(EngineError::AssignedElsewhere { .. })));
+    let moved = Assignment::Transfer { from: "ana", to: "ben" };
+    assert_eq!(
+        h.engine.assign(conversation, moved).await.unwrap().assignee.as_deref(),
+        Some("ben")
+    );
+    let released = h.engine.assign(conversation, Assignment::Release { operator: "ben" }).await;
+    assert_eq!(released.unwrap().assignee, None);
+    let empty = h.engine.assign(conversation, Assignment::Claim { operator: "" }).await;
+    assert!(matches!(empty, Err(EngineError::Invalid(_))));
+    let unknown = h.engine.assign(ConversationId::new(), Assignment::Claim { operator: "x" }).await;
+    assert!(matches!(unknown, Err(EngineError::UnknownConversation(_))));
+
+    let assigned: Vec<(Option<String>, Option<String>)> = h
+        .drain_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ConversationAssigned { assignee, previous, .. } => Some((assignee, previous)),
+            _ => None,
+        })
+        .collect();
+    let s = |v: &str| Some(v.to_owned());
+    assert_eq!(assigned, vec![(s("ana"), None), (s("ben"), s("ana")), (None, s("ben"))]);
+}

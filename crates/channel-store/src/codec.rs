@@ -22,6 +22,11 @@ pub(crate) const IDENTITY_COLS: &str = "id, account_id, address, display_name, u
 pub(crate) const CONVERSATION_COLS: &str = "id, account_id, thread_key, primary_identity, \
      contact_id, status, opened_at, last_activity_at, expires_at, closed_at, version";
 
+/// The columns a conversation is read from: [`CONVERSATION_COLS`] (what an insert writes) and
+/// its assignee.
+pub(crate) const CONVERSATION_READ_COLS: &str = "id, account_id, thread_key, primary_identity, \
+     contact_id, status, opened_at, last_activity_at, expires_at, closed_at, version, assignee";
+
 pub(crate) const MESSAGE_COLS: &str = "id, account_id, conversation_id, identity_id, direction, \
      origin, provider_id, client_key, status, text, html, reply_to, attachments, parse_error, \
      error, sent_at, created_at, updated_at, defects, subject";
@@ -136,6 +141,7 @@ pub(crate) fn conversation(row: &Row) -> Result<Conversation, StoreError> {
         expires_at: opt_ts(row, "expires_at")?,
         closed_at: opt_ts(row, "closed_at")?,
         version: row.int("version")?,
+        assignee: row.opt_text("assignee")?,
     })
 }
 

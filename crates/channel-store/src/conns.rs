@@ -238,6 +238,31 @@ impl<C: RawConn> ConnTx<C> {
     }
 }
 
+impl<C: RawConn> ConnTx<C> {
+    /// Rolls back now rather than before the connection's next use, so that the row locks
+    /// of a failed transaction are let go at once.
+    pub(crate) async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        if !self.begun || self.done {
+            return Ok(());
+        }
+        let r = match self.held.conn() {
+            Ok(conn) => conn.run_raw("ROLLBACK").await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => {
+                self.mark_committed();
+                Ok(())
+            }
+            Err(e) => {
+                // The rollback stays owed before the connection's next use.
+                self.held.check(&e);
+                Err(e)
+            }
+        }
+    }
+}
+
 impl<C: Connection> Drop for ConnTx<C> {
     fn drop(&mut self) {
         if self.begun && !self.done {

@@ -142,6 +142,17 @@ impl Tx {
         }
     }
 
+    /// Rolls back now. Dropping a transaction only queues its rollback until the connection
+    /// is used again, and on PostgreSQL its row locks (`FOR UPDATE`) are held until then:
+    /// an operation that fails after locking must roll back at once.
+    pub(crate) async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Sqlite(t) => t.rollback().await,
+            #[cfg(feature = "postgres")]
+            Tx::Pg(t) => t.rollback().await,
+        }
+    }
+
     pub(crate) async fn execute(
         &mut self,
         sql: &str,

@@ -237,6 +237,8 @@ fn conversation_from(r: ConversationRow) -> Result<Conversation, StoreError> {
         expires_at: r.8.map(Timestamp),
         closed_at: r.9.map(Timestamp),
         version: r.10,
+        // Not part of the packed read; ingest never writes it back.
+        assignee: None,
     })
 }
 
@@ -398,7 +400,10 @@ async fn prefetch(tx: &mut Tx, reqs: &[IngestRequest], w: &mut Work) -> Res<()> 
     referenced_conversations.dedup();
     for chunk in referenced_conversations.chunks(IN_CHUNK) {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        let mut q = Sql::new(format!("SELECT {CONVERSATION_COLS} FROM conversations WHERE id IN "));
+        let mut q = Sql::new(format!(
+            "SELECT {} FROM conversations WHERE id IN ",
+            codec::CONVERSATION_READ_COLS
+        ));
         q.in_list(&refs);
         for row in tx.fetch_all(&q.text, &q.args).await? {
             let c = codec::conversation(&row)?;
@@ -640,6 +645,7 @@ fn apply(w: &mut Work, i: usize, req: &IngestRequest) -> Res<IngestOutcome> {
                     expires_at: req.policy.expire_after.map(|d| now.plus(d)),
                     closed_at: None,
                     version: 0,
+                    assignee: None,
                 };
                 w.conversations
                     .insert(id, Conv { read_status: conv.status, conv, new: true, dirty: true });

@@ -261,12 +261,22 @@ macro_rules! write_tx {
         loop {
             let result: $crate::error::Res<_> = async {
                 let mut tx = store.pools().begin_write().await?;
-                let value = {
+                let value: $crate::error::Res<_> = async {
                     let $tx = &mut tx;
-                    $body
-                };
-                tx.commit().await?;
-                Ok(value)
+                    Ok($body)
+                }
+                .await;
+                match value {
+                    Ok(value) => {
+                        tx.commit().await?;
+                        Ok(value)
+                    }
+                    Err(fail) => {
+                        // At once, so that no lock outlives the failed operation.
+                        let _ = tx.rollback().await;
+                        Err(fail)
+                    }
+                }
             }
             .await;
             match result {

@@ -332,6 +332,35 @@ pub(crate) async fn merge_identities(
 
 // ----- conversations -----
 
+/// See [`Store::set_assignee`](channel_core::Store::set_assignee).
+pub(crate) async fn set_assignee(
+    tx: &mut Tx,
+    id: ConversationId,
+    expected: Option<&str>,
+    assignee: Option<&str>,
+) -> Res<Conversation> {
+    if let Some(a) = assignee {
+        limits::key("assignee", a)?;
+    }
+    let Some(current) = conversation_in(tx.ex(), id, true).await? else {
+        return Err(StoreError::not_found("conversation", id).into());
+    };
+    if current.assignee.as_deref() != expected {
+        return Err(
+            StoreError::AssigneeChanged { id: id.to_string(), current: current.assignee }.into()
+        );
+    }
+    let sql = format!(
+        "UPDATE conversations SET assignee = ?, version = version + 1 WHERE id = ? RETURNING {}",
+        codec::CONVERSATION_READ_COLS
+    );
+    let id_s = id.to_string();
+    match tx.fetch_optional(&sql, &[Arg::OptText(assignee), Arg::Text(&id_s)]).await? {
+        Some(row) => Ok(codec::conversation(&row)?),
+        None => Err(StoreError::not_found("conversation", id).into()),
+    }
+}
+
 pub(crate) async fn conversation_in(
     ex: Ex<'_>,
     id: ConversationId,
@@ -339,7 +368,7 @@ pub(crate) async fn conversation_in(
 ) -> Res<Option<Conversation>> {
     let sql = format!(
         "SELECT {} FROM conversations WHERE id = ?{}",
-        codec::CONVERSATION_COLS,
+        codec::CONVERSATION_READ_COLS,
         if lock && ex.is_pg() { " FOR UPDATE" } else { "" }
     );
     let id = id.to_string();
@@ -364,7 +393,7 @@ pub(crate) async fn conversations(
     let acc = account.to_string();
     let mut q = Sql::new(format!(
         "SELECT {} FROM conversations WHERE account_id = ",
-        codec::CONVERSATION_COLS
+        codec::CONVERSATION_READ_COLS
     ));
     q.bind(acc.as_str());
     if let Some(s) = status {
@@ -382,7 +411,7 @@ pub(crate) async fn active_conversation(
     let sql = format!(
         "SELECT {} FROM conversations WHERE account_id = ? AND thread_key = ? \
          AND status IN ('open', 'idle')",
-        codec::CONVERSATION_COLS
+        codec::CONVERSATION_READ_COLS
     );
     let acc = account.to_string();
     match ex.fetch_optional(&sql, &[Arg::Text(&acc), Arg::Text(thread_key)]).await? {
@@ -404,7 +433,7 @@ pub(crate) async fn due_conversations(
     let acc = account.to_string();
     let mut q = Sql::new(format!(
         "SELECT {} FROM conversations WHERE account_id = ",
-        codec::CONVERSATION_COLS
+        codec::CONVERSATION_READ_COLS
     ));
     q.bind(acc.as_str()).push(" AND status IN ('open', 'idle') AND (");
     let mut first = true;
@@ -472,7 +501,7 @@ pub(crate) async fn set_conversation_status(
     let sql = format!(
         "UPDATE conversations SET status = ?, closed_at = ?, version = version + 1 \
          WHERE id = ? AND version = ? RETURNING {}",
-        codec::CONVERSATION_COLS
+        codec::CONVERSATION_READ_COLS
     );
     let ids = id.to_string();
     let row = tx

@@ -231,6 +231,19 @@ impl Store for SqlStore {
         self.run("messages", ops::messages(self.pools().reader(), conversation, limit)).await
     }
 
+    async fn set_assignee(
+        &self,
+        conversation: ConversationId,
+        expected: Option<&str>,
+        assignee: Option<&str>,
+        _now: Timestamp,
+    ) -> Result<Conversation, StoreError> {
+        self.run("set_assignee", async {
+            write_tx!(self, |tx| ops::set_assignee(tx, conversation, expected, assignee).await?)
+        })
+        .await
+    }
+
     async fn messages_with_defects(
         &self,
         account: AccountId,

@@ -85,6 +85,11 @@ pub struct Conversation {
     pub closed_at: Option<Timestamp>,
     /// Bumped on every change, for compare-and-set.
     pub version: i64,
+    /// The operator the conversation is assigned to (the service's own id of the person), if
+    /// any: claimed, released and transferred with
+    /// [`Engine::assign`](crate::Engine::assign), never two at once.
+    #[serde(default)]
+    pub assignee: Option<String>,
 }
 
 /// What a new message does to a thread whose latest conversation is closed or expired.

@@ -86,6 +86,18 @@ pub enum Event {
         /// The new status.
         status: ConversationStatus,
     },
+    /// A conversation was claimed, released or transferred (see
+    /// [`Engine::assign`](crate::Engine::assign)).
+    ConversationAssigned {
+        /// The account.
+        account_id: AccountId,
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The operator it is assigned to now; `None` when released.
+        assignee: Option<String>,
+        /// The operator it was assigned to before.
+        previous: Option<String>,
+    },
     /// An account's connection state changed.
     AccountStateChanged {
         /// The account.

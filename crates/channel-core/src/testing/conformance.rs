@@ -745,6 +745,52 @@ pub async fn defects_round_trip_and_degraded_messages_are_listed_by_code(store: 
     assert!(matches!(refused, Err(StoreError::InvalidInput { .. })), "{refused:?}");
 }
 
+/// A conversation's assignee is set by compare-and-set: of operators claiming at once exactly
+/// one gets it; releasing or transferring needs the current holder; ingest keeps it.
+pub async fn assignment_is_compare_and_set_and_survives_ingest(store: Arc<dyn Store>) {
+    let account = new_account(&*store, "a", T0).await;
+    let first =
+        ingest(&*store, account.id, inbound("p-1", "chat", "alice", "hi", at(1)), at(1)).await;
+    let id = first.conversation_id;
+    let version = store.conversation(id).await.expect("conversation").version;
+
+    let claims = (0..10).map(|i| {
+        let store = Arc::clone(&store);
+        async move { store.set_assignee(id, None, Some(&format!("op-{i}")), at(2)).await }
+    });
+    let results = futures::future::join_all(claims).await;
+    let winners: Vec<&Conversation> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "exactly one operator gets it: {results:?}");
+    let holder = winners[0].assignee.clone().expect("assigned");
+    assert_eq!(winners[0].version, version + 1, "the version moves");
+    for r in &results {
+        if let Err(e) = r {
+            assert!(
+                matches!(e, StoreError::AssigneeChanged { current, .. } if current.as_deref() == Some(holder.as_str())),
+                "the losers are told who has it: {e:?}"
+            );
+        }
+    }
+
+    let wrong = store.set_assignee(id, Some("somebody-else"), None, at(3)).await;
+    assert!(matches!(wrong, Err(StoreError::AssigneeChanged { .. })), "{wrong:?}");
+    let moved =
+        store.set_assignee(id, Some(&holder), Some("op-boss"), at(3)).await.expect("transfer");
+    assert_eq!(moved.assignee.as_deref(), Some("op-boss"));
+
+    ingest(&*store, account.id, inbound("p-2", "chat", "alice", "still there?", at(4)), at(4))
+        .await;
+    let read = store.conversation(id).await.expect("conversation");
+    assert_eq!(read.assignee.as_deref(), Some("op-boss"), "a new message keeps the assignee");
+    let listed = store.conversations(account.id, None, 10).await.expect("list");
+    assert_eq!(listed[0].assignee.as_deref(), Some("op-boss"));
+
+    let released = store.set_assignee(id, Some("op-boss"), None, at(5)).await.expect("release");
+    assert_eq!(released.assignee, None);
+    let unknown = store.set_assignee(ConversationId::new(), None, Some("x"), at(6)).await;
+    assert!(matches!(unknown, Err(StoreError::NotFound { .. })), "{unknown:?}");
+}
+
 /// A batch is ingested in order with the per-message rules (duplicates, also within the
 /// batch); a refused batch can be retried and then stores each message once.
 pub async fn ingest_batch_in_order_with_dedup(store: Arc<dyn Store>) {
@@ -2028,6 +2074,7 @@ macro_rules! store_conformance_tests {
             cursor_is_written_with_the_message_and_not_on_failure,
             ingest_batch_in_order_with_dedup,
             defects_round_trip_and_degraded_messages_are_listed_by_code,
+            assignment_is_compare_and_set_and_survives_ingest,
             identity_link_unlink_and_merge,
             listings_are_ordered_and_limited,
             conversation_status_is_compare_and_set,

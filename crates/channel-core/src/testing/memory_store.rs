@@ -399,6 +399,7 @@ impl Inner {
                                 expires_at: req.policy.expire_after.map(|d| now.plus(d)),
                                 closed_at: None,
                                 version: 0,
+                                assignee: None,
                             },
                         );
                         opened = true;
@@ -955,6 +956,30 @@ impl Store for MemoryStore {
         out.sort_by_key(|m| (m.sent_at, m.id));
         out.truncate(limit);
         Ok(out)
+    }
+
+    async fn set_assignee(
+        &self,
+        conversation: ConversationId,
+        expected: Option<&str>,
+        assignee: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Conversation, StoreError> {
+        self.injected("set_assignee")?;
+        let mut inner = self.lock();
+        let Some(c) = inner.conversations.get_mut(&conversation) else {
+            return Err(StoreError::not_found("conversation", conversation));
+        };
+        if c.assignee.as_deref() != expected {
+            return Err(StoreError::AssigneeChanged {
+                id: conversation.to_string(),
+                current: c.assignee.clone(),
+            });
+        }
+        c.assignee = assignee.map(str::to_owned);
+        c.version += 1;
+        let _ = now;
+        Ok(c.clone())
     }
 
     async fn messages_with_defects(
