@@ -349,7 +349,15 @@ fn placeholder(req: &IngestRequest, field: &str, reason: &str, minimal: bool) ->
             cursor: m.cursor.clone(),
         }
     };
-    IngestRequest { message, ..req.clone() }
+    IngestRequest {
+        account_id: req.account_id,
+        new_message_id: req.new_message_id,
+        new_identity_id: req.new_identity_id,
+        new_conversation_id: req.new_conversation_id,
+        message,
+        policy: req.policy,
+        now: req.now,
+    }
 }
 
 /// The events an ingest outcome publishes.

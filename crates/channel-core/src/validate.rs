@@ -368,8 +368,25 @@ fn degrade_name(
     Some(name)
 }
 
-/// A body as stored: NUL bytes replaced, cut at the limit with the whole body kept as an
-/// attachment (returned) when it fits the blob limit.
+/// A body as stored: NUL bytes replaced, cut at `max` bytes on a character boundary (with a
+/// defect). Returns the stored body and, when it was cut, the whole one.
+fn cut_body(
+    field: &str,
+    body: String,
+    max: usize,
+    out: &mut Defects<'_>,
+) -> (String, Option<String>) {
+    let body = without_nul(field, body, out);
+    if body.len() <= max {
+        return (body, None);
+    }
+    let code = if field == "html" { defect::HTML_TRUNCATED } else { defect::TEXT_TRUNCATED };
+    out.push(Defect::new(code).field(field).size(body.len() as u64).limit(max as u64));
+    (truncate_utf8(&body, max).to_owned(), Some(body))
+}
+
+/// A delivered body as stored ([`cut_body`]), the whole body kept as an attachment (returned)
+/// when it was cut and fits the blob limit.
 fn degrade_body(
     field: &str,
     body: Option<String>,
@@ -379,24 +396,19 @@ fn degrade_body(
     out: &mut Defects<'_>,
 ) -> (Option<String>, Option<InboundAttachment>) {
     let Some(body) = body else { return (None, None) };
-    let body = without_nul(field, body, out);
-    if body.len() <= max {
-        return (Some(body), None);
-    }
-    let code = if field == "html" { defect::HTML_TRUNCATED } else { defect::TEXT_TRUNCATED };
-    out.push(Defect::new(code).field(field).size(body.len() as u64).limit(max as u64));
-    let cut = truncate_utf8(&body, max).to_owned();
-    if body.len() as u64 <= blob_max {
+    let (cut, whole) = cut_body(field, body, max, out);
+    let Some(whole) = whole else { return (Some(cut), None) };
+    if whole.len() as u64 <= blob_max {
         let (name, mime_type) = keep_as;
         let kept = InboundAttachment {
             name: Some(name.to_owned()),
             mime_type: mime_type.to_owned(),
-            data: bytes::Bytes::from(body.into_bytes()),
+            data: bytes::Bytes::from(whole.into_bytes()),
         };
         (Some(cut), Some(kept))
     } else {
         out.push(
-            Defect::new(defect::RAW_NOT_KEPT).field(field).size(body.len() as u64).limit(blob_max),
+            Defect::new(defect::RAW_NOT_KEPT).field(field).size(whole.len() as u64).limit(blob_max),
         );
         (Some(cut), None)
     }
@@ -594,18 +606,8 @@ pub fn degrade_inbound(m: InboundMessage, l: &Limits, blob_max: u64) -> InboundM
 pub fn degrade_edit(e: InboundEdit, l: &Limits) -> (InboundEdit, Vec<Defect>) {
     let mut out = Defects { list: Vec::new(), limits: l };
     let provider_id = degrade_id("provider_id", e.provider_id, l, &mut out).unwrap_or_default();
-    let mut body = |field: &str, b: Option<String>, max: usize| {
-        let b = without_nul(field, b?, &mut out);
-        if b.len() > max {
-            let code =
-                if field == "html" { defect::HTML_TRUNCATED } else { defect::TEXT_TRUNCATED };
-            out.push(Defect::new(code).field(field).size(b.len() as u64).limit(max as u64));
-            return Some(truncate_utf8(&b, max).to_owned());
-        }
-        Some(b)
-    };
-    let text = body("text", e.text, l.text);
-    let html = body("html", e.html, l.html);
+    let text = e.text.map(|t| cut_body("text", t, l.text, &mut out).0);
+    let html = e.html.map(|h| cut_body("html", h, l.html, &mut out).0);
     (InboundEdit { provider_id, text, html, edited_at: e.edited_at }, out.finish())
 }
 

@@ -209,7 +209,8 @@ impl<C: Connection> ConnTx<C> {
         self.held.check(e);
     }
 
-    /// Records that a statement ended with a `COMMIT` that went through.
+    /// Records that the transaction ended (a `COMMIT` or `ROLLBACK` went through): no
+    /// rollback is owed.
     pub(crate) fn mark_committed(&mut self) {
         self.done = true;
         self.held.set_needs_rollback(false);
@@ -217,36 +218,24 @@ impl<C: Connection> ConnTx<C> {
 }
 
 impl<C: RawConn> ConnTx<C> {
-    pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
-        if !self.begun || self.done {
-            return Ok(());
-        }
-        let r = match self.held.conn() {
-            Ok(conn) => conn.run_raw("COMMIT").await,
-            Err(e) => Err(e),
-        };
-        match r {
-            Ok(()) => {
-                self.mark_committed();
-                Ok(())
-            }
-            Err(e) => {
-                self.held.check(&e);
-                Err(e)
-            }
-        }
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.finish("COMMIT").await
     }
-}
 
-impl<C: RawConn> ConnTx<C> {
     /// Rolls back now rather than before the connection's next use, so that the row locks
     /// of a failed transaction are let go at once.
-    pub(crate) async fn rollback(mut self) -> Result<(), sqlx::Error> {
+    pub(crate) async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.finish("ROLLBACK").await
+    }
+
+    /// Ends the transaction with `statement`; if that fails, the rollback stays owed before
+    /// the connection's next use.
+    async fn finish(mut self, statement: &'static str) -> Result<(), sqlx::Error> {
         if !self.begun || self.done {
             return Ok(());
         }
         let r = match self.held.conn() {
-            Ok(conn) => conn.run_raw("ROLLBACK").await,
+            Ok(conn) => conn.run_raw(statement).await,
             Err(e) => Err(e),
         };
         match r {
@@ -255,7 +244,6 @@ impl<C: RawConn> ConnTx<C> {
                 Ok(())
             }
             Err(e) => {
-                // The rollback stays owed before the connection's next use.
                 self.held.check(&e);
                 Err(e)
             }
