@@ -18,7 +18,7 @@ use crate::model::*;
 use crate::provider::{Provider, Providers};
 use crate::retry::RetryPolicy;
 use crate::send_policy::{RateLimitPolicy, SendPolicy, StorePolicyMemory};
-use crate::state::{AccountState, StateCipher, StateKey};
+use crate::state::{AccountState, StateCipher, StateKeys};
 use crate::store::{Notification, Store, StoreError};
 use crate::validate::Limits;
 
@@ -197,7 +197,7 @@ impl EngineConfig {
 /// ```
 pub struct EngineBuilder {
     store: Arc<dyn Store>,
-    key: StateKey,
+    keys: StateKeys,
     blobs: Option<BlobStore>,
     blob_dir: Option<PathBuf>,
     clock: Arc<dyn Clock>,
@@ -384,7 +384,7 @@ impl EngineBuilder {
         });
         Ok(Engine {
             inner: Arc::new(Inner {
-                cipher: Arc::new(StateCipher::new(&self.key)),
+                cipher: Arc::new(StateCipher::from_keys(&self.keys)),
                 store: self.store,
                 blobs,
                 clock: self.clock,
@@ -436,11 +436,13 @@ impl fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Starts building an engine on `store`, encrypting account state under `state_key`.
-    pub fn builder(store: Arc<dyn Store>, state_key: StateKey) -> EngineBuilder {
+    /// Starts building an engine on `store`, encrypting account state under `state_keys`: a
+    /// [`StateKey`](crate::state::StateKey), or a keyring ([`StateKeys`]) whose first key
+    /// seals and whose every key opens.
+    pub fn builder(store: Arc<dyn Store>, state_keys: impl Into<StateKeys>) -> EngineBuilder {
         EngineBuilder {
             store,
-            key: state_key,
+            keys: state_keys.into(),
             blobs: None,
             blob_dir: None,
             clock: Arc::new(SystemClock),

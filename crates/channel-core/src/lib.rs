@@ -36,6 +36,7 @@ pub mod retry;
 pub mod runtime;
 pub mod send_policy;
 pub mod state;
+mod state_keys;
 pub mod store;
 #[cfg(any(feature = "testing", doc))]
 pub mod testing;

@@ -13,11 +13,11 @@ use crate::send_policy::{SendContext, SendDecision};
 use crate::store::{SendRequest, StoreError};
 use crate::validate;
 
-/// How the `error` of a message starts when the provider accepted it but the store refused
-/// its provider id (already stored for another message of the account): the message is
-/// final (`Failed`), the recipient did get it, and the engine never sends it again. Services
-/// can tell this case from a real failure by this prefix (and should not offer a re-send).
-pub const SENT_BUT_NOT_RECORDED: &str = "sent but not recorded";
+/// How the `error` note of a `Sent` message starts when the provider accepted it but the
+/// store refused its provider id for good (another message of the account holds it, such as
+/// the inbound copy of a mail sent to the account's own address): the message is `Sent`
+/// without a provider id, the recipient did get it, and the engine never sends it again.
+pub const SENT_BUT_NOT_RECORDED: &str = "sent, but its provider id is not recorded";
 
 /// A short class of a store error, for logs and metrics.
 pub(crate) fn store_error_class(e: &StoreError) -> &'static str {
@@ -281,7 +281,8 @@ impl Engine {
         }
     }
 
-    /// The `Failed` outcome of a send the provider accepted under an id the store refuses.
+    /// The outcome of a send the provider accepted under an id the store refuses: `Sent`,
+    /// without the id.
     fn not_recorded(
         &self,
         job: &Job,
@@ -289,7 +290,7 @@ impl Engine {
         receipt: &SendReceipt,
         err: &StoreError,
     ) -> MessageOutcome {
-        let reason = format!(
+        let note = format!(
             "{SENT_BUT_NOT_RECORDED}: the provider accepted it as `{}`, but the store refused that id ({err}); it is not sent again",
             receipt.provider_id.replace('\0', "\u{FFFD}")
         );
@@ -297,9 +298,9 @@ impl Engine {
             job = %job.id,
             message = %message.id,
             error = %err,
-            "sent, but the store refused the provider id: completing the job with the message failed"
+            "sent, but the store refused the provider id: recording the message sent without it"
         );
-        MessageOutcome::Failed { error: reason }
+        MessageOutcome::SentUnlinked { at: receipt.at, note }
     }
 
     /// Records a send the provider accepted, and never calls the channel again for it.
@@ -312,13 +313,11 @@ impl Engine {
     ///   become one row ([`Store::merge_stray`](crate::Store::merge_stray)): the copy is
     ///   removed, the message ends `Sent` with the id, and `MessageMerged { kept, removed }`
     ///   is published before `MessageSent`.
-    /// * If the store refuses it for good (`InvalidInput`: the provider id is already stored
-    ///   for another message of the account, or cannot be stored), the job is completed with
-    ///   the message `Failed`, its `error` starting with [`SENT_BUT_NOT_RECORDED`] and naming
-    ///   the provider id: a final state, honest about what happened (the recipient got it;
-    ///   the store could not link it), and not a dead letter, since nothing may be re-driven.
-    ///   `MessageStatusChanged { Failed }` is published. The status cannot be `Sent`: the
-    ///   contract's `Sent` outcome requires the provider id that was refused.
+    /// * If the store refuses it for good (`InvalidInput`: the provider id is held by an
+    ///   inbound message of the account or cannot be stored), the job is completed with the
+    ///   message `Sent` without a provider id ([`MessageOutcome::SentUnlinked`]), its `error`
+    ///   note starting with [`SENT_BUT_NOT_RECORDED`] and naming the id: delivered mail is
+    ///   never shown as failed, and nothing is re-driven. `MessageSent` is published.
     /// * If the lease is lost, or the store stays unavailable past the window, the job is
     ///   left to the rescuer; its next attempt calls the channel again **with the same client
     ///   key**, which the provider deduplicates (Telegram `random_id`, email Message-ID), so
@@ -346,26 +345,21 @@ impl Engine {
                     metrics::counter!("channel_messages_sent_total").increment(1);
                     if refused {
                         run.count("sent_not_recorded");
-                        self.publish_if_failed(message.account_id, message.id).await;
-                    } else {
-                        if tries > 1 && merged.is_none() {
-                            tracing::info!(job = %job.id, message = %message.id, tries, "the send was recorded after store failures");
-                        }
-                        if let Some(removed) = merged {
-                            metrics::counter!("channel_messages_merged_total").increment(1);
-                            let event = Event::MessageMerged {
-                                account_id: message.account_id,
-                                kept: message.id,
-                                removed,
-                            };
-                            self.inner.events.publish(event).await;
-                        }
-                        let event = Event::MessageSent {
+                    } else if tries > 1 && merged.is_none() {
+                        tracing::info!(job = %job.id, message = %message.id, tries, "the send was recorded after store failures");
+                    }
+                    if let Some(removed) = merged {
+                        metrics::counter!("channel_messages_merged_total").increment(1);
+                        let event = Event::MessageMerged {
                             account_id: message.account_id,
-                            message_id: message.id,
+                            kept: message.id,
+                            removed,
                         };
                         self.inner.events.publish(event).await;
                     }
+                    let event =
+                        Event::MessageSent { account_id: message.account_id, message_id: message.id };
+                    self.inner.events.publish(event).await;
                     return;
                 }
                 Err(StoreError::LeaseLost { .. }) => {

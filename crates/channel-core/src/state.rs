@@ -1,13 +1,18 @@
 //! Encrypted account state: the small per-account key-value space where providers keep their
 //! sessions and cursors, and nowhere else.
 //!
-//! Values are sealed with XChaCha20-Poly1305 under a 256-bit [`StateKey`] that the embedding
-//! service supplies. Each value gets a fresh random 24-byte nonce; the account id and the key
-//! are authenticated as associated data, so a sealed value copied to another slot or another
-//! account does not open. A wrong key or a tampered value is a [`StateError::Decrypt`], never a
-//! panic. Keys never appear in `Debug` output.
+//! Values are sealed with XChaCha20-Poly1305 under the first 256-bit [`StateKey`] of the
+//! [`StateKeys`] that the embedding service supplies (see [`StateKeys`] for the keys file,
+//! the environment variable and rotation). Each value gets a fresh random 24-byte nonce; the
+//! account id, the slot and the key id are authenticated as associated data, so a sealed value
+//! copied to another slot or another account does not open. A wrong key or a tampered value is
+//! a [`StateError::Decrypt`], a value under a key this process lacks a
+//! [`StateError::MissingKey`] naming its id, never a panic. Keys never appear in `Debug`
+//! output.
 //!
-//! Sealed layout: `0x01 ‖ nonce (24 bytes) ‖ ciphertext ‖ tag (16 bytes)`.
+//! Sealed layout: `0x02 ‖ key id (4 bytes) ‖ nonce (24 bytes) ‖ ciphertext ‖ tag (16 bytes)`.
+//! Values of the first layout (`0x01 ‖ nonce ‖ ciphertext ‖ tag`, without a key id) still
+//! open, under whichever key of the ring opens them, and are re-sealed by a rotation.
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,16 +20,20 @@ use std::time::Duration;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use secrecy::{ExposeSecret, SecretBox, SecretSlice, SecretString};
+use secrecy::SecretSlice;
 
 use crate::model::AccountId;
+use crate::state_keys::KEY_ID_LEN;
+pub use crate::state_keys::{CHANNEL_STATE_KEYS, StateKey, StateKeyId, StateKeys};
 use crate::store::{Store, StoreError};
 use crate::with_timeout;
 
-const VERSION: u8 = 1;
+const V1: u8 = 1;
+const V2: u8 = 2;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
-const AAD_DOMAIN: &[u8] = b"channel-core/account-state/v1";
+const AAD_V1: &[u8] = b"channel-core/account-state/v1";
+const AAD_V2: &[u8] = b"channel-core/account-state/v2";
 
 /// Why reading or writing account state failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +54,22 @@ pub enum StateError {
         /// The state key.
         key: String,
     },
+    /// The value is sealed under a key this process does not have.
+    #[error(
+        "account state `{key}` is sealed under state key {key_id}, which this process does not have: add that key to its keyring (the keys file or CHANNEL_STATE_KEYS)"
+    )]
+    MissingKey {
+        /// The state key (the slot).
+        key: String,
+        /// The id of the missing key.
+        key_id: StateKeyId,
+    },
     /// The key could not be parsed.
     #[error("invalid state key: {0}")]
     InvalidKey(&'static str),
+    /// A keyring (its file or environment variable) could not be read.
+    #[error("state keys: {0}")]
+    KeysFile(String),
     /// Encryption failed (practically impossible: the value is too large).
     #[error("account state `{key}` could not be encrypted")]
     Encrypt {
@@ -59,46 +81,8 @@ pub enum StateError {
     Store(#[from] StoreError),
 }
 
-/// The 256-bit key that account state is encrypted under. Held in a [`SecretBox`] (zeroed on
-/// drop, redacted in `Debug`).
-pub struct StateKey(SecretBox<[u8; 32]>);
-
-impl StateKey {
-    /// A key from 32 raw bytes.
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(SecretBox::new(Box::new(bytes)))
-    }
-
-    /// A key from 64 hex digits (for example from an environment variable).
-    ///
-    /// ```
-    /// use channel_core::state::StateKey;
-    /// let key = StateKey::from_hex(&"00".repeat(32).into()).unwrap();
-    /// assert_eq!(format!("{key:?}"), "StateKey([REDACTED])");
-    /// assert!(StateKey::from_hex(&"zz".into()).is_err());
-    /// ```
-    pub fn from_hex(hex_digits: &SecretString) -> Result<Self, StateError> {
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(hex_digits.expose_secret().trim(), &mut bytes)
-            .map_err(|_| StateError::InvalidKey("expected 64 hex digits"))?;
-        let key = Self::from_bytes(bytes);
-        bytes.fill(0);
-        Ok(key)
-    }
-
-    /// A new random key (store it somewhere safe: state sealed under it is lost without it).
-    pub fn generate() -> Self {
-        Self::from_bytes(rand::random())
-    }
-}
-
-impl fmt::Debug for StateKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("StateKey([REDACTED])")
-    }
-}
-
-/// Seals and opens account-state values under one [`StateKey`].
+/// Seals account-state values under the sealing key of a [`StateKeys`] and opens them under
+/// any of its keys.
 ///
 /// ```
 /// use channel_core::state::{StateCipher, StateKey};
@@ -112,49 +96,78 @@ impl fmt::Debug for StateKey {
 /// assert!(cipher.open(account, "cursor", &sealed).is_err());
 /// ```
 pub struct StateCipher {
-    aead: XChaCha20Poly1305,
+    /// The sealing key's first.
+    keys: Vec<(StateKeyId, XChaCha20Poly1305)>,
 }
 
 impl fmt::Debug for StateCipher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("StateCipher([REDACTED])")
+        let ids: Vec<String> = self.keys.iter().map(|(id, _)| id.to_string()).collect();
+        write!(f, "StateCipher({}, [REDACTED])", ids.join(", "))
     }
 }
 
-fn associated_data(account: AccountId, key: &str) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(AAD_DOMAIN.len() + 17 + key.len());
-    aad.extend_from_slice(AAD_DOMAIN);
+fn associated_data(domain: &[u8], account: AccountId, key: &str, key_id: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(domain.len() + 17 + key_id.len() + key.len());
+    aad.extend_from_slice(domain);
     aad.push(0);
     aad.extend_from_slice(account.as_uuid().as_bytes());
+    aad.extend_from_slice(key_id);
     aad.extend_from_slice(key.as_bytes());
     aad
 }
 
 impl StateCipher {
-    /// A cipher under `key`.
+    /// A cipher with one key, which seals and opens.
     pub fn new(key: &StateKey) -> Self {
-        Self { aead: XChaCha20Poly1305::new(key.0.expose_secret().into()) }
+        Self::from_keys(&StateKeys::new(key.clone()))
     }
 
-    /// Encrypts `plaintext` for the slot `key` of `account`, with a fresh random nonce.
+    /// A cipher that seals under `keys`' sealing key and opens under any of them.
+    pub fn from_keys(keys: &StateKeys) -> Self {
+        let keys = keys.iter().map(|k| (k.id(), XChaCha20Poly1305::new(k.bytes().into()))).collect();
+        Self { keys }
+    }
+
+    /// The id of the key new values are sealed under.
+    pub fn sealing_key(&self) -> StateKeyId {
+        self.keys[0].0
+    }
+
+    /// Encrypts `plaintext` for the slot `key` of `account` under the sealing key, with a
+    /// fresh random nonce.
     pub fn seal(
         &self,
         account: AccountId,
         key: &str,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, StateError> {
+        let (id, aead) = &self.keys[0];
         let nonce_bytes: [u8; NONCE_LEN] = rand::random();
         let nonce = XNonce::from(nonce_bytes);
-        let aad = associated_data(account, key);
-        let ciphertext = self
-            .aead
+        let aad = associated_data(AAD_V2, account, key, &id.0);
+        let ciphertext = aead
             .encrypt(&nonce, Payload { msg: plaintext, aad: &aad })
             .map_err(|_| StateError::Encrypt { key: key.to_owned() })?;
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
-        out.push(VERSION);
+        let mut out = Vec::with_capacity(1 + KEY_ID_LEN + NONCE_LEN + ciphertext.len());
+        out.push(V2);
+        out.extend_from_slice(&id.0);
         out.extend_from_slice(&nonce_bytes);
         out.extend_from_slice(&ciphertext);
         Ok(out)
+    }
+
+    /// The id of the key `sealed` is sealed under (`None` for the first layout, which does
+    /// not say).
+    pub fn key_id_of(sealed: &[u8]) -> Option<StateKeyId> {
+        match sealed {
+            [V2, rest @ ..] if rest.len() >= KEY_ID_LEN => {
+                let mut id = [0u8; KEY_ID_LEN];
+                id.copy_from_slice(&rest[..KEY_ID_LEN]);
+                Some(StateKeyId(id))
+            }
+            _ => None,
+        }
     }
 
     /// Decrypts a value sealed for the slot `key` of `account`.
@@ -164,14 +177,32 @@ impl StateCipher {
         key: &str,
         sealed: &[u8],
     ) -> Result<Vec<u8>, StateError> {
-        if sealed.len() < 1 + NONCE_LEN + TAG_LEN || sealed[0] != VERSION {
-            return Err(StateError::Format { key: key.to_owned() });
+        let decrypt = |aead: &XChaCha20Poly1305, body: &[u8], aad: &[u8]| {
+            let nonce = XNonce::from_slice(&body[..NONCE_LEN]);
+            aead.decrypt(nonce, Payload { msg: &body[NONCE_LEN..], aad })
+        };
+        let format = || StateError::Format { key: key.to_owned() };
+        match sealed.first() {
+            Some(&V2) if sealed.len() >= 1 + KEY_ID_LEN + NONCE_LEN + TAG_LEN => {
+                let key_id = Self::key_id_of(sealed).ok_or_else(format)?;
+                let (_, aead) = self
+                    .keys
+                    .iter()
+                    .find(|(id, _)| *id == key_id)
+                    .ok_or_else(|| StateError::MissingKey { key: key.to_owned(), key_id })?;
+                let aad = associated_data(AAD_V2, account, key, &key_id.0);
+                decrypt(aead, &sealed[1 + KEY_ID_LEN..], &aad)
+                    .map_err(|_| StateError::Decrypt { key: key.to_owned() })
+            }
+            Some(&V1) if sealed.len() >= 1 + NONCE_LEN + TAG_LEN => {
+                let aad = associated_data(AAD_V1, account, key, &[]);
+                self.keys
+                    .iter()
+                    .find_map(|(_, aead)| decrypt(aead, &sealed[1..], &aad).ok())
+                    .ok_or_else(|| StateError::Decrypt { key: key.to_owned() })
+            }
+            _ => Err(format()),
         }
-        let nonce = XNonce::from_slice(&sealed[1..1 + NONCE_LEN]);
-        let aad = associated_data(account, key);
-        self.aead
-            .decrypt(nonce, Payload { msg: &sealed[1 + NONCE_LEN..], aad: &aad })
-            .map_err(|_| StateError::Decrypt { key: key.to_owned() })
     }
 }
 
@@ -258,6 +289,55 @@ impl AccountState {
     }
 }
 
+/// What [`Engine::rotate_state_keys`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyRotation {
+    /// Values read (every account's state).
+    pub values: usize,
+    /// Values re-encrypted under the sealing key.
+    pub rekeyed: usize,
+    /// Values a worker changed while the rotation read them; run the rotation again.
+    pub changed_meanwhile: usize,
+}
+
+impl crate::Engine {
+    /// Re-encrypts every account's state that is not sealed under this engine's sealing key
+    /// (the first of its [`StateKeys`]), each value by compare-and-set, so that the other keys
+    /// can be retired (the steps are in [`StateKeys`]). A value under a key this engine lacks
+    /// stops the rotation with [`StateError::MissingKey`] naming it, having changed nothing
+    /// of that value. Run it again until `rekeyed` and `changed_meanwhile` are 0.
+    pub async fn rotate_state_keys(&self) -> Result<KeyRotation, StateError> {
+        let store = self.store();
+        let cipher = &self.inner.cipher;
+        let sealing = cipher.sealing_key();
+        let mut report = KeyRotation::default();
+        for account in self.db("accounts", store.accounts()).await? {
+            for (key, sealed) in self.db("state_entries", store.state_entries(account.id)).await? {
+                report.values += 1;
+                if StateCipher::key_id_of(&sealed) == Some(sealing) {
+                    continue;
+                }
+                let plain = cipher.open(account.id, &key, &sealed)?;
+                let resealed = cipher.seal(account.id, &key, &plain)?;
+                let replace = store.state_replace(account.id, &key, &sealed, &resealed);
+                if self.db("state_replace", replace).await? {
+                    report.rekeyed += 1;
+                } else {
+                    report.changed_meanwhile += 1;
+                }
+            }
+        }
+        tracing::info!(
+            sealing_key = %sealing,
+            values = report.values,
+            rekeyed = report.rekeyed,
+            changed_meanwhile = report.changed_meanwhile,
+            "state keys rotated"
+        );
+        Ok(report)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,7 +348,13 @@ mod tests {
         let b = StateCipher::new(&StateKey::from_bytes([2; 32]));
         let acc = AccountId::new();
         let sealed = a.seal(acc, "k", b"v").unwrap();
-        assert!(matches!(b.open(acc, "k", &sealed), Err(StateError::Decrypt { .. })));
+        let missing = b.open(acc, "k", &sealed);
+        let a_id = StateKey::from_bytes([1; 32]).id();
+        assert!(
+            matches!(&missing, Err(StateError::MissingKey { key_id, .. }) if *key_id == a_id),
+            "{missing:?}"
+        );
+        assert!(missing.unwrap_err().to_string().contains(&a_id.to_string()));
         assert!(matches!(a.open(AccountId::new(), "k", &sealed), Err(StateError::Decrypt { .. })));
         assert!(matches!(a.open(acc, "k2", &sealed), Err(StateError::Decrypt { .. })));
         let mut tampered = sealed.clone();
@@ -291,6 +377,7 @@ mod tests {
         let key = StateKey::from_bytes([0xAB; 32]);
         let cipher = StateCipher::new(&key);
         let shown = format!("{key:?} {cipher:?}");
-        assert!(!shown.to_lowercase().contains("ab"), "{shown}");
+        assert!(!shown.to_lowercase().contains("abab"), "{shown}");
+        assert!(shown.contains(&key.id().to_string()), "ids are shown: {shown}");
     }
 }

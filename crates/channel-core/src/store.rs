@@ -291,6 +291,18 @@ pub trait Store: Send + Sync + 'static {
     async fn state_delete(&self, account: AccountId, key: &str) -> Result<(), StoreError>;
     /// Removes every value of the account (sign-out).
     async fn state_clear(&self, account: AccountId) -> Result<(), StoreError>;
+    /// Every value of the account's state, by slot (for re-encrypting them under a new key).
+    async fn state_entries(&self, account: AccountId)
+    -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Replaces a value only if it is still `expected` (compare-and-set); returns whether it
+    /// did. A value written meanwhile is never overwritten.
+    async fn state_replace(
+        &self,
+        account: AccountId,
+        key: &str,
+        expected: &[u8],
+        value: &[u8],
+    ) -> Result<bool, StoreError>;
 
     // ----- identities -----
 

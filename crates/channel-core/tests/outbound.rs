@@ -522,7 +522,7 @@ async fn a_sent_message_is_never_sent_again_when_recording_it_fails() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_sent_message_whose_provider_id_is_refused_ends_final_and_is_not_sent_again() {
+async fn a_sent_message_whose_provider_id_is_refused_ends_sent_and_is_not_sent_again() {
     let mut h = harness().await;
     let conversation = h.conversation("chat").await;
     // The provider reports an id the store already holds for another message.
@@ -533,19 +533,15 @@ async fn a_sent_message_whose_provider_id_is_refused_ends_final_and_is_not_sent_
     assert_eq!(d.run_once().await.unwrap(), 1);
 
     let m = h.store.message(id).await.unwrap();
-    assert_eq!(m.status, MessageStatus::Failed, "a final state");
+    assert_eq!(m.status, MessageStatus::Sent, "delivered is never shown as failed");
     assert_eq!(m.provider_id, None, "the id stays with the message that had it");
-    let error = m.error.unwrap();
-    assert!(error.starts_with(outbound::SENT_BUT_NOT_RECORDED), "{error}");
-    assert!(error.contains("`first-chat`"), "{error}");
+    let note = m.error.unwrap();
+    assert!(note.starts_with(outbound::SENT_BUT_NOT_RECORDED), "{note}");
+    assert!(note.contains("`first-chat`"), "{note}");
     assert_eq!(h.job_of(id).await.state, JobState::Completed, "not a dead letter to re-drive");
     assert_eq!(
         h.drain_events(),
-        vec![Event::MessageStatusChanged {
-            account_id: h.account.id,
-            message_id: id,
-            status: MessageStatus::Failed
-        }]
+        vec![Event::MessageSent { account_id: h.account.id, message_id: id }]
     );
     tokio::time::advance(Duration::from_secs(3600)).await;
     assert_eq!(h.engine.rescue_expired_jobs().await.unwrap(), 0);

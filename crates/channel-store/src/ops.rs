@@ -176,6 +176,36 @@ pub(crate) async fn state_delete(tx: &mut Tx, account: AccountId, key: &str) -> 
     Ok(())
 }
 
+pub(crate) async fn state_entries(ex: Ex<'_>, account: AccountId) -> Res<Vec<(String, Vec<u8>)>> {
+    let id = account.to_string();
+    let rows = ex
+        .fetch_all(
+            "SELECT key, value FROM account_state WHERE account_id = ? ORDER BY key",
+            &[Arg::Text(&id)],
+        )
+        .await?;
+    rows.iter().map(|r| Ok((r.text("key")?, r.blob("value")?))).collect()
+}
+
+pub(crate) async fn state_replace(
+    tx: &mut Tx,
+    account: AccountId,
+    key: &str,
+    expected: &[u8],
+    value: &[u8],
+) -> Res<bool> {
+    limits::size("value", value.len(), limits::MAX_STATE_VALUE_BYTES)?;
+    let id = account.to_string();
+    let changed = tx
+        .fetch_optional(
+            "UPDATE account_state SET value = ? WHERE account_id = ? AND key = ? AND value = ? \
+             RETURNING key",
+            &[Arg::Blob(value), Arg::Text(&id), Arg::Text(key), Arg::Blob(expected)],
+        )
+        .await?;
+    Ok(changed.is_some())
+}
+
 pub(crate) async fn state_clear(tx: &mut Tx, account: AccountId) -> Res<()> {
     let id = account.to_string();
     tx.execute("DELETE FROM account_state WHERE account_id = ?", &[Arg::Text(&id)]).await?;

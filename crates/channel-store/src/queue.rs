@@ -282,6 +282,14 @@ fn outcome_sql<'a>(q: &mut Sql<'a>, outcome: &'a MessageOutcome, error: &'a str,
                 .push(", error = NULL, updated_at = ")
                 .bind(now.0);
         }
+        MessageOutcome::SentUnlinked { at, .. } => {
+            q.push("UPDATE messages SET status = 'sent', sent_at = ")
+                .bind(at.0)
+                .push(", error = ")
+                .bind(error)
+                .push(", updated_at = ")
+                .bind(now.0);
+        }
         MessageOutcome::Failed { .. } => {
             q.push("UPDATE messages SET status = 'failed', error = ")
                 .bind(error)
@@ -313,7 +321,9 @@ fn finished_job_cond<'a>(q: &mut Sql<'a>, id: &'a str, f: &Finish<'_>, now: Time
 
 fn outcome_error(outcome: Option<&MessageOutcome>) -> String {
     match outcome {
-        Some(MessageOutcome::Failed { error }) => limits::error_text(error),
+        Some(MessageOutcome::Failed { error } | MessageOutcome::SentUnlinked { note: error, .. }) => {
+            limits::error_text(error)
+        }
         _ => String::new(),
     }
 }
@@ -431,7 +441,7 @@ pub(crate) async fn finish_pg(
 pub(crate) fn check_outcome(outcome: Option<&MessageOutcome>) -> Res<()> {
     match outcome {
         Some(MessageOutcome::Sent { provider_id, .. }) => limits::key("provider_id", provider_id),
-        Some(MessageOutcome::Failed { error }) => {
+        Some(MessageOutcome::Failed { error } | MessageOutcome::SentUnlinked { note: error, .. }) => {
             limits::text("error", error, limits::MAX_TEXT_BYTES)
         }
         None => Ok(()),
@@ -651,6 +661,7 @@ pub(crate) async fn complete_group(tx: &mut Tx, group: &[&Completion]) -> Res<Ve
             Some(MessageOutcome::Sent { provider_id, at }) => {
                 ("sent", Some(provider_id.as_str()), Some(at.0))
             }
+            Some(MessageOutcome::SentUnlinked { at, .. }) => ("sent", None, Some(at.0)),
             Some(MessageOutcome::Failed { .. }) => ("failed", None, None),
             None => ("none", None, None),
         };
@@ -683,7 +694,8 @@ pub(crate) async fn complete_group(tx: &mut Tx, group: &[&Completion]) -> Res<Ve
          AND a.outcome = 'running'), \
          sent AS (UPDATE messages AS m SET status = 'sent', \
          provider_id = COALESCE(m.provider_id, i.provider_id), sent_at = i.sent_at, \
-         error = NULL, updated_at = i.now FROM done AS d JOIN input AS i ON i.id = d.id \
+         error = NULLIF(i.error, ''), updated_at = i.now \
+         FROM done AS d JOIN input AS i ON i.id = d.id \
          WHERE m.id = d.message_id AND i.kind = 'sent'), \
          failed AS (UPDATE messages AS m SET status = 'failed', error = i.error, \
          updated_at = i.now FROM done AS d JOIN input AS i ON i.id = d.id \

@@ -108,6 +108,26 @@ impl Store for SqlStore {
         .await
     }
 
+    async fn state_entries(
+        &self,
+        account: AccountId,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.run("state_entries", ops::state_entries(self.pools().reader(), account)).await
+    }
+
+    async fn state_replace(
+        &self,
+        account: AccountId,
+        key: &str,
+        expected: &[u8],
+        value: &[u8],
+    ) -> Result<bool, StoreError> {
+        self.run("state_replace", async {
+            write_tx!(self, |tx| ops::state_replace(tx, account, key, expected, value).await?)
+        })
+        .await
+    }
+
     async fn identity(&self, id: IdentityId) -> Result<Identity, StoreError> {
         self.run("identity", ops::identity(self.pools().reader(), id)).await
     }

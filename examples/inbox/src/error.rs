@@ -16,11 +16,6 @@ impl Error {
     pub fn msg(message: impl Into<String>) -> Self {
         Self { context: message.into(), source: None }
     }
-
-    /// An I/O error while doing `what`.
-    pub fn io(what: impl Into<String>, e: std::io::Error) -> Self {
-        Self { context: what.into(), source: Some(Box::new(e)) }
-    }
 }
 
 impl fmt::Display for Error {

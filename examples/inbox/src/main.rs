@@ -61,8 +61,8 @@ down gracefully and prints a summary read back from the store. Ctrl-C stops it e
 environment:
   INBOX_DATABASE   SQLite file or sqlite: URL (default ./target/inbox/inbox.db);
                    postgres://... with the `postgres` feature
-  INBOX_STATE_KEY  64 hex digits encrypting account state (default: generated once and
-                   kept in ./target/inbox/state.key)
+  CHANNEL_STATE_KEYS  the keys encrypting account state, 64 hex digits each, the first
+                   sealing (default: generated once and kept in ./target/inbox/state.key)
   RUST_LOG         log filter (default info)";
 
 /// The command line.
@@ -115,9 +115,9 @@ async fn main() -> Result<(), Error> {
 async fn run(args: Args) -> Result<(), Error> {
     // The store, the key, the account.
     let paths = Paths::from_env();
-    let (state_key, key_source) = setup::state_key(&paths.key_file)?;
+    let (state_key, key_source) = setup::state_keys(&paths.key_file)?;
     match &key_source {
-        KeySource::Environment => tracing::info!("account-state key from INBOX_STATE_KEY"),
+        KeySource::Environment => tracing::info!("account-state keys from CHANNEL_STATE_KEYS"),
         KeySource::File(p) => tracing::info!("account-state key read from {}", p.display()),
         KeySource::Generated(p) => tracing::info!(
             "generated a new account-state key and kept it in {} (never printed; \
@@ -243,10 +243,10 @@ async fn count_run(engine: &Engine, account: AccountId, paths: &Paths) -> Result
         Ok(v) => v
             .and_then(|v| std::str::from_utf8(v.expose_secret()).ok()?.parse::<u64>().ok())
             .unwrap_or(0),
-        Err(StateError::Decrypt { .. }) => {
+        Err(e @ (StateError::Decrypt { .. } | StateError::MissingKey { .. })) => {
             return Err(Error::msg(format!(
-                "the demo account's state does not open with this state key: the database was \
-                 written under another key. Set INBOX_STATE_KEY to that key, or delete {} and \
+                "the demo account's state does not open with these state keys ({e}): the \
+                 database was written under another key. Set CHANNEL_STATE_KEYS to that key, or delete {} and \
                  the database ({}) to start over",
                 paths.key_file.display(),
                 paths.database_for_log()

@@ -2,14 +2,12 @@
 //! encrypts account state; and the demo account it runs.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use channel_core::state::StateKey;
+use channel_core::state::{CHANNEL_STATE_KEYS, StateKey, StateKeys};
 use channel_core::{Account, ChannelKind, NewAccount, Store, Timestamp};
 use channel_store::SqlStore;
-use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::{Error, ResultExt};
 
@@ -102,64 +100,39 @@ async fn open_postgres(_paths: &Paths) -> Result<SqlStore, Error> {
     ))
 }
 
-/// Where the account-state key came from (for the log; the key itself is never printed).
+/// Where the account-state keys came from (for the log; keys are never printed).
 #[derive(Debug)]
 pub enum KeySource {
-    /// The `INBOX_STATE_KEY` environment variable.
+    /// The `CHANNEL_STATE_KEYS` environment variable.
     Environment,
-    /// The key file, written by an earlier run.
+    /// The keys file, written by an earlier run.
     File(PathBuf),
-    /// Generated now and written to the key file.
+    /// Generated now and written to the keys file.
     Generated(PathBuf),
 }
 
-/// The key that account state is encrypted under: `INBOX_STATE_KEY` (64 hex digits), else the
-/// key file, else a new random key written to the key file (readable by the owner only).
-pub fn state_key(key_file: &Path) -> Result<(StateKey, KeySource), Error> {
-    if let Ok(hex_digits) = std::env::var("INBOX_STATE_KEY") {
-        let key = StateKey::from_hex(&hex_digits.into())
-            .context("INBOX_STATE_KEY must be 64 hex digits (a 256-bit key)")?;
-        return Ok((key, KeySource::Environment));
+/// The keys account state is encrypted under (channel-core's keys file format: 64 hex digits
+/// per line, the first seals): `CHANNEL_STATE_KEYS`, else the keys file, else a new random
+/// key written to a new keys file (mode 0600).
+pub fn state_keys(key_file: &Path) -> Result<(StateKeys, KeySource), Error> {
+    if let Some(keys) = StateKeys::from_env().context("cannot read the state keys")? {
+        return Ok((keys, KeySource::Environment));
     }
-    match fs::read_to_string(key_file) {
-        Ok(hex_digits) => {
-            let key = StateKey::from_hex(&hex_digits.into()).context(format!(
-                "{} does not hold a key (64 hex digits); delete it to start over with a new \
-                 database, or set INBOX_STATE_KEY",
-                key_file.display()
-            ))?;
-            return Ok((key, KeySource::File(key_file.to_owned())));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("cannot read {}", key_file.display()), e)),
+    if key_file.exists() {
+        let keys = StateKeys::read_file(key_file).context(format!(
+            "{} does not hold the state keys; fix it, or delete it to start over with a new \
+             database, or set {CHANNEL_STATE_KEYS}",
+            key_file.display()
+        ))?;
+        return Ok((keys, KeySource::File(key_file.to_owned())));
     }
     if let Some(dir) = key_file.parent() {
         fs::create_dir_all(dir).context(format!("cannot create {}", dir.display()))?;
     }
-    let mut bytes: [u8; 32] = rand::random();
-    // Held as a secret: zeroed on drop, never in `Debug` output.
-    let hex_digits: SecretString = hex::encode(bytes).into();
-    bytes.fill(0);
-    let key = StateKey::from_hex(&hex_digits).context("cannot make a state key")?;
-    write_private(key_file, hex_digits.expose_secret().as_bytes())
+    let keys = StateKeys::new(StateKey::generate());
+    keys.create_file(key_file)
         .context(format!("cannot write the new state key to {}", key_file.display()))?;
-    Ok((key, KeySource::Generated(key_file.to_owned())))
-}
-
-/// Creates `path` (failing if it exists) with owner-only permissions where the platform has
-/// them, and writes `data`.
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(data)?;
-    file.write_all(b"\n")?;
-    file.sync_all()
+    Ok((keys, KeySource::Generated(key_file.to_owned())))
 }
 
 /// The demo account: found by its name, or created on the first run (and enabled).

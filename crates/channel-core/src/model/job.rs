@@ -274,6 +274,17 @@ pub enum MessageOutcome {
         /// The provider's time.
         at: Timestamp,
     },
+    /// The provider accepted it, but its id cannot be recorded on this message: another
+    /// message of the account holds it for good (the inbound copy of a mail sent to the
+    /// account's own address, say), or the store cannot keep it. The message becomes `Sent`
+    /// without a provider id, its `error` holding `note` (why the id is not linked): what
+    /// the provider delivered is never shown as failed.
+    SentUnlinked {
+        /// The provider's time.
+        at: Timestamp,
+        /// Why the provider's id is not recorded (names the id).
+        note: String,
+    },
     /// Gave up: the message becomes `Failed`.
     Failed {
         /// Why.

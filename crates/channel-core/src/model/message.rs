@@ -183,7 +183,9 @@ pub struct Message {
     /// Set when the provider's message could not be parsed; the raw bytes are then the first
     /// attachment (`message/rfc822` or `application/octet-stream`).
     pub parse_error: Option<String>,
-    /// The last send error, for failed messages.
+    /// The last send error, for failed messages; for a `Sent` message whose provider id
+    /// could not be recorded, the note saying why
+    /// ([`SENT_BUT_NOT_RECORDED`](crate::outbound::SENT_BUT_NOT_RECORDED)).
     pub error: Option<String>,
     /// The provider's time of the message (for pending messages: when it was queued).
     pub sent_at: Timestamp,

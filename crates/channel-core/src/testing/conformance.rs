@@ -303,6 +303,32 @@ pub async fn account_state_put_get_delete_clear(store: Arc<dyn Store>) {
     assert!(is_not_found(&err), "unknown account: {err:?}");
 }
 
+/// The account's state lists by slot, and a replace is a compare-and-set: it applies only
+/// while the value is still the expected one.
+pub async fn account_state_lists_and_replaces_by_compare_and_set(store: Arc<dyn Store>) {
+    let store = &*store;
+    let a = new_account(store, "a", T0).await;
+    let b = new_account(store, "b", T0).await;
+    store.state_put(a.id, "session", b"s1").await.expect("put");
+    store.state_put(a.id, "cursor", b"c1").await.expect("put");
+    store.state_put(b.id, "session", b"other").await.expect("put");
+    let entries = store.state_entries(a.id).await.expect("entries");
+    assert_eq!(
+        entries,
+        vec![("cursor".to_owned(), b"c1".to_vec()), ("session".to_owned(), b"s1".to_vec())]
+    );
+    assert!(store.state_replace(a.id, "session", b"s1", b"s2").await.expect("replace"));
+    assert!(
+        !store.state_replace(a.id, "session", b"s1", b"stale").await.expect("replace"),
+        "a value changed meanwhile is never overwritten"
+    );
+    assert!(!store.state_replace(a.id, "missing", b"", b"v").await.expect("replace"));
+    assert_eq!(store.state_get(a.id, "session").await.expect("get"), Some(b"s2".to_vec()));
+    assert_eq!(store.state_get(a.id, "missing").await.expect("get"), None);
+    assert_eq!(store.state_entries(b.id).await.expect("entries").len(), 1);
+    assert!(store.state_entries(AccountId::new()).await.expect("entries").is_empty());
+}
+
 // ----- ingest, identities, conversations -----
 
 /// A first message creates an unlinked identity and opens a conversation; the message is
@@ -634,6 +660,25 @@ pub async fn a_stray_copy_of_a_send_is_merged_and_nothing_else_ever_is(store: Ar
     assert_eq!((kept.id, kept.status), (pending.id, MessageStatus::Sent));
     assert_eq!(store.messages(conversation, 10).await.expect("messages").len(), 2, "one row");
     assert_eq!(store.merge_stray(pending.id, "p-stray").await.expect("again"), None, "itself");
+}
+
+/// A send whose provider id an inbound message holds (mail sent to the account's own
+/// address) completes `Sent` without the id, with its note; the inbound row keeps the id.
+pub async fn a_send_whose_id_is_held_inbound_ends_sent_without_it(store: Arc<dyn Store>) {
+    let store = &*store;
+    let (account, _conversation, pending, _job) = queued_send(store, 10).await;
+    let lease = claim_one(store, "w", 60, at(3)).await;
+    let taken = MessageOutcome::Sent { provider_id: "in-1".to_owned(), at: at(3) };
+    let refused = store.complete(&lease, Some(taken), at(3)).await;
+    assert!(matches!(refused, Err(StoreError::InvalidInput { .. })), "{refused:?}");
+    let note = "sent, but its provider id `in-1` is held by an inbound message".to_owned();
+    let unlinked = MessageOutcome::SentUnlinked { at: at(3), note: note.clone() };
+    store.complete(&lease, Some(unlinked), at(4)).await.expect("complete unlinked");
+    let m = store.message(pending.id).await.expect("message");
+    assert_eq!((m.status, m.provider_id, m.error), (MessageStatus::Sent, None, Some(note)));
+    assert_eq!(m.sent_at, at(3));
+    let holder = store.message_by_provider_id(account.id, "in-1").await.expect("lookup");
+    assert_eq!(holder.expect("the inbound row keeps it").direction, Direction::Inbound);
 }
 
 /// A reply (by `reply_to` or `references`) to a known message joins that message's
@@ -2063,6 +2108,7 @@ macro_rules! store_conformance_tests {
             $factory;
             accounts_crud_and_connection_state,
             account_state_put_get_delete_clear,
+            account_state_lists_and_replaces_by_compare_and_set,
             ingest_stores_message_with_unlinked_identity_and_open_conversation,
             ingest_rejects_bad_input_and_writes_nothing,
             ingest_duplicate_returns_existing_and_moves_only_the_cursor,
@@ -2070,6 +2116,7 @@ macro_rules! store_conformance_tests {
             concurrent_first_messages_open_one_conversation,
             echo_of_own_send_updates_the_pending_message,
             a_stray_copy_of_a_send_is_merged_and_nothing_else_ever_is,
+            a_send_whose_id_is_held_inbound_ends_sent_without_it,
             reply_joins_the_conversation_of_the_message_it_answers,
             cursor_is_written_with_the_message_and_not_on_failure,
             ingest_batch_in_order_with_dedup,

@@ -511,7 +511,9 @@ impl Inner {
                 }
                 Ok(())
             }
-            Some(MessageOutcome::Failed { error }) => no_nul("error", error),
+            Some(MessageOutcome::Failed { error } | MessageOutcome::SentUnlinked { note: error, .. }) => {
+                no_nul("error", error)
+            }
             None => Ok(()),
         }
     }
@@ -534,6 +536,12 @@ impl Inner {
                     msg.provider_id = Some(provider_id.clone());
                     self.message_by_provider.insert((msg.account_id, provider_id), id);
                 }
+            }
+            MessageOutcome::SentUnlinked { at, note } => {
+                msg.status = MessageStatus::Sent;
+                msg.error = Some(note);
+                msg.sent_at = at;
+                msg.updated_at = now;
             }
             MessageOutcome::Failed { error } => {
                 // The echo may have proved it sent already; never downgrade that.
@@ -645,6 +653,38 @@ impl Store for MemoryStore {
     async fn state_clear(&self, account: AccountId) -> Result<(), StoreError> {
         self.lock().state.retain(|(a, _), _| *a != account);
         Ok(())
+    }
+
+    async fn state_entries(
+        &self,
+        account: AccountId,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let inner = self.lock();
+        let mut entries: Vec<(String, Vec<u8>)> = inner
+            .state
+            .iter()
+            .filter(|((a, _), _)| *a == account)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect();
+        entries.sort();
+        Ok(entries)
+    }
+
+    async fn state_replace(
+        &self,
+        account: AccountId,
+        key: &str,
+        expected: &[u8],
+        value: &[u8],
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        match inner.state.get_mut(&(account, key.to_owned())) {
+            Some(v) if v.as_slice() == expected => {
+                *v = value.to_vec();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn identity(&self, id: IdentityId) -> Result<Identity, StoreError> {
