@@ -392,7 +392,7 @@ impl EngineBuilder {
                 events,
                 wake: Notify::new(),
                 channels: RwLock::new(HashMap::new()),
-                lifecycle: RwLock::new(HashMap::new()),
+                settings: RwLock::new(HashMap::new()),
                 known_accounts: RwLock::new(HashSet::new()),
                 providers: RwLock::new(self.providers),
                 config: self.config,
@@ -421,7 +421,9 @@ pub(crate) struct Inner {
     pub(crate) events: EventBus,
     pub(crate) wake: Notify,
     pub(crate) channels: RwLock<HashMap<AccountId, Arc<dyn Channel>>>,
-    pub(crate) lifecycle: RwLock<HashMap<AccountId, LifecyclePolicy>>,
+    /// The stored settings of the accounts this process has seen, refreshed from the store
+    /// by the runtime's lease loop and by updates made here.
+    pub(crate) settings: RwLock<HashMap<AccountId, AccountSettings>>,
     pub(crate) known_accounts: RwLock<HashSet<AccountId>>,
     pub(crate) providers: RwLock<Providers>,
     pub(crate) config: EngineConfig,
@@ -520,18 +522,90 @@ impl Engine {
         read(&self.inner.channels).get(&account).cloned()
     }
 
-    /// Sets an account's lifecycle policy (kept in memory: set it at start-up from the
-    /// service's configuration).
-    pub fn set_lifecycle_policy(&self, account: AccountId, policy: LifecyclePolicy) {
-        write(&self.inner.lifecycle).insert(account, policy);
+    /// The account's settings as stored (lifecycle policy, send rates). Read from the store
+    /// the first time and kept: a change made in another process reaches this one within a
+    /// lease tick ([`EngineConfig::lease_renew_every`]) when a runtime runs here.
+    pub async fn account_settings(
+        &self,
+        account: AccountId,
+    ) -> Result<AccountSettings, EngineError> {
+        if let Some(s) = read(&self.inner.settings).get(&account) {
+            return Ok(*s);
+        }
+        let stored = match self.db("account", self.inner.store.account(account)).await {
+            Ok(a) => a,
+            Err(StoreError::NotFound { .. }) => return Err(EngineError::UnknownAccount(account)),
+            Err(e) => return Err(e.into()),
+        };
+        self.remember_settings(std::slice::from_ref(&stored));
+        Ok(stored.settings)
     }
 
-    /// The account's lifecycle policy (its own, else the default).
-    pub fn lifecycle_policy(&self, account: AccountId) -> LifecyclePolicy {
-        read(&self.inner.lifecycle)
-            .get(&account)
-            .copied()
-            .unwrap_or(self.inner.config.default_lifecycle)
+    /// Keeps the settings of accounts just read from the store.
+    pub(crate) fn remember_settings(&self, accounts: &[Account]) {
+        let mut settings = write(&self.inner.settings);
+        for a in accounts {
+            settings.insert(a.id, a.settings);
+        }
+    }
+
+    /// The lifecycle policy of an account with these settings.
+    pub(crate) fn lifecycle_of(&self, settings: &AccountSettings) -> LifecyclePolicy {
+        settings.lifecycle.unwrap_or(self.inner.config.default_lifecycle)
+    }
+
+    /// Changes an account: its name, its provider configuration (checked by its provider,
+    /// which must be registered here: [`EngineError::AccountConfig`] or
+    /// [`EngineError::NoProvider`] and nothing saved otherwise) and its settings, which
+    /// every worker process applies. [`Runtime::update_account`](crate::runtime::Runtime::update_account)
+    /// also restarts the account's channel on a new configuration.
+    pub async fn update_account(
+        &self,
+        account: AccountId,
+        update: AccountUpdate,
+    ) -> Result<Account, EngineError> {
+        if let Some(config) = &update.config {
+            let kind = match self.db("account", self.inner.store.account(account)).await {
+                Ok(a) => a.kind,
+                Err(StoreError::NotFound { .. }) => {
+                    return Err(EngineError::UnknownAccount(account));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let provider = self.provider(&kind).ok_or(EngineError::NoProvider(kind))?;
+            provider.check_config(config)?;
+        }
+        let now = self.now();
+        let stored = self.inner.store.update_account(account, &update, now);
+        let updated = match self.db("update_account", stored).await {
+            Err(StoreError::NotFound { .. }) => return Err(EngineError::UnknownAccount(account)),
+            other => other?,
+        };
+        self.remember_settings(std::slice::from_ref(&updated));
+        tracing::info!(%account, "account updated");
+        Ok(updated)
+    }
+
+    /// Removes an account: its channel here stops, its state (sessions, cursors) and its
+    /// unfinished jobs go (a pending send ends `Failed`), and it is no longer listed. Its
+    /// conversations and messages stay readable unless `purge_messages`. Another process
+    /// running its channel stops it within a lease tick (its lease is gone, and whatever it
+    /// still writes for the account is refused).
+    pub async fn remove_account(
+        &self,
+        account: AccountId,
+        purge_messages: bool,
+    ) -> Result<(), EngineError> {
+        self.detach_channel(account);
+        let now = self.now();
+        let removed = self.inner.store.remove_account(account, purge_messages, now);
+        match self.db("remove_account", removed).await {
+            Err(StoreError::NotFound { .. }) => return Err(EngineError::UnknownAccount(account)),
+            other => other?,
+        }
+        write(&self.inner.settings).remove(&account);
+        tracing::info!(%account, purge_messages, "account removed");
+        Ok(())
     }
 
     /// Wakes the dispatcher of this process (new or changed jobs).

@@ -204,7 +204,7 @@ impl Engine {
                 sent_at: m.sent_at,
                 cursor,
             },
-            policy: self.lifecycle_policy(account),
+            policy: self.lifecycle_of(&self.account_settings(account).await?),
             now: self.now(),
         })
     }

@@ -56,7 +56,15 @@ impl Engine {
     /// Sweeps one account now: idles, closes and expires its due conversations, publishing
     /// `ConversationStatusChanged` for each change.
     pub async fn sweep_account(&self, account: AccountId) -> Result<SweepReport, EngineError> {
-        let policy = self.lifecycle_policy(account);
+        // Fresh from the store: a sweep is rare, and applies what every worker sees.
+        let policy = match self.db("account", self.inner.store.account(account)).await {
+            Ok(a) => {
+                self.remember_settings(std::slice::from_ref(&a));
+                self.lifecycle_of(&a.settings)
+            }
+            Err(StoreError::NotFound { .. }) => return Err(EngineError::UnknownAccount(account)),
+            Err(e) => return Err(e.into()),
+        };
         let mut report = SweepReport::default();
         if !has_thresholds(&policy) {
             return Ok(report);
@@ -113,10 +121,11 @@ impl Engine {
     /// unfinished sweep per account at a time). The runtime's leader calls it periodically.
     pub async fn schedule_sweeps(&self) -> Result<usize, EngineError> {
         let accounts = self.db("accounts", self.inner.store.accounts()).await?;
+        self.remember_settings(&accounts);
         let now = self.now();
         let mut queued = 0;
         for a in
-            accounts.iter().filter(|a| a.enabled && has_thresholds(&self.lifecycle_policy(a.id)))
+            accounts.iter().filter(|a| a.enabled && has_thresholds(&self.lifecycle_of(&a.settings)))
         {
             let job = NewJob {
                 account_id: Some(a.id),

@@ -229,6 +229,14 @@ impl Engine {
             self.db("conversation", store.conversation(message.conversation_id)).await?;
         let identity = self.db("identity", store.identity(message.identity_id)).await?;
 
+        let settings = match self.account_settings(message.account_id).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(message = %message_id, error = %e, "the account's settings could not be read; holding the send back");
+                let later = self.now().plus(Duration::from_secs(1));
+                return run.snooze(self, later, "account settings unavailable", "settings").await;
+            }
+        };
         let ctx = SendContext {
             account_id: message.account_id,
             kind: channel.kind(),
@@ -236,6 +244,7 @@ impl Engine {
             message_id,
             attempt: run.lease.attempt,
             now: self.now(),
+            rates: settings.send_rates,
         };
         match self.inner.send_policy.check(&ctx).await {
             SendDecision::Allow => {}
@@ -357,8 +366,10 @@ impl Engine {
                         };
                         self.inner.events.publish(event).await;
                     }
-                    let event =
-                        Event::MessageSent { account_id: message.account_id, message_id: message.id };
+                    let event = Event::MessageSent {
+                        account_id: message.account_id,
+                        message_id: message.id,
+                    };
                     self.inner.events.publish(event).await;
                     return;
                 }

@@ -297,6 +297,16 @@ struct Shared {
 struct Slot {
     held: watch::Sender<bool>,
     reconnect: Notify,
+    /// The configuration the running channel was created with.
+    config: Mutex<Option<serde_json::Value>>,
+    /// Restarts the running channel (its configuration changed).
+    restart: Notify,
+}
+
+impl Slot {
+    fn running_config(&self) -> std::sync::MutexGuard<'_, Option<serde_json::Value>> {
+        self.config.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Runtime {
@@ -377,6 +387,49 @@ impl Runtime {
         };
         self.shared.lease_wake.notify_one();
         Ok(account)
+    }
+
+    /// The accounts (not removed ones), oldest first, each with its connection state as last
+    /// reported by the process that runs it.
+    pub async fn accounts(&self) -> Result<Vec<Account>, EngineError> {
+        let engine = &self.shared.engine;
+        Ok(engine.db("accounts", engine.store().accounts()).await?)
+    }
+
+    /// Changes an account ([`Engine::update_account`]: name, provider configuration checked
+    /// by its provider, settings). On a new configuration the account's channel restarts
+    /// with it, here at once, in another process within a lease tick. New settings apply in
+    /// every process within a lease tick.
+    pub async fn update_account(
+        &self,
+        account: AccountId,
+        update: AccountUpdate,
+    ) -> Result<Account, EngineError> {
+        let new_config = update.config.is_some();
+        let updated = self.shared.engine.update_account(account, update).await?;
+        if new_config && let Some(slot) = self.shared.slot(account) {
+            let changed = slot.running_config().as_ref().is_some_and(|c| *c != updated.config);
+            if changed {
+                slot.restart.notify_one();
+            }
+        }
+        Ok(updated)
+    }
+
+    /// Removes an account ([`Engine::remove_account`]): its channel stops (here at once,
+    /// elsewhere within a lease tick), its state and unfinished jobs go, and its messages stay
+    /// unless `purge_messages`.
+    pub async fn remove_account(
+        &self,
+        account: AccountId,
+        purge_messages: bool,
+    ) -> Result<(), EngineError> {
+        self.shared.engine.remove_account(account, purge_messages).await?;
+        if let Some(slot) = self.shared.slot(account) {
+            slot.held.send_replace(false);
+        }
+        self.shared.lease_wake.notify_one();
+        Ok(())
     }
 
     /// Runs one step of an account's login (see
@@ -493,7 +546,12 @@ impl Shared {
         if let Some(s) = slots.get(&account) {
             return Arc::clone(s);
         }
-        let slot = Arc::new(Slot { held: watch::channel(false).0, reconnect: Notify::new() });
+        let slot = Arc::new(Slot {
+            held: watch::channel(false).0,
+            reconnect: Notify::new(),
+            config: Mutex::new(None),
+            restart: Notify::new(),
+        });
         slots.insert(account, Arc::clone(&slot));
         drop(slots);
         let me = Arc::clone(self);
@@ -517,12 +575,16 @@ async fn lease_loop(s: Arc<Shared>, ctx: LoopContext) -> LoopResult {
         ctx.ping();
         let mut wanted = vec![Lease::LEADER.to_owned()];
         match s.engine.db("accounts", s.engine.store().accounts()).await {
-            Ok(accounts) => wanted.extend(
-                accounts
-                    .iter()
-                    .filter(|a| a.enabled && s.factory.supports(&a.kind))
-                    .map(|a| Lease::account_name(a.id)),
-            ),
+            Ok(accounts) => {
+                s.engine.remember_settings(&accounts);
+                restart_changed_channels(&s, &accounts);
+                wanted.extend(
+                    accounts
+                        .iter()
+                        .filter(|a| a.enabled && s.factory.supports(&a.kind))
+                        .map(|a| Lease::account_name(a.id)),
+                )
+            }
             Err(e) => {
                 // Keep what we hold; acquire nothing new.
                 tracing::warn!(error = %e, "could not list accounts");
@@ -556,6 +618,19 @@ async fn lease_loop(s: Arc<Shared>, ctx: LoopContext) -> LoopResult {
     }
 }
 
+/// Restarts the channels running here whose account's configuration changed (in this
+/// process or another).
+fn restart_changed_channels(s: &Shared, accounts: &[Account]) {
+    for a in accounts {
+        if let Some(slot) = s.slot(a.id)
+            && slot.running_config().as_ref().is_some_and(|running| *running != a.config)
+        {
+            tracing::info!(account = %a.id, "the account's configuration changed: restarting its channel");
+            slot.restart.notify_one();
+        }
+    }
+}
+
 /// Runs the account's channel while its lease is held.
 async fn account_loop(s: Arc<Shared>, account: AccountId, ctx: LoopContext) -> LoopResult {
     let Some(slot) = s.slot(account) else { return Ok(()) };
@@ -563,6 +638,7 @@ async fn account_loop(s: Arc<Shared>, account: AccountId, ctx: LoopContext) -> L
     let idle_ping = Duration::from_secs(5).min(s.channel_max_silence / 4);
     loop {
         // Wait for the lease.
+        *slot.running_config() = None;
         loop {
             ctx.ping();
             if *held.borrow_and_update() {
@@ -576,8 +652,9 @@ async fn account_loop(s: Arc<Shared>, account: AccountId, ctx: LoopContext) -> L
         }
         let engine = &s.engine;
         let acc = engine.db("account", engine.store().account(account)).await?;
+        *slot.running_config() = Some(acc.config.clone());
         let result = match s.factory.create(&acc).await {
-            Ok(channel) => run_channel(&s, account, channel, &ctx, &mut held).await,
+            Ok(channel) => run_channel(&s, &slot, account, channel, &ctx, &mut held).await,
             Err(e) => Err(e),
         };
         let park = match result {
@@ -610,6 +687,7 @@ async fn account_loop(s: Arc<Shared>, account: AccountId, ctx: LoopContext) -> L
                 tokio::select! {
                     _ = ctx.cancelled() => return Ok(()),
                     _ = slot.reconnect.notified() => break,
+                    _ = slot.restart.notified() => break,
                     _ = held.changed() => if !*held.borrow_and_update() { break },
                     _ = tokio::time::sleep(idle_ping) => {}
                 }
@@ -621,6 +699,7 @@ async fn account_loop(s: Arc<Shared>, account: AccountId, ctx: LoopContext) -> L
 /// Runs the channel until it ends, the lease is lost or the loop is cancelled.
 async fn run_channel(
     s: &Arc<Shared>,
+    slot: &Slot,
     account: AccountId,
     channel: Arc<dyn Channel>,
     ctx: &LoopContext,
@@ -636,6 +715,10 @@ async fn run_channel(
     let result = loop {
         tokio::select! {
             r = &mut run => break r,
+            _ = slot.restart.notified(), if !token.is_cancelled() => {
+                engine.detach_channel(account);
+                token.cancel();
+            }
             _ = held.changed(), if !token.is_cancelled() => {
                 if !*held.borrow_and_update() {
                     tracing::info!(%account, "account lease lost: stopping its channel");

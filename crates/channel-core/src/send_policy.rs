@@ -26,7 +26,7 @@ use governor::nanos::Nanos;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
-use crate::model::{AccountId, ChannelKind, MessageId, Timestamp};
+use crate::model::{AccountId, ChannelKind, MessageId, Rate, SendRates, Timestamp};
 use crate::store::Store;
 
 /// The account-state key under which [`StorePolicyMemory`] keeps an account's counters.
@@ -126,6 +126,9 @@ pub struct SendContext<'a> {
     pub attempt: i32,
     /// Now.
     pub now: Timestamp,
+    /// The account's own send rates, from its stored settings (`None`: the policy's
+    /// defaults).
+    pub rates: Option<SendRates>,
 }
 
 /// The policy's answer.
@@ -213,17 +216,87 @@ type Keyed<K> = RateLimiter<
     governor::middleware::NoOpMiddleware<GovInstant>,
 >;
 
-/// Per-account and per-chat rate limits (GCRA, through `governor`).
-///
-/// The defaults keep well inside Telegram's and common SMTP servers' limits: per account 20
-/// messages per minute with bursts of 5, per chat 1 message per 3 seconds with bursts of 3.
-/// Over the limit, the answer is [`SendDecision::DelayUntil`] the earliest time a message may
-/// go.
-pub struct RateLimitPolicy {
+/// One account quota and one chat quota, with their limiters.
+struct Limiters {
     per_account: Keyed<AccountId>,
     per_chat: Keyed<(AccountId, String)>,
     account_quota: Quota,
     chat_quota: Quota,
+}
+
+impl Limiters {
+    fn new(account_quota: Quota, chat_quota: Quota) -> Self {
+        let clock = TokioGovClock { start: tokio::time::Instant::now() };
+        Self {
+            per_account: RateLimiter::new(
+                account_quota,
+                DefaultKeyedStateStore::default(),
+                clock.clone(),
+            ),
+            per_chat: RateLimiter::new(chat_quota, DefaultKeyedStateStore::default(), clock),
+            account_quota,
+            chat_quota,
+        }
+    }
+
+    /// The limiters of an account's stored rates.
+    fn of(rates: SendRates) -> Self {
+        Self::new(quota(rates.per_account), quota(rates.per_chat))
+    }
+
+    /// The decision of the in-memory limiters (a refusal spends nothing).
+    fn decide(&self, ctx: &SendContext<'_>) -> SendDecision {
+        let chat_key = (ctx.account_id, ctx.thread_key.to_owned());
+        if let Err(not_until) = self.per_chat.check_key(&chat_key) {
+            let wait = not_until.wait_time_from(self.per_chat.clock().now());
+            return SendDecision::DelayUntil(ctx.now.plus(wait.max(Duration::from_millis(1))));
+        }
+        if let Err(not_until) = self.per_account.check_key(&ctx.account_id) {
+            let wait = not_until.wait_time_from(self.per_account.clock().now());
+            return SendDecision::DelayUntil(ctx.now.plus(wait.max(Duration::from_millis(1))));
+        }
+        SendDecision::Allow
+    }
+
+    /// Takes the cells that remembered counters say are in use.
+    fn prime(&self, account: AccountId, counters: &Counters, now: i64) {
+        let take = |n: u32| NonZeroU32::new(n);
+        if let Some(n) = take(cells_taken(counters.a, now, &self.account_quota)) {
+            let _ = self.per_account.check_key_n(&account, n);
+        }
+        for (thread, tat) in &counters.c {
+            if let Some(n) = take(cells_taken(*tat, now, &self.chat_quota)) {
+                let _ = self.per_chat.check_key_n(&(account, thread.clone()), n);
+            }
+        }
+    }
+
+    fn retain_recent(&self) {
+        self.per_account.retain_recent();
+        self.per_chat.retain_recent();
+    }
+}
+
+/// governor's quota of a stored [`Rate`].
+fn quota(rate: Rate) -> Quota {
+    let rate = rate.clamped();
+    Quota::with_period(rate.every)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN))
+}
+
+/// Per-account and per-chat rate limits (GCRA, through `governor`).
+///
+/// The defaults keep well inside Telegram's and common SMTP servers' limits: per account 20
+/// messages per minute with bursts of 5, per chat 1 message per 3 seconds with bursts of 3.
+/// An account whose stored settings have [`SendRates`]
+/// ([`AccountSettings::send_rates`](crate::AccountSettings::send_rates), passed in
+/// [`SendContext::rates`]) is limited by those instead, in every worker. Over the limit, the
+/// answer is [`SendDecision::DelayUntil`] the earliest time a message may go.
+pub struct RateLimitPolicy {
+    defaults: Limiters,
+    /// The limiters of accounts with rates of their own.
+    custom: std::sync::Mutex<HashMap<AccountId, (SendRates, Arc<Limiters>)>>,
     checks: AtomicU64,
     memory: Option<Arc<dyn PolicyMemory>>,
     /// The counters of the accounts seen by this process (with a memory). One check at a
@@ -234,6 +307,22 @@ pub struct RateLimitPolicy {
 impl std::fmt::Debug for RateLimitPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimitPolicy").finish_non_exhaustive()
+    }
+}
+
+/// The limiters a check uses: the defaults, or an account's own.
+enum Chosen<'a> {
+    Defaults(&'a Limiters),
+    Own(Arc<Limiters>),
+}
+
+impl std::ops::Deref for Chosen<'_> {
+    type Target = Limiters;
+    fn deref(&self) -> &Limiters {
+        match self {
+            Chosen::Defaults(l) => l,
+            Chosen::Own(l) => l,
+        }
     }
 }
 
@@ -251,22 +340,20 @@ impl RateLimitPolicy {
             .allow_burst(NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN))
     }
 
-    /// Limits with these quotas.
+    /// Limits with these quotas for accounts without rates of their own.
     pub fn new(per_account: Quota, per_chat: Quota) -> Self {
-        let clock = TokioGovClock { start: tokio::time::Instant::now() };
         Self {
-            per_account: RateLimiter::new(
-                per_account,
-                DefaultKeyedStateStore::default(),
-                clock.clone(),
-            ),
-            per_chat: RateLimiter::new(per_chat, DefaultKeyedStateStore::default(), clock),
-            account_quota: per_account,
-            chat_quota: per_chat,
+            defaults: Limiters::new(per_account, per_chat),
+            custom: std::sync::Mutex::new(HashMap::new()),
             checks: AtomicU64::new(0),
             memory: None,
             remembered: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Limits with these rates for accounts without rates of their own.
+    pub fn with_rates(rates: SendRates) -> Self {
+        Self::new(quota(rates.per_account), quota(rates.per_chat))
     }
 
     /// Keeps the counters in `memory` too, so that they survive a restart (see the module
@@ -285,34 +372,24 @@ impl RateLimitPolicy {
         self
     }
 
-    /// The decision of the in-memory limiters (a refusal spends nothing).
-    fn decide(&self, ctx: &SendContext<'_>) -> SendDecision {
+    /// The limiters of this check's account, and whether they are new (to be primed).
+    fn limiters(&self, ctx: &SendContext<'_>) -> (Chosen<'_>, bool) {
+        let mut custom = self.custom.lock().unwrap_or_else(|e| e.into_inner());
         // Forget idle keys now and then so the maps stay small.
         if self.checks.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
-            self.per_account.retain_recent();
-            self.per_chat.retain_recent();
+            self.defaults.retain_recent();
+            custom.values().for_each(|(_, l)| l.retain_recent());
         }
-        let chat_key = (ctx.account_id, ctx.thread_key.to_owned());
-        if let Err(not_until) = self.per_chat.check_key(&chat_key) {
-            let wait = not_until.wait_time_from(self.per_chat.clock().now());
-            return SendDecision::DelayUntil(ctx.now.plus(wait.max(Duration::from_millis(1))));
-        }
-        if let Err(not_until) = self.per_account.check_key(&ctx.account_id) {
-            let wait = not_until.wait_time_from(self.per_account.clock().now());
-            return SendDecision::DelayUntil(ctx.now.plus(wait.max(Duration::from_millis(1))));
-        }
-        SendDecision::Allow
-    }
-
-    /// Takes the cells that remembered counters say are in use, in the in-memory limiters.
-    fn prime(&self, account: AccountId, counters: &Counters, now: i64) {
-        let take = |n: u32| NonZeroU32::new(n);
-        if let Some(n) = take(cells_taken(counters.a, now, &self.account_quota)) {
-            let _ = self.per_account.check_key_n(&account, n);
-        }
-        for (thread, tat) in &counters.c {
-            if let Some(n) = take(cells_taken(*tat, now, &self.chat_quota)) {
-                let _ = self.per_chat.check_key_n(&(account, thread.clone()), n);
+        let Some(rates) = ctx.rates else {
+            let had_own = custom.remove(&ctx.account_id).is_some();
+            return (Chosen::Defaults(&self.defaults), had_own);
+        };
+        match custom.get(&ctx.account_id) {
+            Some((known, l)) if *known == rates => (Chosen::Own(Arc::clone(l)), false),
+            _ => {
+                let l = Arc::new(Limiters::of(rates));
+                custom.insert(ctx.account_id, (rates, Arc::clone(&l)));
+                (Chosen::Own(l), true)
             }
         }
     }
@@ -328,15 +405,23 @@ impl RateLimitPolicy {
             SendDecision::DelayUntil(ctx.now.plus(Duration::from_secs(1)))
         };
         let mut remembered = self.remembered.lock().await;
+        let (limiters, fresh) = self.limiters(ctx);
         let counters = match remembered.entry(ctx.account_id) {
-            std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+            std::collections::hash_map::Entry::Occupied(known) => {
+                let counters = known.into_mut();
+                if fresh {
+                    // New rates: the new limiters start from what was sent so far.
+                    limiters.prime(ctx.account_id, counters, now);
+                }
+                counters
+            }
             std::collections::hash_map::Entry::Vacant(slot) => {
                 let counters = match memory.load(ctx.account_id).await {
                     Ok(Some(raw)) => serde_json::from_slice(&raw).unwrap_or_else(|e| {
                         // Unreadable: as if the account's limit had just been used up.
                         tracing::warn!(error = %e, "unreadable send policy counters; starting as if just used");
                         let full = i64::try_from(
-                            self.account_quota.burst_size_replenished_in().as_millis(),
+                            limiters.account_quota.burst_size_replenished_in().as_millis(),
                         )
                         .unwrap_or(i64::MAX);
                         Counters { a: now.saturating_add(full), c: HashMap::new() }
@@ -344,19 +429,19 @@ impl RateLimitPolicy {
                     Ok(None) => Counters::default(),
                     Err(e) => return hold(e),
                 };
-                self.prime(ctx.account_id, &counters, now);
+                limiters.prime(ctx.account_id, &counters, now);
                 slot.insert(counters)
             }
         };
-        let decision = self.decide(ctx);
+        let decision = limiters.decide(ctx);
         if decision != SendDecision::Allow {
             return decision;
         }
-        counters.a = gcra_next(counters.a, now, self.account_quota.replenish_interval());
+        counters.a = gcra_next(counters.a, now, limiters.account_quota.replenish_interval());
         let chat = counters.c.get(ctx.thread_key).copied().unwrap_or(0);
         counters.c.insert(
             ctx.thread_key.to_owned(),
-            gcra_next(chat, now, self.chat_quota.replenish_interval()),
+            gcra_next(chat, now, limiters.chat_quota.replenish_interval()),
         );
         counters.c.retain(|_, tat| *tat > now);
         let bytes = serde_json::to_vec(&*counters).unwrap_or_default();
@@ -379,7 +464,7 @@ impl SendPolicy for RateLimitPolicy {
     async fn check(&self, ctx: &SendContext<'_>) -> SendDecision {
         match &self.memory {
             Some(memory) => self.check_remembered(memory, ctx).await,
-            None => self.decide(ctx),
+            None => self.limiters(ctx).0.decide(ctx),
         }
     }
 }
@@ -396,6 +481,7 @@ mod tests {
             message_id: MessageId::new(),
             attempt: 1,
             now: Timestamp(1_000_000),
+            rates: None,
         }
     }
 

@@ -125,7 +125,8 @@ impl StateCipher {
 
     /// A cipher that seals under `keys`' sealing key and opens under any of them.
     pub fn from_keys(keys: &StateKeys) -> Self {
-        let keys = keys.iter().map(|k| (k.id(), XChaCha20Poly1305::new(k.bytes().into()))).collect();
+        let keys =
+            keys.iter().map(|k| (k.id(), XChaCha20Poly1305::new(k.bytes().into()))).collect();
         Self { keys }
     }
 

@@ -247,9 +247,7 @@ impl StateKeys {
         }
         let text = std::fs::read_to_string(path).map_err(io)?;
         Self::parse(&text.into()).map_err(|e| match e {
-            StateError::KeysFile(why) => {
-                StateError::KeysFile(format!("{}: {why}", path.display()))
-            }
+            StateError::KeysFile(why) => StateError::KeysFile(format!("{}: {why}", path.display())),
             other => other,
         })
     }
@@ -282,9 +280,9 @@ impl StateKeys {
                 other => other,
             }),
             Err(std::env::VarError::NotPresent) => Ok(None),
-            Err(std::env::VarError::NotUnicode(_)) => Err(StateError::KeysFile(format!(
-                "{CHANNEL_STATE_KEYS} is not UTF-8 text"
-            ))),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(StateError::KeysFile(format!("{CHANNEL_STATE_KEYS} is not UTF-8 text")))
+            }
         }
     }
 }

@@ -256,10 +256,29 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates an account (connection state `Connecting`).
     async fn create_account(&self, new: NewAccount, now: Timestamp) -> Result<Account, StoreError>;
-    /// The account, or `NotFound`.
+    /// The account, or `NotFound` (also for a removed account).
     async fn account(&self, id: AccountId) -> Result<Account, StoreError>;
-    /// All accounts, oldest first.
+    /// All accounts (not removed ones), oldest first.
     async fn accounts(&self) -> Result<Vec<Account>, StoreError>;
+    /// Applies the fields given in `update` (the caller checked a new configuration).
+    /// `NotFound` for an unknown or removed account.
+    async fn update_account(
+        &self,
+        id: AccountId,
+        update: &AccountUpdate,
+        now: Timestamp,
+    ) -> Result<Account, StoreError>;
+    /// Removes an account, atomically: its state, its lease and its unfinished jobs go (a
+    /// pending send ends `Failed`, naming the removal), and it is no longer listed or found.
+    /// Its identities, conversations and messages stay, still readable, unless
+    /// `purge_messages`, which deletes them and every job of the account too. `NotFound` for
+    /// an unknown or already removed account.
+    async fn remove_account(
+        &self,
+        id: AccountId,
+        purge_messages: bool,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
     /// Enables or disables an account.
     async fn set_account_enabled(
         &self,

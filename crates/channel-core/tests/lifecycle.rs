@@ -9,6 +9,13 @@ use channel_core::dispatcher::Dispatcher;
 use channel_core::*;
 use common::*;
 
+/// Stores the account's lifecycle policy in its settings, as every worker reads it.
+async fn set_policy(h: &Harness, policy: LifecyclePolicy) {
+    let settings = AccountSettings::default().with_lifecycle(policy);
+    let update = AccountUpdate::default().settings(settings);
+    h.engine.update_account(h.account.id, update).await.unwrap();
+}
+
 fn policy(on_closed: OnClosed) -> LifecyclePolicy {
     LifecyclePolicy {
         idle_after: Some(Duration::from_secs(600)),
@@ -21,7 +28,7 @@ fn policy(on_closed: OnClosed) -> LifecyclePolicy {
 #[tokio::test(start_paused = true)]
 async fn the_sweep_idles_then_closes_quiet_conversations_and_a_later_message_opens_the_next_one() {
     let mut h = harness().await;
-    h.engine.set_lifecycle_policy(h.account.id, policy(OnClosed::StartNew));
+    set_policy(&h, policy(OnClosed::StartNew)).await;
     let first = h.conversation("chat").await;
     let busy = h.conversation("busy").await;
     h.drain_events();
@@ -69,7 +76,7 @@ async fn the_sweep_idles_then_closes_quiet_conversations_and_a_later_message_ope
 #[tokio::test(start_paused = true)]
 async fn with_reopen_a_message_reopens_the_closed_conversation_and_publishes_it() {
     let mut h = harness().await;
-    h.engine.set_lifecycle_policy(h.account.id, policy(OnClosed::Reopen));
+    set_policy(&h, policy(OnClosed::Reopen)).await;
     let first = h.conversation("chat").await;
     tokio::time::advance(Duration::from_secs(3601)).await;
     assert_eq!(h.engine.sweep_account(h.account.id).await.unwrap().closed, 1);
@@ -92,7 +99,7 @@ async fn expired_conversations_are_never_reopened() {
         on_closed: OnClosed::Reopen,
         ..Default::default()
     };
-    h.engine.set_lifecycle_policy(h.account.id, p);
+    set_policy(&h, p).await;
     let first = h.conversation("chat").await;
     for hour in 1..=25 {
         tokio::time::advance(Duration::from_secs(3600)).await;
@@ -114,7 +121,7 @@ async fn expired_conversations_are_never_reopened() {
 #[tokio::test(start_paused = true)]
 async fn sweeps_are_scheduled_once_per_account_and_run_through_the_queue() {
     let h = harness().await;
-    h.engine.set_lifecycle_policy(h.account.id, policy(OnClosed::StartNew));
+    set_policy(&h, policy(OnClosed::StartNew)).await;
     let first = h.conversation("chat").await;
     tokio::time::advance(Duration::from_secs(3601)).await;
     assert_eq!(h.engine.schedule_sweeps().await.unwrap(), 1);
@@ -138,7 +145,7 @@ async fn a_sweep_racing_messages_never_leaves_two_open_conversations_for_a_threa
     let h = harness().await;
     // Everything is due at once: a zero close period.
     let p = LifecyclePolicy { close_after: Some(Duration::ZERO), ..Default::default() };
-    h.engine.set_lifecycle_policy(h.account.id, p);
+    set_policy(&h, p).await;
     let engine = h.engine.clone();
     let account = h.account.id;
     let deliveries = tokio::spawn(async move {

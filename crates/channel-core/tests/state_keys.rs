@@ -31,7 +31,10 @@ async fn rotation_re_encrypts_every_account_and_the_old_key_can_be_retired() {
 
     // 1. The new key is added everywhere (it opens, the old one still seals).
     let added = engine(&store, StateKeys::new(old.clone()).with(new.clone()));
-    assert_eq!(added.account_state(accounts[0]).get("cursor").await.unwrap().unwrap().expose_secret(), b"42");
+    assert_eq!(
+        added.account_state(accounts[0]).get("cursor").await.unwrap().unwrap().expose_secret(),
+        b"42"
+    );
     // 2. It becomes the first key everywhere, 3. the rotation re-encrypts everything.
     let rotating = engine(&store, StateKeys::new(new.clone()).with(old.clone()));
     let report = rotating.rotate_state_keys().await.unwrap();

@@ -4,17 +4,17 @@
 use std::str::FromStr;
 
 use channel_core::{
-    Account, AccountId, Attachment, AttemptOutcome, ChannelKind, ConnectionState, ContactId,
-    Conversation, ConversationId, ConversationStatus, Defect, Direction, Identity, IdentityId, Job,
-    JobAttempt, JobId, JobKind, JobState, Lease, Message, MessageId, MessageStatus, Origin,
-    StoreError, Timestamp,
+    Account, AccountId, AccountSettings, Attachment, AttemptOutcome, ChannelKind, ConnectionState,
+    ContactId, Conversation, ConversationId, ConversationStatus, Defect, Direction, Identity,
+    IdentityId, Job, JobAttempt, JobId, JobKind, JobState, Lease, Message, MessageId,
+    MessageStatus, Origin, StoreError, Timestamp,
 };
 
 use crate::db::Row;
 use crate::error::corrupt;
 
 pub(crate) const ACCOUNT_COLS: &str =
-    "id, kind, display_name, config, enabled, connection, created_at, updated_at";
+    "id, kind, display_name, config, enabled, connection, created_at, updated_at, settings";
 
 pub(crate) const IDENTITY_COLS: &str = "id, account_id, address, display_name, username, \
      contact_id, merged_into, created_at, updated_at";
@@ -111,6 +111,7 @@ pub(crate) fn account(row: &Row) -> Result<Account, StoreError> {
         connection: json::<ConnectionState>("connection state", &row.text("connection")?)?,
         created_at: ts(row, "created_at")?,
         updated_at: ts(row, "updated_at")?,
+        settings: json::<AccountSettings>("account settings", &row.text("settings")?)?,
     })
 }
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use channel_core::{
-    Account, AccountId, ConnectionState, ContactId, Conversation, ConversationId,
+    Account, AccountId, AccountUpdate, ConnectionState, ContactId, Conversation, ConversationId,
     ConversationStatus, DueConversations, Identity, IdentityId, Lease, Message, MessageId,
     MessageStatus, NewAccount, SendRequest, StoreError, Timestamp,
 };
@@ -18,7 +18,8 @@ use crate::limits::{
 // ----- accounts -----
 
 pub(crate) async fn account_in(ex: Ex<'_>, id: AccountId) -> Res<Option<Account>> {
-    let sql = format!("SELECT {} FROM accounts WHERE id = ?", codec::ACCOUNT_COLS);
+    let sql =
+        format!("SELECT {} FROM accounts WHERE id = ? AND removed_at IS NULL", codec::ACCOUNT_COLS);
     let id = id.to_string();
     match ex.fetch_optional(&sql, &[Arg::Text(&id)]).await? {
         Some(row) => Ok(Some(codec::account(&row)?)),
@@ -33,7 +34,10 @@ pub(crate) async fn account(ex: Ex<'_>, id: AccountId) -> Res<Account> {
 pub(crate) async fn account_exists(tx: &mut Tx, id: AccountId) -> Res<bool> {
     let id = id.to_string();
     Ok(tx
-        .fetch_optional("SELECT id FROM accounts WHERE id = ?", &[Arg::Text(&id)])
+        .fetch_optional(
+            "SELECT id FROM accounts WHERE id = ? AND removed_at IS NULL",
+            &[Arg::Text(&id)],
+        )
         .await?
         .is_some())
 }
@@ -48,8 +52,13 @@ pub(crate) async fn require_account(tx: &mut Tx, id: AccountId) -> Res<()> {
 
 pub(crate) async fn create_account(tx: &mut Tx, new: &NewAccount, now: Timestamp) -> Res<Account> {
     limits::text("display_name", &new.display_name, MAX_NAME_BYTES)?;
-    if account_exists(tx, new.id).await? {
-        return Err(invalid("id", format!("account {} already exists", new.id)));
+    let taken = new.id.to_string();
+    if tx
+        .fetch_optional("SELECT id FROM accounts WHERE id = ?", &[Arg::Text(&taken)])
+        .await?
+        .is_some()
+    {
+        return Err(invalid("id", format!("account {} already exists (or was removed)", new.id)));
     }
     let account = Account {
         id: new.id,
@@ -60,14 +69,16 @@ pub(crate) async fn create_account(tx: &mut Tx, new: &NewAccount, now: Timestamp
         connection: ConnectionState::Connecting,
         created_at: now,
         updated_at: now,
+        settings: new.settings,
     };
     let connection = codec::to_json("connection", &account.connection)?;
     let config = codec::to_json("config", &account.config)?;
     limits::size("config", config.len(), limits::MAX_CONNECTION_STATE_BYTES)?;
+    let settings = codec::to_json("settings", &account.settings)?;
     let id = account.id.to_string();
     tx.execute(
         "INSERT INTO accounts (id, kind, display_name, config, enabled, connection, created_at, \
-         updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         updated_at, settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         &[
             Arg::Text(&id),
             Arg::Text(account.kind.as_str()),
@@ -77,6 +88,7 @@ pub(crate) async fn create_account(tx: &mut Tx, new: &NewAccount, now: Timestamp
             Arg::Text(&connection),
             Arg::Int(now.0),
             Arg::Int(now.0),
+            Arg::Text(&settings),
         ],
     )
     .await?;
@@ -84,7 +96,10 @@ pub(crate) async fn create_account(tx: &mut Tx, new: &NewAccount, now: Timestamp
 }
 
 pub(crate) async fn accounts(ex: Ex<'_>) -> Res<Vec<Account>> {
-    let sql = format!("SELECT {} FROM accounts ORDER BY created_at, id", codec::ACCOUNT_COLS);
+    let sql = format!(
+        "SELECT {} FROM accounts WHERE removed_at IS NULL ORDER BY created_at, id",
+        codec::ACCOUNT_COLS
+    );
     Ok(all(ex.fetch_all(&sql, &[]).await?, codec::account)?)
 }
 
@@ -95,7 +110,8 @@ pub(crate) async fn set_account_enabled(
     now: Timestamp,
 ) -> Res<Account> {
     let sql = format!(
-        "UPDATE accounts SET enabled = ?, updated_at = ? WHERE id = ? RETURNING {}",
+        "UPDATE accounts SET enabled = ?, updated_at = ? WHERE id = ? AND removed_at IS NULL \
+         RETURNING {}",
         codec::ACCOUNT_COLS
     );
     let ids = id.to_string();
@@ -122,7 +138,8 @@ pub(crate) async fn set_connection_state(
     let json = codec::to_json("connection", state)?;
     limits::size("connection", json.len(), MAX_CONNECTION_STATE_BYTES)?;
     let sql = format!(
-        "UPDATE accounts SET connection = ?, updated_at = ? WHERE id = ? RETURNING {}",
+        "UPDATE accounts SET connection = ?, updated_at = ? WHERE id = ? AND removed_at IS NULL \
+         RETURNING {}",
         codec::ACCOUNT_COLS
     );
     let ids = id.to_string();
@@ -130,6 +147,101 @@ pub(crate) async fn set_connection_state(
         Some(row) => Ok(codec::account(&row)?),
         None => Err(StoreError::not_found("account", id).into()),
     }
+}
+
+pub(crate) async fn update_account(
+    tx: &mut Tx,
+    id: AccountId,
+    update: &AccountUpdate,
+    now: Timestamp,
+) -> Res<Account> {
+    if let Some(name) = &update.display_name {
+        limits::text("display_name", name, MAX_NAME_BYTES)?;
+    }
+    let config = match &update.config {
+        Some(c) => {
+            let json = codec::to_json("config", c)?;
+            limits::size("config", json.len(), limits::MAX_CONNECTION_STATE_BYTES)?;
+            Some(json)
+        }
+        None => None,
+    };
+    let settings = match &update.settings {
+        Some(s) => Some(codec::to_json("settings", s)?),
+        None => None,
+    };
+    let sql = format!(
+        "UPDATE accounts SET display_name = COALESCE(?, display_name), \
+         config = COALESCE(?, config), settings = COALESCE(?, settings), updated_at = ? \
+         WHERE id = ? AND removed_at IS NULL RETURNING {}",
+        codec::ACCOUNT_COLS
+    );
+    let ids = id.to_string();
+    let args = [
+        Arg::OptText(update.display_name.as_deref()),
+        Arg::OptText(config.as_deref()),
+        Arg::OptText(settings.as_deref()),
+        Arg::Int(now.0),
+        Arg::Text(&ids),
+    ];
+    match tx.fetch_optional(&sql, &args).await? {
+        Some(row) => Ok(codec::account(&row)?),
+        None => Err(StoreError::not_found("account", id).into()),
+    }
+}
+
+/// The error of a send that was pending when its account was removed.
+const ACCOUNT_REMOVED: &str = "the account was removed before this message was sent";
+
+pub(crate) async fn remove_account(
+    tx: &mut Tx,
+    id: AccountId,
+    purge_messages: bool,
+    now: Timestamp,
+) -> Res<()> {
+    let ids = id.to_string();
+    let account = [Arg::Text(&ids)];
+    let removed = tx
+        .fetch_optional(
+            "UPDATE accounts SET removed_at = ?, enabled = ?, updated_at = ? \
+             WHERE id = ? AND removed_at IS NULL RETURNING id",
+            &[Arg::Int(now.0), Arg::Bool(false), Arg::Int(now.0), Arg::Text(&ids)],
+        )
+        .await?;
+    if removed.is_none() {
+        return Err(StoreError::not_found("account", id).into());
+    }
+    tx.execute("DELETE FROM account_state WHERE account_id = ?", &account).await?;
+    let lease = Lease::account_name(id);
+    tx.execute("DELETE FROM leases WHERE name = ?", &[Arg::Text(&lease)]).await?;
+    if purge_messages {
+        let jobs = "SELECT id FROM jobs WHERE account_id = ? OR message_id IN \
+                    (SELECT id FROM messages WHERE account_id = ?)";
+        let twice = [Arg::Text(&ids), Arg::Text(&ids)];
+        tx.execute(&format!("DELETE FROM job_attempts WHERE job_id IN ({jobs})"), &twice).await?;
+        tx.execute(&format!("DELETE FROM jobs WHERE id IN ({jobs})"), &twice).await?;
+        tx.execute("DELETE FROM messages WHERE account_id = ?", &account).await?;
+        tx.execute("DELETE FROM conversations WHERE account_id = ?", &account).await?;
+        tx.execute("UPDATE identities SET merged_into = NULL WHERE account_id = ?", &account)
+            .await?;
+        tx.execute("DELETE FROM identities WHERE account_id = ?", &account).await?;
+        tx.execute("DELETE FROM accounts WHERE id = ?", &account).await?;
+        return Ok(());
+    }
+    tx.execute(
+        "UPDATE jobs SET state = 'cancelled', leased_by = NULL, lease_expires_at = NULL, \
+         last_error = ?, updated_at = ? \
+         WHERE account_id = ? AND state IN ('available', 'running', 'retryable')",
+        &[Arg::Text(ACCOUNT_REMOVED), Arg::Int(now.0), Arg::Text(&ids)],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE messages SET status = 'failed', error = ?, updated_at = ? \
+         WHERE account_id = ? AND status = 'pending'",
+        &[Arg::Text(ACCOUNT_REMOVED), Arg::Int(now.0), Arg::Text(&ids)],
+    )
+    .await?;
+    Ok(())
 }
 
 // ----- account state -----

@@ -321,9 +321,9 @@ fn finished_job_cond<'a>(q: &mut Sql<'a>, id: &'a str, f: &Finish<'_>, now: Time
 
 fn outcome_error(outcome: Option<&MessageOutcome>) -> String {
     match outcome {
-        Some(MessageOutcome::Failed { error } | MessageOutcome::SentUnlinked { note: error, .. }) => {
-            limits::error_text(error)
-        }
+        Some(
+            MessageOutcome::Failed { error } | MessageOutcome::SentUnlinked { note: error, .. },
+        ) => limits::error_text(error),
         _ => String::new(),
     }
 }
@@ -441,9 +441,9 @@ pub(crate) async fn finish_pg(
 pub(crate) fn check_outcome(outcome: Option<&MessageOutcome>) -> Res<()> {
     match outcome {
         Some(MessageOutcome::Sent { provider_id, .. }) => limits::key("provider_id", provider_id),
-        Some(MessageOutcome::Failed { error } | MessageOutcome::SentUnlinked { note: error, .. }) => {
-            limits::text("error", error, limits::MAX_TEXT_BYTES)
-        }
+        Some(
+            MessageOutcome::Failed { error } | MessageOutcome::SentUnlinked { note: error, .. },
+        ) => limits::text("error", error, limits::MAX_TEXT_BYTES),
         None => Ok(()),
     }
 }

@@ -4,10 +4,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use channel_core::{
-    Account, AccountId, AttemptOutcome, ConnectionState, ContactId, Conversation, ConversationId,
-    ConversationStatus, DueConversations, Enqueued, Identity, IdentityId, IngestOutcome,
-    IngestRequest, Job, JobAttempt, JobId, JobKind, JobLease, JobState, Lease, Message, MessageId,
-    MessageOutcome, NewAccount, NewJob, Notification, SendRequest, Store, StoreError, Timestamp,
+    Account, AccountId, AccountUpdate, AttemptOutcome, ConnectionState, ContactId, Conversation,
+    ConversationId, ConversationStatus, DueConversations, Enqueued, Identity, IdentityId,
+    IngestOutcome, IngestRequest, Job, JobAttempt, JobId, JobKind, JobLease, JobState, Lease,
+    Message, MessageId, MessageOutcome, NewAccount, NewJob, Notification, SendRequest, Store,
+    StoreError, Timestamp,
 };
 
 use crate::queue::{self, Completion, Finish};
@@ -48,6 +49,30 @@ impl Store for SqlStore {
 
     async fn accounts(&self) -> Result<Vec<Account>, StoreError> {
         self.run("accounts", ops::accounts(self.pools().reader())).await
+    }
+
+    async fn update_account(
+        &self,
+        id: AccountId,
+        update: &AccountUpdate,
+        now: Timestamp,
+    ) -> Result<Account, StoreError> {
+        self.run("update_account", async {
+            write_tx!(self, |tx| ops::update_account(tx, id, update, now).await?)
+        })
+        .await
+    }
+
+    async fn remove_account(
+        &self,
+        id: AccountId,
+        purge_messages: bool,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.run("remove_account", async {
+            write_tx!(self, |tx| ops::remove_account(tx, id, purge_messages, now).await?)
+        })
+        .await
     }
 
     async fn set_account_enabled(

@@ -29,7 +29,8 @@ use channel_core::runtime::{Runtime, StaticChannels};
 use channel_core::state::StateError;
 use channel_core::testing::MemoryChannel;
 use channel_core::{
-    AccountId, Channel, Engine, EngineConfig, Event, LifecyclePolicy, OnClosed, Store,
+    AccountId, AccountSettings, AccountUpdate, Channel, Engine, EngineConfig, Event,
+    LifecyclePolicy, OnClosed, Store,
 };
 use channel_watchdog::LoopStatus;
 use secrecy::ExposeSecret;
@@ -153,7 +154,11 @@ async fn run(args: Args) -> Result<(), Error> {
         .blob_dir(&paths.blobs)
         .build()
         .context("cannot build the engine")?;
-    engine.set_lifecycle_policy(account.id, DEMO_LIFECYCLE);
+    let settings = AccountSettings::default().with_lifecycle(DEMO_LIFECYCLE);
+    engine
+        .update_account(account.id, AccountUpdate::default().settings(settings))
+        .await
+        .context("cannot store the demo account's lifecycle policy")?;
     let run_number = count_run(&engine, account.id, &paths).await?;
 
     // Events, logged as they are published (ids only: events carry no content).

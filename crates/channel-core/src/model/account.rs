@@ -189,6 +189,9 @@ pub struct Account {
     pub created_at: Timestamp,
     /// When it last changed.
     pub updated_at: Timestamp,
+    /// Its settings (lifecycle policy, send rates), the same for every worker.
+    #[serde(default)]
+    pub settings: super::AccountSettings,
 }
 
 /// What is needed to create an [`Account`].
@@ -204,6 +207,8 @@ pub struct NewAccount {
     pub config: serde_json::Value,
     /// Whether it starts enabled.
     pub enabled: bool,
+    /// Its settings.
+    pub settings: super::AccountSettings,
 }
 
 impl NewAccount {
@@ -215,7 +220,14 @@ impl NewAccount {
             display_name: display_name.into(),
             config: serde_json::Value::Null,
             enabled: true,
+            settings: super::AccountSettings::default(),
         }
+    }
+
+    /// With settings.
+    pub fn with_settings(mut self, settings: super::AccountSettings) -> Self {
+        self.settings = settings;
+        self
     }
 
     /// With the provider's configuration.

@@ -1,6 +1,7 @@
 //! The domain model: accounts, identities, conversations, messages, jobs, leases and events.
 
 mod account;
+mod account_settings;
 mod conversation;
 pub mod defect;
 mod event;
@@ -14,6 +15,7 @@ mod timestamp;
 pub use account::{
     Account, ChannelKind, ConnectionState, InvalidKind, NewAccount, UnknownValue, UserAction,
 };
+pub use account_settings::{AccountSettings, AccountUpdate, Rate, SendRates};
 pub use conversation::{Conversation, ConversationStatus, LifecyclePolicy, OnClosed};
 pub use defect::{Defect, LeftOut};
 pub use event::Event;

@@ -252,6 +252,7 @@ pub async fn accounts_crud_and_connection_state(store: Arc<dyn Store>) {
         display_name: "dup".into(),
         config: serde_json::Value::Null,
         enabled: true,
+        settings: AccountSettings::default(),
     };
     assert!(store.create_account(dup, at(5)).await.is_err(), "an existing account id is refused");
     assert_eq!(store.accounts().await.expect("accounts").len(), 2);
@@ -301,6 +302,85 @@ pub async fn account_state_put_get_delete_clear(store: Arc<dyn Store>) {
 
     let err = store.state_put(AccountId::new(), "k", b"v").await.expect_err("unknown account");
     assert!(is_not_found(&err), "unknown account: {err:?}");
+}
+
+/// An update replaces only the fields given, and settings round-trip; a removed account is
+/// neither listed nor found, its state, lease and unfinished sends go (a pending message
+/// fails), and its messages stay readable unless purged, which deletes them and the account.
+pub async fn accounts_update_and_remove_keeping_or_purging_messages(store: Arc<dyn Store>) {
+    let store = &*store;
+    let (account, conversation, pending, job) = queued_send(store, 10).await;
+    let settings = AccountSettings::default()
+        .with_lifecycle(LifecyclePolicy {
+            idle_after: Some(Duration::from_secs(60)),
+            ..LifecyclePolicy::default()
+        })
+        .with_send_rates(SendRates {
+            per_account: Rate::per_minute(10).burst(2),
+            per_chat: Rate::every(Duration::from_secs(5)),
+        });
+    let config = serde_json::json!({"host": "mail.example.org"});
+    let update = AccountUpdate::default().config(config.clone()).settings(settings);
+    let updated = store.update_account(account.id, &update, at(2)).await.expect("update");
+    assert_eq!((&updated.config, updated.settings), (&config, settings));
+    assert_eq!(updated.display_name, account.display_name, "fields not given are kept");
+    let renamed = AccountUpdate::default().display_name("renamed");
+    let renamed = store.update_account(account.id, &renamed, at(3)).await.expect("rename");
+    assert_eq!((renamed.display_name.as_str(), renamed.settings), ("renamed", settings));
+    assert_eq!(store.account(account.id).await.expect("account"), renamed);
+
+    store.state_put(account.id, "session", b"s").await.expect("put");
+    let lease = Lease::account_name(account.id);
+    assert!(
+        store
+            .acquire_lease(&lease, "w", Duration::from_secs(60), at(3))
+            .await
+            .expect("lease")
+            .is_some()
+    );
+    store.remove_account(account.id, false, at(4)).await.expect("remove");
+    assert!(is_not_found(&store.account(account.id).await.expect_err("removed")));
+    assert!(store.accounts().await.expect("accounts").iter().all(|a| a.id != account.id));
+    assert_eq!(store.state_get(account.id, "session").await.expect("get"), None);
+    assert!(store.state_put(account.id, "session", b"s").await.is_err(), "no state comes back");
+    assert!(
+        store
+            .acquire_lease(&lease, "x", Duration::from_secs(60), at(4))
+            .await
+            .expect("lease")
+            .is_some(),
+        "its lease is gone"
+    );
+    let kept = store.messages(conversation, 10).await.expect("messages");
+    assert_eq!(kept.len(), 2, "its messages stay");
+    let failed = store.message(pending.id).await.expect("message");
+    assert_eq!(failed.status, MessageStatus::Failed, "a pending send cannot go any more");
+    assert_eq!(store.job(job).await.expect("job").state, JobState::Cancelled);
+    assert!(
+        store
+            .claim("w", &[JobKind::Send], 10, Duration::from_secs(60), at(5))
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let again = store.remove_account(account.id, false, at(5)).await;
+    assert!(matches!(again, Err(StoreError::NotFound { .. })), "{again:?}");
+    assert!(is_not_found(
+        &store.update_account(account.id, &update, at(5)).await.expect_err("removed")
+    ));
+
+    // Purged: the messages, conversations, identities and jobs go too.
+    let other = new_account(store, "other", at(6)).await;
+    let opened = ingest(store, other.id, inbound("o-1", "t", "bob", "hi", at(6)), at(6)).await;
+    let req = send_request(opened.conversation_id, "ck-o", 3, at(6));
+    let send_job = req.job_id;
+    store.enqueue_send(req).await.expect("enqueue");
+    store.remove_account(other.id, true, at(7)).await.expect("purge");
+    assert!(is_not_found(&store.message(opened.message_id).await.expect_err("purged")));
+    assert!(is_not_found(&store.conversation(opened.conversation_id).await.expect_err("purged")));
+    assert!(is_not_found(&store.job(send_job).await.expect_err("purged")));
+    assert_eq!(store.message_by_provider_id(other.id, "o-1").await.expect("lookup"), None);
+    assert_eq!(store.messages(conversation, 10).await.expect("messages").len(), 2, "others stay");
 }
 
 /// The account's state lists by slot, and a replace is a compare-and-set: it applies only
@@ -2107,6 +2187,7 @@ macro_rules! store_conformance_tests {
         $crate::__store_conformance_cases!(
             $factory;
             accounts_crud_and_connection_state,
+            accounts_update_and_remove_keeping_or_purging_messages,
             account_state_put_get_delete_clear,
             account_state_lists_and_replaces_by_compare_and_set,
             ingest_stores_message_with_unlinked_identity_and_open_conversation,

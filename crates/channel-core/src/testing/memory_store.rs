@@ -1,6 +1,6 @@
 //! [`MemoryStore`]: the reference implementation of [`Store`], in memory.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -49,6 +49,8 @@ impl std::fmt::Debug for MemoryStore {
 #[derive(Default)]
 struct Inner {
     accounts: HashMap<AccountId, Account>,
+    /// Removed accounts whose messages stay: neither listed nor found.
+    removed: HashMap<AccountId, Account>,
     state: HashMap<(AccountId, String), Vec<u8>>,
     identities: HashMap<IdentityId, Identity>,
     identity_by_address: HashMap<(AccountId, String), IdentityId>,
@@ -511,9 +513,9 @@ impl Inner {
                 }
                 Ok(())
             }
-            Some(MessageOutcome::Failed { error } | MessageOutcome::SentUnlinked { note: error, .. }) => {
-                no_nul("error", error)
-            }
+            Some(
+                MessageOutcome::Failed { error } | MessageOutcome::SentUnlinked { note: error, .. },
+            ) => no_nul("error", error),
             None => Ok(()),
         }
     }
@@ -560,10 +562,10 @@ impl Store for MemoryStore {
     async fn create_account(&self, new: NewAccount, now: Timestamp) -> Result<Account, StoreError> {
         no_nul("display_name", &new.display_name)?;
         let mut inner = self.lock();
-        if inner.accounts.contains_key(&new.id) {
+        if inner.accounts.contains_key(&new.id) || inner.removed.contains_key(&new.id) {
             return Err(StoreError::InvalidInput {
                 field: "id",
-                reason: format!("account {} already exists", new.id),
+                reason: format!("account {} already exists (or was removed)", new.id),
             });
         }
         let account = Account {
@@ -575,9 +577,89 @@ impl Store for MemoryStore {
             connection: ConnectionState::Connecting,
             created_at: now,
             updated_at: now,
+            settings: new.settings,
         };
         inner.accounts.insert(account.id, account.clone());
         Ok(account)
+    }
+
+    async fn update_account(
+        &self,
+        id: AccountId,
+        update: &AccountUpdate,
+        now: Timestamp,
+    ) -> Result<Account, StoreError> {
+        no_nul_opt("display_name", update.display_name.as_deref())?;
+        let mut inner = self.lock();
+        let account = inner.account_mut(id)?;
+        if let Some(name) = &update.display_name {
+            account.display_name.clone_from(name);
+        }
+        if let Some(config) = &update.config {
+            account.config = config.clone();
+        }
+        if let Some(settings) = update.settings {
+            account.settings = settings;
+        }
+        account.updated_at = now;
+        Ok(account.clone())
+    }
+
+    async fn remove_account(
+        &self,
+        id: AccountId,
+        purge_messages: bool,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let mut account =
+            inner.accounts.remove(&id).ok_or_else(|| StoreError::not_found("account", id))?;
+        inner.state.retain(|(a, _), _| *a != id);
+        inner.leases.remove(&Lease::account_name(id));
+        if purge_messages {
+            let gone: HashSet<MessageId> =
+                inner.messages.values().filter(|m| m.account_id == id).map(|m| m.id).collect();
+            let jobs: Vec<JobId> = inner
+                .jobs
+                .values()
+                .filter(|j| {
+                    j.account_id == Some(id) || j.message_id.is_some_and(|m| gone.contains(&m))
+                })
+                .map(|j| j.id)
+                .collect();
+            for job in jobs {
+                inner.jobs.remove(&job);
+                inner.attempts.remove(&job);
+            }
+            inner.messages.retain(|_, m| m.account_id != id);
+            inner.message_by_provider.retain(|(a, _), _| *a != id);
+            inner.message_by_client_key.retain(|(a, _), _| *a != id);
+            inner.conversations.retain(|_, c| c.account_id != id);
+            inner.identities.retain(|_, i| i.account_id != id);
+            inner.identity_by_address.retain(|(a, _), _| *a != id);
+            return Ok(());
+        }
+        const REMOVED: &str = "the account was removed before this message was sent";
+        for job in inner.jobs.values_mut().filter(|j| j.account_id == Some(id)) {
+            if matches!(job.state, JobState::Available | JobState::Running | JobState::Retryable) {
+                job.state = JobState::Cancelled;
+                job.leased_by = None;
+                job.lease_expires_at = None;
+                job.last_error = Some(REMOVED.to_owned());
+                job.updated_at = now;
+            }
+        }
+        for m in inner.messages.values_mut().filter(|m| m.account_id == id) {
+            if m.status == MessageStatus::Pending {
+                m.status = MessageStatus::Failed;
+                m.error = Some(REMOVED.to_owned());
+                m.updated_at = now;
+            }
+        }
+        account.enabled = false;
+        account.updated_at = now;
+        inner.removed.insert(id, account);
+        Ok(())
     }
 
     async fn account(&self, id: AccountId) -> Result<Account, StoreError> {
