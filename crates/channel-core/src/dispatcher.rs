@@ -29,7 +29,7 @@ pub const DISPATCHED_KINDS: [JobKind; 3] =
 /// # let engine = Engine::builder(store.clone(), StateKey::generate()).blob_store(BlobStore::in_memory()).build().unwrap();
 /// # let account = store.create_account(NewAccount::new(ChannelKind::from_static("memory"), "a"), engine.now()).await.unwrap();
 /// let channel = Arc::new(MemoryChannel::new());
-/// engine.attach_channel(account.id, channel.clone());
+/// testing::attach_channel(&engine, account.id, channel.clone()); // the runtime does this
 /// # let msg = InboundMessage::text("m1", "chat", IdentityInfo::new("tg:1"), "hi", engine.now());
 /// # let conversation = engine.deliver(account.id, msg).await.unwrap().conversation_id;
 /// let id = engine

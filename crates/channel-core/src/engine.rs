@@ -506,14 +506,23 @@ impl Engine {
             .with_timeout(self.inner.config.db_timeout)
     }
 
-    /// Attaches the channel that sends for `account` in this process.
-    pub fn attach_channel(&self, account: AccountId, channel: Arc<dyn Channel>) {
+    /// Attaches the channel that sends for `account` in this process. Only the runtime does,
+    /// while it holds the account's lease, so that no second live session opens (tests:
+    /// [`testing::attach_channel`](crate::testing::attach_channel)). A service cannot:
+    ///
+    /// ```compile_fail
+    /// # use std::sync::Arc;
+    /// # use channel_core::{*, testing::{MemoryChannel, MemoryStore}, state::StateKey};
+    /// # let engine = Engine::builder(Arc::new(MemoryStore::new()), StateKey::generate()).blob_store(BlobStore::in_memory()).build().unwrap();
+    /// engine.attach_channel(AccountId::new(), Arc::new(MemoryChannel::new())); // private
+    /// ```
+    pub(crate) fn attach_channel(&self, account: AccountId, channel: Arc<dyn Channel>) {
         write(&self.inner.channels).insert(account, channel);
         self.wake_dispatcher();
     }
 
     /// Detaches the account's channel (its lease was lost or it stopped).
-    pub fn detach_channel(&self, account: AccountId) -> Option<Arc<dyn Channel>> {
+    pub(crate) fn detach_channel(&self, account: AccountId) -> Option<Arc<dyn Channel>> {
         write(&self.inner.channels).remove(&account)
     }
 

@@ -76,7 +76,7 @@ async fn a_channel_without_history_refuses_the_request_and_discards_a_job_queued
             .with_capabilities(Capabilities { history: false, ..h.channel.capabilities() }),
     );
     no_history.set_history(page(3));
-    h.engine.attach_channel(h.account.id, no_history.clone());
+    channel_core::testing::attach_channel(&h.engine, h.account.id, no_history.clone());
 
     let other = HistoryRequest { thread_key: Some("other".into()), ..Default::default() };
     let refused = h.engine.request_history(h.account.id, other).await;

@@ -80,7 +80,7 @@ async fn an_attachment_for_a_channel_without_media_is_refused_or_fails_the_send_
     }];
     // Queued while a channel with media was attached (here, or in another process).
     let id = h.engine.send(None, message.clone()).await.unwrap();
-    h.engine.attach_channel(h.account.id, text_only.clone());
+    channel_core::testing::attach_channel(&h.engine, h.account.id, text_only.clone());
     // With the text-only channel attached here, the same send is refused at once.
     let refused = h.engine.send(None, message).await;
     assert!(
@@ -317,14 +317,14 @@ async fn needs_login_snoozes_the_job_and_reports_the_account_state() {
 async fn a_message_of_an_account_connected_elsewhere_waits_without_spending_attempts() {
     let h = harness().await;
     let conversation = h.conversation("chat").await;
-    h.engine.detach_channel(h.account.id);
+    channel_core::testing::detach_channel(&h.engine, h.account.id);
     let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
     let d = Dispatcher::new(h.engine.clone());
     d.run_once().await.unwrap();
     let job = h.job_of(id).await;
     assert_eq!((job.attempt, job.state), (0, JobState::Available));
     assert!(job.run_at > h.engine.now());
-    h.engine.attach_channel(h.account.id, h.channel.clone());
+    channel_core::testing::attach_channel(&h.engine, h.account.id, h.channel.clone());
     tokio::time::advance(Duration::from_secs(4)).await;
     d.run_once().await.unwrap();
     assert_eq!(h.store.message(id).await.unwrap().status, MessageStatus::Sent);
@@ -605,7 +605,7 @@ async fn memory_channel_provider_ids_are_unique_across_processes() {
     Dispatcher::new(h.engine.clone()).run_once().await.unwrap();
     // A second process on the same database: a fresh channel.
     let again = Arc::new(channel_core::testing::MemoryChannel::new());
-    h.engine.attach_channel(h.account.id, again.clone());
+    channel_core::testing::attach_channel(&h.engine, h.account.id, again.clone());
     let second = h.engine.send(None, reply(conversation, "two")).await.unwrap();
     Dispatcher::new(h.engine.clone()).run_once().await.unwrap();
 

@@ -147,7 +147,7 @@ async fn corpus_through_the_engine(store: Arc<dyn Store>) {
         .expect("account")
         .id;
     let channel = Arc::new(EmailChannel::new(st.config(&user).batch_size(4)).expect("channel"));
-    engine.attach_channel(account, channel.clone());
+    channel_core::testing::attach_channel(&engine, account, channel.clone());
     let sink = Arc::new(Counting {
         inner: Arc::new(engine.inbound(account)),
         delivered: Mutex::new(HashMap::new()),

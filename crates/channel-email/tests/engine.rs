@@ -54,7 +54,7 @@ async fn mail_is_stored_once_through_the_engine_and_a_reply_goes_out_through_the
         .id;
     let bob_channel =
         Arc::new(EmailChannel::new(st.config(&bob).append_sent(true)).expect("channel"));
-    engine.attach_channel(account, bob_channel.clone());
+    channel_core::testing::attach_channel(&engine, account, bob_channel.clone());
     let cancel = CancellationToken::new();
     let bob_task = {
         let (c, sink, k) = (bob_channel.clone(), Arc::new(engine.inbound(account)), cancel.clone());

@@ -173,7 +173,7 @@ async fn an_account_s_own_send_rates_hold_in_every_worker(store: Arc<dyn Store>)
     let hello = InboundMessage::text("m-1", "chat", IdentityInfo::new("tg:1"), "hello", a.now());
     let conversation = a.deliver(account.id, hello).await.unwrap().conversation_id;
     // The worker that sends never set any rate itself: it reads the account's.
-    b.attach_channel(account.id, Arc::new(MemoryChannel::new()));
+    channel_core::testing::attach_channel(&b, account.id, Arc::new(MemoryChannel::new()));
     b.send(None, OutboundMessage::text(conversation, "one")).await.unwrap();
     let second = b.send(None, OutboundMessage::text(conversation, "two")).await.unwrap();
     let dispatcher = Dispatcher::new(b.clone());

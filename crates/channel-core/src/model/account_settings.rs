@@ -13,13 +13,10 @@ use super::LifecyclePolicy;
 /// use std::time::Duration;
 /// use channel_core::{AccountSettings, Rate, SendRates};
 ///
-/// let settings = AccountSettings {
-///     send_rates: Some(SendRates {
-///         per_account: Rate::per_minute(10).burst(2),
-///         per_chat: Rate::every(Duration::from_secs(5)),
-///     }),
-///     ..AccountSettings::default()
-/// };
+/// let settings = AccountSettings::default().with_send_rates(SendRates {
+///     per_account: Rate::per_minute(10).burst(2),
+///     per_chat: Rate::every(Duration::from_secs(5)),
+/// });
 /// let json = serde_json::to_string(&settings).unwrap();
 /// assert_eq!(serde_json::from_str::<AccountSettings>(&json).unwrap(), settings);
 /// ```

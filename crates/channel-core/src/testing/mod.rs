@@ -12,3 +12,20 @@ pub use memory_channel::{
     MEMORY_KIND, MEMORY_LOGIN_TOKEN, MemoryChannel, MemoryProvider, SendScript,
 };
 pub use memory_store::MemoryStore;
+
+use std::sync::Arc;
+
+use crate::{AccountId, Channel, Engine};
+
+/// Attaches `channel` as the one that sends for `account` in `engine`, as the runtime does
+/// when it takes the account's lease: for tests that drive a [`Dispatcher`](crate::dispatcher::Dispatcher)
+/// without a runtime. A service never does this (the runtime holds the lease first, so no
+/// second live session opens).
+pub fn attach_channel(engine: &Engine, account: AccountId, channel: Arc<dyn Channel>) {
+    engine.attach_channel(account, channel);
+}
+
+/// Detaches the account's channel, as the runtime does when it loses the account's lease.
+pub fn detach_channel(engine: &Engine, account: AccountId) -> Option<Arc<dyn Channel>> {
+    engine.detach_channel(account)
+}

@@ -39,7 +39,7 @@ pub async fn harness_with(configure: impl FnOnce(EngineBuilder) -> EngineBuilder
         .await
         .expect("account");
     let channel = Arc::new(MemoryChannel::new());
-    engine.attach_channel(account.id, channel.clone());
+    channel_core::testing::attach_channel(&engine, account.id, channel.clone());
     let events = engine.subscribe();
     Harness { store, engine, channel, account, events }
 }
