@@ -22,7 +22,7 @@ use channel_core::state::StateKey;
 use channel_core::store::IngestOutcome;
 use channel_core::{
     BlobStore, Channel, ChannelError, ConnectionState, Engine, Event, IdentityInfo, Inbound,
-    InboundMessage, MessageId, NewAccount, OutgoingMessage, Store,
+    InboundMessage, MessageId, NewAccount, PreparedSend, Store,
 };
 use channel_email::testing::{PrivateDovecot, User, account_config, fill_maildir, stack};
 use channel_email::{EmailChannel, EmailConfig};
@@ -209,7 +209,7 @@ async fn channel_ingest(
     let dir = tempfile::tempdir().expect("tempdir");
     let inner: Arc<dyn Inbound> = if store {
         let (engine, account) = engine_on_sqlite(&dir, address).await;
-        Arc::new(engine.inbound(account))
+        Arc::new(engine.account_sink(account))
     } else {
         Arc::new(NullSink)
     };
@@ -361,7 +361,7 @@ fn push_latency(c: &mut Criterion) {
     let task = {
         let (r, s, k) = (
             receiver.clone(),
-            Arc::new(engine.inbound(bob_account)) as Arc<dyn Inbound>,
+            Arc::new(engine.account_sink(bob_account)) as Arc<dyn Inbound>,
             cancel.clone(),
         );
         rt.spawn(async move { r.run(s, k).await })
@@ -397,7 +397,7 @@ fn push_latency(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let key = format!("<lat-{}@bench.example.org>", rand::random::<u64>());
-                    let out = OutgoingMessage {
+                    let out = PreparedSend {
                         message_id: MessageId::new(),
                         client_key: key.clone(),
                         thread_key: key.clone(),

@@ -128,7 +128,7 @@ fn ingest_requests(account: AccountId) -> Vec<Vec<IngestRequest>> {
 }
 
 async fn ingest_once() -> Duration {
-    let store = SqlStore::open_sqlite_in_memory().await.expect("store");
+    let store = SqlStore::open_sqlite_temporary().await.expect("store");
     let account = store
         .create_account(NewAccount::new(ChannelKind::from_static("email"), "bench"), T0)
         .await
@@ -420,7 +420,7 @@ fn ingest(c: &mut Criterion, rt: &Runtime) {
 /// Claims in batches and completes each batch's jobs either one after the other or, as the
 /// engine's dispatcher does (it runs a claimed batch's jobs concurrently), all at once.
 async fn sqlite_queue_run(concurrent: bool) -> Duration {
-    let store = SqlStore::open_sqlite_in_memory().await.expect("store");
+    let store = SqlStore::open_sqlite_temporary().await.expect("store");
     for n in 0..SQLITE_JOBS {
         store
             .enqueue(NewJob::new(JobKind::HistorySync, Timestamp(T0.0 + n as i64)), T0)

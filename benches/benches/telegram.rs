@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use channel_core::{Channel, ConnectionState, IdentityInfo, MessageId, OutgoingMessage};
+use channel_core::{Channel, ConnectionState, IdentityInfo, MessageId, PreparedSend};
 use channel_telegram::session::SESSION_KEY;
 use channel_telegram::testing::MemoryInbound;
 use channel_telegram::testing::loopback::{LoopbackServer, TestUser};
@@ -104,7 +104,7 @@ impl World {
 
     async fn send_channel(&self) {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        let message = OutgoingMessage {
+        let message = PreparedSend {
             message_id: MessageId::new(),
             client_key: format!("bench-{key}"),
             thread_key: self.alice.id.to_string(),

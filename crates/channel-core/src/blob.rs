@@ -16,7 +16,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutPayload};
 use sha2::{Digest, Sha256};
 
-use crate::model::{Attachment, InboundAttachment};
+use crate::model::{Attachment, AttachmentData};
 
 /// The default largest attachment: 25 MiB, the size most mail servers accept for a whole
 /// message and above Telegram's 20 MB bot download limit.
@@ -144,7 +144,7 @@ impl BlobStore {
     /// Stores an attachment's bytes and returns the attachment as the model keeps it.
     pub async fn put_attachment(
         &self,
-        attachment: &InboundAttachment,
+        attachment: &AttachmentData,
     ) -> Result<Attachment, BlobError> {
         let blob = self.put(attachment.data.clone()).await?;
         Ok(Attachment {

@@ -18,6 +18,7 @@ use crate::store::IngestOutcome;
 
 /// What a provider can do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct Capabilities {
     /// Reports edits of earlier messages.
     pub edits: bool,
@@ -27,6 +28,48 @@ pub struct Capabilities {
     pub history: bool,
     /// Captures what the owner sent from other apps.
     pub outgoing_capture: bool,
+}
+
+impl Capabilities {
+    /// Nothing: only text is sent and received. Add what the provider can do:
+    ///
+    /// ```
+    /// use channel_core::Capabilities;
+    /// let caps = Capabilities::none().media(true).history(true);
+    /// assert!(caps.media && caps.history && !caps.edits);
+    /// ```
+    pub const fn none() -> Self {
+        Self { edits: false, media: false, history: false, outgoing_capture: false }
+    }
+
+    /// Every capability this version knows.
+    pub const fn all() -> Self {
+        Self { edits: true, media: true, history: true, outgoing_capture: true }
+    }
+
+    /// With or without edits.
+    pub const fn edits(mut self, yes: bool) -> Self {
+        self.edits = yes;
+        self
+    }
+
+    /// With or without media.
+    pub const fn media(mut self, yes: bool) -> Self {
+        self.media = yes;
+        self
+    }
+
+    /// With or without history.
+    pub const fn history(mut self, yes: bool) -> Self {
+        self.history = yes;
+        self
+    }
+
+    /// With or without capturing what the owner sent from other apps.
+    pub const fn outgoing_capture(mut self, yes: bool) -> Self {
+        self.outgoing_capture = yes;
+        self
+    }
 }
 
 /// Why a channel operation failed, classified for the engine.
@@ -75,9 +118,10 @@ impl ChannelError {
     }
 }
 
-/// An outbound message as the channel sends it.
+/// An outbound message as the engine prepared it for the channel: with its client key, its
+/// thread, its recipient and the thread's earlier ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutgoingMessage {
+pub struct PreparedSend {
     /// Our message id.
     pub message_id: MessageId,
     /// Our idempotency key: reuse it on every attempt (Telegram `random_id`, email
@@ -217,7 +261,7 @@ pub trait Channel: Send + Sync + 'static {
     ) -> Result<(), ChannelError>;
     /// Sends one message. The engine calls it under a timeout and may call it again with the
     /// same `client_key` after an error.
-    async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt, ChannelError>;
+    async fn send(&self, message: &PreparedSend) -> Result<SendReceipt, ChannelError>;
     /// Fetches older history; the engine ingests the result (deduplicated).
     async fn fetch_history(
         &self,

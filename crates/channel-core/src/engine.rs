@@ -405,8 +405,8 @@ impl EngineBuilder {
 /// syncs and the conversation lifecycle. Cheap to clone (one `Arc`).
 ///
 /// Channels are run by the [`Runtime`](crate::runtime::Runtime), which attaches each connected
-/// account's channel with [`Engine::attach_channel`]; the dispatcher sends only through attached
-/// channels.
+/// account's channel while it holds the account's lease; the dispatcher sends only through
+/// attached channels.
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) inner: Arc<Inner>,

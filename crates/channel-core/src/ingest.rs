@@ -145,7 +145,7 @@ impl Engine {
     }
 
     /// The sink through which a channel delivers for `account`.
-    pub fn inbound(&self, account: AccountId) -> AccountSink {
+    pub fn account_sink(&self, account: AccountId) -> AccountSink {
         AccountSink { engine: self.clone(), account, alive: None }
     }
 

@@ -44,7 +44,7 @@ pub mod validate;
 
 pub use blob::{BlobError, BlobStore};
 pub use channel::{
-    Capabilities, Channel, ChannelError, HistoryRequest, Inbound, KNOWN_IDS_LIMIT, OutgoingMessage,
+    Capabilities, Channel, ChannelError, HistoryRequest, Inbound, KNOWN_IDS_LIMIT, PreparedSend,
     SendReceipt,
 };
 pub use engine::{

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::channel::{Channel, ChannelError, OutgoingMessage, SendReceipt};
+use crate::channel::{Channel, ChannelError, PreparedSend, SendReceipt};
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::jobs::{JobRun, ReadyChannel};
@@ -264,7 +264,7 @@ impl Engine {
             .filter(|m| m.id != message.id)
             .filter_map(|m| m.provider_id)
             .collect();
-        let outgoing = OutgoingMessage {
+        let outgoing = PreparedSend {
             message_id,
             client_key: message.client_key.clone().unwrap_or_else(|| message_id.to_string()),
             thread_key: conversation.thread_key.clone(),
@@ -481,7 +481,7 @@ impl Engine {
     async fn call_send(
         &self,
         channel: &Arc<dyn Channel>,
-        m: &OutgoingMessage,
+        m: &PreparedSend,
     ) -> Result<crate::SendReceipt, ChannelError> {
         let after = self.inner.config.send_timeout;
         match tokio::time::timeout(after, channel.send(m)).await {

@@ -709,7 +709,7 @@ async fn run_channel(
     engine.attach_channel(account, Arc::clone(&channel));
     let token = ctx.token().child_token();
     let ping = ctx.clone();
-    let sink = Arc::new(engine.inbound(account).with_alive(Arc::new(move || ping.ping())));
+    let sink = Arc::new(engine.account_sink(account).with_alive(Arc::new(move || ping.ping())));
     let run = channel.run(sink, token.clone());
     tokio::pin!(run);
     let result = loop {

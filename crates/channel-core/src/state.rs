@@ -290,7 +290,7 @@ impl AccountState {
     }
 }
 
-/// What [`Engine::rotate_state_keys`] did.
+/// What [`Engine::rotate_state_keys`](crate::Engine::rotate_state_keys) did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KeyRotation {
     /// Values read (every account's state).

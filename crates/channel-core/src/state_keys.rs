@@ -130,6 +130,14 @@ impl fmt::Debug for StateKey {
 
 /// The keys a process seals and opens account state under: the first seals, every key opens.
 ///
+/// The keys file is text, one key per line as 64 hex digits (a comment may follow them;
+/// lines starting with `#` are comments), the sealing key first; [`CHANNEL_STATE_KEYS`] holds
+/// the same text, or keys separated by commas. Each key's id is derived from the key (8 hex
+/// digits). Rotating while several workers run: add the new key as a second line everywhere;
+/// make it the first everywhere; run
+/// [`Engine::rotate_state_keys`](crate::Engine::rotate_state_keys) until it re-encrypts
+/// nothing; remove the old line.
+///
 /// ```
 /// use channel_core::state::{StateKey, StateKeys};
 /// use secrecy::ExposeSecret;
@@ -186,7 +194,7 @@ impl StateKeys {
         self.keys.iter()
     }
 
-    /// Parses the keys file format (see the [module docs](self)): one key of 64 hex digits
+    /// Parses the keys file format (see [`StateKeys::create_file`]): one key of 64 hex digits
     /// per line or comma-separated, comments after `#` or after the digits.
     pub fn parse(text: &SecretString) -> Result<Self, StateError> {
         let mut keys: Option<StateKeys> = None;

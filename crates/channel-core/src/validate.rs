@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::model::defect::{self, Defect};
 use crate::model::{
-    CursorUpdate, IdentityInfo, InboundAttachment, InboundDeletion, InboundEdit, InboundMessage,
+    AttachmentData, CursorUpdate, IdentityInfo, InboundDeletion, InboundEdit, InboundMessage,
     OutboundMessage,
 };
 
@@ -178,7 +178,7 @@ fn check_identity(info: &IdentityInfo, l: &Limits) -> Result<(), ValidationError
     check_opt("remote.username", info.username.as_deref(), l.name)
 }
 
-fn check_attachments(list: &[InboundAttachment], l: &Limits) -> Result<(), ValidationError> {
+fn check_attachments(list: &[AttachmentData], l: &Limits) -> Result<(), ValidationError> {
     check_count("attachments", list.len(), l.attachments)?;
     for (i, a) in list.iter().enumerate() {
         check_opt(&format!("attachments[{i}].name"), a.name.as_deref(), l.attachment_meta)?;
@@ -394,13 +394,13 @@ fn degrade_body(
     blob_max: u64,
     keep_as: (&str, &str),
     out: &mut Defects<'_>,
-) -> (Option<String>, Option<InboundAttachment>) {
+) -> (Option<String>, Option<AttachmentData>) {
     let Some(body) = body else { return (None, None) };
     let (cut, whole) = cut_body(field, body, max, out);
     let Some(whole) = whole else { return (Some(cut), None) };
     if whole.len() as u64 <= blob_max {
         let (name, mime_type) = keep_as;
-        let kept = InboundAttachment {
+        let kept = AttachmentData {
             name: Some(name.to_owned()),
             mime_type: mime_type.to_owned(),
             data: bytes::Bytes::from(whole.into_bytes()),
@@ -527,7 +527,7 @@ pub fn degrade_inbound(m: InboundMessage, l: &Limits, blob_max: u64) -> InboundM
     let (html, full_html) =
         degrade_body("html", html, l.html, blob_max, (FULL_HTML_NAME, "text/html"), &mut out);
     let references = degrade_references(references, l, &mut out);
-    let extras: Vec<InboundAttachment> = full_text.into_iter().chain(full_html).collect();
+    let extras: Vec<AttachmentData> = full_text.into_iter().chain(full_html).collect();
     let room = l.attachments.saturating_sub(extras.len());
     let mut kept = Vec::with_capacity(attachments.len().min(room) + extras.len());
     for (i, a) in attachments.into_iter().enumerate() {
@@ -563,7 +563,7 @@ pub fn degrade_inbound(m: InboundMessage, l: &Limits, blob_max: u64) -> InboundM
                     .left_out(name, mime_type),
             );
         } else {
-            kept.push(InboundAttachment { name, mime_type, data: a.data });
+            kept.push(AttachmentData { name, mime_type, data: a.data });
         }
     }
     kept.extend(extras);

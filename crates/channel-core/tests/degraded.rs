@@ -13,8 +13,8 @@ fn codes(m: &Message) -> Vec<&str> {
     m.defects.iter().map(|d| d.code.as_str()).collect()
 }
 
-fn attachment(name: &str, size: usize) -> InboundAttachment {
-    InboundAttachment {
+fn attachment(name: &str, size: usize) -> AttachmentData {
+    AttachmentData {
         name: Some(name.into()),
         mime_type: "application/pdf".into(),
         data: vec![7u8; size].into(),
@@ -193,7 +193,7 @@ async fn a_batch_with_bad_messages_stores_all_of_them_in_order_and_the_cursor_mo
 async fn a_message_the_store_refuses_leaves_a_placeholder_and_the_batch_goes_on() {
     let mut h = harness_with(|b| b.limits(Limits { text: 8 << 20, ..Limits::DEFAULT })).await;
     let mut raw = text("m-2", "chat", "tg:1", &"y".repeat(2 << 20));
-    raw.attachments = vec![InboundAttachment {
+    raw.attachments = vec![AttachmentData {
         name: Some("message.eml".into()),
         mime_type: "message/rfc822".into(),
         data: bytes::Bytes::from_static(b"Subject: raw form\r\n\r\nbody"),

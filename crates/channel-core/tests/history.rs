@@ -71,10 +71,8 @@ async fn a_channel_without_history_refuses_the_request_and_discards_a_job_queued
     let h = harness().await;
     // Queued while a channel that fetches history was attached (here, or in another process).
     let queued = h.engine.request_history(h.account.id, HistoryRequest::default()).await.unwrap();
-    let no_history = Arc::new(
-        MemoryChannel::new()
-            .with_capabilities(Capabilities { history: false, ..h.channel.capabilities() }),
-    );
+    let no_history =
+        Arc::new(MemoryChannel::new().with_capabilities(h.channel.capabilities().history(false)));
     no_history.set_history(page(3));
     channel_core::testing::attach_channel(&h.engine, h.account.id, no_history.clone());
 

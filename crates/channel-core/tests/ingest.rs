@@ -89,7 +89,7 @@ async fn only_a_wrong_cursor_or_an_unknown_account_is_refused_and_then_nothing_i
     let h = harness().await;
     let acc = h.account.id;
     let mut m = text("m-1", "chat", "tg:1", "x");
-    m.attachments = vec![InboundAttachment {
+    m.attachments = vec![AttachmentData {
         name: None,
         mime_type: "text/plain".into(),
         data: bytes::Bytes::from_static(b"att"),
@@ -124,7 +124,7 @@ fn blob_key_of(bytes: &[u8]) -> String {
 async fn attachments_are_stored_content_addressed_and_one_over_the_size_limit_is_left_out_and_recorded()
  {
     let h = harness_with(|b| b.blob_store(BlobStore::in_memory().with_max_size(1024))).await;
-    let att = |data: &'static [u8]| InboundAttachment {
+    let att = |data: &'static [u8]| AttachmentData {
         name: Some("photo.jpg".into()),
         mime_type: "image/jpeg".into(),
         data: bytes::Bytes::from_static(data),
@@ -143,7 +143,7 @@ async fn attachments_are_stored_content_addressed_and_one_over_the_size_limit_is
     assert_eq!(h.engine.blobs().get(&a[0].blob_key).await.unwrap(), "same bytes");
 
     let mut big = text("m-3", "chat", "tg:1", "too big");
-    big.attachments = vec![InboundAttachment {
+    big.attachments = vec![AttachmentData {
         name: Some("big.bin".into()),
         mime_type: "a/b".into(),
         data: vec![0u8; 2048].into(),
@@ -175,7 +175,7 @@ async fn a_cursor_is_sealed_by_the_engine_before_it_reaches_the_store() {
     assert!(!raw.windows(4).any(|w| w == b"4242"), "the store holds ciphertext only");
     let plain = h.engine.account_state(h.account.id).get("imap:INBOX").await.unwrap().unwrap();
     assert_eq!(plain.expose_secret(), b"uidvalidity=7;uid=4242");
-    let sink = h.engine.inbound(h.account.id);
+    let sink = h.engine.account_sink(h.account.id);
     assert_eq!(
         Inbound::state_get(&sink, "imap:INBOX").await.unwrap().as_deref(),
         Some(&b"uidvalidity=7;uid=4242"[..])
@@ -240,7 +240,7 @@ async fn the_echo_of_our_send_marks_it_sent_without_a_second_message() {
 #[tokio::test(start_paused = true)]
 async fn the_sink_reports_connection_state_once_per_change() {
     let mut h = harness().await;
-    let sink = h.engine.inbound(h.account.id);
+    let sink = h.engine.account_sink(h.account.id);
     let state = ConnectionState::NeedsLogin { reason: "session revoked".into() };
     sink.report_state(state.clone()).await;
     sink.report_state(state.clone()).await;
@@ -265,7 +265,7 @@ async fn the_sink_tells_which_provider_ids_are_stored_already() {
     let h = harness().await;
     h.engine.deliver(h.account.id, text("m-1", "chat", "tg:1", "one")).await.unwrap();
     h.engine.deliver(h.account.id, text("m-2", "chat", "tg:1", "two")).await.unwrap();
-    let sink = h.engine.inbound(h.account.id);
+    let sink = h.engine.account_sink(h.account.id);
     let ids: Vec<String> = ["m-1", "m-3", "m-2", "m-1"].map(String::from).to_vec();
     let known = sink.known_provider_ids(&ids).await.unwrap();
     assert_eq!(known, ["m-1", "m-2"].map(String::from).into_iter().collect());
@@ -279,7 +279,7 @@ async fn an_edit_through_the_sink_replaces_the_text_and_is_published_once() {
     let mut h = harness().await;
     let out = h.engine.deliver(h.account.id, text("m-1", "chat", "tg:1", "draft")).await.unwrap();
     h.drain_events();
-    let sink = h.engine.inbound(h.account.id);
+    let sink = h.engine.account_sink(h.account.id);
     let edit = InboundEdit {
         provider_id: "m-1".to_owned(),
         text: Some("final".to_owned()),
@@ -315,7 +315,7 @@ async fn a_deletion_through_the_sink_marks_the_messages_and_is_published_once() 
     let one = h.engine.deliver(h.account.id, text("m-1", "chat", "tg:1", "one")).await.unwrap();
     let two = h.engine.deliver(h.account.id, text("m-2", "chat", "tg:1", "two")).await.unwrap();
     h.drain_events();
-    let sink = h.engine.inbound(h.account.id);
+    let sink = h.engine.account_sink(h.account.id);
     let deletion = InboundDeletion {
         provider_ids: vec!["m-1".to_owned(), "unknown".to_owned()],
         deleted_at: h.engine.now(),
@@ -356,7 +356,7 @@ async fn bytes_that_are_not_utf8_are_stored_replaced_and_flagged_with_the_raw_by
     assert!(decoded.lossy);
     let mut m = text("m-bytes", "chat", "tg:1", &decoded.text);
     m.parse_error = Some("the text was not valid UTF-8".into());
-    m.attachments = vec![InboundAttachment {
+    m.attachments = vec![AttachmentData {
         name: None,
         mime_type: "application/octet-stream".into(),
         data: bytes::Bytes::copy_from_slice(raw),

@@ -68,12 +68,10 @@ async fn an_outbound_message_reaches_sent_with_the_provider_id() {
 async fn an_attachment_for_a_channel_without_media_is_refused_or_fails_the_send_never_dropped() {
     let mut h = harness().await;
     let conversation = h.conversation("chat").await;
-    let text_only = Arc::new(
-        MemoryChannel::new()
-            .with_capabilities(Capabilities { media: false, ..h.channel.capabilities() }),
-    );
+    let text_only =
+        Arc::new(MemoryChannel::new().with_capabilities(h.channel.capabilities().media(false)));
     let mut message = reply(conversation, "see the file");
-    message.attachments = vec![InboundAttachment {
+    message.attachments = vec![AttachmentData {
         name: Some("report.pdf".into()),
         mime_type: "application/pdf".into(),
         data: bytes::Bytes::from_static(b"%PDF-1.7"),

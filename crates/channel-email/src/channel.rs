@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use channel_core::{
     Capabilities, Channel, ChannelError, ChannelKind, HistoryRequest, Inbound, InboundMessage,
-    OutgoingMessage, SendReceipt,
+    PreparedSend, SendReceipt,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -84,13 +84,13 @@ impl EmailChannel {
         &self.config
     }
 
-    /// Sends with an explicit subject (the contract's [`OutgoingMessage`] has none; `send`
+    /// Sends with an explicit subject (the contract's [`PreparedSend`] has none; `send`
     /// answers in a thread the channel has seen with `Re: ` and that thread's subject, and
     /// otherwise uses [`default_subject`]). Everything is checked before anything is sent: a CR/LF in
     /// the subject, an address or a name, or an invalid address, is `InvalidInput`.
     pub async fn send_with_subject(
         &self,
-        message: &OutgoingMessage,
+        message: &PreparedSend,
         subject: &str,
     ) -> Result<SendReceipt, ChannelError> {
         // Validate before reading attachments, so bad input fails fast and cheaply.
@@ -146,12 +146,7 @@ impl Channel for EmailChannel {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            edits: false,
-            media: true,
-            history: true,
-            outgoing_capture: self.config.watch_sent,
-        }
+        Capabilities::none().media(true).history(true).outgoing_capture(self.config.watch_sent)
     }
 
     async fn run(
@@ -185,7 +180,7 @@ impl Channel for EmailChannel {
         a.and(b)
     }
 
-    async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt, ChannelError> {
+    async fn send(&self, message: &PreparedSend) -> Result<SendReceipt, ChannelError> {
         let subject = match (&message.subject, self.threads.subject_of(&message.thread_key)) {
             (Some(given), _) => given.clone(),
             (None, Some(base)) => format!("Re: {base}"),

@@ -23,7 +23,7 @@
 
 use bytes::Bytes;
 use channel_core::validate::Limits;
-use channel_core::{Defect, Direction, IdentityInfo, InboundAttachment, InboundMessage, Timestamp};
+use channel_core::{AttachmentData, Defect, Direction, IdentityInfo, InboundMessage, Timestamp};
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
 
 use crate::structure;
@@ -187,7 +187,7 @@ pub(crate) fn parse_message(
         .and_then(|p| p.text_contents().map(str::to_owned));
     let mut attachments = Vec::with_capacity(message.attachments.len() + bodies.extra.len());
     for part in message.attachments() {
-        attachments.push(InboundAttachment {
+        attachments.push(AttachmentData {
             name: part.attachment_name().map(str::to_owned),
             mime_type: mime_type_of(part),
             data: Bytes::copy_from_slice(part.contents()),
@@ -205,7 +205,7 @@ pub(crate) fn parse_message(
             _ if is_html => "text/html".to_owned(),
             _ => "text/plain".to_owned(),
         };
-        attachments.push(InboundAttachment {
+        attachments.push(AttachmentData {
             name: Some(name),
             mime_type,
             data: Bytes::copy_from_slice(part.contents()),
@@ -314,8 +314,8 @@ fn will_be_changed(m: &InboundMessage) -> bool {
         || m.references.iter().any(|r| r.len() > l.id)
 }
 
-fn raw_attachment(raw: &[u8]) -> InboundAttachment {
-    InboundAttachment {
+fn raw_attachment(raw: &[u8]) -> AttachmentData {
+    AttachmentData {
         name: Some("message.eml".to_owned()),
         mime_type: "message/rfc822".to_owned(),
         data: Bytes::copy_from_slice(raw),

@@ -97,7 +97,7 @@ impl Provider for EmailProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { edits: false, media: true, history: true, outgoing_capture: true }
+        Capabilities::all().edits(false)
     }
 
     fn client_key(&self, account: &Account, message_id: MessageId) -> String {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use channel_core::{ChannelError, OutgoingMessage, SendReceipt, Timestamp};
+use channel_core::{ChannelError, PreparedSend, SendReceipt, Timestamp};
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment as MimeAttachment, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::PoolConfig;
@@ -119,7 +119,7 @@ impl SmtpSender {
     /// Checks and builds the message; nothing is sent.
     pub(crate) fn build(
         &self,
-        msg: &OutgoingMessage,
+        msg: &PreparedSend,
         subject: &str,
         attachments: &[(Option<String>, String, Bytes)],
     ) -> Result<(Message, String), ChannelError> {
@@ -219,7 +219,7 @@ enum Body {
 }
 
 /// The subject used when the caller gives none: the first line of the text, shortened.
-pub fn default_subject(msg: &OutgoingMessage) -> String {
+pub fn default_subject(msg: &PreparedSend) -> String {
     let first = msg
         .text
         .as_deref()
@@ -249,8 +249,8 @@ mod tests {
         ))
     }
 
-    fn outgoing(to: &str) -> OutgoingMessage {
-        OutgoingMessage {
+    fn outgoing(to: &str) -> PreparedSend {
+        PreparedSend {
             message_id: MessageId::new(),
             client_key: "<k1@example.org>".to_owned(),
             thread_key: "<root@example.org>".to_owned(),

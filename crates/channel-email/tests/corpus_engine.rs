@@ -149,7 +149,7 @@ async fn corpus_through_the_engine(store: Arc<dyn Store>) {
     let channel = Arc::new(EmailChannel::new(st.config(&user).batch_size(4)).expect("channel"));
     channel_core::testing::attach_channel(&engine, account, channel.clone());
     let sink = Arc::new(Counting {
-        inner: Arc::new(engine.inbound(account)),
+        inner: Arc::new(engine.account_sink(account)),
         delivered: Mutex::new(HashMap::new()),
     });
     let cancel = CancellationToken::new();
@@ -237,7 +237,7 @@ async fn corpus_through_the_engine(store: Arc<dyn Store>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_corpus_is_stored_degraded_and_never_blocks_the_canaries_on_sqlite() {
-    let store = channel_store::SqlStore::open_sqlite_in_memory().await.expect("sqlite");
+    let store = channel_store::SqlStore::open_sqlite_temporary().await.expect("sqlite");
     corpus_through_the_engine(Arc::new(store)).await;
 }
 

@@ -12,7 +12,7 @@ use channel_core::state::StateKey;
 use channel_core::testing::MemoryStore;
 use channel_core::{
     BlobStore, Channel, Direction, Engine, IdentityInfo, MessageId, MessageStatus, NewAccount,
-    Origin, OutboundMessage, OutgoingMessage, Store,
+    Origin, OutboundMessage, PreparedSend, Store,
 };
 use channel_email::{EmailChannel, FolderCursor};
 use support::{TestSink, stack};
@@ -57,7 +57,8 @@ async fn mail_is_stored_once_through_the_engine_and_a_reply_goes_out_through_the
     channel_core::testing::attach_channel(&engine, account, bob_channel.clone());
     let cancel = CancellationToken::new();
     let bob_task = {
-        let (c, sink, k) = (bob_channel.clone(), Arc::new(engine.inbound(account)), cancel.clone());
+        let (c, sink, k) =
+            (bob_channel.clone(), Arc::new(engine.account_sink(account)), cancel.clone());
         tokio::spawn(async move { c.run(sink, k).await })
     };
 
@@ -71,7 +72,7 @@ async fn mail_is_stored_once_through_the_engine_and_a_reply_goes_out_through_the
     };
     let first = format!("<e2e-{}@example.org>", rand::random::<u64>());
     alice_channel
-        .send(&OutgoingMessage {
+        .send(&PreparedSend {
             message_id: MessageId::new(),
             client_key: first.clone(),
             thread_key: first.clone(),

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use channel_core::{
     Attachment, Channel, ChannelError, ConnectionState, Direction, HistoryRequest, IdentityInfo,
-    MessageId, OutgoingMessage,
+    MessageId, PreparedSend,
 };
 use channel_email::{AttachmentSource, EmailChannel, EmailConfig, FolderCursor};
 use support::{PrivateDovecot, TestSink, User, imap_append, raw_mail, stack};
@@ -51,8 +51,8 @@ async fn wait_connected(sink: &TestSink) {
     .await;
 }
 
-fn outgoing(to: &User, client_key: &str, text: &str) -> OutgoingMessage {
-    OutgoingMessage {
+fn outgoing(to: &User, client_key: &str, text: &str) -> PreparedSend {
+    PreparedSend {
         message_id: MessageId::new(),
         client_key: client_key.to_owned(),
         thread_key: client_key.to_owned(),

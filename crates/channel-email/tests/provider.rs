@@ -12,7 +12,7 @@ use channel_core::runtime::Runtime;
 use channel_core::state::StateKey;
 use channel_core::{
     BlobStore, Channel, ChannelError, ConnectionState, Direction, Engine, IdentityInfo, MessageId,
-    MessageStatus, NewAccount, OutboundMessage, OutgoingMessage, Store,
+    MessageStatus, NewAccount, OutboundMessage, PreparedSend, Store,
 };
 use channel_email::account::SmtpAuth;
 use channel_email::verify::Server;
@@ -130,7 +130,7 @@ async fn an_smtp_server_without_a_usable_login_mechanism_is_a_missing_capability
 async fn a_channel_without_a_saved_password_needs_a_login_and_a_bad_configuration_is_permanent() {
     let st = stack();
     let bob = st.user("provider-nologin");
-    let store = Arc::new(channel_store::SqlStore::open_sqlite_in_memory().await.expect("sqlite"));
+    let store = Arc::new(channel_store::SqlStore::open_sqlite_temporary().await.expect("sqlite"));
     let engine = Engine::builder(store.clone(), StateKey::generate())
         .blob_store(BlobStore::in_memory())
         .build()
@@ -160,7 +160,7 @@ async fn a_channel_without_a_saved_password_needs_a_login_and_a_bad_configuratio
 async fn an_account_is_added_logged_in_and_replies_through_the_runtime_on_sqlite() {
     let st = stack();
     let (alice, bob) = (st.user("alice"), st.user("bob"));
-    let store = Arc::new(channel_store::SqlStore::open_sqlite_in_memory().await.expect("sqlite"));
+    let store = Arc::new(channel_store::SqlStore::open_sqlite_temporary().await.expect("sqlite"));
     let engine = Engine::builder(store.clone(), StateKey::generate())
         .blob_store(BlobStore::in_memory())
         .build()
@@ -253,7 +253,7 @@ async fn an_account_is_added_logged_in_and_replies_through_the_runtime_on_sqlite
     };
     let first = format!("<provider-{}@example.org>", rand::random::<u64>());
     alice_channel
-        .send(&OutgoingMessage {
+        .send(&PreparedSend {
             message_id: MessageId::new(),
             client_key: first.clone(),
             thread_key: first.clone(),
@@ -313,7 +313,7 @@ async fn an_account_is_added_logged_in_and_replies_through_the_runtime_on_sqlite
 async fn a_login_while_the_server_is_down_says_the_account_stays_unverified() {
     let st = stack();
     let bob = st.user("login-down");
-    let store = Arc::new(channel_store::SqlStore::open_sqlite_in_memory().await.expect("sqlite"));
+    let store = Arc::new(channel_store::SqlStore::open_sqlite_temporary().await.expect("sqlite"));
     let engine = Engine::builder(store.clone(), StateKey::generate())
         .blob_store(BlobStore::in_memory())
         .build()

@@ -36,21 +36,22 @@
 //!
 //! ```
 //! use channel_core::{
-//!     ChannelKind, Direction, IdentityInfo, IngestDisposition, IngestRequest, LifecyclePolicy,
-//!     NewAccount, Origin, Store, StoredInbound, Timestamp,
+//!     ChannelKind, ConversationId, Direction, IdentityId, IdentityInfo, IngestDisposition,
+//!     IngestRequest, LifecyclePolicy, MessageId, NewAccount, Origin, Store, StoredInbound,
+//!     Timestamp,
 //! };
 //! use channel_store::SqlStore;
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! let store = SqlStore::open_sqlite_in_memory().await?;
+//! let store = SqlStore::open_sqlite_temporary().await?;
 //! let now = Timestamp::now();
 //! let account = store.create_account(NewAccount::new(ChannelKind::from_static("email"), "me@example.com"), now).await?;
 //!
 //! let request = IngestRequest {
 //!     account_id: account.id,
-//!     new_message_id: Default::default(),
-//!     new_identity_id: Default::default(),
-//!     new_conversation_id: Default::default(),
+//!     new_message_id: MessageId::new(),
+//!     new_identity_id: IdentityId::new(),
+//!     new_conversation_id: ConversationId::new(),
 //!     message: StoredInbound {
 //!         provider_id: "<m1@example.org>".into(),
 //!         thread_key: "<m1@example.org>".into(),
@@ -115,7 +116,7 @@ use error::{Fail, Res};
 /// The SQL [`Store`](channel_core::Store): SQLite or PostgreSQL.
 ///
 /// Cheap to clone (the clones share the pools). Open it with [`SqlStore::open_sqlite`],
-/// [`SqlStore::open_sqlite_in_memory`], `SqlStore::connect_postgres` (feature `postgres`) or
+/// [`SqlStore::open_sqlite_temporary`], `SqlStore::connect_postgres` (feature `postgres`) or
 /// [`SqlStore::builder`] for the settings.
 #[derive(Clone, Debug)]
 pub struct SqlStore {
@@ -154,9 +155,9 @@ impl SqlStore {
     }
 
     /// A private SQLite database in a temporary file that is deleted when the store is
-    /// dropped; see [`SqlStoreOptions::open_sqlite_in_memory`].
-    pub async fn open_sqlite_in_memory() -> Result<Self, StoreError> {
-        SqlStoreOptions::default().open_sqlite_in_memory().await
+    /// dropped; see [`SqlStoreOptions::open_sqlite_temporary`].
+    pub async fn open_sqlite_temporary() -> Result<Self, StoreError> {
+        SqlStoreOptions::default().open_sqlite_temporary().await
     }
 
     /// Connects to PostgreSQL with the default settings; see

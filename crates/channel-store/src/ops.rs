@@ -630,15 +630,12 @@ pub(crate) async fn set_conversation_status(
             format!("conversation {} of the same thread is active", other.id),
         ));
     }
-    let closed_at = match status {
-        ConversationStatus::Open | ConversationStatus::Idle => None,
-        ConversationStatus::Closed | ConversationStatus::Expired => {
-            if current.status.is_active() {
-                Some(now.0)
-            } else {
-                current.closed_at.map(|t| t.0).or(Some(now.0))
-            }
-        }
+    let closed_at = if status.is_active() {
+        None
+    } else if current.status.is_active() {
+        Some(now.0)
+    } else {
+        current.closed_at.map(|t| t.0).or(Some(now.0))
     };
     let sql = format!(
         "UPDATE conversations SET status = ?, closed_at = ?, version = version + 1 \

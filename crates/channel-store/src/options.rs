@@ -133,10 +133,10 @@ impl SqlStoreOptions {
     /// `sqlite:` URL. The database runs in WAL mode with `synchronous=NORMAL`, foreign keys
     /// on and a busy timeout; writes go through one writer connection. In-memory URLs
     /// (`sqlite::memory:`) open a temporary file instead, like
-    /// [`open_sqlite_in_memory`](Self::open_sqlite_in_memory).
+    /// [`open_sqlite_temporary`](Self::open_sqlite_temporary).
     pub async fn open_sqlite(self, path_or_url: &str) -> Result<SqlStore, StoreError> {
         if path_or_url.contains(":memory:") || path_or_url.contains("mode=memory") {
-            return self.open_sqlite_in_memory().await;
+            return self.open_sqlite_temporary().await;
         }
         let base = if path_or_url.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(path_or_url)
@@ -156,7 +156,7 @@ impl SqlStoreOptions {
     /// A private SQLite database in a temporary file, deleted when the store is dropped: for
     /// tests and short-lived tools. (A temporary file rather than `:memory:`, so that the
     /// writer and the readers share one database in WAL mode.)
-    pub async fn open_sqlite_in_memory(self) -> Result<SqlStore, StoreError> {
+    pub async fn open_sqlite_temporary(self) -> Result<SqlStore, StoreError> {
         let dir = tempfile::Builder::new().prefix("channel-store-").tempdir().map_err(|e| {
             StoreError::Unavailable(format!("cannot create a temporary directory: {e}"))
         })?;
@@ -295,7 +295,7 @@ mod tests {
     async fn sqlite_connections_run_with_the_documented_settings() {
         let store = SqlStore::builder()
             .busy_timeout(std::time::Duration::from_millis(4_321))
-            .open_sqlite_in_memory()
+            .open_sqlite_temporary()
             .await
             .expect("store");
         for writer in [true, false] {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use channel_core::{
     Capabilities, Channel, ChannelError, ChannelKind, ConnectionState, HistoryRequest, Inbound,
-    InboundMessage, OutgoingMessage, SendReceipt, Timestamp,
+    InboundMessage, PreparedSend, SendReceipt, Timestamp,
 };
 use futures::FutureExt;
 use grammers_client::Client;
@@ -686,7 +686,7 @@ impl TelegramChannel {
         live: &Live,
         peer: PeerId,
         peer_ref: PeerRef,
-        message: &OutgoingMessage,
+        message: &PreparedSend,
         random_id: i64,
     ) -> Result<SendReceipt, ChannelError> {
         let known = self.echoes.sent_id(random_id);
@@ -754,7 +754,7 @@ impl TelegramChannel {
                 after: limit,
             }),
             Ok(Ok(data)) => {
-                mapped.attachments.push(channel_core::InboundAttachment {
+                mapped.attachments.push(channel_core::AttachmentData {
                     name: file.name,
                     mime_type: file.mime_type,
                     data: data.into(),
@@ -927,7 +927,7 @@ impl Channel for TelegramChannel {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { edits: true, media: true, history: true, outgoing_capture: true }
+        Capabilities::all()
     }
 
     async fn run(
@@ -971,7 +971,7 @@ impl Channel for TelegramChannel {
         }
     }
 
-    async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt, ChannelError> {
+    async fn send(&self, message: &PreparedSend) -> Result<SendReceipt, ChannelError> {
         let attachment = match message.attachments.as_slice() {
             [] => None,
             [one] => Some(one),

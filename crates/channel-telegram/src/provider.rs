@@ -390,7 +390,7 @@ impl Provider for TelegramProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { edits: true, media: true, history: true, outgoing_capture: true }
+        Capabilities::all()
     }
 
     fn client_key(&self, _account: &Account, message_id: MessageId) -> String {
@@ -476,7 +476,7 @@ impl Provider for TelegramProvider {
             return Err(LoginError::UnknownFlow { flow: flow.to_owned() });
         }
         let (login, config) = self.login(account, engine).await?;
-        let inbound: Arc<dyn Inbound> = Arc::new(engine.inbound(account.id));
+        let inbound: Arc<dyn Inbound> = Arc::new(engine.account_sink(account.id));
         let outcome = match flow {
             "phone" => self.phone_step(&login, inbound, &input).await?,
             "qr" => self.qr_step(&login, &config, engine, account, inbound, &input).await?,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use channel_core::{
-    Channel, ChannelError, ConnectionState, Direction, HistoryRequest, OutgoingMessage,
+    Channel, ChannelError, ConnectionState, Direction, HistoryRequest, PreparedSend,
 };
 use channel_telegram::session::{SESSION_KEY, UPDATES_KEY};
 use channel_telegram::testing::MemoryInbound;
@@ -323,7 +323,7 @@ async fn bad_input_gets_typed_errors_before_anything_is_sent() {
     let r = connected(&server, &inbound).await;
     let cases = [
         outgoing("not-a-chat", "k", "x"),
-        OutgoingMessage { text: None, ..outgoing("2001", "k", "x") },
+        PreparedSend { text: None, ..outgoing("2001", "k", "x") },
         outgoing("2001", "k", &"x".repeat(5000)),
     ];
     for msg in &cases {

@@ -8,7 +8,7 @@ use support::*;
 use std::sync::Arc;
 
 use channel_core::{
-    BlobStore, Channel, ChannelError, Direction, HistoryRequest, InboundAttachment, InboundMessage,
+    AttachmentData, BlobStore, Channel, ChannelError, Direction, HistoryRequest, InboundMessage,
 };
 use channel_telegram::TelegramChannel;
 use channel_telegram::session::UPDATES_KEY;
@@ -212,7 +212,7 @@ async fn a_document_sent_into_a_supergroup_is_uploaded_and_stored_once_with_its_
 
     let data: Vec<u8> = (0..700_000u32).map(|i| (i % 241) as u8).collect();
     let notes = blobs
-        .put_attachment(&InboundAttachment {
+        .put_attachment(&AttachmentData {
             name: Some("notes.txt".to_owned()),
             mime_type: "text/plain".to_owned(),
             data: data.clone().into(),

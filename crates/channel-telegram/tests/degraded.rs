@@ -42,7 +42,7 @@ async fn a_document_over_the_blob_limit_and_a_text_with_a_nul_byte_are_stored_de
  {
     let server = LoopbackServer::start().await.unwrap();
     let alice = server.add_user(2001, "Alice", None);
-    let store = SqlStore::open_sqlite_in_memory().await.expect("store");
+    let store = SqlStore::open_sqlite_temporary().await.expect("store");
     let blobs = BlobStore::in_memory().with_max_size(BLOB_LIMIT);
     let engine = Engine::builder(Arc::new(store), StateKey::from_bytes([7; 32]))
         .blob_store(blobs.clone())
@@ -65,7 +65,7 @@ async fn a_document_over_the_blob_limit_and_a_text_with_a_nul_byte_are_stored_de
         let cancel = CancellationToken::new();
         let task = tokio::spawn({
             let (channel, cancel) = (Arc::clone(&channel), cancel.clone());
-            let sink: Arc<dyn channel_core::Inbound> = Arc::new(engine.inbound(account));
+            let sink: Arc<dyn channel_core::Inbound> = Arc::new(engine.account_sink(account));
             async move { channel_core::Channel::run(&*channel, sink, cancel).await }
         });
         (cancel, task)

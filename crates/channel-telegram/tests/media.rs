@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use channel_core::{
-    Attachment, BlobStore, Channel, ChannelError, ConnectionState, IdentityInfo, InboundAttachment,
-    OutgoingMessage, SendReceipt,
+    Attachment, AttachmentData, BlobStore, Channel, ChannelError, ConnectionState, IdentityInfo,
+    PreparedSend, SendReceipt,
 };
 use channel_telegram::session::SESSION_KEY;
 use channel_telegram::testing::MemoryInbound;
@@ -61,7 +61,7 @@ fn config() -> TelegramConfig {
 
 async fn stored(blobs: &BlobStore, name: &str, mime: &str, data: Vec<u8>) -> Attachment {
     blobs
-        .put_attachment(&InboundAttachment {
+        .put_attachment(&AttachmentData {
             name: Some(name.to_owned()),
             mime_type: mime.to_owned(),
             data: data.into(),
@@ -70,8 +70,8 @@ async fn stored(blobs: &BlobStore, name: &str, mime: &str, data: Vec<u8>) -> Att
         .unwrap()
 }
 
-fn message(key: &str, caption: Option<&str>, attachments: Vec<Attachment>) -> OutgoingMessage {
-    OutgoingMessage {
+fn message(key: &str, caption: Option<&str>, attachments: Vec<Attachment>) -> PreparedSend {
+    PreparedSend {
         message_id: channel_core::MessageId::new(),
         client_key: key.to_owned(),
         thread_key: "2001".to_owned(),
@@ -86,7 +86,7 @@ fn message(key: &str, caption: Option<&str>, attachments: Vec<Attachment>) -> Ou
 }
 
 /// Sends as the engine would: a retryable error is tried again with the same message.
-async fn send(channel: &TelegramChannel, m: &OutgoingMessage) -> SendReceipt {
+async fn send(channel: &TelegramChannel, m: &PreparedSend) -> SendReceipt {
     for _ in 0..3 {
         match channel.send(m).await {
             Ok(r) => return r,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use channel_core::testing::{MemoryChannel, SendScript};
 use channel_core::{
-    AccountId, ContactId, ConversationId, Engine, Event, IdentityInfo, InboundAttachment,
+    AccountId, AttachmentData, ContactId, ConversationId, Engine, Event, IdentityInfo,
     InboundMessage, IngestDisposition, IngestOutcome, OutboundMessage,
 };
 use channel_watchdog::{LoopContext, LoopResult, LoopSpec};
@@ -263,7 +263,7 @@ pub async fn run_traffic(
 
     let mut invoice =
         traffic.text(&BOB, "bob-1", "The invoice is attached; it shows the wrong address.");
-    invoice.attachments.push(InboundAttachment {
+    invoice.attachments.push(AttachmentData {
         name: Some("invoice-2291.pdf".into()),
         mime_type: "application/pdf".into(),
         data: Bytes::from_static(b"%PDF-1.4\n% a tiny stand-in for an invoice\n%%EOF\n"),

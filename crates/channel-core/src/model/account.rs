@@ -105,6 +105,7 @@ pub struct UnknownValue {
 /// What the user of an account has to do to get it working again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum UserAction {
     /// Nothing: it works, or it recovers by itself.
     None,
@@ -117,6 +118,7 @@ pub enum UserAction {
 /// The connection state of an account, as reported by its channel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ConnectionState {
     /// Not started yet, or (re)connecting.
     Connecting,

@@ -11,6 +11,7 @@ use super::{AccountId, ContactId, ConversationId, IdentityId, Timestamp, Unknown
 /// Where a conversation is in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ConversationStatus {
     /// Active.
     Open,
@@ -95,6 +96,7 @@ pub struct Conversation {
 /// What a new message does to a thread whose latest conversation is closed or expired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum OnClosed {
     /// Start the next conversation (the default: closed means done).
     #[default]

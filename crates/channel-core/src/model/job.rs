@@ -10,6 +10,7 @@ use super::{AccountId, JobId, MessageId, Timestamp, UnknownValue};
 /// What a job does.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum JobKind {
     /// Send one outbound message.
     Send,
@@ -51,6 +52,7 @@ impl FromStr for JobKind {
 /// Where a job is (the states of River and Oban).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum JobState {
     /// Ready to be claimed once `run_at` has passed.
     Available,
@@ -201,6 +203,7 @@ pub struct JobLease {
 /// How an attempt ended, kept for audit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum AttemptOutcome {
     /// Still running.
     Running,

@@ -43,6 +43,7 @@ impl FromStr for Direction {
 /// Who wrote a message.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "origin", content = "label", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Origin {
     /// The remote party.
     Remote,
@@ -80,6 +81,7 @@ impl FromStr for Origin {
 /// Delivery status of a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum MessageStatus {
     /// Queued for sending; no provider id yet.
     Pending,
@@ -241,9 +243,10 @@ impl InboundDeletion {
     pub const MAX_IDS: usize = 500;
 }
 
-/// An attachment handed over by a channel, before it is stored.
+/// An attachment's bytes with its name and type, before they are stored: handed over by a
+/// channel (inbound) or by the service ([`OutboundMessage::attachments`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InboundAttachment {
+pub struct AttachmentData {
     /// File name, if any.
     pub name: Option<String>,
     /// MIME type.
@@ -289,7 +292,7 @@ pub struct InboundMessage {
     /// to find the conversation.
     pub references: Vec<String>,
     /// Attachments with their bytes.
-    pub attachments: Vec<InboundAttachment>,
+    pub attachments: Vec<AttachmentData>,
     /// Set when the message could not be parsed (the raw bytes are then an attachment).
     pub parse_error: Option<String>,
     /// Defects the channel found in the provider's form of the message (a provider's own
@@ -350,7 +353,7 @@ pub struct OutboundMessage {
     /// Provider id of the message this replies to.
     pub reply_to: Option<String>,
     /// Attachments (stored before the message is queued).
-    pub attachments: Vec<InboundAttachment>,
+    pub attachments: Vec<AttachmentData>,
     /// Origin label, such as `chat_manual`.
     pub label: String,
 }

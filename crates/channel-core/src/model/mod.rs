@@ -26,7 +26,7 @@ pub use job::{
 };
 pub use lease::Lease;
 pub use message::{
-    Attachment, CursorUpdate, Direction, InboundAttachment, InboundDeletion, InboundEdit,
+    Attachment, AttachmentData, CursorUpdate, Direction, InboundDeletion, InboundEdit,
     InboundMessage, Message, MessageStatus, Origin, OutboundMessage,
 };
 pub use timestamp::Timestamp;

@@ -9,7 +9,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::{
-    Capabilities, Channel, ChannelError, HistoryRequest, Inbound, OutgoingMessage, SendReceipt,
+    Capabilities, Channel, ChannelError, HistoryRequest, Inbound, PreparedSend, SendReceipt,
 };
 use crate::model::*;
 use crate::store::IngestOutcome;
@@ -41,7 +41,7 @@ pub enum SendScript {
 struct Shared {
     send_script: VecDeque<SendScript>,
     thread_scripts: HashMap<String, VecDeque<SendScript>>,
-    sends: Vec<OutgoingMessage>,
+    sends: Vec<PreparedSend>,
     history: Vec<InboundMessage>,
     history_errors: VecDeque<ChannelError>,
     history_requests: Vec<HistoryRequest>,
@@ -155,11 +155,11 @@ pub const MEMORY_LOGIN_TOKEN: &str = "letmein";
 /// ```
 /// use channel_core::testing::{MemoryChannel, SendScript};
 /// use channel_core::Channel;
-/// # use channel_core::{OutgoingMessage, MessageId, IdentityInfo};
+/// # use channel_core::{PreparedSend, MessageId, IdentityInfo};
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let channel = MemoryChannel::new();
 /// channel.script_sends([SendScript::Transient("flaky".into()), SendScript::OkWithId("p-1".into())]);
-/// # let msg = OutgoingMessage { message_id: MessageId::new(), client_key: "k".into(), thread_key: "t".into(),
+/// # let msg = PreparedSend { message_id: MessageId::new(), client_key: "k".into(), thread_key: "t".into(),
 /// #     remote: IdentityInfo::new("a"), text: None, html: None, subject: None, reply_to: None, references: vec![], attachments: vec![] };
 /// assert!(channel.send(&msg).await.is_err());
 /// assert_eq!(channel.send(&msg).await.unwrap().provider_id, "p-1");
@@ -234,7 +234,7 @@ impl MemoryChannel {
         self.lock().send_script.extend(script);
     }
 
-    /// Appends results for the next `send` calls to one thread (`OutgoingMessage::thread_key`),
+    /// Appends results for the next `send` calls to one thread (`PreparedSend::thread_key`),
     /// in order, whatever is sent elsewhere meanwhile: a test can fail one recipient's sends
     /// without caring how sends to others interleave. When the thread's script runs out, its
     /// sends follow the shared script of [`MemoryChannel::script_sends`].
@@ -242,9 +242,9 @@ impl MemoryChannel {
     /// ```
     /// use channel_core::testing::{MemoryChannel, SendScript};
     /// use channel_core::Channel;
-    /// # use channel_core::{OutgoingMessage, MessageId, IdentityInfo};
+    /// # use channel_core::{PreparedSend, MessageId, IdentityInfo};
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// # let to = |thread: &str| OutgoingMessage { message_id: MessageId::new(), client_key: "k".into(),
+    /// # let to = |thread: &str| PreparedSend { message_id: MessageId::new(), client_key: "k".into(),
     /// #     thread_key: thread.into(), remote: IdentityInfo::new("a"), text: None, html: None, subject: None,
     /// #     reply_to: None, references: vec![], attachments: vec![] };
     /// let channel = MemoryChannel::new();
@@ -263,7 +263,7 @@ impl MemoryChannel {
     }
 
     /// Every `send` call so far, in order (with its client key).
-    pub fn sends(&self) -> Vec<OutgoingMessage> {
+    pub fn sends(&self) -> Vec<PreparedSend> {
         self.lock().sends.clone()
     }
 
@@ -312,7 +312,7 @@ impl MemoryChannel {
     }
 
     /// Waits until `send` has been called at least `n` times.
-    pub async fn wait_for_sends(&self, n: usize) -> Vec<OutgoingMessage> {
+    pub async fn wait_for_sends(&self, n: usize) -> Vec<PreparedSend> {
         loop {
             let notified = self.sent.notified();
             {
@@ -366,7 +366,7 @@ impl Channel for MemoryChannel {
         }
     }
 
-    async fn send(&self, message: &OutgoingMessage) -> Result<SendReceipt, ChannelError> {
+    async fn send(&self, message: &PreparedSend) -> Result<SendReceipt, ChannelError> {
         let step = {
             let mut s = self.lock();
             s.sends.push(message.clone());

@@ -150,7 +150,7 @@ impl Inbound for TestSink {
                     .find_map(|id| s.by_provider_id.get(id).map(|m| m.conversation));
                 let conversation = known
                     .or_else(|| s.conversations.get(&message.thread_key).copied())
-                    .unwrap_or_default();
+                    .unwrap_or_else(ConversationId::new);
                 s.conversations.entry(message.thread_key.clone()).or_insert(conversation);
                 s.order.push(message.provider_id.clone());
                 s.by_provider_id.insert(

@@ -7,7 +7,7 @@ use channel_store::SqlStore;
 
 /// A fresh SQLite store in its own temporary file (deleted with the store).
 pub async fn sqlite() -> SqlStore {
-    SqlStore::open_sqlite_in_memory().await.expect("open a temporary SQLite store")
+    SqlStore::open_sqlite_temporary().await.expect("open a temporary SQLite store")
 }
 
 /// A fresh SQLite store in a file of `dir`, for tests that open the same file twice.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use channel_core::{Channel, ChannelError, ConnectionState, IdentityInfo, OutgoingMessage};
+use channel_core::{Channel, ChannelError, ConnectionState, IdentityInfo, PreparedSend};
 use channel_telegram::session::SESSION_KEY;
 use channel_telegram::testing::MemoryInbound;
 use channel_telegram::testing::loopback::LoopbackServer;
@@ -105,8 +105,8 @@ pub async fn connected(server: &LoopbackServer, inbound: &Arc<MemoryInbound>) ->
 }
 
 /// A text message to send into `thread_key`.
-pub fn outgoing(thread_key: &str, key: &str, text: &str) -> OutgoingMessage {
-    OutgoingMessage {
+pub fn outgoing(thread_key: &str, key: &str, text: &str) -> PreparedSend {
+    PreparedSend {
         message_id: channel_core::MessageId::new(),
         client_key: key.to_owned(),
         thread_key: thread_key.to_owned(),
