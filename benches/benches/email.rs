@@ -493,7 +493,7 @@ struct IdleSink {
 #[async_trait]
 impl Inbound for IdleSink {
     async fn deliver(&self, message: InboundMessage) -> Result<IngestOutcome, ChannelError> {
-        Err(ChannelError::Permanent(format!("no mail expected, got {}", message.provider_id)))
+        Err(ChannelError::permanent(format!("no mail expected, got {}", message.provider_id)))
     }
     async fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, ChannelError> {
         Ok(self.state.lock().unwrap().get(key).cloned())

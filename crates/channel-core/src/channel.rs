@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::fault::{Fault, FaultKind};
 use crate::model::*;
 use crate::store::IngestOutcome;
 
@@ -78,10 +79,10 @@ impl Capabilities {
 pub enum ChannelError {
     /// A passing fault (network, server busy): retry with backoff.
     #[error("transient channel error: {0}")]
-    Transient(String),
+    Transient(#[source] Fault),
     /// Will not succeed on retry (unknown recipient, message too large): give up.
     #[error("permanent channel error: {0}")]
-    Permanent(String),
+    Permanent(#[source] Fault),
     /// The provider asks us to wait: snooze without spending an attempt.
     #[error("rate limited: retry after {retry_after:?}")]
     RateLimited {
@@ -90,7 +91,7 @@ pub enum ChannelError {
     },
     /// Credentials or session rejected: the account needs a new login.
     #[error("the account needs a new login: {0}")]
-    NeedsLogin(String),
+    NeedsLogin(#[source] Fault),
     /// The operation did not finish in time (treated as transient).
     #[error("`{operation}` timed out after {after:?}")]
     Timeout {
@@ -109,12 +110,36 @@ pub enum ChannelError {
 }
 
 impl ChannelError {
-    /// Whether a retry later may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            ChannelError::Transient(_) | ChannelError::Timeout { .. } | ChannelError::Cancelled
-        )
+    /// A passing fault: a sentence (kind [`FaultKind::Other`]) or a [`Fault`].
+    pub fn transient(fault: impl Into<Fault>) -> Self {
+        ChannelError::Transient(fault.into())
+    }
+
+    /// A fault that will not pass on retry.
+    pub fn permanent(fault: impl Into<Fault>) -> Self {
+        ChannelError::Permanent(fault.into())
+    }
+
+    /// The account needs a new login.
+    pub fn needs_login(fault: impl Into<Fault>) -> Self {
+        ChannelError::NeedsLogin(fault.into())
+    }
+
+    /// Whether the same operation may succeed later without anyone changing anything (the
+    /// vocabulary of [`StoreError::is_transient`](crate::StoreError::is_transient)): a
+    /// transient fault or a timeout. Cancellation is not: nothing failed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ChannelError::Transient(_) | ChannelError::Timeout { .. })
+    }
+
+    /// The fault, for the variants that carry one.
+    pub fn fault(&self) -> Option<&Fault> {
+        match self {
+            ChannelError::Transient(f)
+            | ChannelError::Permanent(f)
+            | ChannelError::NeedsLogin(f) => Some(f),
+            _ => None,
+        }
     }
 }
 

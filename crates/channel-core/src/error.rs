@@ -108,14 +108,14 @@ impl From<EngineError> for ChannelError {
             | EngineError::IdempotencyConflict { .. }
             | EngineError::AssignedElsewhere { .. }
             | EngineError::NoProvider(_)
-            | EngineError::InvalidSetting { .. } => ChannelError::Permanent(e.to_string()),
+            | EngineError::InvalidSetting { .. } => ChannelError::permanent(e.to_string()),
             EngineError::State(
                 StateError::Decrypt { .. } | StateError::Format { .. } | StateError::InvalidKey(_),
-            ) => ChannelError::Permanent(e.to_string()),
+            ) => ChannelError::permanent(e.to_string()),
             EngineError::Store(StoreError::InvalidInput { .. }) => {
                 ChannelError::InvalidInput(e.to_string())
             }
-            other => ChannelError::Transient(other.to_string()),
+            other => ChannelError::transient(other.to_string()),
         }
     }
 }

@@ -308,8 +308,9 @@ impl Engine {
             }
             ChannelError::NeedsLogin(reason) => {
                 let msg = format!("the account needs a new login: {reason}");
-                if let Err(e) =
-                    self.report_state(account, ConnectionState::NeedsLogin { reason }).await
+                if let Err(e) = self
+                    .report_state(account, ConnectionState::NeedsLogin { reason: reason.report() })
+                    .await
                 {
                     tracing::warn!(%account, error = %e, "could not record the connection state");
                 }

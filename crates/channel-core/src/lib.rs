@@ -24,6 +24,7 @@ pub mod dispatcher;
 mod engine;
 mod error;
 pub mod events;
+mod fault;
 pub mod history;
 mod ingest;
 mod jobs;
@@ -44,8 +45,8 @@ pub mod validate;
 
 pub use blob::{BlobError, BlobStore};
 pub use channel::{
-    Capabilities, Channel, ChannelError, HistoryRequest, Inbound, KNOWN_IDS_LIMIT, PreparedSend,
-    SendReceipt,
+    Capabilities, Channel, ChannelError, Fault, FaultKind, HistoryRequest, Inbound,
+    KNOWN_IDS_LIMIT, PreparedSend, SendReceipt,
 };
 pub use engine::{
     DEFAULT_DB_TIMEOUT, DEFAULT_HISTORY_TIMEOUT, DEFAULT_SEND_TIMEOUT, Engine, EngineBuilder,

@@ -29,7 +29,7 @@
 //!         format!("sms-{}", message_id.as_uuid().simple())
 //!     }
 //!     async fn channel(&self, account: &Account, _engine: &Engine) -> Result<Arc<dyn Channel>, ChannelError> {
-//!         Err(ChannelError::Permanent(format!("account {}: no gateway configured", account.id)))
+//!         Err(ChannelError::permanent(format!("account {}: no gateway configured", account.id)))
 //!     }
 //! }
 //! ```

@@ -75,7 +75,7 @@ impl ChannelFactory for ProviderChannels {
     async fn create(&self, account: &Account) -> Result<Arc<dyn Channel>, ChannelError> {
         match self.engine.provider(&account.kind) {
             Some(provider) => provider.channel(account, &self.engine).await,
-            None => Err(ChannelError::Permanent(format!(
+            None => Err(ChannelError::permanent(format!(
                 "this process has no provider of kind `{}` for account {}",
                 account.kind, account.id
             ))),
@@ -121,7 +121,7 @@ impl ChannelFactory for StaticChannels {
             .get(&account.id)
             .cloned()
             .ok_or_else(|| {
-                ChannelError::Permanent(format!("no channel configured for account {}", account.id))
+                ChannelError::permanent(format!("no channel configured for account {}", account.id))
             })
     }
 }
@@ -660,11 +660,12 @@ async fn account_loop(s: Arc<Shared>, account: AccountId, ctx: LoopContext) -> L
         let park = match result {
             Ok(()) => false,
             Err(ChannelError::NeedsLogin(reason)) => {
-                report(engine, account, ConnectionState::NeedsLogin { reason }).await;
+                report(engine, account, ConnectionState::NeedsLogin { reason: reason.report() })
+                    .await;
                 true
             }
             Err(ChannelError::Permanent(reason)) => {
-                report(engine, account, ConnectionState::Failed { reason }).await;
+                report(engine, account, ConnectionState::Failed { reason: reason.report() }).await;
                 true
             }
             Err(e) => {

@@ -44,7 +44,7 @@ async fn a_history_sync_ingests_the_page_with_dedup() {
 async fn history_page_size_is_capped_and_fetch_errors_are_retried() {
     let h = harness().await;
     h.channel.set_history(page(3));
-    h.channel.fail_history([ChannelError::Transient("flood wait".into())]);
+    h.channel.fail_history([ChannelError::transient("flood wait")]);
     let req = HistoryRequest { limit: 10_000, ..Default::default() };
     let job = h.engine.request_history(h.account.id, req).await.unwrap();
     let d = Dispatcher::new(h.engine.clone());

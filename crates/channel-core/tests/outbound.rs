@@ -451,7 +451,7 @@ impl channel_core::provider::Provider for Sms {
         _account: &Account,
         _engine: &Engine,
     ) -> Result<Arc<dyn Channel>, ChannelError> {
-        Err(ChannelError::Permanent("not in this test".into()))
+        Err(ChannelError::permanent("not in this test"))
     }
 }
 

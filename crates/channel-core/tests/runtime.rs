@@ -119,7 +119,7 @@ async fn a_channel_that_needs_login_is_parked_until_reconnect() {
         .await
         .unwrap();
     let channel = Arc::new(MemoryChannel::new());
-    channel.fail_runs([ChannelError::NeedsLogin("session expired".into())]);
+    channel.fail_runs([ChannelError::needs_login("session expired")]);
     let runtime = Runtime::builder(
         engine.clone(),
         Arc::new(StaticChannels::new().with(account.id, channel.clone())),
@@ -146,7 +146,7 @@ async fn a_transient_channel_failure_is_restarted_with_backoff() {
         .await
         .unwrap();
     let channel = Arc::new(MemoryChannel::new());
-    channel.fail_runs([ChannelError::Transient("connection reset".into())]);
+    channel.fail_runs([ChannelError::transient("connection reset")]);
     let runtime = Runtime::builder(
         engine.clone(),
         Arc::new(StaticChannels::new().with(account.id, channel.clone())),
@@ -169,7 +169,7 @@ async fn shutdown_leaves_the_accounts_it_held_recorded_as_disconnected() {
     let parked = store.create_account(new("parked"), engine.now()).await.unwrap();
     let channel = Arc::new(MemoryChannel::new());
     let needs_login = Arc::new(MemoryChannel::new());
-    needs_login.fail_runs([ChannelError::NeedsLogin("session expired".into())]);
+    needs_login.fail_runs([ChannelError::needs_login("session expired")]);
     let channels = StaticChannels::new()
         .with(running.id, channel.clone())
         .with(parked.id, needs_login.clone());

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use channel_core::{
-    Capabilities, Channel, ChannelError, ChannelKind, HistoryRequest, Inbound, InboundMessage,
-    PreparedSend, SendReceipt,
+    Capabilities, Channel, ChannelError, ChannelKind, ConnectionState, HistoryRequest, Inbound,
+    InboundMessage, PreparedSend, SendReceipt,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -63,8 +63,8 @@ impl EmailChannel {
     /// it is `Permanent` instead of a panic.
     pub fn new(config: EmailConfig) -> Result<Self, ChannelError> {
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(ChannelError::Permanent(
-                "EmailChannel::new must be called inside a tokio runtime (lettre's SMTP pool starts a task)".into(),
+            return Err(ChannelError::permanent(
+                "EmailChannel::new must be called inside a tokio runtime (lettre's SMTP pool starts a task)",
             ));
         }
         let config = Arc::new(config);
@@ -99,8 +99,8 @@ impl EmailChannel {
             Vec::with_capacity(message.attachments.len());
         if !message.attachments.is_empty() {
             let source = self.attachments.as_ref().ok_or_else(|| {
-                ChannelError::Permanent(
-                    "attachments need an AttachmentSource (EmailChannel::with_attachments)".into(),
+                ChannelError::permanent(
+                    "attachments need an AttachmentSource (EmailChannel::with_attachments)",
                 )
             })?;
             for a in &message.attachments {
@@ -177,6 +177,13 @@ impl Channel for EmailChannel {
         };
         let (a, b) =
             tokio::join!(async { stop_on_error(inbox.await) }, async { stop_on_error(sent.await) });
+        // The Sent watcher does not report states: when its login was the one refused, the
+        // inbox watcher may have been stopped before it could say so.
+        if a.is_ok()
+            && let Err(ChannelError::NeedsLogin(fault)) = &b
+        {
+            inbound.report_state(ConnectionState::NeedsLogin { reason: fault.report() }).await;
+        }
         a.and(b)
     }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use channel_core::ChannelError;
+use channel_core::{ChannelError, Fault, FaultKind};
 
 /// Why an IMAP session ended. Every variant but [`ImapError::Auth`] means: throw the session
 /// away and reconnect with backoff.
@@ -14,9 +14,12 @@ pub enum ImapError {
     /// The socket failed (reset, refused, timed out on the stream).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// TLS could not be set up.
+    /// The server's name did not resolve.
+    #[error("dns: {0}")]
+    Dns(#[source] std::io::Error),
+    /// The TLS handshake failed (its cause, a rustls error, is the source).
     #[error("tls: {0}")]
-    Tls(String),
+    Tls(#[source] std::io::Error),
     /// The server closed the connection, maybe in the middle of a response.
     #[error("connection lost: {0}")]
     ConnectionLost(String),
@@ -52,16 +55,37 @@ impl From<async_imap::error::Error> for ImapError {
     }
 }
 
+/// Each IMAP failure as the engine sees it, with its [`FaultKind`] and, where there is one,
+/// the underlying error as its source.
 impl From<ImapError> for ChannelError {
     fn from(e: ImapError) -> Self {
         match e {
-            ImapError::Auth(m) => ChannelError::NeedsLogin(m),
+            ImapError::Auth(m) => ChannelError::needs_login(Fault::new(
+                FaultKind::Authentication,
+                format!("the IMAP server refused the login: {m}"),
+            )),
             ImapError::Timeout { operation, after } => {
                 ChannelError::Timeout { operation: operation.to_owned(), after }
             }
             ImapError::Inbound(e) => e,
-            ImapError::Config(m) => ChannelError::Permanent(m),
-            other => ChannelError::Transient(other.to_string()),
+            ImapError::Config(m) => ChannelError::permanent(m),
+            ImapError::Dns(io) => ChannelError::transient(
+                Fault::new(FaultKind::Dns, "the IMAP server's name does not resolve").source(io),
+            ),
+            ImapError::Tls(io) => ChannelError::transient(
+                Fault::new(FaultKind::Tls, "TLS with the IMAP server failed").source(io),
+            ),
+            ImapError::Io(io) => ChannelError::transient(
+                Fault::new(FaultKind::Network, "the IMAP connection failed").source(io),
+            ),
+            ImapError::ConnectionLost(m) => ChannelError::transient(Fault::new(
+                FaultKind::Network,
+                format!("the IMAP server closed the connection: {m}"),
+            )),
+            ImapError::Protocol(m) => ChannelError::transient(Fault::new(
+                FaultKind::Protocol,
+                format!("the IMAP server answered unexpectedly: {m}"),
+            )),
         }
     }
 }

@@ -45,7 +45,7 @@ pub(crate) fn tls_config(config: &EmailConfig) -> Result<Arc<rustls::ClientConfi
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| ImapError::Tls(e.to_string()))?
+        .map_err(|e| ImapError::Config(format!("TLS settings: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(tls))
@@ -58,7 +58,7 @@ async fn tls_handshake(
     let name = rustls::pki_types::ServerName::try_from(config.imap.host.clone())
         .map_err(|e| ImapError::Config(format!("IMAP host name: {e}")))?;
     let connector = tokio_rustls::TlsConnector::from(tls_config(config)?);
-    let tls = connector.connect(name, base).await.map_err(|e| ImapError::Tls(e.to_string()))?;
+    let tls = connector.connect(name, base).await.map_err(ImapError::Tls)?;
     Ok(MailStream::Tls(Box::new(tls)))
 }
 
@@ -140,7 +140,15 @@ fn classify_login(e: async_imap::error::Error, login: &str) -> ImapError {
 pub(crate) async fn connect(config: &EmailConfig) -> Result<ImapConnection, ImapError> {
     let t = config.timeouts;
     within("imap connect", t.connect, async {
-        let tcp = TcpStream::connect((config.imap.host.as_str(), config.imap.port)).await?;
+        let host = (config.imap.host.as_str(), config.imap.port);
+        // Resolved first, so that a name that does not resolve is told apart (DNS).
+        let addrs: Vec<std::net::SocketAddr> =
+            tokio::net::lookup_host(host).await.map_err(ImapError::Dns)?.collect();
+        if addrs.is_empty() {
+            let none = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+            return Err(ImapError::Dns(none));
+        }
+        let tcp = TcpStream::connect(&addrs[..]).await?;
         log_in_over(config, tcp).await
     })
     .await

@@ -110,7 +110,7 @@ impl Provider for EmailProvider {
         engine: &Engine,
     ) -> Result<Arc<dyn Channel>, ChannelError> {
         let config = EmailAccountConfig::from_json(&account.config).map_err(|e| {
-            ChannelError::Permanent(format!(
+            ChannelError::permanent(format!(
                 "email account {}: {e}; fix the account's configuration and reconnect it",
                 account.id
             ))
@@ -188,7 +188,7 @@ impl Provider for EmailProvider {
                     message: sentence,
                 });
             }
-            Err(e) if e.is_temporary() => {
+            Err(e) if e.is_transient() => {
                 tracing::info!(account = %account.id, server = %e.server(), "email login not verified: the server cannot be reached");
                 return Err(LoginError::Unavailable(format!(
                     "{e}. The password was not saved; the account stays saved, unverified: \
@@ -220,14 +220,14 @@ async fn stored_password(
     config: &EmailAccountConfig,
 ) -> Result<SecretString, ChannelError> {
     let needs_login = || {
-        ChannelError::NeedsLogin(format!(
+        ChannelError::needs_login(format!(
             "no password is saved for {}: log in with the login flow `{PASSWORD_FLOW}` \
              (Runtime::login_step), which checks it against the servers and saves it",
             config.address.trim()
         ))
     };
     let stored = engine.account_state(account.id).get(PASSWORD_KEY).await.map_err(|e| {
-        ChannelError::Transient(format!("could not read the account's saved password: {e}"))
+        ChannelError::transient(format!("could not read the account's saved password: {e}"))
     })?;
     let Some(bytes) = stored else {
         return Err(needs_login());

@@ -2,10 +2,11 @@
 //! idempotency key, threading headers, the whole send under one timeout, errors classified.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use channel_core::{ChannelError, PreparedSend, SendReceipt, Timestamp};
+use channel_core::{ChannelError, Fault, FaultKind, PreparedSend, SendReceipt, Timestamp};
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment as MimeAttachment, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::PoolConfig;
@@ -32,9 +33,9 @@ impl AttachmentSource for channel_core::BlobStore {
         use channel_core::BlobError;
         self.get(blob_key).await.map_err(|e| match e {
             BlobError::NotFound(_) | BlobError::InvalidKey(_) | BlobError::TooLarge { .. } => {
-                ChannelError::Permanent(format!("attachment: {e}"))
+                ChannelError::permanent(format!("attachment: {e}"))
             }
-            other => ChannelError::Transient(format!("attachment: {other}")),
+            other => ChannelError::transient(format!("attachment: {other}")),
         })
     }
 }
@@ -70,17 +71,79 @@ fn mailbox(name: Option<&str>, address: &str, what: &str) -> Result<Mailbox, Cha
     Ok(Mailbox::new(name.map(str::to_owned), addr))
 }
 
-/// Classifies a lettre error for the engine.
-pub(crate) fn classify(e: &lettre::transport::smtp::Error) -> ChannelError {
-    if e.is_permanent() {
-        ChannelError::Permanent(format!("SMTP refused the message: {e}"))
-    } else if e.is_transient() {
-        ChannelError::Transient(format!("SMTP deferred the message: {e}"))
-    } else if e.is_client() {
-        ChannelError::Permanent(format!("SMTP client error: {e}"))
-    } else {
-        ChannelError::Transient(format!("SMTP: {e}"))
+/// Whether a rustls error is among the causes (lettre reports a failed handshake as a
+/// connection error, with the rustls error inside an I/O error).
+fn caused_by_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && caused_by_tls(inner)
+        {
+            return true;
+        }
+        next = err.source();
     }
+    false
+}
+
+/// Classifies a lettre error for the engine, with its [`FaultKind`] and the error as the
+/// fault's source. A connection that failed before any reply is told apart as DNS (the
+/// server's name does not resolve now) or network.
+pub(crate) async fn classify(
+    e: lettre::transport::smtp::Error,
+    host: &str,
+    port: u16,
+) -> ChannelError {
+    let code = e.status().map(|c| c.to_string()).unwrap_or_default();
+    if e.is_timeout() {
+        return ChannelError::Timeout { operation: "smtp send".to_owned(), after: Duration::ZERO };
+    }
+    if e.is_tls() || caused_by_tls(&e) {
+        let fault =
+            Fault::new(FaultKind::Tls, format!("TLS with the SMTP server {host}:{port} failed"));
+        return ChannelError::transient(fault.source(e));
+    }
+    if e.is_permanent() {
+        // 530, 534, 535: the server wants other credentials.
+        if ["530", "534", "535"].contains(&code.as_str()) {
+            let fault = Fault::new(FaultKind::Authentication, "the SMTP server refused the login");
+            return ChannelError::needs_login(fault.source(e));
+        }
+        let fault =
+            Fault::new(FaultKind::Server, format!("the SMTP server refused the message ({code})"));
+        return ChannelError::permanent(fault.source(e));
+    }
+    if e.is_transient() {
+        let fault =
+            Fault::new(FaultKind::Server, format!("the SMTP server deferred the message ({code})"));
+        return ChannelError::transient(fault.source(e));
+    }
+    if e.is_response() {
+        let fault = Fault::new(FaultKind::Protocol, "the SMTP server answered unexpectedly");
+        return ChannelError::transient(fault.source(e));
+    }
+    if e.is_client() {
+        return ChannelError::permanent(
+            Fault::new(FaultKind::Other, "SMTP client error").source(e),
+        );
+    }
+    let resolves =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((host, port)))
+            .await
+            .is_ok_and(|r| r.is_ok_and(|mut addrs| addrs.next().is_some()));
+    let fault = if resolves {
+        Fault::new(
+            FaultKind::Network,
+            format!("the connection to the SMTP server {host}:{port} failed"),
+        )
+    } else {
+        Fault::new(FaultKind::Dns, format!("the SMTP server's name {host} does not resolve"))
+    };
+    ChannelError::transient(fault.source(e))
 }
 
 impl SmtpSender {
@@ -91,10 +154,10 @@ impl SmtpSender {
             let mut b = TlsParameters::builder(smtp.host.clone());
             for der in &config.extra_roots {
                 let cert = Certificate::from_der(der.clone())
-                    .map_err(|e| ChannelError::Permanent(format!("extra root certificate: {e}")))?;
+                    .map_err(|e| ChannelError::permanent(format!("extra root certificate: {e}")))?;
                 b = b.add_root_certificate(cert);
             }
-            b.build_rustls().map_err(|e| ChannelError::Permanent(format!("SMTP TLS: {e}")))
+            b.build_rustls().map_err(|e| ChannelError::permanent(format!("SMTP TLS: {e}")))
         };
         let tls = match smtp.security {
             Security::Tls => Tls::Wrapper(tls_params()?),
@@ -207,7 +270,14 @@ impl SmtpSender {
             Err(_) => {
                 Err(ChannelError::Timeout { operation: "smtp send".to_owned(), after: limit })
             }
-            Ok(Err(e)) => Err(classify(&e)),
+            Ok(Err(e)) => {
+                Err(match classify(e, &self.config.smtp.host, self.config.smtp.port).await {
+                    ChannelError::Timeout { operation, .. } => {
+                        ChannelError::Timeout { operation, after: limit }
+                    }
+                    other => other,
+                })
+            }
             Ok(Ok(_)) => Ok(SendReceipt { provider_id: message_id, at: Timestamp::now() }),
         }
     }

@@ -11,7 +11,7 @@
 //! let config = EmailAccountConfig::new("me@example.org", "imap.example.org", "smtp.example.org");
 //! match verify(&config, &SecretString::from("secret".to_owned())).await {
 //!     Ok(found) => println!("verified; IDLE: {}", found.idle),
-//!     Err(e) if e.is_temporary() => println!("not reachable now: {e}"),
+//!     Err(e) if e.is_transient() => println!("not reachable now: {e}"),
 //!     Err(VerifyError::Credentials { .. }) => println!("ask for the password again"),
 //!     Err(e) => println!("fix the configuration: {e}"),
 //! }
@@ -61,7 +61,7 @@ impl fmt::Display for Server {
     }
 }
 
-/// Why an account could not be verified. [`VerifyError::is_temporary`] tells a server that
+/// Why an account could not be verified. [`VerifyError::is_transient`] tells a server that
 /// could not be reached (try later, or keep the account unverified and disabled) from a
 /// configuration or a password that must change.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -170,7 +170,7 @@ impl VerifyError {
     /// Whether the server could not be reached or answered "not now": nothing is known to be
     /// wrong with the configuration or the password. Such an account can be kept, unverified
     /// and disabled, and verified again later.
-    pub fn is_temporary(&self) -> bool {
+    pub fn is_transient(&self) -> bool {
         matches!(
             self,
             VerifyError::Resolve { .. }
@@ -178,6 +178,23 @@ impl VerifyError {
                 | VerifyError::Timeout { .. }
                 | VerifyError::Protocol { .. }
         )
+    }
+
+    /// The kind of fault, in the vocabulary of [`channel_core::FaultKind`]: DNS, network,
+    /// TLS, authentication, protocol (a missing capability is the server's; a timeout is the
+    /// network's).
+    pub fn fault_kind(&self) -> channel_core::FaultKind {
+        use channel_core::FaultKind;
+        match self {
+            VerifyError::Resolve { .. } => FaultKind::Dns,
+            VerifyError::Connect { .. } | VerifyError::Timeout { .. } => FaultKind::Network,
+            VerifyError::Tls { .. } => FaultKind::Tls,
+            VerifyError::Credentials { .. } => FaultKind::Authentication,
+            VerifyError::Protocol { .. } => FaultKind::Protocol,
+            VerifyError::Capability { .. } => FaultKind::Server,
+            #[allow(unreachable_patterns)]
+            _ => FaultKind::Other,
+        }
     }
 
     /// The server the error is about.

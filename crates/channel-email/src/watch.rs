@@ -101,12 +101,12 @@ impl FolderWatcher {
                     );
                     if !self.reports_state {
                         // The inbox loop reports it; this one just stops.
-                        return Err(ChannelError::NeedsLogin(reason));
+                        return Err(ImapError::Auth(reason).into());
                     }
                     self.inbound
                         .report_state(ConnectionState::NeedsLogin { reason: reason.clone() })
                         .await;
-                    return Err(ChannelError::NeedsLogin(reason));
+                    return Err(ImapError::Auth(reason).into());
                 }
                 Err(ImapError::Inbound(ChannelError::Cancelled)) => return Ok(()),
                 Err(e) => {

@@ -348,7 +348,7 @@ struct Blobs(HashMap<String, Bytes>);
 #[async_trait]
 impl AttachmentSource for Blobs {
     async fn read(&self, blob_key: &str) -> Result<Bytes, ChannelError> {
-        self.0.get(blob_key).cloned().ok_or_else(|| ChannelError::Permanent("no such blob".into()))
+        self.0.get(blob_key).cloned().ok_or_else(|| ChannelError::permanent("no such blob"))
     }
 }
 

@@ -64,7 +64,7 @@ async fn a_wrong_password_is_a_credentials_error_in_a_sentence() {
         panic!("not a credentials error: {err:?}");
     };
     assert_eq!((*server, login.as_str()), (Server::Imap, bob.address.as_str()));
-    assert!(!err.is_temporary());
+    assert!(!err.is_transient());
     let text = err.to_string();
     assert_eq!(&text, sentence);
     assert!(!text.contains("code:") && !text.contains("Some("), "no Debug dump: {text}");
@@ -82,7 +82,7 @@ async fn a_closed_port_is_a_connection_error_for_the_server_it_belongs_to() {
     imap_closed.imap.port = Some(free_port());
     let err = verify(&imap_closed, &secret(&bob.password)).await.unwrap_err();
     assert!(matches!(err, VerifyError::Connect { server: Server::Imap, .. }), "{err:?}");
-    assert!(err.is_temporary());
+    assert!(err.is_transient());
     assert!(err.to_string().contains("imap.port"), "says what to check: {err}");
 
     let mut smtp_closed = st.account_config(&bob);

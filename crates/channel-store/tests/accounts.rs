@@ -174,15 +174,21 @@ async fn an_account_s_own_send_rates_hold_in_every_worker(store: Arc<dyn Store>)
     let conversation = a.deliver(account.id, hello).await.unwrap().conversation_id;
     // The worker that sends never set any rate itself: it reads the account's.
     channel_core::testing::attach_channel(&b, account.id, Arc::new(MemoryChannel::new()));
-    b.send(None, OutboundMessage::text(conversation, "one")).await.unwrap();
-    let second = b.send(None, OutboundMessage::text(conversation, "two")).await.unwrap();
+    let one = b.send(None, OutboundMessage::text(conversation, "one")).await.unwrap();
+    let two = b.send(None, OutboundMessage::text(conversation, "two")).await.unwrap();
     let dispatcher = Dispatcher::new(b.clone());
     dispatcher.run_once().await.unwrap();
     dispatcher.run_once().await.unwrap();
-    let held = store.message(second).await.unwrap();
-    assert_eq!(held.status, MessageStatus::Pending, "the second message waits for its slot");
+    // The dispatcher runs both jobs at once: whichever asks first goes, the other waits.
+    let mut statuses = Vec::new();
+    for id in [one, two] {
+        statuses.push((store.message(id).await.unwrap().status, id));
+    }
+    statuses.sort_by_key(|(s, _)| *s != MessageStatus::Sent);
+    let [(first, _), (second, held)] = statuses[..] else { unreachable!() };
+    assert_eq!((first, second), (MessageStatus::Sent, MessageStatus::Pending), "one waits");
     let jobs = store.jobs_in_state(JobState::Available, 10).await.unwrap();
-    let job = jobs.iter().find(|j| j.message_id == Some(second)).expect("its job waits");
+    let job = jobs.iter().find(|j| j.message_id == Some(held)).expect("its job waits");
     let wait = Duration::from_millis(u64::try_from(job.run_at.0 - b.now().0).unwrap_or(0));
     assert!(
         wait > Duration::from_secs(100),

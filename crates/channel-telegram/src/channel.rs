@@ -152,7 +152,7 @@ impl TelegramChannel {
     }
 
     fn live(&self) -> Result<Live, ChannelError> {
-        self.live_slot().ok_or_else(|| ChannelError::Transient("not connected".to_owned()))
+        self.live_slot().ok_or_else(|| ChannelError::transient("not connected".to_owned()))
     }
 
     async fn report_needs_login(&self, reason: &str) {
@@ -166,7 +166,7 @@ impl TelegramChannel {
     async fn fail(&self, e: &InvocationError) -> ChannelError {
         let err = classify(e);
         if let ChannelError::NeedsLogin(reason) = &err {
-            self.report_needs_login(reason).await;
+            self.report_needs_login(&reason.report()).await;
             self.set_live(None);
         }
         err
@@ -200,7 +200,7 @@ impl TelegramChannel {
         live.session.persist_learned_peers().await?;
         match self.cached_ref(live, peer).await? {
             Some(found) => Ok(found),
-            None => Err(ChannelError::Permanent(format!(
+            None => Err(ChannelError::permanent(format!(
                 "unknown Telegram peer {}: not in the session's peer cache, {}not among the                  account's dialogs; it must write first, or be named by its username",
                 address::dialog_id(peer),
                 match username {
@@ -215,7 +215,7 @@ impl TelegramChannel {
         if !live.session.knows_peer(peer) {
             return Ok(None);
         }
-        live.session.peer_ref(peer).await.map_err(|e| ChannelError::Transient(e.to_string()))
+        live.session.peer_ref(peer).await.map_err(|e| ChannelError::transient(e.to_string()))
     }
 
     /// Asks Telegram for `peer`: `contacts.resolveUsername` when a username is known, then
@@ -283,7 +283,7 @@ impl TelegramChannel {
             let Some(last_ref) = session
                 .peer_ref(last_peer)
                 .await
-                .map_err(|e| ChannelError::Transient(e.to_string()))?
+                .map_err(|e| ChannelError::transient(e.to_string()))?
             else {
                 return Ok(());
             };
@@ -350,7 +350,9 @@ impl TelegramChannel {
             return Exit::Reconnect(format!("sends in flight: {e}"));
         }
         if session.me().is_none() {
-            return Exit::Fatal(ChannelError::NeedsLogin("the login was not completed".to_owned()));
+            return Exit::Fatal(ChannelError::needs_login(
+                "the login was not completed".to_owned(),
+            ));
         }
         let params = ConnectionParams {
             retry_policy: Box::new(RetryIoOnce),
@@ -412,7 +414,7 @@ impl TelegramChannel {
                 }
                 ended = &mut guard.runner => {
                     return match ended {
-                        Err(e) if e.is_panic() => Exit::Fatal(ChannelError::Transient(
+                        Err(e) if e.is_panic() => Exit::Fatal(ChannelError::transient(
                             "grammers' sender pool panicked".to_owned(),
                         )),
                         _ => Exit::Reconnect("grammers' sender pool stopped".to_owned()),
@@ -461,7 +463,7 @@ impl TelegramChannel {
                 next = AssertUnwindSafe(stream.next_raw()).catch_unwind() => {
                     let next = match next {
                         Ok(n) => n,
-                        Err(_) => return Exit::Fatal(ChannelError::Transient(
+                        Err(_) => return Exit::Fatal(ChannelError::transient(
                             "grammers panicked while reading updates".to_owned(),
                         )),
                     };
@@ -474,7 +476,7 @@ impl TelegramChannel {
                             while group.len() < MAX_GROUP {
                                 match AssertUnwindSafe(stream.next_raw()).catch_unwind().now_or_never() {
                                     Some(Ok(Ok(item))) => group.push(item),
-                                    Some(Err(_)) => return Exit::Fatal(ChannelError::Transient(
+                                    Some(Err(_)) => return Exit::Fatal(ChannelError::transient(
                                         "grammers panicked while reading updates".to_owned(),
                                     )),
                                     // Nothing more at once; an error shows again on the next read.
@@ -707,7 +709,7 @@ impl TelegramChannel {
             (Some(m), _) => (address::message_id(&m.provider_id).unwrap_or(0), m.sent_at),
             (None, Some(id)) => (id, Timestamp::now()),
             (None, None) => {
-                return Err(ChannelError::Transient(
+                return Err(ChannelError::transient(
                     "RANDOM_ID_DUPLICATE: the message was sent but is not visible yet".to_owned(),
                 ));
             }
@@ -947,9 +949,11 @@ impl Channel for TelegramChannel {
                 Exit::Fatal(e) => {
                     let state = match &e {
                         ChannelError::NeedsLogin(r) => {
-                            ConnectionState::NeedsLogin { reason: r.clone() }
+                            ConnectionState::NeedsLogin { reason: r.report() }
                         }
-                        ChannelError::Permanent(r) => ConnectionState::Failed { reason: r.clone() },
+                        ChannelError::Permanent(r) => {
+                            ConnectionState::Failed { reason: r.report() }
+                        }
                         other => ConnectionState::TransientDisconnect { reason: other.to_string() },
                     };
                     inbound.report_state(state).await;
@@ -1084,7 +1088,7 @@ impl Channel for TelegramChannel {
             Some(a) => {
                 // Read, upload and send under one limit scaled by the size.
                 let blobs = self.blobs.clone().ok_or_else(|| {
-                    ChannelError::Permanent(
+                    ChannelError::permanent(
                         "attachments need a blob store (TelegramChannel::with_blobs)".to_owned(),
                     )
                 })?;
@@ -1146,7 +1150,7 @@ impl Channel for TelegramChannel {
             Ok(u) => u,
         };
         let (id, date) = sent_message(&updates, random_id).ok_or_else(|| {
-            ChannelError::Transient("Telegram's answer did not name the sent message".to_owned())
+            ChannelError::transient("Telegram's answer did not name the sent message".to_owned())
         })?;
         self.echoes.message_id(random_id, id);
         Ok(SendReceipt {

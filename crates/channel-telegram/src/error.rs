@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use channel_core::ChannelError;
+use channel_core::{ChannelError, Fault, FaultKind};
 use grammers_mtsender::InvocationError;
 
 /// RPC error names that mean the session is gone: log in again.
@@ -33,15 +33,41 @@ pub fn classify(error: &InvocationError) -> ChannelError {
                 return ChannelError::RateLimited { retry_after: Duration::from_secs(secs.into()) };
             }
             if rpc.code == 401 || NEEDS_LOGIN.contains(&rpc.name.as_str()) {
-                return ChannelError::NeedsLogin(rpc.name.clone());
+                return ChannelError::needs_login(Fault::new(
+                    FaultKind::Authentication,
+                    rpc.name.clone(),
+                ));
             }
             match rpc.code {
-                400 | 403 | 406 => ChannelError::Permanent(rpc.name.clone()),
-                _ => ChannelError::Transient(format!("{} {}", rpc.code, rpc.name)),
+                400 | 403 | 406 => {
+                    ChannelError::permanent(Fault::new(FaultKind::Server, rpc.name.clone()))
+                }
+                _ => ChannelError::transient(Fault::new(
+                    FaultKind::Server,
+                    format!("{} {}", rpc.code, rpc.name),
+                )),
             }
         }
-        InvocationError::Session(e) => ChannelError::Transient(format!("session: {e}")),
-        other => ChannelError::Transient(other.to_string()),
+        InvocationError::Session(e) => {
+            ChannelError::transient(Fault::new(FaultKind::Other, format!("session: {e}")))
+        }
+        InvocationError::Io(e) => ChannelError::transient(Fault::new(
+            FaultKind::Network,
+            format!("the connection to Telegram failed: {e}"),
+        )),
+        InvocationError::Dropped(why) => ChannelError::transient(Fault::new(
+            FaultKind::Network,
+            format!("the request was dropped with its connection: {why}"),
+        )),
+        InvocationError::Deserialize(e) => ChannelError::transient(Fault::new(
+            FaultKind::Protocol,
+            format!("Telegram's answer did not parse: {e}"),
+        )),
+        InvocationError::Transport(e) => ChannelError::transient(Fault::new(
+            FaultKind::Protocol,
+            format!("MTProto transport: {e}"),
+        )),
+        other => ChannelError::transient(Fault::new(FaultKind::Other, other.to_string())),
     }
 }
 
@@ -80,6 +106,6 @@ mod tests {
     fn peer_flood_is_permanent_and_server_errors_are_transient() {
         assert!(matches!(classify(&rpc(400, "PEER_FLOOD")), ChannelError::Permanent(_)));
         assert!(matches!(classify(&rpc(500, "INTERNAL")), ChannelError::Transient(_)));
-        assert!(classify(&InvocationError::Dropped("x")).is_retryable());
+        assert!(classify(&InvocationError::Dropped("x")).is_transient());
     }
 }

@@ -195,9 +195,10 @@ impl From<ChannelError> for LoginError {
         match e {
             ChannelError::RateLimited { retry_after } => LoginError::FloodWait { retry_after },
             ChannelError::Timeout { after, .. } => LoginError::Timeout(after),
-            ChannelError::Permanent(m)
-            | ChannelError::InvalidInput(m)
-            | ChannelError::NeedsLogin(m) => LoginError::Rejected(m),
+            ChannelError::Permanent(m) | ChannelError::NeedsLogin(m) => {
+                LoginError::Rejected(m.report())
+            }
+            ChannelError::InvalidInput(m) => LoginError::Rejected(m),
             other => LoginError::Transient(other.to_string()),
         }
     }
@@ -772,9 +773,6 @@ mod tests {
             LoginError::from(ChannelError::RateLimited { retry_after: Duration::from_secs(9) }),
             LoginError::FloodWait { retry_after: Duration::from_secs(9) }
         );
-        assert!(matches!(
-            LoginError::from(ChannelError::Transient("x".into())),
-            LoginError::Transient(_)
-        ));
+        assert!(matches!(LoginError::from(ChannelError::transient("x")), LoginError::Transient(_)));
     }
 }

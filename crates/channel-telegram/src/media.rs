@@ -35,8 +35,8 @@ pub(crate) async fn read(blobs: &BlobStore, a: &Attachment) -> Result<Vec<u8>, C
         Ok(b) => Ok(b.to_vec()),
         Err(
             e @ (BlobError::NotFound(_) | BlobError::InvalidKey(_) | BlobError::TooLarge { .. }),
-        ) => Err(ChannelError::Permanent(format!("attachment {}: {e}", a.blob_key))),
-        Err(e) => Err(ChannelError::Transient(format!("attachment {}: {e}", a.blob_key))),
+        ) => Err(ChannelError::permanent(format!("attachment {}: {e}", a.blob_key))),
+        Err(e) => Err(ChannelError::transient(format!("attachment {}: {e}", a.blob_key))),
     }
 }
 

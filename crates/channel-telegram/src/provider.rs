@@ -405,13 +405,13 @@ impl Provider for TelegramProvider {
         engine: &Engine,
     ) -> Result<Arc<dyn Channel>, ChannelError> {
         let (config, api_id) = self.account_config(&account.config).map_err(|e| {
-            ChannelError::Permanent(format!(
+            ChannelError::permanent(format!(
                 "Telegram account {}: {e}; fix the account's configuration",
                 account.id
             ))
         })?;
         let not_logged_in = || {
-            ChannelError::NeedsLogin(format!(
+            ChannelError::needs_login(format!(
                 "Telegram account {} is not logged in: log in with the `phone`, `qr` or `bot` \
                  flow (Runtime::login_step)",
                 account.id
@@ -421,11 +421,11 @@ impl Provider for TelegramProvider {
             .account_state(account.id)
             .get(SESSION_KEY)
             .await
-            .map_err(|e| ChannelError::Transient(format!("account state: {e}")))?;
+            .map_err(|e| ChannelError::transient(format!("account state: {e}")))?;
         match stored.map(|raw| StoredSession::from_bytes(raw.expose_secret())) {
             None => return Err(not_logged_in()),
             Some(Err(e)) => {
-                return Err(ChannelError::NeedsLogin(format!(
+                return Err(ChannelError::needs_login(format!(
                     "Telegram account {}: {e}; log in again (Runtime::login_step)",
                     account.id
                 )));

@@ -65,7 +65,7 @@ impl From<SessionError> for ChannelError {
     fn from(e: SessionError) -> Self {
         match e {
             SessionError::NotLoggedIn | SessionError::Corrupt(_) => {
-                ChannelError::NeedsLogin(e.to_string())
+                ChannelError::needs_login(e.to_string())
             }
             SessionError::State(e) => e,
         }

@@ -127,7 +127,7 @@ async fn a_send_whose_connection_drops_is_retried_with_the_same_random_id_and_st
         .await
         .unwrap()
         .unwrap_err();
-    assert!(err.is_retryable(), "{err:?}");
+    assert!(err.is_transient(), "{err:?}");
     r.channel.send(&outgoing("2001", "key-2", "again")).await.unwrap();
     let ids = random_ids(&server);
     assert_eq!(ids.len(), 5);
@@ -357,7 +357,7 @@ async fn a_retry_answered_random_id_duplicate_succeeds_with_the_original_message
         attempts += 1;
         match r.channel.send(&message).await {
             Ok(receipt) => break receipt,
-            Err(e) if e.is_retryable() && attempts < 3 => continue,
+            Err(e) if e.is_transient() && attempts < 3 => continue,
             Err(e) => panic!("a duplicate random_id means the message was sent: {e:?}"),
         }
     };

@@ -95,7 +95,7 @@ async fn an_unknown_peer_is_looked_up_by_username_then_in_the_dialogs_before_the
     server.reply_once(GET_DIALOGS, Reply::rpc_error(500, "INTERNAL"));
     let to_carol = outgoing(&carol.id.to_string(), "c", "hi Carol");
     let err = r.channel.send(&to_carol).await.unwrap_err();
-    assert!(err.is_retryable(), "{err:?}");
+    assert!(err.is_transient(), "{err:?}");
     r.channel.send(&to_carol).await.expect("found among the dialogs");
 
     let nobody = outgoing("2999", "n", "hi?");

@@ -90,7 +90,7 @@ async fn send(channel: &TelegramChannel, m: &PreparedSend) -> SendReceipt {
     for _ in 0..3 {
         match channel.send(m).await {
             Ok(r) => return r,
-            Err(e) if e.is_retryable() => continue,
+            Err(e) if e.is_transient() => continue,
             Err(e) => panic!("{e:?}"),
         }
     }

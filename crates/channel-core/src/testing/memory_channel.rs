@@ -380,11 +380,11 @@ impl Channel for MemoryChannel {
                 Ok(SendReceipt { provider_id: format!("mem-{}", message.client_key), at })
             }
             SendScript::OkWithId(id) => Ok(SendReceipt { provider_id: id, at }),
-            SendScript::Transient(e) => Err(ChannelError::Transient(e)),
+            SendScript::Transient(e) => Err(ChannelError::transient(e)),
             SendScript::RateLimited(d) => Err(ChannelError::RateLimited { retry_after: d }),
-            SendScript::Permanent(e) => Err(ChannelError::Permanent(e)),
+            SendScript::Permanent(e) => Err(ChannelError::permanent(e)),
             SendScript::InvalidInput(e) => Err(ChannelError::InvalidInput(e)),
-            SendScript::NeedsLogin(e) => Err(ChannelError::NeedsLogin(e)),
+            SendScript::NeedsLogin(e) => Err(ChannelError::needs_login(e)),
             SendScript::Hang => futures::future::pending().await,
         }
     }

@@ -124,7 +124,7 @@ impl Inbound for TestSink {
             let mut s = self.inner.lock().unwrap();
             if s.fail_next > 0 {
                 s.fail_next -= 1;
-                return Err(ChannelError::Transient("test sink told to fail".into()));
+                return Err(ChannelError::transient("test sink told to fail"));
             }
             s.deliveries += 1;
             if let Some(c) = &message.cursor {

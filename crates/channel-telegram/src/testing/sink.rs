@@ -135,7 +135,7 @@ impl Inbound for MemoryInbound {
                 inner.pass_before_failing -= 1;
             } else if inner.fail_deliveries > 0 {
                 inner.fail_deliveries -= 1;
-                return Err(ChannelError::Transient("test store outage".to_owned()));
+                return Err(ChannelError::transient("test store outage".to_owned()));
             }
             if let Some(cursor) = &message.cursor {
                 inner.state.insert(cursor.key.clone(), cursor.value.clone());
