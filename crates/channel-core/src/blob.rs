@@ -13,7 +13,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectStore, PutMode, PutPayload};
+/// The object-store interface [`BlobStore::new`] takes (S3, GCS, Azure and local files through
+/// the `object_store` crate), re-exported in the version this crate uses.
+pub use object_store::{self, ObjectStore};
+use object_store::{PutMode, PutPayload};
 use sha2::{Digest, Sha256};
 
 use crate::model::{Attachment, AttachmentData};

@@ -55,6 +55,9 @@ pub use engine::{
 pub use error::{EngineError, with_timeout};
 pub use ingest::AccountSink;
 pub use model::*;
+/// The secret types of account state, login inputs and keys (re-exported: the version this
+/// crate's signatures use).
+pub use secrecy::{self, ExposeSecret, SecretSlice, SecretString};
 pub use store::{
     DueConversations, IngestDisposition, IngestOutcome, IngestRequest, Notification, SendRequest,
     Store, StoreError, StoredInbound,

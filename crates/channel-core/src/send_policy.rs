@@ -327,21 +327,21 @@ impl std::ops::Deref for Chosen<'_> {
 }
 
 impl RateLimitPolicy {
-    /// The default account quota: 20 per minute, bursts of 5.
-    pub fn default_account_quota() -> Quota {
-        Quota::per_minute(NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN))
+    /// The default rates: per account 20 a minute with bursts of 5, per chat one every 3
+    /// seconds with bursts of 3.
+    pub fn default_rates() -> SendRates {
+        SendRates {
+            per_account: Rate::per_minute(20).burst(5),
+            per_chat: Rate::every(Duration::from_secs(3)).burst(3),
+        }
     }
 
-    /// The default chat quota: one per 3 seconds, bursts of 3.
-    pub fn default_chat_quota() -> Quota {
-        Quota::with_period(Duration::from_secs(3))
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN))
+    /// Limits with these rates for accounts without rates of their own.
+    pub fn new(per_account: Rate, per_chat: Rate) -> Self {
+        Self::with_quotas(quota(per_account), quota(per_chat))
     }
 
-    /// Limits with these quotas for accounts without rates of their own.
-    pub fn new(per_account: Quota, per_chat: Quota) -> Self {
+    fn with_quotas(per_account: Quota, per_chat: Quota) -> Self {
         Self {
             defaults: Limiters::new(per_account, per_chat),
             custom: std::sync::Mutex::new(HashMap::new()),
@@ -353,7 +353,7 @@ impl RateLimitPolicy {
 
     /// Limits with these rates for accounts without rates of their own.
     pub fn with_rates(rates: SendRates) -> Self {
-        Self::new(quota(rates.per_account), quota(rates.per_chat))
+        Self::new(rates.per_account, rates.per_chat)
     }
 
     /// Keeps the counters in `memory` too, so that they survive a restart (see the module
@@ -455,7 +455,7 @@ impl RateLimitPolicy {
 
 impl Default for RateLimitPolicy {
     fn default() -> Self {
-        Self::new(Self::default_account_quota(), Self::default_chat_quota())
+        Self::with_rates(Self::default_rates())
     }
 }
 
@@ -488,8 +488,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_chat_over_its_rate_is_delayed_until_its_next_slot() {
         let policy = RateLimitPolicy::new(
-            RateLimitPolicy::default_account_quota(),
-            Quota::with_period(Duration::from_secs(3)).unwrap(),
+            RateLimitPolicy::default_rates().per_account,
+            Rate::every(Duration::from_secs(3)),
         );
         let account = AccountId::new();
         assert_eq!(policy.check(&ctx(account, "chat")).await, SendDecision::Allow);
@@ -506,8 +506,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_account_over_its_rate_is_delayed_whatever_the_chat() {
         let policy = RateLimitPolicy::new(
-            Quota::per_minute(NonZeroU32::new(2).unwrap()),
-            Quota::per_second(NonZeroU32::new(100).unwrap()),
+            Rate::per_minute(2).burst(2),
+            Rate::every(Duration::from_millis(10)),
         );
         let account = AccountId::new();
         assert_eq!(policy.check(&ctx(account, "a")).await, SendDecision::Allow);
@@ -546,20 +546,13 @@ mod tests {
         SendContext { now: Timestamp(1_000_000).plus(start.elapsed()), ..ctx(account, thread) }
     }
 
-    fn chat_quota() -> Quota {
-        RateLimitPolicy::default_chat_quota()
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_worker_in_a_crash_loop_never_sends_faster_than_one_that_kept_running() {
         let start = tokio::time::Instant::now();
         let account = AccountId::new();
         let memory: Arc<MapMemory> = Arc::default();
-        let fresh = || {
-            RateLimitPolicy::new(RateLimitPolicy::default_account_quota(), chat_quota())
-                .remembered_in(memory.clone())
-        };
-        let steady = RateLimitPolicy::new(RateLimitPolicy::default_account_quota(), chat_quota());
+        let fresh = || RateLimitPolicy::default().remembered_in(memory.clone());
+        let steady = RateLimitPolicy::default();
         let (mut crashing_sent, mut steady_sent) = (0, 0);
         let mut life = fresh();
         // 60 s, a check every 100 ms, a restart every 700 ms.

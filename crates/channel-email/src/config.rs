@@ -201,7 +201,7 @@ pub struct EmailConfig {
     /// SMTP connections kept open (lettre's pool).
     pub smtp_pool_size: u32,
     /// How far apart two messages without References/In-Reply-To may be and still be put in
-    /// one thread by normalized subject and participant ([`crate::thread_index`]); zero
+    /// one thread by normalized subject and participant; zero
     /// switches that fallback off. 7 days by default.
     pub thread_window: Duration,
     /// How logs name the account (default: its address; the provider sets the account's id

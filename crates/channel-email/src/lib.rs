@@ -7,24 +7,23 @@
 //!   only when the account says so). IDLE when the server has it (renewed every 29 min, a
 //!   server silent for 5 min is taken for dead, `DONE` answered within 15 s), polling every
 //!   30 s otherwise. Connect, read and write limits live on the stream itself
-//!   ([`stream::TimeoutStream`]); any error or timeout throws the session away and the loop
+//!   (an internal timeout stream); any error or timeout throws the session away and the loop
 //!   reconnects with jittered backoff (2 s to 80 s).
-//! * **Never lose, never duplicate**: per folder, a [`cursor::FolderCursor`]
+//! * **Never lose, never duplicate**: per folder, a [`FolderCursor`]
 //!   (UIDVALIDITY, UIDNEXT) advances only with the commit of the messages it covers (it
 //!   rides on the last message of each batch). UID FETCH uses explicit UID sets in batches
 //!   of at most 500 and must end with a tagged OK (an EOF in the middle is an error). The
 //!   provider id is the Message-ID (X-Microsoft-Original-Message-ID first; without either, a
 //!   hash of the whole message less the trace fields added in transit,
-//!   [`thread::content_id`]), which the store deduplicates on.
+//!   the content id), which the store deduplicates on.
 //! * **Parse** with mail-parser; a message that cannot be parsed is delivered raw with
 //!   `parse_error` set; every text part the sender wrote is kept; structural defects (missing
 //!   boundaries, a header without its blank line, unknown charsets, raw 8-bit header bytes)
-//!   are listed with the codes of [`defect`] and the raw message is kept ([`parse`]).
-//! * **Thread** on the root of References ([`thread`]), every id carried along; mail without
-//!   them joins a recent thread of the same normalized subject and participant
-//!   ([`thread_index`]).
+//!   are listed with the codes of [`defect`] and the raw message is kept.
+//! * **Thread** on the root of References, every id carried along; mail without
+//!   them joins a recent thread of the same normalized subject and participant.
 //! * **Send** with lettre (pooled, rustls); the Message-ID is the engine's `client_key`;
-//!   bad input is refused before anything is sent ([`send`]).
+//!   bad input is refused before anything is sent.
 //! * **Sent folder** watched: what the owner sent from other clients arrives as outbound
 //!   messages whose `client_key` is their Message-ID, so our own sends are matched, not
 //!   stored twice.
@@ -45,43 +44,46 @@
 //! # }
 //! ```
 
-pub mod account;
+mod account;
 mod backoff;
 mod channel;
-pub mod config;
-pub mod cursor;
+mod config;
+mod cursor;
 pub mod defect;
 mod duration;
-pub mod error;
+mod error;
 mod fetch;
 mod history;
 mod idle;
 mod imap_session;
-pub mod parse;
-pub mod provider;
-pub mod send;
+mod parse;
+mod provider;
+mod send;
 mod sent_folder;
-pub mod stream;
+mod stream;
 mod structure;
 mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod thread;
-pub mod thread_index;
-pub mod thread_warmup;
-pub mod verify;
+mod thread;
+mod thread_index;
+mod thread_warmup;
+mod verify;
 mod watch;
 
-pub use account::{EmailAccountConfig, PASSWORD_KEY};
+pub use account::{
+    EmailAccountConfig, Folders, ImapSettings, PASSWORD_KEY, SmtpAuth, SmtpSettings,
+};
 pub use channel::EmailChannel;
 
 pub use config::{BackoffConfig, EmailConfig, Security, ServerConfig, StartFrom, Timeouts};
 pub use cursor::FolderCursor;
 pub use history::effective_limit;
-pub use provider::{EmailProvider, KIND, PASSWORD_FLOW};
+pub use provider::{EmailProvider, FALLBACK_MESSAGE_ID_DOMAIN, KIND, PASSWORD_FLOW};
 pub use send::{AttachmentSource, default_subject};
 pub use sent_folder::USUAL_SENT_NAMES;
-pub use verify::{VerifyError, verify};
+pub use thread_warmup::WARMUP_LIMIT;
+pub use verify::{Server, Verified, VerifyError, verify};
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

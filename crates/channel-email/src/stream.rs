@@ -75,11 +75,6 @@ impl<S> TimeoutStream<S> {
     pub fn new(inner: S, handle: TimeoutHandle) -> Self {
         Self { inner, handle, read_timer: None, write_timer: None }
     }
-
-    /// The handle that adjusts the limits.
-    pub fn handle(&self) -> &TimeoutHandle {
-        &self.handle
-    }
 }
 
 impl<S> fmt::Debug for TimeoutStream<S> {

@@ -30,6 +30,10 @@ use std::time::Duration;
 
 use crate::{BackoffConfig, EmailConfig, Security, ServerConfig, StartFrom, Timeouts};
 
+/// The parser, for corpus tests of real-world mail: one raw message as the channel delivers
+/// it.
+pub use crate::parse::{FolderRole, to_inbound};
+
 const NO_STACK: &str = "the mail stack (Dovecot + OpenSMTPD) is not available: run `scripts/test`, \
 which installs `dovecot-imapd dovecot-lmtpd opensmtpd` with apt-get and starts it";
 

@@ -9,13 +9,6 @@
 use sha2::{Digest, Sha256};
 
 /// The canonical `<id>` form of a Message-ID, or `None` when nothing usable is left.
-///
-/// ```
-/// use channel_email::thread::normalize_id;
-/// assert_eq!(normalize_id(" <a@b> ").as_deref(), Some("<a@b>"));
-/// assert_eq!(normalize_id("a@b").as_deref(), Some("<a@b>"));
-/// assert_eq!(normalize_id("<>"), None);
-/// ```
 pub fn normalize_id(raw: &str) -> Option<String> {
     let inner = raw.trim().trim_start_matches('<').trim_end_matches('>').trim();
     if inner.is_empty()
@@ -80,13 +73,6 @@ pub const TRACE_PREFIXES: &[&str] =
     &["arc-", "x-spam-", "x-rspamd-", "x-ms-exchange-", "x-microsoft-antispam", "x-mozilla-status"];
 
 /// Whether the header field `name` is one of the [`TRACE_FIELDS`] or [`TRACE_PREFIXES`].
-///
-/// ```
-/// use channel_email::thread::is_trace_field;
-/// assert!(is_trace_field(b"Received"));
-/// assert!(is_trace_field(b"ARC-Seal"));
-/// assert!(!is_trace_field(b"DKIM-Signature"));
-/// ```
 pub fn is_trace_field(name: &[u8]) -> bool {
     let name = name.trim_ascii();
     TRACE_FIELDS.iter().any(|t| name.eq_ignore_ascii_case(t.as_bytes()))
@@ -103,16 +89,6 @@ pub fn is_trace_field(name: &[u8]) -> bool {
 /// `Delivered-To` added, one filed by APPEND) gets one id; two messages that differ in any
 /// other byte of their header or body (two monitoring alerts with the same Date, From, To and
 /// Subject) never share one. A message without a header section is hashed whole.
-///
-/// ```
-/// use channel_email::thread::content_id;
-/// let sent = b"From: a@x.org\r\nSubject: disk full\r\n\r\nhost 1\r\n";
-/// let delivered = b"Return-Path: <a@x.org>\r\nReceived: from mx by mx\r\n\tid 1\r\n\
-/// From: a@x.org\r\nSubject: disk full\r\n\r\nhost 1\r\n";
-/// let other = b"From: a@x.org\r\nSubject: disk full\r\n\r\nhost 2\r\n";
-/// assert_eq!(content_id(sent), content_id(delivered));
-/// assert_ne!(content_id(sent), content_id(other));
-/// ```
 pub fn content_id(raw: &[u8]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(b"channel-email content id v2\n");
@@ -181,6 +157,30 @@ pub fn message_id_for(client_key: &str, from_address: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn message_ids_are_normalized_to_angle_brackets() {
+        assert_eq!(normalize_id(" <a@b> ").as_deref(), Some("<a@b>"));
+        assert_eq!(normalize_id("a@b").as_deref(), Some("<a@b>"));
+        assert_eq!(normalize_id("<>"), None);
+    }
+
+    #[test]
+    fn trace_fields_are_recognised_case_blind() {
+        assert!(is_trace_field(b"Received"));
+        assert!(is_trace_field(b"ARC-Seal"));
+        assert!(!is_trace_field(b"DKIM-Signature"));
+    }
+
+    #[test]
+    fn a_content_id_ignores_trace_fields_and_nothing_else() {
+        let sent = b"From: a@x.org\r\nSubject: disk full\r\n\r\nhost 1\r\n";
+        let delivered = b"Return-Path: <a@x.org>\r\nReceived: from mx by mx\r\n\tid 1\r\n\
+        From: a@x.org\r\nSubject: disk full\r\n\r\nhost 1\r\n";
+        let other = b"From: a@x.org\r\nSubject: disk full\r\n\r\nhost 2\r\n";
+        assert_eq!(content_id(sent), content_id(delivered));
+        assert_ne!(content_id(sent), content_id(other));
+    }
+
     use super::*;
 
     #[test]

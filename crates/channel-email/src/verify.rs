@@ -3,7 +3,7 @@
 //! failure ([`VerifyError`]) that says what to do next.
 //!
 //! ```no_run
-//! use channel_email::verify::{VerifyError, verify};
+//! use channel_email::{VerifyError, verify};
 //! use channel_email::EmailAccountConfig;
 //! use secrecy::SecretString;
 //!

@@ -8,7 +8,7 @@ mod support;
 use channel_core::InboundMessage;
 use channel_core::blob::DEFAULT_MAX_BLOB_SIZE;
 use channel_core::validate::{Limits, check_inbound, degrade_inbound};
-use channel_email::parse::{FolderRole, to_inbound};
+use channel_email::testing::{FolderRole, to_inbound};
 use proptest::prelude::*;
 use support::corpus::{Case, Seen, cases};
 

@@ -21,7 +21,7 @@ use channel_core::{
     AccountId, BlobStore, Channel, ChannelError, ConnectionState, Engine, Inbound, InboundDeletion,
     InboundEdit, InboundMessage, Message, MessageId, NewAccount, Store,
 };
-use channel_email::parse::{FolderRole, to_inbound};
+use channel_email::testing::{FolderRole, to_inbound};
 use channel_email::{EmailChannel, FolderCursor};
 use support::corpus::{Seen, canary, cases, with_trace_fields};
 use support::{User, stack};

@@ -14,11 +14,10 @@ use channel_core::{
     BlobStore, Channel, ChannelError, ConnectionState, Direction, Engine, IdentityInfo, MessageId,
     MessageStatus, NewAccount, OutboundMessage, PreparedSend, Store,
 };
-use channel_email::account::SmtpAuth;
-use channel_email::verify::Server;
 use channel_email::{
     EmailAccountConfig, EmailChannel, EmailProvider, KIND, PASSWORD_KEY, Security,
 };
+use channel_email::{Server, SmtpAuth};
 use channel_email::{VerifyError, verify};
 use secrecy::{ExposeSecret, SecretString};
 use support::{TestSink, free_port, stack};

@@ -7,12 +7,12 @@
 )]
 
 pub mod account_config;
-pub mod address;
+mod address;
 mod changes;
 mod channel;
 mod config;
 mod echoes;
-pub mod error;
+mod error;
 pub mod login;
 mod mapping;
 mod media;
@@ -23,6 +23,7 @@ pub mod session;
 pub mod testing;
 
 pub use account_config::TelegramAccountConfig;
+pub use address::random_id;
 pub use channel::TelegramChannel;
 pub use config::TelegramConfig;
 pub use provider::{KIND, TelegramProvider};

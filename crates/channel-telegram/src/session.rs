@@ -572,7 +572,7 @@ impl AccountSession {
     }
 
     /// Whether the peer cache holds `peer` (with its access hash, for users and channels).
-    pub fn knows_peer(&self, peer: PeerId) -> bool {
+    pub(crate) fn knows_peer(&self, peer: PeerId) -> bool {
         lock(&self.inner)
             .peers
             .get(&peer)

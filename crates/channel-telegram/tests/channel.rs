@@ -97,7 +97,7 @@ async fn our_send_returns_its_id_and_its_echo_carries_the_client_key() {
     assert_eq!(echo.reply_to, Some(first.id.to_string()));
     let stored = server.messages();
     assert_eq!(stored.last().unwrap().reply_to, Some(first.id));
-    assert_eq!(random_ids(&server), vec![channel_telegram::address::random_id("key-1")]);
+    assert_eq!(random_ids(&server), vec![channel_telegram::random_id("key-1")]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

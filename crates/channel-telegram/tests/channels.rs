@@ -185,7 +185,7 @@ async fn a_send_into_a_supergroup_goes_out_once_and_its_echo_is_not_a_second_mes
         .filter_map(|r| r.decode::<tl::functions::messages::SendMessage>())
         .map(|s| s.random_id)
         .collect();
-    assert_eq!(random_ids, [channel_telegram::address::random_id("key-team")], "sent once");
+    assert_eq!(random_ids, [channel_telegram::random_id("key-team")], "sent once");
     assert_eq!(w.server.messages().iter().filter(|m| m.random_id.is_some()).count(), 1);
 
     let got = inbound.messages();

@@ -301,25 +301,21 @@ async fn worker_process() {
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 async fn run_worker(db: String, session: String) -> Result<(), Error> {
-    use std::collections::HashSet;
-    use std::num::NonZeroU32;
-
     use channel_core::runtime::{Runtime, StaticChannels};
     use channel_core::send_policy::{RateLimitPolicy, StorePolicyMemory};
     use channel_core::state::StateKey;
-    use channel_core::{Engine, NewAccount, OutboundMessage, Timestamp};
+    use channel_core::{Engine, NewAccount, OutboundMessage, Rate, Timestamp};
     use channel_telegram::session::SESSION_KEY;
     use channel_telegram::{TelegramChannel, TelegramConfig};
-    use governor::Quota;
+    use std::collections::HashSet;
 
     let reply = std::env::var("CRASH_WORKER_REPLY").map_or(true, |v| v != "0");
     let store: Arc<dyn Store> = Arc::new(SqlStore::open_sqlite(&db).await?);
     // Looser than the default limits, so that the replies keep up with the test's traffic;
     // kept in the store like the default's.
-    let per_minute = |n| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
     let policy = RateLimitPolicy::new(
-        Quota::per_minute(per_minute(600)).allow_burst(per_minute(20)),
-        Quota::per_second(per_minute(2)).allow_burst(per_minute(5)),
+        Rate::per_minute(600).burst(20),
+        Rate::every(Duration::from_millis(500)).burst(5),
     )
     .remembered_in(Arc::new(StorePolicyMemory::new(Arc::clone(&store))));
     let engine = Engine::builder(Arc::clone(&store), StateKey::from_bytes([7; 32]))

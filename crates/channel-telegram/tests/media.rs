@@ -126,7 +126,7 @@ async fn a_document_is_uploaded_in_parts_and_sent_once_under_its_random_id_even_
         .map(|r| r.random_id)
         .collect();
     assert!(random_ids.len() >= 2, "retried");
-    assert!(random_ids.iter().all(|id| *id == channel_telegram::address::random_id("doc-1")));
+    assert!(random_ids.iter().all(|id| *id == channel_telegram::random_id("doc-1")));
     s.cancel.cancel();
 }
 
