@@ -157,9 +157,10 @@ mod supervisor;
 #[cfg(feature = "systemd")]
 mod systemd;
 mod timeout;
+mod timestamp;
 
 pub use async_trait::async_trait;
-pub use clock::Timestamp;
+pub use timestamp::Timestamp;
 pub use context::LoopContext;
 pub use error::{LoopError, LoopResult, SinkError, WatchdogError};
 pub use heartbeat::HeartbeatSink;
