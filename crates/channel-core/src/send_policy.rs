@@ -176,10 +176,20 @@ impl SendPolicy for PolicyChain {
     }
 }
 
-/// governor's clock, read from tokio's clock so paused-time tests control it.
-#[derive(Clone, Debug)]
-struct TokioGovClock {
-    start: tokio::time::Instant,
+/// governor's clock, driven by the engine's: each check moves it to the check's
+/// [`SendContext::now`] (never backwards), so rate limits follow the engine's
+/// [`Clock`](crate::clock::Clock), in tests too.
+#[derive(Clone, Debug, Default)]
+struct EngineGovClock {
+    /// Nanoseconds since the Unix epoch.
+    now: Arc<AtomicU64>,
+}
+
+impl EngineGovClock {
+    fn advance_to(&self, now: Timestamp) {
+        let nanos = u64::try_from(now.as_millis()).unwrap_or(0).saturating_mul(1_000_000);
+        self.now.fetch_max(nanos, Ordering::Relaxed);
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -201,18 +211,17 @@ impl Reference for GovInstant {
     }
 }
 
-impl GovClock for TokioGovClock {
+impl GovClock for EngineGovClock {
     type Instant = GovInstant;
     fn now(&self) -> GovInstant {
-        let d = tokio::time::Instant::now().saturating_duration_since(self.start);
-        GovInstant(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        GovInstant(self.now.load(Ordering::Relaxed))
     }
 }
 
 type Keyed<K> = RateLimiter<
     K,
     DefaultKeyedStateStore<K>,
-    TokioGovClock,
+    EngineGovClock,
     governor::middleware::NoOpMiddleware<GovInstant>,
 >;
 
@@ -225,8 +234,7 @@ struct Limiters {
 }
 
 impl Limiters {
-    fn new(account_quota: Quota, chat_quota: Quota) -> Self {
-        let clock = TokioGovClock { start: tokio::time::Instant::now() };
+    fn new(account_quota: Quota, chat_quota: Quota, clock: EngineGovClock) -> Self {
         Self {
             per_account: RateLimiter::new(
                 account_quota,
@@ -240,8 +248,8 @@ impl Limiters {
     }
 
     /// The limiters of an account's stored rates.
-    fn of(rates: SendRates) -> Self {
-        Self::new(quota(rates.per_account), quota(rates.per_chat))
+    fn of(rates: SendRates, clock: EngineGovClock) -> Self {
+        Self::new(quota(rates.per_account), quota(rates.per_chat), clock)
     }
 
     /// The decision of the in-memory limiters (a refusal spends nothing).
@@ -294,6 +302,7 @@ fn quota(rate: Rate) -> Quota {
 /// [`SendContext::rates`]) is limited by those instead, in every worker. Over the limit, the
 /// answer is [`SendDecision::DelayUntil`] the earliest time a message may go.
 pub struct RateLimitPolicy {
+    clock: EngineGovClock,
     defaults: Limiters,
     /// The limiters of accounts with rates of their own.
     custom: std::sync::Mutex<HashMap<AccountId, (SendRates, Arc<Limiters>)>>,
@@ -342,8 +351,10 @@ impl RateLimitPolicy {
     }
 
     fn with_quotas(per_account: Quota, per_chat: Quota) -> Self {
+        let clock = EngineGovClock::default();
         Self {
-            defaults: Limiters::new(per_account, per_chat),
+            defaults: Limiters::new(per_account, per_chat, clock.clone()),
+            clock,
             custom: std::sync::Mutex::new(HashMap::new()),
             checks: AtomicU64::new(0),
             memory: None,
@@ -387,7 +398,7 @@ impl RateLimitPolicy {
         match custom.get(&ctx.account_id) {
             Some((known, l)) if *known == rates => (Chosen::Own(Arc::clone(l)), false),
             _ => {
-                let l = Arc::new(Limiters::of(rates));
+                let l = Arc::new(Limiters::of(rates, self.clock.clone()));
                 custom.insert(ctx.account_id, (rates, Arc::clone(&l)));
                 (Chosen::Own(l), true)
             }
@@ -462,6 +473,7 @@ impl Default for RateLimitPolicy {
 #[async_trait]
 impl SendPolicy for RateLimitPolicy {
     async fn check(&self, ctx: &SendContext<'_>) -> SendDecision {
+        self.clock.advance_to(ctx.now);
         match &self.memory {
             Some(memory) => self.check_remembered(memory, ctx).await,
             None => self.limiters(ctx).0.decide(ctx),
@@ -499,8 +511,11 @@ mod tests {
             "the next slot is 3 s later"
         );
         assert_eq!(policy.check(&ctx(account, "other chat")).await, SendDecision::Allow);
+        // The engine's clock, not tokio's, moves the limits.
         tokio::time::advance(Duration::from_secs(3)).await;
-        assert_eq!(policy.check(&ctx(account, "chat")).await, SendDecision::Allow);
+        assert!(matches!(policy.check(&ctx(account, "chat")).await, SendDecision::DelayUntil(_)));
+        let later = SendContext { now: Timestamp(1_003_000), ..ctx(account, "chat") };
+        assert_eq!(policy.check(&later).await, SendDecision::Allow);
     }
 
     #[tokio::test(start_paused = true)]
