@@ -135,8 +135,8 @@ impl EngineConfig {
             ("sweep_interval", self.sweep_interval),
             ("lease_ttl", self.lease_ttl),
             ("lease_renew_every", self.lease_renew_every),
-            ("retry.base", self.retry.base),
-            ("retry.cap", self.retry.cap),
+            ("retry.backoff.initial", self.retry.backoff.initial()),
+            ("retry.backoff.max", self.retry.backoff.max()),
         ];
         for (setting, d) in durations {
             if d.is_zero() {
@@ -164,10 +164,10 @@ impl EngineConfig {
                 reason: "must be at least 1",
             });
         }
-        if self.retry.cap < self.retry.base {
+        if self.retry.backoff.max() < self.retry.backoff.initial() {
             return Err(EngineError::InvalidSetting {
-                setting: "retry.cap",
-                reason: "must not be shorter than retry.base",
+                setting: "retry.backoff.max",
+                reason: "must not be shorter than retry.backoff.initial",
             });
         }
         if self.worker_id.trim().is_empty() {

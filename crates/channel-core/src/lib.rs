@@ -55,6 +55,7 @@ pub use engine::{
 pub use error::{EngineError, with_timeout};
 pub use ingest::AccountSink;
 pub use model::*;
+pub use retry::Backoff;
 /// The secret types of account state, login inputs and keys (re-exported: the version this
 /// crate's signatures use).
 pub use secrecy::{self, ExposeSecret, SecretSlice, SecretString};

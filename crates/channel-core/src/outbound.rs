@@ -344,7 +344,8 @@ impl Engine {
         let mut refused = false;
         let mut merge_tried = false;
         let mut merged: Option<MessageId> = None;
-        let mut delay = Duration::from_millis(100);
+        let backoff = crate::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut delay = backoff.ceiling(0);
         let mut tries = 0u32;
         loop {
             tries += 1;
@@ -472,7 +473,7 @@ impl Engine {
                     );
                     metrics::counter!("channel_send_record_retries_total").increment(1);
                     tokio::time::sleep(delay.min(deadline.since(now))).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    delay = backoff.ceiling(tries);
                 }
             }
         }

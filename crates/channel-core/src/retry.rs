@@ -2,15 +2,16 @@
 
 use std::time::Duration;
 
-/// How often and how patiently a job is retried.
+pub use channel_watchdog::Backoff;
+
+/// How often and how patiently a job is retried: its attempts, and the family's one
+/// [`Backoff`] between them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts before the dead letter (default 10).
     pub max_attempts: i32,
-    /// The delay after the first failed attempt (default 2 s).
-    pub base: Duration,
-    /// The longest delay (default 1 h).
-    pub cap: Duration,
+    /// The delays: from 2 s after the first failed attempt, doubling up to 1 h.
+    pub backoff: Backoff,
     /// Whether delays are jittered (default true).
     pub jitter: bool,
 }
@@ -19,13 +20,11 @@ impl RetryPolicy {
     /// 10 attempts, from 2 s doubling up to 1 h, jittered.
     pub const DEFAULT: RetryPolicy = RetryPolicy {
         max_attempts: 10,
-        base: Duration::from_secs(2),
-        cap: Duration::from_secs(3600),
+        backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(3600)),
         jitter: true,
     };
 
-    /// The un-jittered delay after failed attempt `attempt` (1-based): `base * 2^(attempt-1)`,
-    /// at most `cap`.
+    /// The un-jittered delay after failed attempt `attempt` (1-based).
     ///
     /// ```
     /// use std::time::Duration;
@@ -36,21 +35,14 @@ impl RetryPolicy {
     /// assert_eq!(p.ceiling(30), Duration::from_secs(3600));
     /// ```
     pub fn ceiling(&self, attempt: i32) -> Duration {
-        let exp = u32::try_from(attempt.saturating_sub(1).max(0)).unwrap_or(0).min(31);
-        self.base.saturating_mul(1u32 << exp).min(self.cap)
+        self.backoff.ceiling(u32::try_from(attempt.saturating_sub(1)).unwrap_or(0))
     }
 
     /// The delay after failed attempt `attempt`: with jitter, uniformly random between half
-    /// the [`ceiling`](Self::ceiling) and the ceiling ("equal jitter": never much shorter than
-    /// planned, yet retries of many jobs spread out).
+    /// the [`ceiling`](Self::ceiling) and the ceiling ([`Backoff::delay`]).
     pub fn delay(&self, attempt: i32) -> Duration {
-        let ceiling = self.ceiling(attempt);
-        if !self.jitter {
-            return ceiling;
-        }
-        let half = ceiling / 2;
-        let spread = u64::try_from((ceiling - half).as_millis()).unwrap_or(u64::MAX);
-        half + Duration::from_millis(if spread == 0 { 0 } else { rand::random_range(0..=spread) })
+        let n = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0);
+        if self.jitter { self.backoff.delay(n) } else { self.backoff.ceiling(n) }
     }
 
     /// Whether attempt `attempt` was the last one allowed.

@@ -39,7 +39,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{BackoffConfig, EmailConfig, Security, ServerConfig, StartFrom, Timeouts};
+use channel_core::Backoff;
+
+use crate::config::{EmailConfig, Security, ServerConfig, StartFrom, Timeouts};
 use crate::duration;
 
 /// The key of the account's password in its encrypted account state
@@ -68,8 +70,9 @@ pub struct EmailAccountConfig {
     pub folders: Folders,
     /// Time limits.
     pub timeouts: Timeouts,
-    /// Reconnect backoff.
-    pub backoff: BackoffConfig,
+    /// Reconnect backoff: `{"min": "2s", "max": "80s"}` by default.
+    #[serde(with = "crate::config::backoff_section")]
+    pub backoff: Backoff,
     /// Messages per FETCH, 1 to 500 (default 100).
     pub batch_size: usize,
     /// Where folders without a cursor start: `"beginning"` (default) or `"now"`.
@@ -173,7 +176,7 @@ impl Default for EmailAccountConfig {
             smtp: SmtpSettings::default(),
             folders: Folders::default(),
             timeouts: Timeouts::default(),
-            backoff: BackoffConfig::default(),
+            backoff: crate::config::DEFAULT_BACKOFF,
             batch_size: 100,
             start_from: StartFrom::default(),
             thread_window: Duration::from_secs(7 * 24 * 3600),
@@ -285,7 +288,7 @@ impl EmailAccountConfig {
             ("timeouts.done", t.done),
             ("timeouts.poll_interval", t.poll_interval),
             ("timeouts.send", t.send),
-            ("backoff.min", self.backoff.min),
+            ("backoff.min", self.backoff.initial()),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::new(
@@ -294,12 +297,12 @@ impl EmailAccountConfig {
                 ));
             }
         }
-        if self.backoff.max < self.backoff.min {
+        if self.backoff.max() < self.backoff.initial() {
             return Err(ConfigError::new(
                 "backoff.max",
                 format!(
                     "is shorter than backoff.min ({}): write at least that",
-                    duration::to_text(self.backoff.min)
+                    duration::to_text(self.backoff.initial())
                 ),
             ));
         }
@@ -408,7 +411,9 @@ fn locate_error(value: &Value, whole: &serde_json::Error) -> ConfigError {
             ("smtp", Some(fields)) => section::<SmtpSettings>(key, fields),
             ("folders", Some(fields)) => section::<Folders>(key, fields),
             ("timeouts", Some(fields)) => section::<Timeouts>(key, fields),
-            ("backoff", Some(fields)) => section::<BackoffConfig>(key, fields),
+            ("backoff", Some(fields)) => {
+                section::<crate::config::backoff_section::Section>(key, fields)
+            }
             _ => None,
         };
         if let Some(e) = found.or_else(|| alone::<EmailAccountConfig>(key, key, inner)) {
@@ -496,7 +501,7 @@ mod tests {
         c.smtp.auth = SmtpAuth::None;
         c.folders.inbox = "Support/Incoming".into();
         c.timeouts.poll_interval = Duration::from_millis(300);
-        c.backoff.max = Duration::from_secs(120);
+        c.backoff = Backoff::new(c.backoff.initial(), Duration::from_secs(120));
         c.start_from = StartFrom::Now;
         let json = c.to_json();
         assert_eq!(json["timeouts"]["poll_interval"], "300ms");

@@ -1,38 +1,33 @@
-//! Jittered exponential backoff between reconnects.
+//! The reconnect delays of one loop: the family's [`Backoff`], counted from the last session
+//! that worked, never shorter than its first delay.
 
 use std::time::Duration;
 
-use rand::Rng;
+use channel_core::Backoff;
 
-use crate::config::BackoffConfig;
-
-/// Delays that double from `min` up to `max`, each drawn uniformly from its upper half
-/// (so that many accounts do not reconnect in step).
+/// Failures since the last session that worked, and the delays they call for.
 #[derive(Clone, Debug)]
-pub(crate) struct Backoff {
-    config: BackoffConfig,
-    attempt: u32,
+pub(crate) struct Reconnects {
+    backoff: Backoff,
+    failures: u32,
 }
 
-impl Backoff {
-    pub(crate) fn new(config: BackoffConfig) -> Self {
-        Self { config, attempt: 0 }
+impl Reconnects {
+    pub(crate) fn new(backoff: Backoff) -> Self {
+        Self { backoff, failures: 0 }
     }
 
     /// Forgets earlier failures (after a session that worked).
     pub(crate) fn reset(&mut self) {
-        self.attempt = 0;
+        self.failures = 0;
     }
 
-    /// The next delay.
+    /// The next delay: jittered in the upper half of the backoff's ceiling, and never shorter
+    /// than the first delay (so that many accounts do not reconnect in step).
     pub(crate) fn next_delay(&mut self) -> Duration {
-        let min = self.config.min.max(Duration::from_millis(1));
-        let max = self.config.max.max(min);
-        let ceiling = min.saturating_mul(1u32 << self.attempt.min(20)).min(max);
-        self.attempt = self.attempt.saturating_add(1);
-        let floor = (ceiling / 2).max(min).min(ceiling);
-        let span = u64::try_from((ceiling - floor).as_millis()).unwrap_or(u64::MAX);
-        floor + Duration::from_millis(rand::rng().random_range(0..=span))
+        let delay = self.backoff.delay(self.failures).max(self.backoff.initial());
+        self.failures = self.failures.saturating_add(1);
+        delay.min(self.backoff.max().max(self.backoff.initial()))
     }
 }
 
@@ -42,8 +37,7 @@ mod tests {
 
     #[test]
     fn delays_grow_to_the_cap_and_stay_within_bounds() {
-        let cfg = BackoffConfig { min: Duration::from_secs(2), max: Duration::from_secs(80) };
-        let mut b = Backoff::new(cfg);
+        let mut b = Reconnects::new(Backoff::new(Duration::from_secs(2), Duration::from_secs(80)));
         let mut last = Duration::ZERO;
         for _ in 0..12 {
             let d = b.next_delay();

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use channel_core::Backoff;
+
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
@@ -126,21 +128,43 @@ impl Default for Timeouts {
     }
 }
 
-/// Jittered exponential backoff between reconnects: 2 s to 80 s by default.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BackoffConfig {
-    /// The first delay.
-    #[serde(with = "duration")]
-    pub min: Duration,
-    /// The largest delay.
-    #[serde(with = "duration")]
-    pub max: Duration,
-}
+/// The reconnect backoff by default: jittered, from 2 s doubling up to 80 s.
+pub const DEFAULT_BACKOFF: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(80));
 
-impl Default for BackoffConfig {
-    fn default() -> Self {
-        Self { min: Duration::from_secs(2), max: Duration::from_secs(80) }
+/// The reconnect backoff as an account's configuration writes it: `{"min": "2s", "max":
+/// "80s"}` (used with `#[serde(with = "backoff_section")]`).
+pub(crate) mod backoff_section {
+    use std::time::Duration;
+
+    use channel_core::Backoff;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::duration;
+
+    /// The section's fields.
+    #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub(crate) struct Section {
+        #[serde(with = "duration")]
+        min: Duration,
+        #[serde(with = "duration")]
+        max: Duration,
+    }
+
+    impl Default for Section {
+        fn default() -> Self {
+            let d = super::DEFAULT_BACKOFF;
+            Self { min: d.initial(), max: d.max() }
+        }
+    }
+
+    pub(crate) fn serialize<S: Serializer>(b: &Backoff, s: S) -> Result<S::Ok, S::Error> {
+        Section { min: b.initial(), max: b.max() }.serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Backoff, D::Error> {
+        let s = Section::deserialize(d)?;
+        Ok(Backoff::new(s.min, s.max))
     }
 }
 
@@ -184,7 +208,7 @@ pub struct EmailConfig {
     /// Time limits.
     pub timeouts: Timeouts,
     /// Reconnect backoff.
-    pub backoff: BackoffConfig,
+    pub backoff: Backoff,
     /// The folder of incoming mail.
     pub inbox: String,
     /// Whether the Sent folder is watched for mail the owner sent from other clients.
@@ -223,7 +247,7 @@ impl EmailConfig {
             imap,
             smtp,
             timeouts: Timeouts::default(),
-            backoff: BackoffConfig::default(),
+            backoff: DEFAULT_BACKOFF,
             inbox: "INBOX".to_owned(),
             watch_sent: true,
             append_sent: false,
@@ -248,7 +272,7 @@ impl EmailConfig {
     }
 
     /// Sets the reconnect backoff.
-    pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
     }

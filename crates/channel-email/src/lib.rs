@@ -76,7 +76,7 @@ pub use account::{
 };
 pub use channel::EmailChannel;
 
-pub use config::{BackoffConfig, EmailConfig, Security, ServerConfig, StartFrom, Timeouts};
+pub use config::{DEFAULT_BACKOFF, EmailConfig, Security, ServerConfig, StartFrom, Timeouts};
 pub use cursor::FolderCursor;
 pub use history::effective_limit;
 pub use provider::{EmailProvider, FALLBACK_MESSAGE_ID_DOMAIN, KIND, PASSWORD_FLOW};

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::{BackoffConfig, EmailConfig, Security, ServerConfig, StartFrom, Timeouts};
+use crate::{EmailConfig, Security, ServerConfig, StartFrom, Timeouts};
 
 /// The parser, for corpus tests of real-world mail: one raw message as the channel delivers
 /// it.
@@ -322,7 +322,7 @@ pub fn account_config(user: &User, imap_port: u16, smtp_port: u16) -> EmailConfi
         ServerConfig::new("127.0.0.1", smtp_port, Security::Plaintext),
     )
     .timeouts(test_timeouts())
-    .backoff(BackoffConfig { min: Duration::from_millis(100), max: Duration::from_millis(800) })
+    .backoff(channel_core::Backoff::new(Duration::from_millis(100), Duration::from_millis(800)))
     .start_from(StartFrom::Beginning)
 }
 
@@ -342,7 +342,7 @@ pub fn stored_account_config(
     config.smtp.auth = SmtpAuth::None;
     config.timeouts = test_timeouts();
     config.backoff =
-        BackoffConfig { min: Duration::from_millis(100), max: Duration::from_millis(800) };
+        channel_core::Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
     config.start_from = StartFrom::Beginning;
     config
 }

@@ -8,7 +8,7 @@ use channel_core::{ChannelError, ConnectionState, Inbound};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::backoff::Backoff;
+use crate::backoff::Reconnects;
 use crate::config::EmailConfig;
 use crate::error::ImapError;
 use crate::idle::{Wake, wait_for_change};
@@ -80,7 +80,7 @@ impl FolderWatcher {
     }
 
     async fn run_loop(&self) -> Result<(), ChannelError> {
-        let mut backoff = Backoff::new(self.config.backoff);
+        let mut backoff = Reconnects::new(self.config.backoff);
         loop {
             if self.cancel.is_cancelled() {
                 return Ok(());
@@ -128,7 +128,7 @@ impl FolderWatcher {
         }
     }
 
-    async fn session(&self, backoff: &mut Backoff) -> Result<(), ImapError> {
+    async fn session(&self, backoff: &mut Reconnects) -> Result<(), ImapError> {
         let mut conn = connect(&self.config).await?;
         let result = self.session_with(&mut conn, backoff).await;
         if matches!(result, Ok(())) {
@@ -140,7 +140,7 @@ impl FolderWatcher {
     async fn session_with(
         &self,
         conn: &mut ImapConnection,
-        backoff: &mut Backoff,
+        backoff: &mut Reconnects,
     ) -> Result<(), ImapError> {
         let folder = match self.role {
             FolderRole::Inbox => self.config.inbox.clone(),

@@ -552,10 +552,7 @@ async fn through_200_network_faults_nothing_is_lost_and_nothing_is_stored_twice(
     timeouts.connect = Duration::from_secs(2);
     let config = support::account_config(&bob, proxy.port, st.smtp_port)
         .timeouts(timeouts)
-        .backoff(channel_email::BackoffConfig {
-            min: Duration::from_millis(5),
-            max: Duration::from_millis(40),
-        })
+        .backoff(channel_core::Backoff::new(Duration::from_millis(5), Duration::from_millis(40)))
         .batch_size(7)
         .watch_sent(false);
     let sink = TestSink::new();

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use channel_core::Backoff;
+
 use channel_core::Notification;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::broadcast;
@@ -36,11 +38,12 @@ impl Hub {
         let (tx, _) = broadcast::channel(capacity);
         let sender = tx.clone();
         let task = tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
+            let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+            let mut failures = 0;
             loop {
                 match listener.try_recv().await {
                     Ok(Some(n)) => {
-                        backoff = Duration::from_millis(100);
+                        failures = 0;
                         // No receiver is not an error: nobody is interested right now.
                         let _ = sender.send(Notification {
                             topic: n.channel().to_owned(),
@@ -55,8 +58,8 @@ impl Hub {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "channel-store: notification listener failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        tokio::time::sleep(backoff.ceiling(failures)).await;
+                        failures += 1;
                     }
                 }
             }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use channel_core::{
-    Capabilities, Channel, ChannelError, ChannelKind, ConnectionState, HistoryRequest, Inbound,
-    InboundMessage, PreparedSend, SendReceipt, Timestamp,
+    Backoff, Capabilities, Channel, ChannelError, ChannelKind, ConnectionState, HistoryRequest,
+    Inbound, InboundMessage, PreparedSend, SendReceipt, Timestamp,
 };
 use futures::FutureExt;
 use grammers_client::Client;
@@ -888,11 +888,6 @@ fn is_random_id_duplicate(e: &InvocationError) -> bool {
     matches!(e, InvocationError::Rpc(rpc) if rpc.name == "RANDOM_ID_DUPLICATE")
 }
 
-fn jittered(d: Duration) -> Duration {
-    let factor: f64 = 0.5 + rand::random::<f64>();
-    d.mul_f64(factor)
-}
-
 /// The id and date of our message in the answer to `messages.sendMessage`.
 fn sent_message(updates: &tl::enums::Updates, random_id: i64) -> Option<(i32, i32)> {
     let from_list = |list: &[tl::enums::Update], date: i32| {
@@ -938,7 +933,8 @@ impl Channel for TelegramChannel {
         cancel: CancellationToken,
     ) -> Result<(), ChannelError> {
         *self.reporter.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&inbound));
-        let mut backoff = self.config.reconnect_min;
+        let backoff = Backoff::new(self.config.reconnect_min, self.config.reconnect_max);
+        let mut failures = 0;
         loop {
             inbound.report_state(ConnectionState::Connecting).await;
             let mut connected = false;
@@ -963,13 +959,13 @@ impl Channel for TelegramChannel {
                     tracing::info!(%reason, "Telegram connection lost; reconnecting");
                     inbound.report_state(ConnectionState::TransientDisconnect { reason }).await;
                     if connected {
-                        backoff = self.config.reconnect_min;
+                        failures = 0;
                     }
                     tokio::select! {
                         _ = cancel.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(jittered(backoff)) => {}
+                        _ = tokio::time::sleep(backoff.delay(failures)) => {}
                     }
-                    backoff = (backoff * 2).min(self.config.reconnect_max);
+                    failures += 1;
                 }
             }
         }

@@ -160,7 +160,6 @@ mod timeout;
 mod timestamp;
 
 pub use async_trait::async_trait;
-pub use timestamp::Timestamp;
 pub use context::LoopContext;
 pub use error::{LoopError, LoopResult, SinkError, WatchdogError};
 pub use heartbeat::HeartbeatSink;
@@ -172,6 +171,7 @@ pub use stall::{StallAction, StallConfig, StallDetector, StallEvent};
 pub use status::{FailureKind, HealthReport, LastError, LoopState, LoopStatus};
 pub use supervisor::{LoopHandle, Watchdog, WatchdogBuilder};
 pub use timeout::{TimeoutError, Timeouts, timeout};
+pub use timestamp::Timestamp;
 pub use tokio_util::sync::CancellationToken;
 
 /// The README's examples, compiled and run as doctests so they stay correct.

@@ -83,7 +83,7 @@ impl Default for Backoff {
 impl Backoff {
     /// A backoff starting at `initial` and doubling up to `max`; checked when the loop or
     /// watchdog using it is registered or built.
-    pub fn new(initial: Duration, max: Duration) -> Self {
+    pub const fn new(initial: Duration, max: Duration) -> Self {
         Self { initial, max }
     }
 
@@ -110,14 +110,26 @@ impl Backoff {
         Ok(())
     }
 
-    /// The un-jittered delay before restart number `attempt` (0-based).
-    pub(crate) fn ceiling(&self, attempt: u32) -> Duration {
+    /// The un-jittered delay before retry number `attempt` (0-based): `initial * 2^attempt`,
+    /// at most `max`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use channel_watchdog::Backoff;
+    /// let b = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
+    /// assert_eq!(b.ceiling(0), Duration::from_secs(2));
+    /// assert_eq!(b.ceiling(3), Duration::from_secs(16));
+    /// assert_eq!(b.ceiling(99), Duration::from_secs(60));
+    /// ```
+    pub fn ceiling(&self, attempt: u32) -> Duration {
         let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
         self.initial.checked_mul(factor).map_or(self.max, |d| d.min(self.max))
     }
 
-    /// The jittered delay before restart number `attempt` (0-based): uniform in `[d/2, d]`.
-    pub(crate) fn delay(&self, attempt: u32) -> Duration {
+    /// The jittered delay before retry number `attempt` (0-based): uniform in `[d/2, d]` for
+    /// the [`ceiling`](Self::ceiling) `d` ("equal jitter": never much shorter than planned,
+    /// yet many retries spread out).
+    pub fn delay(&self, attempt: u32) -> Duration {
         let ceiling = self.ceiling(attempt);
         let half = ceiling / 2;
         let spread = crate::clock::millis(ceiling - half);

@@ -144,7 +144,8 @@ async fn run(args: Args) -> Result<(), Error> {
     // The engine: a short lifecycle, quick retries and sweeps, short leases, so that
     // everything happens within a run of a few seconds.
     let mut config = EngineConfig::default();
-    config.retry = RetryPolicy { base: Duration::from_secs(1), ..RetryPolicy::DEFAULT };
+    let backoff = channel_core::Backoff::new(Duration::from_secs(1), Duration::from_secs(3600));
+    config.retry = RetryPolicy { backoff, ..RetryPolicy::DEFAULT };
     config.sweep_interval = Duration::from_secs(1);
     config.rescue_interval = Duration::from_secs(1);
     config.lease_ttl = Duration::from_secs(6);
