@@ -195,8 +195,23 @@ pub struct HistoryRequest {
 impl HistoryRequest {
     /// The default page size.
     pub const DEFAULT_LIMIT: usize = 100;
-    /// The largest page size.
+    /// The largest page size a channel fetches (the engine's `history_max` may not exceed it).
     pub const MAX_LIMIT: usize = 500;
+
+    /// The page size a channel fetches for this request: [`DEFAULT_LIMIT`](Self::DEFAULT_LIMIT)
+    /// for 0, at most [`MAX_LIMIT`](Self::MAX_LIMIT). The one place channels read it.
+    ///
+    /// ```
+    /// use channel_core::HistoryRequest;
+    /// let page = |limit| HistoryRequest { limit, ..HistoryRequest::default() }.page_size();
+    /// assert_eq!((page(0), page(7), page(10_000)), (100, 7, 500));
+    /// ```
+    pub fn page_size(&self) -> usize {
+        match self.limit {
+            0 => Self::DEFAULT_LIMIT,
+            n => n.min(Self::MAX_LIMIT),
+        }
+    }
 }
 
 impl Default for HistoryRequest {

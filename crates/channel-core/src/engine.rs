@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::blob::BlobStore;
-use crate::channel::Channel;
+use crate::channel::{Channel, HistoryRequest};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{EngineError, with_timeout};
 use crate::events::{DEFAULT_EVENT_CAPACITY, EventBus, JOBS_TOPIC};
@@ -157,6 +157,12 @@ impl EngineConfig {
             if n == 0 {
                 return Err(EngineError::InvalidSetting { setting, reason: "must be at least 1" });
             }
+        }
+        if self.history_max > HistoryRequest::MAX_LIMIT {
+            return Err(EngineError::InvalidSetting {
+                setting: "history_max",
+                reason: "must be at most 500 (HistoryRequest::MAX_LIMIT, the largest page a channel fetches)",
+            });
         }
         if self.retry.max_attempts < 1 {
             return Err(EngineError::InvalidSetting {

@@ -59,6 +59,14 @@ fn zero_settings_are_refused_with_a_typed_error() {
         "retry.max_attempts"
     );
     assert_eq!(refused(builder().worker_id(String::new())), "worker_id");
+    // A history page larger than any channel fetches is refused, never silently cut.
+    assert_eq!(refused(builder().history_limits(100, 1000)), "history_max");
+    assert!(builder().history_limits(100, 500).build().is_ok());
+    let slow = retry::Backoff::new(Duration::from_secs(60), Duration::from_secs(1));
+    assert_eq!(
+        refused(builder().retry(retry::RetryPolicy { backoff: slow, ..Default::default() })),
+        "retry.backoff.max"
+    );
     let e = builder().sweep_interval(Duration::ZERO).build().unwrap_err();
     assert!(!e.is_transient());
     assert!(e.to_string().contains("sweep_interval"), "{e}");

@@ -10,14 +10,6 @@ use crate::imap_session::{Session, connect, logout, quote, select, uid_search};
 use crate::parse::{FolderRole, parse_internal_date, to_inbound};
 use crate::sent_folder::find_sent;
 
-/// The page size of a request: the default for 0, at most [`HistoryRequest::MAX_LIMIT`].
-pub fn effective_limit(request: &HistoryRequest) -> usize {
-    match request.limit {
-        0 => HistoryRequest::DEFAULT_LIMIT,
-        n => n.min(HistoryRequest::MAX_LIMIT),
-    }
-}
-
 fn checked_id(id: &str) -> Result<String, ChannelError> {
     quote(id).map_err(|_| ChannelError::InvalidInput("CR/LF in a message id".into()))
 }
@@ -82,7 +74,7 @@ pub(crate) async fn fetch_history(
     for id in request.thread_key.iter().chain(&request.before).chain(&request.after) {
         checked_id(id)?;
     }
-    let limit = effective_limit(request);
+    let limit = request.page_size();
     let mut conn = connect(config).await?;
     let result = async {
         let mut all =
@@ -110,10 +102,10 @@ mod tests {
     #[test]
     fn limits_default_to_100_and_cap_at_500() {
         let mut r = HistoryRequest { limit: 0, ..HistoryRequest::default() };
-        assert_eq!(effective_limit(&r), 100);
+        assert_eq!(r.page_size(), 100);
         r.limit = 10_000;
-        assert_eq!(effective_limit(&r), 500);
+        assert_eq!(r.page_size(), 500);
         r.limit = 7;
-        assert_eq!(effective_limit(&r), 7);
+        assert_eq!(r.page_size(), 7);
     }
 }

@@ -78,7 +78,6 @@ pub use channel::EmailChannel;
 
 pub use config::{DEFAULT_BACKOFF, EmailConfig, Security, ServerConfig, StartFrom, Timeouts};
 pub use cursor::FolderCursor;
-pub use history::effective_limit;
 pub use provider::{EmailProvider, FALLBACK_MESSAGE_ID_DOMAIN, KIND, PASSWORD_FLOW};
 pub use send::{AttachmentSource, default_subject};
 pub use sent_folder::USUAL_SENT_NAMES;

@@ -1174,10 +1174,7 @@ impl Channel for TelegramChannel {
         };
         let offset_id = msg_id(&request.before)?;
         let min_id = msg_id(&request.after)?;
-        let limit = match request.limit {
-            0 => HistoryRequest::DEFAULT_LIMIT,
-            n => n.min(HistoryRequest::MAX_LIMIT),
-        };
+        let limit = request.page_size();
         let live = self.live()?;
         let peer_ref = self.resolve(&live, peer, None).await?;
         let found = self.history(&live, peer_ref, offset_id, min_id, limit).await?;
