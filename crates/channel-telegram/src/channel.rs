@@ -963,7 +963,7 @@ impl Channel for TelegramChannel {
                     }
                     tokio::select! {
                         _ = cancel.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(backoff.delay(failures)) => {}
+                        _ = tokio::time::sleep(backoff.delay(failures).max(backoff.initial())) => {}
                     }
                     failures += 1;
                 }
