@@ -14,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::model::*;
+use crate::page::Position;
 
 /// Why a store call failed, and what the caller should do about it.
 #[derive(Debug, thiserror::Error)]
@@ -368,6 +369,16 @@ pub trait Store: Send + Sync + 'static {
         status: Option<ConversationStatus>,
         limit: usize,
     ) -> Result<Vec<Conversation>, StoreError>;
+    /// Conversations newest activity first (by `last_activity_at`, then id, both descending),
+    /// of one account or all, of one status or any, only those before `before` when given,
+    /// at most `limit` (keyset pagination).
+    async fn conversations_before(
+        &self,
+        account: Option<AccountId>,
+        status: Option<ConversationStatus>,
+        before: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError>;
     /// The active (open or idle) conversation of a thread, if any. There is at most one.
     async fn active_conversation(
         &self,
@@ -405,6 +416,14 @@ pub trait Store: Send + Sync + 'static {
     async fn messages(
         &self,
         conversation: ConversationId,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+    /// The conversation's messages newest first (by `sent_at`, then id, both descending),
+    /// only those before `before` when given, at most `limit` (keyset pagination).
+    async fn messages_before(
+        &self,
+        conversation: ConversationId,
+        before: Option<&Position>,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError>;
     /// Sets a conversation's assignee if it is `expected` now (compare-and-set, so that two

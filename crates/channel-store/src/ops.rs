@@ -14,6 +14,7 @@ use crate::error::{Res, invalid};
 use crate::limits::{
     self, MAX_CONNECTION_STATE_BYTES, MAX_HTML_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES,
 };
+use channel_core::page::Position;
 
 // ----- accounts -----
 
@@ -545,6 +546,37 @@ pub(crate) async fn conversations(
     Ok(all(ex.fetch_all(&q.text, &q.args).await?, codec::conversation)?)
 }
 
+pub(crate) async fn conversations_before(
+    ex: Ex<'_>,
+    account: Option<AccountId>,
+    status: Option<ConversationStatus>,
+    before: Option<&Position>,
+    n: usize,
+) -> Res<Vec<Conversation>> {
+    let acc = account.map(|a| a.to_string());
+    let mut q = Sql::new(format!(
+        "SELECT {} FROM conversations WHERE 1 = 1",
+        codec::CONVERSATION_READ_COLS
+    ));
+    if let Some(a) = &acc {
+        q.push(" AND account_id = ").bind(a.as_str());
+    }
+    if let Some(s) = status {
+        q.push(" AND status = ").bind(s.as_str());
+    }
+    if let Some(p) = before {
+        q.push(" AND (last_activity_at < ")
+            .bind(p.at.0)
+            .push(" OR (last_activity_at = ")
+            .bind(p.at.0)
+            .push(" AND id < ")
+            .bind(p.id.as_str())
+            .push("))");
+    }
+    q.push(" ORDER BY last_activity_at DESC, id DESC LIMIT ").bind(limit(n));
+    Ok(all(ex.fetch_all(&q.text, &q.args).await?, codec::conversation)?)
+}
+
 pub(crate) async fn active_conversation(
     ex: Ex<'_>,
     account: AccountId,
@@ -806,6 +838,31 @@ pub(crate) async fn messages(
     );
     let id = conversation.to_string();
     Ok(all(ex.fetch_all(&sql, &[Arg::Text(&id), Arg::Int(limit(n))]).await?, codec::message)?)
+}
+
+pub(crate) async fn messages_before(
+    ex: Ex<'_>,
+    conversation: ConversationId,
+    before: Option<&Position>,
+    n: usize,
+) -> Res<Vec<Message>> {
+    let id = conversation.to_string();
+    let mut q = Sql::new(format!(
+        "SELECT {} FROM messages WHERE conversation_id = ",
+        codec::MESSAGE_READ_COLS
+    ));
+    q.bind(id.as_str());
+    if let Some(p) = before {
+        q.push(" AND (sent_at < ")
+            .bind(p.at.0)
+            .push(" OR (sent_at = ")
+            .bind(p.at.0)
+            .push(" AND id < ")
+            .bind(p.id.as_str())
+            .push("))");
+    }
+    q.push(" ORDER BY sent_at DESC, id DESC LIMIT ").bind(limit(n));
+    Ok(all(ex.fetch_all(&q.text, &q.args).await?, codec::message)?)
 }
 
 /// The account's messages stored with defects, newest first; with `code`, only those with a

@@ -11,6 +11,8 @@ use channel_core::{
     StoreError, Timestamp,
 };
 
+use channel_core::page::Position;
+
 use crate::queue::{self, Completion, Finish};
 use crate::{SqlStore, ingest, limits, ops, write_tx};
 
@@ -211,6 +213,17 @@ impl Store for SqlStore {
             .await
     }
 
+    async fn conversations_before(
+        &self,
+        account: Option<AccountId>,
+        status: Option<ConversationStatus>,
+        before: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        let read = ops::conversations_before(self.pools().reader(), account, status, before, limit);
+        self.run("conversations_before", read).await
+    }
+
     async fn active_conversation(
         &self,
         account: AccountId,
@@ -274,6 +287,16 @@ impl Store for SqlStore {
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
         self.run("messages", ops::messages(self.pools().reader(), conversation, limit)).await
+    }
+
+    async fn messages_before(
+        &self,
+        conversation: ConversationId,
+        before: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let read = ops::messages_before(self.pools().reader(), conversation, before, limit);
+        self.run("messages_before", read).await
     }
 
     async fn set_assignee(

@@ -1073,6 +1073,52 @@ pub async fn listings_are_ordered_and_limited(store: Arc<dyn Store>) {
     assert!(is_not_found(&err));
 }
 
+/// Keyset listings go newest first and resume strictly before a position: same-time rows are
+/// ordered by id, and a row stored between two pages never repeats or shifts a row.
+pub async fn keyset_listings_page_newest_first_without_repeats_or_gaps(store: Arc<dyn Store>) {
+    use crate::page::Position;
+    let store = &*store;
+    let account = new_account(store, "acc", T0).await;
+    let mut ids = Vec::new();
+    let mut conversation = None;
+    // Two messages share each second: the id breaks the tie.
+    for n in 0..6 {
+        let m = inbound(&format!("p-{n}"), "chat", "alice", "x", at(n / 2));
+        let out = ingest(store, account.id, m, at(10 + n)).await;
+        conversation = Some(out.conversation_id);
+        ids.push(out.message_id);
+    }
+    let conversation = conversation.expect("a conversation");
+    let position = |m: &Message| Position { at: m.sent_at, id: m.id.to_string() };
+    let first = store.messages_before(conversation, None, 4).await.expect("page 1");
+    let mut expected: Vec<Message> = store.messages(conversation, 10).await.expect("all");
+    expected.reverse();
+    assert_eq!(first, expected[..4].to_vec(), "newest first, ties by id descending");
+    // A newer message arrives between the pages: the next page is not shifted by it.
+    ingest(store, account.id, inbound("p-new", "chat", "alice", "y", at(100)), at(20)).await;
+    let after = position(first.last().expect("a row"));
+    let second = store.messages_before(conversation, Some(&after), 4).await.expect("page 2");
+    assert_eq!(second, expected[4..].to_vec(), "the rest, none repeated, none skipped");
+    let last = position(second.last().expect("a row"));
+    assert!(store.messages_before(conversation, Some(&last), 4).await.expect("end").is_empty());
+
+    let other = new_account(store, "other", T0).await;
+    let o = ingest(store, other.id, inbound("o-1", "t", "bob", "z", at(1)), at(30)).await;
+    let all = store.conversations_before(None, None, None, 10).await.expect("all accounts");
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].id, o.conversation_id, "newest activity first");
+    let mine = store.conversations_before(Some(account.id), None, None, 10).await.expect("one");
+    assert_eq!(mine.iter().map(|c| c.id).collect::<Vec<_>>(), vec![conversation]);
+    let p = Position { at: all[0].last_activity_at, id: all[0].id.to_string() };
+    let rest = store.conversations_before(None, None, Some(&p), 10).await.expect("after");
+    assert_eq!(rest.iter().map(|c| c.id).collect::<Vec<_>>(), vec![conversation]);
+    let closed = store
+        .conversations_before(None, Some(ConversationStatus::Closed), None, 10)
+        .await
+        .expect("closed");
+    assert!(closed.is_empty());
+}
+
 /// A status change is a compare-and-set on the version: it succeeds with the version read,
 /// bumps it, and fails with `VersionConflict` once anything changed the conversation.
 pub async fn conversation_status_is_compare_and_set(store: Arc<dyn Store>) {
@@ -2205,6 +2251,7 @@ macro_rules! store_conformance_tests {
             assignment_is_compare_and_set_and_survives_ingest,
             identity_link_unlink_and_merge,
             listings_are_ordered_and_limited,
+            keyset_listings_page_newest_first_without_repeats_or_gaps,
             conversation_status_is_compare_and_set,
             sweep_racing_inbound_never_leaves_two_active_conversations,
             closed_conversations_start_new_or_reopen_per_policy,

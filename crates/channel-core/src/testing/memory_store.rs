@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::model::*;
+use crate::page::Position;
 use crate::store::*;
 
 /// A complete [`Store`] in memory: one [`Mutex`] over plain collections, so every call is one
@@ -62,6 +63,11 @@ struct Inner {
     /// Attempt rows in insertion order per job.
     attempts: HashMap<JobId, Vec<JobAttempt>>,
     leases: HashMap<String, Lease>,
+}
+
+/// Whether a row at `(at, id)` sorts before `p` in a newest-first listing.
+fn is_before((at, id): (Timestamp, &str), p: &Position) -> bool {
+    at < p.at || (at == p.at && id < p.id.as_str())
 }
 
 fn no_nul(field: &'static str, value: &str) -> Result<(), StoreError> {
@@ -915,6 +921,29 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
+    async fn conversations_before(
+        &self,
+        account: Option<AccountId>,
+        status: Option<ConversationStatus>,
+        before: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        let inner = self.lock();
+        let mut out: Vec<Conversation> = inner
+            .conversations
+            .values()
+            .filter(|c| account.is_none_or(|a| c.account_id == a))
+            .filter(|c| status.is_none_or(|s| c.status == s))
+            .filter(|c| {
+                before.is_none_or(|p| is_before((c.last_activity_at, &c.id.to_string()), p))
+            })
+            .cloned()
+            .collect();
+        out.sort_by_key(|c| std::cmp::Reverse((c.last_activity_at, c.id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
     async fn active_conversation(
         &self,
         account: AccountId,
@@ -1076,6 +1105,25 @@ impl Store for MemoryStore {
             .cloned()
             .collect();
         out.sort_by_key(|m| (m.sent_at, m.id));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn messages_before(
+        &self,
+        conversation: ConversationId,
+        before: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let inner = self.lock();
+        let mut out: Vec<Message> = inner
+            .messages
+            .values()
+            .filter(|m| m.conversation_id == conversation)
+            .filter(|m| before.is_none_or(|p| is_before((m.sent_at, &m.id.to_string()), p)))
+            .cloned()
+            .collect();
+        out.sort_by_key(|m| std::cmp::Reverse((m.sent_at, m.id)));
         out.truncate(limit);
         Ok(out)
     }
