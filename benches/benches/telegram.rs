@@ -3,7 +3,7 @@
 //!
 //! * `telegram/update_to_delivered`: from the server pushing a new private message (`updates`
 //!   with its user) to the message being delivered by a running `TelegramChannel` into the
-//!   crate's `MemoryInbound` test sink (no store). A dedicated pass afterwards prints p50 and p99
+//!   crate's `RecordingInbound` test sink (no store). A dedicated pass afterwards prints p50 and p99
 //!   (target: p99 at most 10 ms).
 //! * `telegram/send_channel` and `telegram/send_raw_invoke`: one text message sent through
 //!   `Channel::send` (peer resolution, idempotent `random_id`, timeout, receipt; its echo is then
@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use channel_core::testing::RecordingInbound;
 use channel_core::{Channel, ConnectionState, IdentityInfo, MessageId, PreparedSend};
 use channel_telegram::session::SESSION_KEY;
-use channel_telegram::testing::MemoryInbound;
 use channel_telegram::testing::loopback::{LoopbackServer, TestUser};
 use channel_telegram::{TelegramChannel, TelegramConfig};
 use criterion::{Criterion, criterion_group};
@@ -50,7 +50,7 @@ fn single_thread_runtime() -> Runtime {
 struct World {
     server: LoopbackServer,
     alice: TestUser,
-    inbound: Arc<MemoryInbound>,
+    inbound: Arc<RecordingInbound>,
     channel: Arc<TelegramChannel>,
     cancel: CancellationToken,
     raw: Client,
@@ -60,7 +60,7 @@ struct World {
 async fn world() -> World {
     let server = LoopbackServer::start().await.expect("loopback server");
     let alice = server.add_user(2001, "Alice", Some("alice"));
-    let inbound = Arc::new(MemoryInbound::new());
+    let inbound = Arc::new(RecordingInbound::new());
     inbound.set_state(SESSION_KEY, &server.stored_session().to_bytes());
     let channel = Arc::new(TelegramChannel::new(TelegramConfig::new(4242)));
     let cancel = CancellationToken::new();

@@ -15,7 +15,7 @@ use channel_core::{
     Origin, OutboundMessage, PreparedSend, Store,
 };
 use channel_email::{EmailChannel, FolderCursor};
-use support::{TestSink, stack};
+use support::{RecordingInbound, stack};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -63,7 +63,7 @@ async fn mail_is_stored_once_through_the_engine_and_a_reply_goes_out_through_the
     };
 
     // Alice (outside the engine) writes to Bob over SMTP.
-    let alice_sink = TestSink::new();
+    let alice_sink = Arc::new(RecordingInbound::new());
     let alice_channel =
         Arc::new(EmailChannel::new(st.config(&alice).watch_sent(false)).expect("channel"));
     let alice_task = {
@@ -138,7 +138,7 @@ async fn mail_is_stored_once_through_the_engine_and_a_reply_goes_out_through_the
     );
 
     // It reaches Alice's mailbox as a reply in the same thread.
-    alice_sink.wait_until("bob's reply", WAIT, |s| s.stored(&reply_message_id).is_some()).await;
+    alice_sink.expect_within("bob's reply", WAIT, |s| s.stored(&reply_message_id).is_some()).await;
     let at_alice = alice_sink.stored(&reply_message_id).unwrap().message;
     assert_eq!(at_alice.remote.address, bob.address.to_lowercase());
     assert_eq!(at_alice.reply_to.as_deref(), Some(first.as_str()));

@@ -16,7 +16,7 @@ use channel_core::{
     MessageId, PreparedSend,
 };
 use channel_email::{AttachmentSource, EmailChannel, EmailConfig, FolderCursor};
-use support::{PrivateDovecot, TestSink, User, imap_append, raw_mail, stack};
+use support::{PrivateDovecot, RecordingInbound, User, imap_append, raw_mail, stack};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -37,15 +37,15 @@ impl Running {
     }
 }
 
-fn start(channel: &Arc<EmailChannel>, sink: &Arc<TestSink>) -> Running {
+fn start(channel: &Arc<EmailChannel>, sink: &Arc<RecordingInbound>) -> Running {
     let cancel = CancellationToken::new();
     let (c, s, k) = (channel.clone(), sink.clone(), cancel.clone());
     let task = tokio::spawn(async move { c.run(s, k).await });
     Running { cancel, task }
 }
 
-async fn wait_connected(sink: &TestSink) {
-    sink.wait_until("connected", WAIT, |s| {
+async fn wait_connected(sink: &RecordingInbound) {
+    sink.expect_within("connected", WAIT, |s| {
         s.connection_states().contains(&ConnectionState::Connected)
     })
     .await;
@@ -78,7 +78,7 @@ fn channel(config: EmailConfig) -> Arc<EmailChannel> {
 async fn mail_submitted_over_smtp_arrives_through_idle_in_well_under_a_second() {
     let st = stack();
     let (alice, bob) = (st.user("alice"), st.user("bob"));
-    let bob_sink = TestSink::new();
+    let bob_sink = Arc::new(RecordingInbound::new());
     let bob_channel = channel(st.config(&bob));
     let running = start(&bob_channel, &bob_sink);
     wait_connected(&bob_sink).await;
@@ -90,7 +90,9 @@ async fn mail_submitted_over_smtp_arrives_through_idle_in_well_under_a_second() 
     let sent_at = tokio::time::Instant::now();
     let receipt = alice_channel.send(&outgoing(&bob, &id, "pushed by IDLE")).await.expect("sent");
     assert_eq!(receipt.provider_id, id);
-    bob_sink.wait_until("the message", Duration::from_secs(5), |s| s.stored(&id).is_some()).await;
+    bob_sink
+        .expect_within("the message", Duration::from_secs(5), |s| s.stored(&id).is_some())
+        .await;
     let latency = sent_at.elapsed();
     assert!(latency < Duration::from_secs(2), "IDLE push took {latency:?}");
 
@@ -107,7 +109,7 @@ async fn mail_submitted_over_smtp_arrives_through_idle_in_well_under_a_second() 
 async fn without_idle_in_dovecot_the_channel_polls() {
     let dovecot = PrivateDovecot::start("imap_capability = IMAP4rev1 SASL-IR LITERAL+ ID ENABLE");
     let bob = dovecot.user("bob");
-    let sink = TestSink::new();
+    let sink = Arc::new(RecordingInbound::new());
     let ch = channel(
         support::account_config(&bob, dovecot.imap_port, stack().smtp_port).watch_sent(false),
     );
@@ -122,7 +124,7 @@ async fn without_idle_in_dovecot_the_channel_polls() {
     )
     .await;
     // Poll interval is 300 ms in the tests.
-    sink.wait_until("the polled message", Duration::from_secs(5), |s| s.stored(&id).is_some())
+    sink.expect_within("the polled message", Duration::from_secs(5), |s| s.stored(&id).is_some())
         .await;
     running.stop().await.unwrap();
 }
@@ -131,7 +133,7 @@ async fn without_idle_in_dovecot_the_channel_polls() {
 async fn after_a_dovecot_restart_the_channel_reconnects_and_loses_nothing() {
     let dovecot = PrivateDovecot::start("");
     let bob = dovecot.user("bob");
-    let sink = TestSink::new();
+    let sink = Arc::new(RecordingInbound::new());
     let ch = channel(support::account_config(&bob, dovecot.imap_port, stack().smtp_port));
     let running = start(&ch, &sink);
     wait_connected(&sink).await;
@@ -143,10 +145,10 @@ async fn after_a_dovecot_restart_the_channel_reconnects_and_loses_nothing() {
         &raw_mail("x@example.org", &bob.address, &first, "s", "1"),
     )
     .await;
-    sink.wait_for_count(1, WAIT).await;
+    sink.expect_messages(1, WAIT).await;
 
     dovecot.stop();
-    sink.wait_until("a transient disconnect", WAIT, |s| {
+    sink.expect_within("a transient disconnect", WAIT, |s| {
         s.connection_states()
             .iter()
             .any(|c| matches!(c, ConnectionState::TransientDisconnect { .. }))
@@ -161,8 +163,9 @@ async fn after_a_dovecot_restart_the_channel_reconnects_and_loses_nothing() {
         &raw_mail("x@example.org", &bob.address, &second, "s", "2"),
     )
     .await;
-    sink.wait_until("the message after the restart", WAIT, |s| s.stored(&second).is_some()).await;
-    assert_eq!(sink.count(), 2);
+    sink.expect_within("the message after the restart", WAIT, |s| s.stored(&second).is_some())
+        .await;
+    assert_eq!(sink.message_count(), 2);
     assert_eq!(sink.duplicates(), 0, "nothing delivered twice");
     running.stop().await.unwrap();
 }
@@ -176,12 +179,12 @@ async fn a_uidvalidity_change_rescans_by_message_id_and_fetches_only_what_is_unk
             raw_mail("x@example.org", &bob.address, &format!("<uv{i}@example.org>"), "s", "b");
         imap_append(dovecot.imap_port, &bob, "INBOX", &raw).await;
     }
-    let sink = TestSink::new();
+    let sink = Arc::new(RecordingInbound::new());
     let ch = channel(
         support::account_config(&bob, dovecot.imap_port, stack().smtp_port).watch_sent(false),
     );
     let running = start(&ch, &sink);
-    sink.wait_for_count(3, WAIT).await;
+    sink.expect_messages(3, WAIT).await;
     running.stop().await.unwrap();
 
     let out = std::process::Command::new("doveadm")
@@ -195,13 +198,13 @@ async fn a_uidvalidity_change_rescans_by_message_id_and_fetches_only_what_is_unk
     imap_append(dovecot.imap_port, &bob, "INBOX", &raw).await;
 
     let running = start(&ch, &sink);
-    sink.wait_until("the new message", WAIT, |s| s.stored("<uv-new@example.org>").is_some()).await;
+    sink.expect_within("the new message", WAIT, |s| s.stored("<uv-new@example.org>").is_some())
+        .await;
     running.stop().await.unwrap();
-    assert_eq!(sink.count(), 4, "every message stored once");
+    assert_eq!(sink.message_count(), 4, "every message stored once");
     assert_eq!(sink.duplicates(), 0, "the known messages were not fetched and delivered again");
     assert_eq!(sink.deliveries(), 4, "only the unknown message was delivered after the change");
-    let cursor =
-        FolderCursor::decode(&sink.state_value(&FolderCursor::key("INBOX")).unwrap()).unwrap();
+    let cursor = FolderCursor::decode(&sink.state(&FolderCursor::key("INBOX")).unwrap()).unwrap();
     assert_eq!(cursor.uid_validity, 12345);
 }
 
@@ -219,21 +222,20 @@ async fn a_channel_stopped_halfway_through_a_mailbox_resumes_from_its_cursor() {
         );
         imap_append(st.imap_port, &bob, "INBOX", &raw).await;
     }
-    let sink = TestSink::new();
+    let sink = Arc::new(RecordingInbound::new());
     let ch = channel(st.config(&bob).batch_size(5).watch_sent(false));
     let running = start(&ch, &sink);
-    sink.wait_for_count(10, WAIT).await;
+    sink.expect_messages(10, WAIT).await;
     running.stop().await.unwrap();
-    let at_stop = sink.count();
-    let cursor =
-        FolderCursor::decode(&sink.state_value(&FolderCursor::key("INBOX")).unwrap()).unwrap();
+    let at_stop = sink.message_count();
+    let cursor = FolderCursor::decode(&sink.state(&FolderCursor::key("INBOX")).unwrap()).unwrap();
     assert!(at_stop < 40 || cursor.uid_next == 41, "stopped halfway ({at_stop} of 40)");
     assert_eq!(cursor.uid_next as usize, at_stop + 1, "the cursor covers exactly what was stored");
 
     let running = start(&ch, &sink);
-    sink.wait_for_count(40, WAIT).await;
+    sink.expect_messages(40, WAIT).await;
     running.stop().await.unwrap();
-    assert_eq!(sink.count(), 40);
+    assert_eq!(sink.message_count(), 40);
     assert_eq!(sink.duplicates(), 0, "resumed from the cursor, nothing fetched again");
 }
 
@@ -241,7 +243,7 @@ async fn a_channel_stopped_halfway_through_a_mailbox_resumes_from_its_cursor() {
 async fn the_sent_folder_is_captured_once_and_our_own_sends_carry_their_key() {
     let st = stack();
     let (alice, carol) = (st.user("alice"), st.user("carol"));
-    let sink = TestSink::new();
+    let sink = Arc::new(RecordingInbound::new());
     let ch = channel(st.config(&alice).append_sent(true));
     let running = start(&ch, &sink);
     wait_connected(&sink).await;
@@ -255,7 +257,7 @@ async fn the_sent_folder_is_captured_once_and_our_own_sends_carry_their_key() {
         &raw_mail(&alice.address, &carol.address, &other, "s", "from my phone"),
     )
     .await;
-    sink.wait_until("the other client's mail", WAIT, |s| s.stored(&other).is_some()).await;
+    sink.expect_within("the other client's mail", WAIT, |s| s.stored(&other).is_some()).await;
     let m = sink.stored(&other).unwrap().message;
     assert_eq!(m.direction, Direction::Outbound);
     assert_eq!(m.remote.address, carol.address.to_lowercase());
@@ -264,11 +266,11 @@ async fn the_sent_folder_is_captured_once_and_our_own_sends_carry_their_key() {
     // Our own send, appended to Sent: found there with its client key (the engine matches it).
     let ours = key("ours");
     ch.send(&outgoing(&carol, &ours, "from the service")).await.expect("sent");
-    sink.wait_until("our own copy", WAIT, |s| s.stored(&ours).is_some()).await;
+    sink.expect_within("our own copy", WAIT, |s| s.stored(&ours).is_some()).await;
     assert_eq!(sink.stored(&ours).unwrap().message.client_key.as_deref(), Some(ours.as_str()));
     // Give a late second delivery the chance to show up.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(sink.count(), 2);
+    assert_eq!(sink.message_count(), 2);
     assert_eq!(sink.duplicates(), 0);
     running.stop().await.unwrap();
 }
@@ -277,7 +279,7 @@ async fn the_sent_folder_is_captured_once_and_our_own_sends_carry_their_key() {
 async fn a_reply_thread_between_two_accounts_lands_in_one_conversation_on_each_side() {
     let st = stack();
     let (alice, bob) = (st.user("alice"), st.user("bob"));
-    let (a_sink, b_sink) = (TestSink::new(), TestSink::new());
+    let (a_sink, b_sink) = (Arc::new(RecordingInbound::new()), Arc::new(RecordingInbound::new()));
     let a = channel(st.config(&alice).append_sent(true));
     let b = channel(st.config(&bob).append_sent(true));
     let (ra, rb) = (start(&a, &a_sink), start(&b, &b_sink));
@@ -286,7 +288,7 @@ async fn a_reply_thread_between_two_accounts_lands_in_one_conversation_on_each_s
 
     let m1 = key("m1");
     a.send(&outgoing(&bob, &m1, "hello bob")).await.unwrap();
-    b_sink.wait_until("m1", WAIT, |s| s.stored(&m1).is_some()).await;
+    b_sink.expect_within("m1", WAIT, |s| s.stored(&m1).is_some()).await;
 
     let m2 = key("m2");
     let mut reply = outgoing(&alice, &m2, "hello alice");
@@ -295,7 +297,7 @@ async fn a_reply_thread_between_two_accounts_lands_in_one_conversation_on_each_s
     reply.reply_to = Some(m1.clone());
     reply.references = vec![m1.clone()];
     b.send(&reply).await.unwrap();
-    a_sink.wait_until("m2", WAIT, |s| s.stored(&m2).is_some()).await;
+    a_sink.expect_within("m2", WAIT, |s| s.stored(&m2).is_some()).await;
 
     let m3 = key("m3");
     let mut again = outgoing(&bob, &m3, "and again");
@@ -303,9 +305,9 @@ async fn a_reply_thread_between_two_accounts_lands_in_one_conversation_on_each_s
     again.reply_to = Some(m2.clone());
     again.references = vec![m1.clone(), m2.clone()];
     a.send(&again).await.unwrap();
-    b_sink.wait_until("m3", WAIT, |s| s.stored(&m3).is_some()).await;
-    a_sink.wait_until("all three on alice's side", WAIT, |s| s.count() >= 3).await;
-    b_sink.wait_until("all three on bob's side", WAIT, |s| s.count() >= 3).await;
+    b_sink.expect_within("m3", WAIT, |s| s.stored(&m3).is_some()).await;
+    a_sink.expect_within("all three on alice's side", WAIT, |s| s.message_count() >= 3).await;
+    b_sink.expect_within("all three on bob's side", WAIT, |s| s.message_count() >= 3).await;
 
     for (side, sink) in [("alice", &a_sink), ("bob", &b_sink)] {
         let stored: Vec<_> = [&m1, &m2, &m3].iter().map(|id| sink.stored(id).expect(id)).collect();
@@ -364,7 +366,7 @@ async fn attachments_round_trip_byte_for_byte() {
             .unwrap()
             .with_attachments(Arc::new(blobs)),
     );
-    let b_sink = TestSink::new();
+    let b_sink = Arc::new(RecordingInbound::new());
     let b = channel(st.config(&bob).watch_sent(false));
     let rb = start(&b, &b_sink);
 
@@ -378,7 +380,7 @@ async fn attachments_round_trip_byte_for_byte() {
         blob_key: "b1".to_owned(),
     }];
     a.send(&msg).await.unwrap();
-    b_sink.wait_until("the attachment", WAIT, |s| s.stored(&id).is_some()).await;
+    b_sink.expect_within("the attachment", WAIT, |s| s.stored(&id).is_some()).await;
     let m = b_sink.stored(&id).unwrap().message;
     assert_eq!(m.attachments.len(), 1);
     assert_eq!(m.attachments[0].name.as_deref(), Some("data.bin"));
@@ -408,12 +410,12 @@ async fn bad_input_is_refused_before_anything_is_sent() {
     // A good message afterwards is the only one that arrives.
     let good = key("good");
     a.send(&outgoing(&bob, &good, "fine")).await.unwrap();
-    let sink = TestSink::new();
+    let sink = Arc::new(RecordingInbound::new());
     let b = channel(st.config(&bob).watch_sent(false));
     let rb = start(&b, &sink);
-    sink.wait_until("the good message", WAIT, |s| s.stored(&good).is_some()).await;
+    sink.expect_within("the good message", WAIT, |s| s.stored(&good).is_some()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(sink.count(), 1);
+    assert_eq!(sink.message_count(), 1);
     rb.stop().await.unwrap();
 }
 
@@ -431,10 +433,10 @@ async fn malformed_mime_is_stored_raw_with_a_flag_and_does_not_block_the_next() 
         &raw_mail("x@example.org", &bob.address, &next, "s", "ok"),
     )
     .await;
-    let sink = TestSink::new();
+    let sink = Arc::new(RecordingInbound::new());
     let b = channel(st.config(&bob).watch_sent(false));
     let rb = start(&b, &sink);
-    sink.wait_for_count(2, WAIT).await;
+    sink.expect_messages(2, WAIT).await;
     rb.stop().await.unwrap();
     let msgs = sink.messages();
     let bad = &msgs[0];
@@ -449,7 +451,7 @@ async fn rejected_credentials_stop_the_channel_with_needs_login() {
     let st = stack();
     let mut bob = st.user("bob");
     bob.password = "wrong".to_owned();
-    let sink = TestSink::new();
+    let sink = Arc::new(RecordingInbound::new());
     let b = channel(st.config(&bob));
     let r = tokio::time::timeout(WAIT, b.run(sink.clone(), CancellationToken::new()))
         .await
@@ -472,14 +474,16 @@ async fn a_failed_delivery_is_fetched_again_not_skipped() {
         &raw_mail("x@example.org", &bob.address, &id, "s", "b"),
     )
     .await;
-    let sink = TestSink::new();
-    sink.fail_next(2);
+    let sink = Arc::new(RecordingInbound::new());
+    sink.fail_next_deliveries(2);
     let b = channel(st.config(&bob).watch_sent(false));
     let rb = start(&b, &sink);
-    sink.wait_until("the message after two failed deliveries", WAIT, |s| s.stored(&id).is_some())
-        .await;
+    sink.expect_within("the message after two failed deliveries", WAIT, |s| {
+        s.stored(&id).is_some()
+    })
+    .await;
     rb.stop().await.unwrap();
-    assert_eq!(sink.count(), 1);
+    assert_eq!(sink.message_count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -555,7 +559,7 @@ async fn through_200_network_faults_nothing_is_lost_and_nothing_is_stored_twice(
         .backoff(channel_core::Backoff::new(Duration::from_millis(5), Duration::from_millis(40)))
         .batch_size(7)
         .watch_sent(false);
-    let sink = TestSink::new();
+    let sink = Arc::new(RecordingInbound::new());
     let ch = channel(config);
     let running = start(&ch, &sink);
     // More mail arrives while the faults go on.
@@ -575,11 +579,11 @@ async fn through_200_network_faults_nothing_is_lost_and_nothing_is_stored_twice(
         assert!(tokio::time::Instant::now() < deadline, "only {}", proxy.counts.summary());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    sink.wait_for_count(total, Duration::from_secs(60)).await;
+    sink.expect_messages(total, Duration::from_secs(60)).await;
     running.stop().await.unwrap();
     eprintln!("{}", proxy.counts.summary());
     assert!(proxy.counts.total() >= 200, "{}", proxy.counts.summary());
-    assert_eq!(sink.count(), total, "nothing lost");
+    assert_eq!(sink.message_count(), total, "nothing lost");
     assert_eq!(sink.duplicates(), 0, "nothing delivered twice");
 }
 
@@ -623,10 +627,10 @@ async fn mail_without_thread_headers_joins_the_thread_of_its_subject_and_sender(
     for raw in &cases {
         imap_append(st.imap_port, &bob, "INBOX", raw).await;
     }
-    let sink = TestSink::new();
+    let sink = Arc::new(RecordingInbound::new());
     let ch = channel(st.config(&bob).watch_sent(false));
     let running = start(&ch, &sink);
-    sink.wait_for_count(4, WAIT).await;
+    sink.expect_messages(4, WAIT).await;
     running.stop().await.unwrap();
     let stored = |id: &str| sink.stored(id).expect(id);
     assert_eq!(
@@ -670,10 +674,10 @@ async fn a_reply_without_thread_headers_finds_its_thread_after_a_restart() {
     )
     .await;
 
-    let sink = TestSink::new();
+    let sink = Arc::new(RecordingInbound::new());
     let before = channel(st.config(&bob).watch_sent(false));
     let running = start(&before, &sink);
-    sink.wait_for_count(1, WAIT).await;
+    sink.expect_messages(1, WAIT).await;
     running.stop().await.unwrap();
 
     // A new process: a fresh channel with an empty index, resuming from the stored cursor.
@@ -686,7 +690,7 @@ async fn a_reply_without_thread_headers_finds_its_thread_after_a_restart() {
     .await;
     let after = channel(st.config(&bob).watch_sent(false));
     let running = start(&after, &sink);
-    sink.wait_for_count(2, WAIT).await;
+    sink.expect_messages(2, WAIT).await;
     running.stop().await.unwrap();
 
     assert_eq!(sink.duplicates(), 0, "the refill reads headers and delivers nothing");

@@ -20,7 +20,7 @@ use channel_email::{
 use channel_email::{Server, SmtpAuth};
 use channel_email::{VerifyError, verify};
 use secrecy::{ExposeSecret, SecretString};
-use support::{TestSink, free_port, stack};
+use support::{RecordingInbound, free_port, stack};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -242,7 +242,7 @@ async fn an_account_is_added_logged_in_and_replies_through_the_runtime_on_sqlite
     .await;
 
     // Alice writes to Bob over the real SMTP relay.
-    let alice_sink = TestSink::new();
+    let alice_sink = Arc::new(RecordingInbound::new());
     let alice_channel =
         Arc::new(EmailChannel::new(st.config(&alice).watch_sent(false)).expect("channel"));
     let cancel = CancellationToken::new();
@@ -299,7 +299,7 @@ async fn an_account_is_added_logged_in_and_replies_through_the_runtime_on_sqlite
     })
     .await;
     let reply_message_id = sent.provider_id.expect("a sent message has its Message-ID");
-    alice_sink.wait_until("bob's reply", WAIT, |s| s.stored(&reply_message_id).is_some()).await;
+    alice_sink.expect_within("bob's reply", WAIT, |s| s.stored(&reply_message_id).is_some()).await;
     let at_alice = alice_sink.stored(&reply_message_id).unwrap().message;
     assert_eq!(at_alice.reply_to.as_deref(), Some(first.as_str()));
 

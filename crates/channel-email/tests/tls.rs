@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use channel_core::{Channel, ConnectionState};
 use channel_email::{EmailChannel, EmailConfig, Security};
-use support::{PrivateDovecot, TestSink, User, free_port, imap_append, raw_mail, stack};
+use support::{PrivateDovecot, RecordingInbound, User, free_port, imap_append, raw_mail, stack};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -121,7 +121,7 @@ service imap-login {{\n  inet_listener imaps {{\n    address = 127.0.0.1\n    po
             &raw_mail("x@example.org", &bob.address, &id, "s", "secure"),
         )
         .await;
-        let sink = TestSink::new();
+        let sink = Arc::new(RecordingInbound::new());
         let channel = Arc::new(
             EmailChannel::new(tls_config(&bob, security, port, Some(&ca))).expect("channel"),
         );
@@ -130,7 +130,7 @@ service imap-login {{\n  inet_listener imaps {{\n    address = 127.0.0.1\n    po
             let (c, s, k) = (channel.clone(), sink.clone(), cancel.clone());
             tokio::spawn(async move { c.run(s, k).await })
         };
-        sink.wait_until(&format!("the message over {security:?}"), WAIT, |s| {
+        sink.expect_within(&format!("the message over {security:?}"), WAIT, |s| {
             s.stored(&id).is_some()
         })
         .await;
@@ -140,7 +140,7 @@ service imap-login {{\n  inet_listener imaps {{\n    address = 127.0.0.1\n    po
 
     // Without the private root the certificate is not trusted: the channel does not log in
     // and reports a transient disconnect naming TLS.
-    let sink = TestSink::new();
+    let sink = Arc::new(RecordingInbound::new());
     let channel = Arc::new(
         EmailChannel::new(tls_config(&bob, Security::Tls, imaps_port, None)).expect("channel"),
     );
@@ -149,14 +149,14 @@ service imap-login {{\n  inet_listener imaps {{\n    address = 127.0.0.1\n    po
         let (c, s, k) = (channel.clone(), sink.clone(), cancel.clone());
         tokio::spawn(async move { c.run(s, k).await })
     };
-    sink.wait_until("a TLS failure", WAIT, |s| {
+    sink.expect_within("a TLS failure", WAIT, |s| {
         s.connection_states().iter().any(|c| {
             matches!(c, ConnectionState::TransientDisconnect { reason } if reason.to_lowercase().contains("tls"))
         })
     })
     .await;
     assert!(!sink.connection_states().contains(&ConnectionState::Connected));
-    assert_eq!(sink.count(), 0);
+    assert_eq!(sink.message_count(), 0);
     cancel.cancel();
     task.await.unwrap().unwrap();
 }

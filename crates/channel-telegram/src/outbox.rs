@@ -206,13 +206,13 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::MemoryInbound;
+    use channel_core::testing::RecordingInbound;
 
     const NOW: i64 = 1_800_000_000;
 
     #[tokio::test]
     async fn an_orphaned_send_is_matched_once_by_chat_digest_and_date() {
-        let state = MemoryInbound::new();
+        let state = RecordingInbound::new();
         let before = Outbox::default();
         before.load(&state).await.unwrap();
         let d = digest(Some("hi"), Some("41"));
@@ -244,7 +244,7 @@ mod tests {
 
     #[tokio::test]
     async fn old_entries_are_dropped() {
-        let state = MemoryInbound::new();
+        let state = RecordingInbound::new();
         let outbox = Outbox::default();
         outbox.load(&state).await.unwrap();
         outbox.record(&state, 1, "old", 1, digest(None, None), NOW).await.unwrap();

@@ -7,11 +7,11 @@ use support::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use channel_core::testing::RecordingInbound;
 use channel_core::{
     Channel, ChannelError, ConnectionState, Direction, HistoryRequest, PreparedSend,
 };
 use channel_telegram::session::{SESSION_KEY, UPDATES_KEY};
-use channel_telegram::testing::MemoryInbound;
 use channel_telegram::testing::loopback::{Fault, LoopbackServer, Reply};
 use grammers_tl_types::{self as tl, Identifiable};
 
@@ -172,7 +172,9 @@ async fn a_401_on_send_puts_the_account_in_needs_login() {
     server.reply_once(SEND, Reply::auth_key_unregistered());
     let err = r.channel.send(&outgoing("2001", "k", "x")).await.unwrap_err();
     assert!(matches!(err, ChannelError::NeedsLogin(_)), "{err:?}");
-    assert!(inbound.states().iter().any(|s| matches!(s, ConnectionState::NeedsLogin { .. })));
+    assert!(
+        inbound.connection_states().iter().any(|s| matches!(s, ConnectionState::NeedsLogin { .. }))
+    );
     r.stop().await.unwrap();
 }
 
@@ -184,7 +186,7 @@ async fn a_revoked_session_stops_the_loop_with_needs_login() {
     let r = run(&inbound).await;
     let result = tokio::time::timeout(WAIT, r.task).await.expect("run ends");
     assert!(matches!(result.unwrap(), Err(ChannelError::NeedsLogin(_))));
-    assert!(matches!(inbound.states().last(), Some(ConnectionState::NeedsLogin { .. })));
+    assert!(matches!(inbound.connection_states().last(), Some(ConnectionState::NeedsLogin { .. })));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,14 +197,17 @@ async fn a_corrupt_or_missing_session_is_a_needs_login_error_not_a_panic() {
         Some(&br#"{"version":9,"home_dc":2,"dcs":[],"me":null}"#[..]),
         None,
     ] {
-        let inbound = Arc::new(MemoryInbound::new());
+        let inbound = Arc::new(RecordingInbound::new());
         if let Some(bytes) = stored {
             inbound.set_state(SESSION_KEY, bytes);
         }
         let r = run(&inbound).await;
         let result = tokio::time::timeout(WAIT, r.task).await.expect("run ends").unwrap();
         assert!(matches!(result, Err(ChannelError::NeedsLogin(_))), "{result:?}");
-        assert!(matches!(inbound.states().last(), Some(ConnectionState::NeedsLogin { .. })));
+        assert!(matches!(
+            inbound.connection_states().last(),
+            Some(ConnectionState::NeedsLogin { .. })
+        ));
     }
     assert_eq!(server.accepted_connections(), 0);
 }
@@ -225,7 +230,7 @@ async fn a_blackholed_connection_is_detected_and_rebuilt_within_the_liveness_bou
             matches!(s, ConnectionState::TransientDisconnect { reason } if reason.contains("stalled"))
         })
         .await;
-    assert!(detected, "{:?}", inbound.states());
+    assert!(detected, "{:?}", inbound.connection_states());
     // ping interval 200 ms + deadline 300 ms, with slack for a loaded machine.
     assert!(stalled_at.elapsed() < Duration::from_secs(3), "{:?}", stalled_at.elapsed());
 

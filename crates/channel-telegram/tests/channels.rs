@@ -7,12 +7,12 @@ use support::*;
 
 use std::sync::Arc;
 
+use channel_core::testing::RecordingInbound;
 use channel_core::{
     AttachmentData, BlobStore, Channel, ChannelError, Direction, HistoryRequest, InboundMessage,
 };
 use channel_telegram::TelegramChannel;
 use channel_telegram::session::UPDATES_KEY;
-use channel_telegram::testing::MemoryInbound;
 use channel_telegram::testing::loopback::{LoopbackServer, TestChannel, TestUser};
 use grammers_tl_types::{self as tl, Identifiable};
 
@@ -49,12 +49,12 @@ fn by_text(messages: &[InboundMessage], text: &str) -> InboundMessage {
         .clone()
 }
 
-fn texts(inbound: &MemoryInbound) -> Vec<String> {
+fn texts(inbound: &RecordingInbound) -> Vec<String> {
     inbound.messages().iter().filter_map(|m| m.text.clone()).collect()
 }
 
 /// The channel `pts` stored in the update state (the cursor) for `channel`.
-fn stored_channel_pts(inbound: &MemoryInbound, channel: i64) -> Option<i64> {
+fn stored_channel_pts(inbound: &RecordingInbound, channel: i64) -> Option<i64> {
     let raw = inbound.state(UPDATES_KEY)?;
     let state: serde_json::Value = serde_json::from_slice(&raw).ok()?;
     state["channels"]

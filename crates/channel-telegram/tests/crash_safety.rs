@@ -1,6 +1,6 @@
 //! A crash (the channel's task dropped, nothing saved on the way out) never loses what a reply
 //! needs, never turns a delivered reply into a second message, and an unknown peer is looked
-//! up before a send gives up. In process, on a `MemoryInbound`; the process-level proof with
+//! up before a send gives up. In process, on a `RecordingInbound`; the process-level proof with
 //! `kill -9` is in `tests/crash_process.rs`.
 #![cfg(feature = "testing")]
 
@@ -9,10 +9,10 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use channel_core::testing::RecordingInbound;
 use channel_core::{Channel, ChannelError, Direction};
 use channel_telegram::TelegramChannel;
 use channel_telegram::session::{OUTBOX_KEY, PEERS_KEY, PEERS_NEW_KEY};
-use channel_telegram::testing::MemoryInbound;
 use channel_telegram::testing::loopback::{LoopbackServer, Reply, TestPeer};
 use grammers_tl_types::{self as tl, Identifiable};
 use support::*;
@@ -29,8 +29,8 @@ async fn crash(r: Running) {
 }
 
 /// A sink holding exactly the account state of `inbound` (what a restarted process reads).
-fn restarted(inbound: &MemoryInbound) -> Arc<MemoryInbound> {
-    let next = Arc::new(MemoryInbound::new());
+fn restarted(inbound: &RecordingInbound) -> Arc<RecordingInbound> {
+    let next = Arc::new(RecordingInbound::new());
     for key in [
         channel_telegram::session::SESSION_KEY,
         channel_telegram::session::UPDATES_KEY,

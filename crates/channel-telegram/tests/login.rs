@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use channel_core::testing::RecordingInbound;
 use channel_core::{Channel, ChannelError, ConnectionState, Inbound};
 use channel_telegram::login::{CodeDelivery, LoginError, LoginProgress, LoginStep, TelegramLogin};
 use channel_telegram::session::{PEERS_KEY, SESSION_KEY, StoredSession, UPDATES_KEY};
-use channel_telegram::testing::MemoryInbound;
 use channel_telegram::testing::loopback::{LoopbackServer, Reply, TEST_PASSWORD};
 use channel_telegram::{TelegramChannel, TelegramConfig};
 use grammers_tl_types::{self as tl, Identifiable};
@@ -22,24 +22,24 @@ fn login() -> TelegramLogin {
 }
 
 /// An account whose auth key exists on the server but is not logged in.
-async fn logged_out(password: Option<&str>) -> (LoopbackServer, Arc<MemoryInbound>) {
+async fn logged_out(password: Option<&str>) -> (LoopbackServer, Arc<RecordingInbound>) {
     let server = LoopbackServer::start().await.unwrap();
     server.require_login();
     server.add_phone_login(PHONE, CODE, password);
-    let inbound = Arc::new(MemoryInbound::new());
+    let inbound = Arc::new(RecordingInbound::new());
     inbound.set_state(SESSION_KEY, &server.logged_out_session().to_bytes());
     (server, inbound)
 }
 
-fn account(inbound: &Arc<MemoryInbound>) -> Arc<dyn Inbound> {
+fn account(inbound: &Arc<RecordingInbound>) -> Arc<dyn Inbound> {
     inbound.clone()
 }
 
-fn stored(inbound: &MemoryInbound) -> StoredSession {
+fn stored(inbound: &RecordingInbound) -> StoredSession {
     StoredSession::from_bytes(&inbound.state(SESSION_KEY).expect("a stored session")).unwrap()
 }
 
-async fn channel_connects(inbound: &Arc<MemoryInbound>) -> bool {
+async fn channel_connects(inbound: &Arc<RecordingInbound>) -> bool {
     let channel = TelegramChannel::new(TelegramConfig::new(4242));
     let cancel = CancellationToken::new();
     let run = channel.run(account(inbound), cancel.clone());
@@ -82,7 +82,7 @@ async fn a_phone_login_with_its_code_stores_a_session_the_channel_then_runs_on()
     assert_eq!(TelegramLogin::pending(&*inbound).await.unwrap(), None);
     assert_eq!(stored(&inbound).me.map(|m| m.id), Some(server.me().id));
     assert!(server.accepted_connections() >= 2);
-    assert!(channel_connects(&inbound).await, "{:?}", inbound.states());
+    assert!(channel_connects(&inbound).await, "{:?}", inbound.connection_states());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +199,7 @@ async fn flood_waits_bad_phones_and_wrong_app_credentials_are_typed_and_start_no
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_out_logs_the_key_out_and_wipes_the_stored_session() {
     let server = LoopbackServer::start().await.unwrap();
-    let inbound = Arc::new(MemoryInbound::new());
+    let inbound = Arc::new(RecordingInbound::new());
     inbound.set_state(SESSION_KEY, &server.stored_session().to_bytes());
     inbound.set_state(PEERS_KEY, b"[]");
     inbound.set_state(UPDATES_KEY, br#"{"pts":5,"qts":0,"date":1,"seq":0,"channels":[]}"#);

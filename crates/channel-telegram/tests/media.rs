@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use channel_core::testing::RecordingInbound;
 use channel_core::{
     Attachment, AttachmentData, BlobStore, Channel, ChannelError, ConnectionState, IdentityInfo,
     PreparedSend, SendReceipt,
 };
 use channel_telegram::session::SESSION_KEY;
-use channel_telegram::testing::MemoryInbound;
 use channel_telegram::testing::loopback::{LoopbackServer, Reply};
 use channel_telegram::{TelegramChannel, TelegramConfig};
 use grammers_tl_types::{self as tl, Identifiable};
@@ -21,7 +21,7 @@ const SAVE_PART: u32 = tl::functions::upload::SaveFilePart::CONSTRUCTOR_ID;
 
 struct Setup {
     server: LoopbackServer,
-    inbound: Arc<MemoryInbound>,
+    inbound: Arc<RecordingInbound>,
     blobs: Arc<BlobStore>,
     channel: Arc<TelegramChannel>,
     cancel: CancellationToken,
@@ -30,7 +30,7 @@ struct Setup {
 async fn setup(config: TelegramConfig, with_blobs: bool) -> Setup {
     let server = LoopbackServer::start().await.unwrap();
     let alice = server.add_user(2001, "Alice", None);
-    let inbound = Arc::new(MemoryInbound::new());
+    let inbound = Arc::new(RecordingInbound::new());
     inbound.set_state(SESSION_KEY, &server.stored_session().to_bytes());
     let blobs = Arc::new(BlobStore::in_memory());
     let mut channel = TelegramChannel::new(config);
@@ -219,7 +219,7 @@ async fn a_download_that_times_out_fails_the_delivery_and_the_message_comes_agai
             ))
             .await,
         "{:?}",
-        s.inbound.states()
+        s.inbound.connection_states()
     );
     assert!(s.inbound.wait_for_messages(2, WAIT).await);
     let got = s.inbound.messages().pop().unwrap();

@@ -7,11 +7,13 @@
 pub mod conformance;
 mod memory_channel;
 mod memory_store;
+mod recording_inbound;
 
 pub use memory_channel::{
     MEMORY_KIND, MEMORY_LOGIN_TOKEN, MemoryChannel, MemoryProvider, SendScript,
 };
 pub use memory_store::MemoryStore;
+pub use recording_inbound::{Recorded, RecordingInbound};
 
 use std::sync::Arc;
 

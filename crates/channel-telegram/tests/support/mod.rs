@@ -1,13 +1,13 @@
 //! Helpers shared by the channel tests: a running `TelegramChannel` against the loopback
-//! server, on a `MemoryInbound` holding the server's session.
+//! server, on a `RecordingInbound` holding the server's session.
 #![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use channel_core::testing::RecordingInbound;
 use channel_core::{Channel, ChannelError, ConnectionState, IdentityInfo, PreparedSend};
 use channel_telegram::session::SESSION_KEY;
-use channel_telegram::testing::MemoryInbound;
 use channel_telegram::testing::loopback::LoopbackServer;
 use channel_telegram::{TelegramChannel, TelegramConfig};
 use grammers_tl_types::{self as tl, Identifiable};
@@ -50,14 +50,14 @@ impl Running {
 }
 
 /// A sink holding the server's logged-in session.
-pub fn account(server: &LoopbackServer) -> Arc<MemoryInbound> {
-    let inbound = Arc::new(MemoryInbound::new());
+pub fn account(server: &LoopbackServer) -> Arc<RecordingInbound> {
+    let inbound = Arc::new(RecordingInbound::new());
     inbound.set_state(SESSION_KEY, &server.stored_session().to_bytes());
     inbound
 }
 
 /// Runs `channel` on `inbound`.
-pub async fn run_with(inbound: &Arc<MemoryInbound>, channel: TelegramChannel) -> Running {
+pub async fn run_with(inbound: &Arc<RecordingInbound>, channel: TelegramChannel) -> Running {
     let channel = Arc::new(channel);
     let cancel = CancellationToken::new();
     let task = tokio::spawn({
@@ -70,7 +70,7 @@ pub async fn run_with(inbound: &Arc<MemoryInbound>, channel: TelegramChannel) ->
 }
 
 /// Runs a channel with [`fast_config`] on `inbound`.
-pub async fn run(inbound: &Arc<MemoryInbound>) -> Running {
+pub async fn run(inbound: &Arc<RecordingInbound>) -> Running {
     run_with(inbound, TelegramChannel::new(fast_config())).await
 }
 
@@ -78,7 +78,7 @@ pub async fn run(inbound: &Arc<MemoryInbound>) -> Running {
 /// the state, a later one for the difference).
 pub async fn connected_with(
     server: &LoopbackServer,
-    inbound: &Arc<MemoryInbound>,
+    inbound: &Arc<RecordingInbound>,
     channel: TelegramChannel,
 ) -> Running {
     let state_before = server.requests_of(GET_STATE).len();
@@ -87,7 +87,7 @@ pub async fn connected_with(
     assert!(
         inbound.wait_for_state(WAIT, |s| *s == ConnectionState::Connected).await,
         "connected: {:?}",
-        inbound.states()
+        inbound.connection_states()
     );
     let deadline = tokio::time::Instant::now() + WAIT;
     while server.requests_of(GET_STATE).len() == state_before
@@ -100,7 +100,7 @@ pub async fn connected_with(
 }
 
 /// [`connected_with`] a channel with [`fast_config`].
-pub async fn connected(server: &LoopbackServer, inbound: &Arc<MemoryInbound>) -> Running {
+pub async fn connected(server: &LoopbackServer, inbound: &Arc<RecordingInbound>) -> Running {
     connected_with(server, inbound, TelegramChannel::new(fast_config())).await
 }
 
