@@ -547,11 +547,7 @@ impl Engine {
         if let Some(s) = read(&self.inner.settings).get(&account) {
             return Ok(*s);
         }
-        let stored = match self.db("account", self.inner.store.account(account)).await {
-            Ok(a) => a,
-            Err(StoreError::NotFound { .. }) => return Err(EngineError::UnknownAccount(account)),
-            Err(e) => return Err(e.into()),
-        };
+        let stored = self.account_db("account", account, self.inner.store.account(account)).await?;
         self.remember_settings(std::slice::from_ref(&stored));
         Ok(stored.settings)
     }
@@ -580,22 +576,14 @@ impl Engine {
         update: AccountUpdate,
     ) -> Result<Account, EngineError> {
         if let Some(config) = &update.config {
-            let kind = match self.db("account", self.inner.store.account(account)).await {
-                Ok(a) => a.kind,
-                Err(StoreError::NotFound { .. }) => {
-                    return Err(EngineError::UnknownAccount(account));
-                }
-                Err(e) => return Err(e.into()),
-            };
+            let kind =
+                self.account_db("account", account, self.inner.store.account(account)).await?.kind;
             let provider = self.provider(&kind).ok_or(EngineError::NoProvider(kind))?;
             provider.check_config(config)?;
         }
         let now = self.now();
         let stored = self.inner.store.update_account(account, &update, now);
-        let updated = match self.db("update_account", stored).await {
-            Err(StoreError::NotFound { .. }) => return Err(EngineError::UnknownAccount(account)),
-            other => other?,
-        };
+        let updated = self.account_db("update_account", account, stored).await?;
         self.remember_settings(std::slice::from_ref(&updated));
         tracing::info!(%account, "account updated");
         Ok(updated)
@@ -614,11 +602,9 @@ impl Engine {
         self.detach_channel(account);
         let now = self.now();
         let removed = self.inner.store.remove_account(account, purge_messages, now);
-        match self.db("remove_account", removed).await {
-            Err(StoreError::NotFound { .. }) => return Err(EngineError::UnknownAccount(account)),
-            other => other?,
-        }
+        self.account_db("remove_account", account, removed).await?;
         write(&self.inner.settings).remove(&account);
+        write(&self.inner.known_accounts).remove(&account);
         tracing::info!(%account, purge_messages, "account removed");
         Ok(())
     }
@@ -649,19 +635,29 @@ impl Engine {
         with_timeout(operation, self.inner.config.db_timeout, call).await
     }
 
-    /// The account, checked to exist (cached once seen: accounts are never deleted).
+    /// A store call about `account`, under the database timeout: `NotFound` becomes
+    /// [`EngineError::UnknownAccount`].
+    pub(crate) async fn account_db<T>(
+        &self,
+        operation: &'static str,
+        account: AccountId,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, EngineError> {
+        match self.db(operation, call).await {
+            Err(StoreError::NotFound { .. }) => Err(EngineError::UnknownAccount(account)),
+            other => Ok(other?),
+        }
+    }
+
+    /// The account, checked to exist (cached once seen, until it is removed here; the store
+    /// refuses what is written for an account another process removed).
     pub(crate) async fn require_account(&self, account: AccountId) -> Result<(), EngineError> {
         if read(&self.inner.known_accounts).contains(&account) {
             return Ok(());
         }
-        match self.db("account", self.inner.store.account(account)).await {
-            Ok(_) => {
-                write(&self.inner.known_accounts).insert(account);
-                Ok(())
-            }
-            Err(StoreError::NotFound { .. }) => Err(EngineError::UnknownAccount(account)),
-            Err(e) => Err(e.into()),
-        }
+        self.account_db("account", account, self.inner.store.account(account)).await?;
+        write(&self.inner.known_accounts).insert(account);
+        Ok(())
     }
 
     /// Records a connection state the account's channel reported, publishing

@@ -57,14 +57,9 @@ impl Engine {
     /// `ConversationStatusChanged` for each change.
     pub async fn sweep_account(&self, account: AccountId) -> Result<SweepReport, EngineError> {
         // Fresh from the store: a sweep is rare, and applies what every worker sees.
-        let policy = match self.db("account", self.inner.store.account(account)).await {
-            Ok(a) => {
-                self.remember_settings(std::slice::from_ref(&a));
-                self.lifecycle_of(&a.settings)
-            }
-            Err(StoreError::NotFound { .. }) => return Err(EngineError::UnknownAccount(account)),
-            Err(e) => return Err(e.into()),
-        };
+        let stored = self.account_db("account", account, self.inner.store.account(account)).await?;
+        self.remember_settings(std::slice::from_ref(&stored));
+        let policy = self.lifecycle_of(&stored.settings);
         let mut report = SweepReport::default();
         if !has_thresholds(&policy) {
             return Ok(report);

@@ -37,7 +37,7 @@ use crate::error::EngineError;
 use crate::events::JOBS_TOPIC;
 use crate::lease_keeper::LeaseKeeper;
 use crate::model::*;
-use crate::store::{Notification, StoreError};
+use crate::store::Notification;
 
 /// Creates the channel of an account when this process takes the account's lease.
 #[async_trait]
@@ -381,10 +381,7 @@ impl Runtime {
         let engine = &self.shared.engine;
         let now = engine.now();
         let set = engine.store().set_account_enabled(account, enabled, now);
-        let account = match engine.db("set_account_enabled", set).await {
-            Err(StoreError::NotFound { .. }) => return Err(EngineError::UnknownAccount(account)),
-            other => other?,
-        };
+        let account = engine.account_db("set_account_enabled", account, set).await?;
         self.shared.lease_wake.notify_one();
         Ok(account)
     }
