@@ -46,7 +46,12 @@ struct Inner {
     fail_deliveries: usize,
 }
 
-/// An [`Inbound`] that records what a channel delivers (see the [module docs](self)).
+/// An [`Inbound`] that records what a channel delivers, for testing a channel without an
+/// engine. It stores like the engine does where a channel can tell: deduplicates on the
+/// provider id, writes a message's cursor with it, finds a message's conversation through
+/// `reply_to`, then `references` (last first), then its thread key, applies edits and
+/// deletions of stored messages, and keeps the account state and the reported connection
+/// states. Deliveries can be made to fail, to test that a channel fetches them again.
 ///
 /// ```
 /// use channel_core::testing::RecordingInbound;
