@@ -485,7 +485,10 @@ async fn pg_database(server: &str) -> (String, String) {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let name = format!("test_{secs}_{}", uuid::Uuid::new_v4().simple());
-    admin.execute(format!("CREATE DATABASE \"{name}\"").as_str()).await.expect("create database");
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .await
+        .expect("create database");
     admin.close().await.ok();
     let (base, query) = match server.split_once('?') {
         Some((b, q)) => (b, format!("?{q}")),
@@ -506,7 +509,7 @@ async fn pg_fill(store_url: &str) {
          {t0} + n, NULL, NULL, NULL, {t0}, {t0} FROM generate_series(1, {PG_JOBS}) AS n",
         t0 = T0.0
     );
-    conn.execute(sql.as_str()).await.expect("fill jobs");
+    conn.execute(sqlx::AssertSqlSafe(sql)).await.expect("fill jobs");
     conn.execute("VACUUM ANALYZE jobs").await.ok();
     conn.close().await.ok();
 }
@@ -602,7 +605,9 @@ fn pg_queue(c: &mut Criterion, rt: &Runtime) {
     rt.block_on(async {
         if let Ok(mut admin) = sqlx::PgConnection::connect(&server).await {
             admin
-                .execute(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)").as_str())
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
+                )))
                 .await
                 .ok();
         }

@@ -265,7 +265,10 @@ async fn fresh_postgres_database() -> String {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let name = format!("test_{secs}_{:016x}", rand::random::<u64>());
-    admin.execute(format!("CREATE DATABASE \"{name}\"").as_str()).await.expect("create database");
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .await
+        .expect("create database");
     let _ = admin.close().await;
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),

@@ -231,7 +231,8 @@ async fn sqlite_run(
     args: &[Arg<'_>],
     rows: bool,
 ) -> Result<(u64, Vec<Row>), sqlx::Error> {
-    let q = bind_sqlite(sqlx::query(sql), args);
+    // Our SQL is built from this crate's constants; values are always bound, never spliced.
+    let q = bind_sqlite(sqlx::query(sqlx::AssertSqlSafe(sql)), args);
     if rows {
         Ok((0, q.fetch_all(conn).await?.into_iter().map(Row::Sqlite).collect()))
     } else {
@@ -247,7 +248,8 @@ async fn pg_run(
     rows: bool,
 ) -> Result<(u64, Vec<Row>), sqlx::Error> {
     let sql = pg_sql(sql);
-    let q = bind_pg(sqlx::query(&sql), args);
+    // Our SQL is built from this crate's constants; values are always bound, never spliced.
+    let q = bind_pg(sqlx::query(sqlx::AssertSqlSafe(sql.into_owned())), args);
     if rows {
         Ok((0, q.fetch_all(conn).await?.into_iter().map(Row::Pg).collect()))
     } else {
@@ -395,9 +397,9 @@ impl From<bool> for Arg<'_> {
 }
 
 fn bind_sqlite<'q>(
-    mut q: sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>,
-    args: &[Arg<'q>],
-) -> sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>> {
+    mut q: sqlx::query::Query<'q, Sqlite, SqliteArguments>,
+    args: &[Arg<'_>],
+) -> sqlx::query::Query<'q, Sqlite, SqliteArguments> {
     for a in args {
         q = match *a {
             Arg::Int(v) => q.bind(v),
@@ -414,7 +416,7 @@ fn bind_sqlite<'q>(
 #[cfg(feature = "postgres")]
 fn bind_pg<'q>(
     mut q: sqlx::query::Query<'q, Postgres, PgArguments>,
-    args: &[Arg<'q>],
+    args: &[Arg<'_>],
 ) -> sqlx::query::Query<'q, Postgres, PgArguments> {
     for a in args {
         q = match *a {

@@ -187,13 +187,15 @@ pub mod pg {
                 .is_some_and(|t| t + 3600 < now);
             if stale {
                 let _ = admin
-                    .execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                    )))
                     .await;
             }
         }
         let name = format!("test_{now}_{}", uuid::Uuid::new_v4().simple());
         admin
-            .execute(format!("CREATE DATABASE \"{name}\"").as_str())
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
             .await
             .expect("create test database");
         let _ = admin.close().await;
