@@ -1,6 +1,6 @@
 //! channel-store benchmarks.
 //!
-//! * `store/sqlite_ingest_10k`: `Store::ingest_batch` of 10,000 fresh messages (20 batches of
+//! * `store/sqlite_ingest_10k`: `MessageStore::ingest_batch` of 10,000 fresh messages (20 batches of
 //!   500, 1,000 threads, 500 senders) into a fresh SQLite store, next to
 //!   `store/sqlite_raw_insert_store_schema_10k`: the same rows (the identities, conversations
 //!   and messages ingest creates) written by raw batched sqlx `INSERT`s (one multi-row
@@ -35,9 +35,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use channel_core::{
-    AccountId, ChannelKind, ConversationId, Direction, IdentityId, IdentityInfo, IngestRequest,
-    JobKind, LifecyclePolicy, MessageId, NewAccount, NewJob, Origin, Store, StoredInbound,
-    Timestamp,
+    AccountId, AccountStore, ChannelKind, ConversationId, Direction, IdentityId, IdentityInfo,
+    IngestRequest, JobKind, LifecyclePolicy, MessageId, MessageStore, NewAccount, NewJob, Origin,
+    QueueStore, StoredInbound, Timestamp,
 };
 use channel_store::SqlStore;
 use criterion::measurement::WallTime;

@@ -1,5 +1,5 @@
 //! Publishing [`Event`]s after commits: in-process through a `tokio::sync::broadcast`
-//! channel, and to other processes through [`Store::notify`] on the [`EVENTS_TOPIC`] topic.
+//! channel, and to other processes through [`LeaseStore::notify`](crate::LeaseStore::notify) on the [`EVENTS_TOPIC`] topic.
 //!
 //! Events carry ids and states, never content. They are published only after the change they
 //! describe was committed, and at least once: a subscriber that needs the data reads it from

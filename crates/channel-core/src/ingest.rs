@@ -1,5 +1,5 @@
 //! Ingest: what channels deliver is validated, its attachments stored, its cursor sealed, and
-//! then it is committed with [`Store::ingest`](crate::Store::ingest); events follow the commit.
+//! then it is committed with [`MessageStore::ingest`](crate::MessageStore::ingest); events follow the commit.
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ impl Engine {
     /// In order: the message is degraded where it must be (see [`validate::degrade_inbound`]:
     /// nothing a provider delivers is refused as a whole; what was changed is listed in the
     /// message's defects), its attachments go to the blob store, its cursor is sealed, and
-    /// [`Store::ingest_batch`] commits message and cursor together under the database timeout.
+    /// [`MessageStore::ingest_batch`](crate::MessageStore::ingest_batch) commits message and cursor together under the database timeout.
     /// If the store refuses the message even so, a placeholder row takes its place (see
     /// [`defect::PLACEHOLDER`](crate::defect::PLACEHOLDER)) so that the account goes on. Only
     /// then are the events published. Delivering the same provider id again is harmless: the
@@ -54,7 +54,7 @@ impl Engine {
     /// # });
     /// ```
     ///
-    /// [`Store::ingest_batch`]: crate::Store::ingest_batch
+    /// [`MessageStore::ingest_batch`](crate::MessageStore::ingest_batch): crate::MessageStore::ingest_batch
     pub async fn deliver(
         &self,
         account: AccountId,
@@ -209,12 +209,12 @@ impl Engine {
         })
     }
 
-    /// Applies an edit a channel received for `account` (see [`Store::apply_edit`]) and,
+    /// Applies an edit a channel received for `account` (see [`MessageStore::apply_edit`](crate::MessageStore::apply_edit)) and,
     /// when it changed the message, publishes [`Event::MessageEdited`]. Returns the edited
     /// message's id, `None` when the message is not stored (an edit of a message from before
     /// the account was connected, say). Applying an edit twice changes nothing.
     ///
-    /// [`Store::apply_edit`]: crate::Store::apply_edit
+    /// [`MessageStore::apply_edit`](crate::MessageStore::apply_edit): crate::MessageStore::apply_edit
     pub async fn edit(
         &self,
         account: AccountId,
@@ -242,12 +242,12 @@ impl Engine {
         Ok(Some(message.id))
     }
 
-    /// Applies a deletion a channel received for `account` (see [`Store::apply_deletion`])
+    /// Applies a deletion a channel received for `account` (see [`MessageStore::apply_deletion`](crate::MessageStore::apply_deletion))
     /// and publishes [`Event::MessageDeleted`] for each message it marked. Returns their ids;
     /// ids of messages that are not stored, or already marked deleted, are passed over, so
     /// applying a deletion twice changes nothing and publishes nothing the second time.
     ///
-    /// [`Store::apply_deletion`]: crate::Store::apply_deletion
+    /// [`MessageStore::apply_deletion`](crate::MessageStore::apply_deletion): crate::MessageStore::apply_deletion
     pub async fn delete(
         &self,
         account: AccountId,

@@ -51,7 +51,7 @@ impl JobRun {
         settle(&self.lease, "complete", self.try_complete(e, outcome).await)
     }
 
-    /// `Store::complete` under the database timeout, without settling: the caller sees
+    /// `QueueStore::complete` under the database timeout, without settling: the caller sees
     /// `LeaseLost` and counts the outcome itself (with [`JobRun::count`]).
     pub(crate) async fn try_complete(
         &self,
@@ -196,7 +196,7 @@ pub(crate) enum ReadyChannel {
 pub(crate) const RESCUE_SCAN_LIMIT: usize = 10_000;
 
 impl Engine {
-    /// Rescues the jobs of crashed or hung workers (`Store::rescue_expired`): retryable at
+    /// Rescues the jobs of crashed or hung workers (`QueueStore::rescue_expired`): retryable at
     /// once while attempts remain, else discarded. For each send job the rescue discarded,
     /// its message is now `Failed` and `MessageStatusChanged { Failed }` is published. The
     /// runtime's leader calls it every `rescue_interval`; returns how many jobs were rescued.

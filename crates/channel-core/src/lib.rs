@@ -62,8 +62,9 @@ pub use retry::Backoff;
 /// crate's signatures use).
 pub use secrecy::{self, ExposeSecret, SecretSlice, SecretString};
 pub use store::{
-    DueConversations, IngestDisposition, IngestOutcome, IngestRequest, Notification, SendRequest,
-    Store, StoreError, StoredInbound,
+    AccountStore, ConversationStore, DueConversations, IngestDisposition, IngestOutcome,
+    IngestRequest, LeaseStore, MessageStore, Notification, QueueStore, SendRequest, Store,
+    StoreError, StoredInbound,
 };
 
 /// The README's examples, run as doctests.

@@ -319,7 +319,7 @@ impl Engine {
     ///   job's lease so that it is not rescued meanwhile.
     /// * If the provider id is already held by an outbound copy of this send (its echo or
     ///   the owner's capture, stored before the send was recorded, as after a crash), the two
-    ///   become one row ([`Store::merge_stray`](crate::Store::merge_stray)): the copy is
+    ///   become one row ([`MessageStore::merge_stray`](crate::MessageStore::merge_stray)): the copy is
     ///   removed, the message ends `Sent` with the id, and `MessageMerged { kept, removed }`
     ///   is published before `MessageSent`.
     /// * If the store refuses it for good (`InvalidInput`: the provider id is held by an

@@ -207,13 +207,13 @@ impl StateCipher {
     }
 }
 
-/// The encrypted state of one account, on top of [`Store::state_get`] and friends.
+/// The encrypted state of one account, on top of [`AccountStore::state_get`](crate::AccountStore::state_get) and friends.
 ///
 /// ```
 /// use std::sync::Arc;
 /// use channel_core::state::{AccountState, StateCipher, StateKey};
 /// use channel_core::testing::MemoryStore;
-/// use channel_core::{ChannelKind, NewAccount, Store, Timestamp};
+/// use channel_core::{AccountStore, ChannelKind, NewAccount, Timestamp};
 /// use secrecy::ExposeSecret;
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {

@@ -167,7 +167,7 @@ pub struct StoredInbound {
     pub cursor: Option<CursorUpdate>,
 }
 
-/// What [`Store::ingest`] did.
+/// What [`MessageStore::ingest`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IngestDisposition {
     /// A new message was stored.
@@ -178,7 +178,7 @@ pub enum IngestDisposition {
     EchoMatched,
 }
 
-/// The result of [`Store::ingest`].
+/// The result of [`MessageStore::ingest`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IngestOutcome {
     /// The stored (or existing) message.
@@ -249,12 +249,22 @@ pub struct Notification {
     pub payload: String,
 }
 
-/// Persistence of everything in the model. See the module documentation for the rules every
-/// implementation keeps.
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    // ----- accounts -----
+/// Persistence of everything in the model, the contract a backend implements: the five
+/// traits below, split by concern (each operation that must be atomic across concerns, such
+/// as ingest or queuing a send, sits with the concern it writes first). `Store` is
+/// implemented for every type that implements all five, and is what the engine holds
+/// (`Arc<dyn Store>`). See the module documentation for the rules every implementation keeps.
+pub trait Store: AccountStore + ConversationStore + MessageStore + QueueStore + LeaseStore {}
 
+impl<T> Store for T where
+    T: AccountStore + ConversationStore + MessageStore + QueueStore + LeaseStore
+{
+}
+
+/// Accounts and their encrypted state (the values are sealed by the core before they get
+/// here).
+#[async_trait]
+pub trait AccountStore: Send + Sync + 'static {
     /// Creates an account (connection state `Connecting`).
     async fn create_account(&self, new: NewAccount, now: Timestamp) -> Result<Account, StoreError>;
     /// The account, or `NotFound` (also for a removed account).
@@ -294,9 +304,6 @@ pub trait Store: Send + Sync + 'static {
         state: &ConnectionState,
         now: Timestamp,
     ) -> Result<Account, StoreError>;
-
-    // ----- account state (values are sealed by the core before they get here) -----
-
     /// A value of the account's state.
     async fn state_get(&self, account: AccountId, key: &str)
     -> Result<Option<Vec<u8>>, StoreError>;
@@ -323,9 +330,11 @@ pub trait Store: Send + Sync + 'static {
         expected: &[u8],
         value: &[u8],
     ) -> Result<bool, StoreError>;
+}
 
-    // ----- identities -----
-
+/// Identities, conversations and their lifecycle, and the assignment of conversations.
+#[async_trait]
+pub trait ConversationStore: Send + Sync + 'static {
     /// The identity, or `NotFound`.
     async fn identity(&self, id: IdentityId) -> Result<Identity, StoreError>;
     /// The identity with this address on the account (following merges), if any.
@@ -357,9 +366,6 @@ pub trait Store: Send + Sync + 'static {
         merge: IdentityId,
         now: Timestamp,
     ) -> Result<Identity, StoreError>;
-
-    // ----- conversations -----
-
     /// The conversation, or `NotFound`.
     async fn conversation(&self, id: ConversationId) -> Result<Conversation, StoreError>;
     /// The account's conversations, newest activity first, optionally of one status.
@@ -401,9 +407,24 @@ pub trait Store: Send + Sync + 'static {
         status: ConversationStatus,
         now: Timestamp,
     ) -> Result<Conversation, StoreError>;
+    /// Sets a conversation's assignee if it is `expected` now (compare-and-set, so that two
+    /// operators never both get it), bumping its version; returns it as stored afterwards.
+    /// [`StoreError::AssigneeChanged`] names the current assignee when it is not `expected`;
+    /// `NotFound` for an unknown conversation.
+    async fn set_assignee(
+        &self,
+        conversation: ConversationId,
+        expected: Option<&str>,
+        assignee: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Conversation, StoreError>;
+}
 
-    // ----- messages -----
-
+/// Messages: ingest (which also gets or creates the identity and the conversation and
+/// moves the provider's cursor, atomically), edits, deletions, and queuing a send (the
+/// message and its job together).
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
     /// The message, or `NotFound`.
     async fn message(&self, id: MessageId) -> Result<Message, StoreError>;
     /// The message with this provider id on the account, if any.
@@ -426,17 +447,6 @@ pub trait Store: Send + Sync + 'static {
         before: Option<&Position>,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError>;
-    /// Sets a conversation's assignee if it is `expected` now (compare-and-set, so that two
-    /// operators never both get it), bumping its version; returns it as stored afterwards.
-    /// [`StoreError::AssigneeChanged`] names the current assignee when it is not `expected`;
-    /// `NotFound` for an unknown conversation.
-    async fn set_assignee(
-        &self,
-        conversation: ConversationId,
-        expected: Option<&str>,
-        assignee: Option<&str>,
-        now: Timestamp,
-    ) -> Result<Conversation, StoreError>;
     /// The account's messages that were stored degraded (with [`defects`](Message::defects)),
     /// newest first (by the time they were stored, then id), at most `limit`; with `code`,
     /// only those with a defect of that code (such as
@@ -471,7 +481,7 @@ pub trait Store: Send + Sync + 'static {
     /// under concurrent calls with the same message.
     async fn ingest(&self, req: IngestRequest) -> Result<IngestOutcome, StoreError>;
     /// Stores several inbound messages (a fetched batch), in order, with the same per-message
-    /// rules as [`Store::ingest`]. SQL stores do it in one transaction (all or nothing). The
+    /// rules as [`MessageStore::ingest`]. SQL stores do it in one transaction (all or nothing). The
     /// default runs them one by one: a failure leaves the earlier ones stored, which is
     /// harmless because ingest is idempotent; the caller retries the batch.
     ///
@@ -487,9 +497,24 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Queues an outbound message: a `Pending` message and its `Send` job in one transaction.
     async fn enqueue_send(&self, req: SendRequest) -> Result<Message, StoreError>;
+    /// Makes one row of a send and its stray copy: when another *outbound* message of
+    /// `keep`'s account already holds `provider_id` (the echo of the send, or the owner's
+    /// capture of it, stored before the send was recorded, as after a crash), that message is
+    /// removed so that `keep` can take the id with [`QueueStore::complete`]. Returns the removed
+    /// message's id. Returns `None` and changes nothing when no such message exists, when
+    /// the holder is `keep` itself, is inbound (a real conflict, never merged away), or is
+    /// referenced by a job. `NotFound` if `keep` does not exist.
+    async fn merge_stray(
+        &self,
+        keep: MessageId,
+        provider_id: &str,
+    ) -> Result<Option<MessageId>, StoreError>;
+}
 
-    // ----- the durable job queue -----
-
+/// The durable job queue: claims fenced by leases, outcomes applied with the job atomically,
+/// the audit of attempts and the dead letter.
+#[async_trait]
+pub trait QueueStore: Send + Sync + 'static {
     /// Enqueues a job; with a unique key already held by an unfinished job, returns that job
     /// instead (`inserted: false`).
     async fn enqueue(&self, job: NewJob, now: Timestamp) -> Result<Enqueued, StoreError>;
@@ -505,18 +530,6 @@ pub trait Store: Send + Sync + 'static {
         lease_ttl: Duration,
         now: Timestamp,
     ) -> Result<Vec<JobLease>, StoreError>;
-    /// Makes one row of a send and its stray copy: when another *outbound* message of
-    /// `keep`'s account already holds `provider_id` (the echo of the send, or the owner's
-    /// capture of it, stored before the send was recorded, as after a crash), that message is
-    /// removed so that `keep` can take the id with [`Store::complete`]. Returns the removed
-    /// message's id. Returns `None` and changes nothing when no such message exists, when
-    /// the holder is `keep` itself, is inbound (a real conflict, never merged away), or is
-    /// referenced by a job. `NotFound` if `keep` does not exist.
-    async fn merge_stray(
-        &self,
-        keep: MessageId,
-        provider_id: &str,
-    ) -> Result<Option<MessageId>, StoreError>;
     /// Completes a claimed job and applies the message outcome, atomically. `LeaseLost` if the
     /// lease is stale.
     async fn complete(
@@ -570,9 +583,11 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest `run_at` among claimable jobs of these kinds, so a dispatcher can sleep
     /// until then.
     async fn next_run_at(&self, kinds: &[JobKind]) -> Result<Option<Timestamp>, StoreError>;
+}
 
-    // ----- leases -----
-
+/// Named leases (the leader, each account) and cross-process notifications.
+#[async_trait]
+pub trait LeaseStore: Send + Sync + 'static {
     /// Takes the named lease for `holder` if it is free, expired or already held by `holder`
     /// (then renewed, same term). A new holder gets term + 1. `None` if someone else holds it.
     async fn acquire_lease(
@@ -591,9 +606,6 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Lease, StoreError>;
     /// Gives a lease up (no-op if it was lost).
     async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
-
-    // ----- cross-process notifications -----
-
     /// Sends a notification to every process on the same database. Stores without such a
     /// mechanism (memory, SQLite) do nothing: in-process wake-ups already cover them.
     async fn notify(&self, _notification: &Notification) -> Result<(), StoreError> {

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use channel_core::AccountStore;
 use channel_core::state::{StateError, StateKey, StateKeys};
 use channel_core::testing::MemoryStore;
-use channel_core::{BlobStore, ChannelKind, Engine, NewAccount, Store};
+use channel_core::{BlobStore, ChannelKind, Engine, NewAccount};
 use secrecy::ExposeSecret;
 
 fn engine(store: &Arc<MemoryStore>, keys: StateKeys) -> Engine {

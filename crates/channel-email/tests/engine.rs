@@ -10,9 +10,10 @@ use std::time::Duration;
 use channel_core::dispatcher::Dispatcher;
 use channel_core::state::StateKey;
 use channel_core::testing::MemoryStore;
+use channel_core::{AccountStore, ConversationStore, MessageStore};
 use channel_core::{
     BlobStore, Channel, Direction, Engine, IdentityInfo, MessageId, MessageStatus, NewAccount,
-    Origin, OutboundMessage, PreparedSend, Store,
+    Origin, OutboundMessage, PreparedSend,
 };
 use channel_email::{EmailChannel, FolderCursor};
 use support::{RecordingInbound, stack};

@@ -10,9 +10,10 @@ use std::time::Duration;
 use channel_core::provider::{FieldKind, LoginError, LoginInput, LoginStep, Provider};
 use channel_core::runtime::Runtime;
 use channel_core::state::StateKey;
+use channel_core::{AccountStore, MessageStore};
 use channel_core::{
     BlobStore, Channel, ChannelError, ConnectionState, Direction, Engine, IdentityInfo, MessageId,
-    MessageStatus, NewAccount, OutboundMessage, PreparedSend, Store,
+    MessageStatus, NewAccount, OutboundMessage, PreparedSend,
 };
 use channel_email::{
     EmailAccountConfig, EmailChannel, EmailProvider, KIND, PASSWORD_KEY, Security,

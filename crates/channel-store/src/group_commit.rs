@@ -3,7 +3,7 @@
 //! The engine's dispatcher runs the jobs of a claimed batch concurrently, so their
 //! completions arrive together. Committed one by one, each waits for its own `COMMIT` (on
 //! PostgreSQL a WAL flush, ~1–2 ms on a virtual disk; on SQLite a trip through the single
-//! writer). Here concurrent [`Store::complete`](channel_core::Store::complete) calls share a
+//! writer). Here concurrent [`QueueStore::complete`](channel_core::QueueStore::complete) calls share a
 //! transaction instead: a caller that gets a slot becomes a leader, takes every completion
 //! queued so far (at most [`MAX_GROUP`]) and commits them together; whatever arrives while
 //! the slots are taken forms the next group. SQLite has one slot (one writer); PostgreSQL

@@ -15,8 +15,8 @@
 //!   allowing one active conversation per thread, one unfinished job per unique key): a
 //!   transaction that loses such a race is rolled back and run again, and then finds the
 //!   winner's rows. Jobs are claimed with `FOR UPDATE SKIP LOCKED`.
-//!   [`Store::notify`](channel_core::Store::notify) is `pg_notify`, and
-//!   [`Store::notifications`](channel_core::Store::notifications) is fed by a background
+//!   [`LeaseStore::notify`](channel_core::LeaseStore::notify) is `pg_notify`, and
+//!   [`LeaseStore::notifications`](channel_core::LeaseStore::notifications) is fed by a background
 //!   `LISTEN` task on `channel_events` and `channel_jobs` that stops with the store.
 //! * `ingest_batch` is one transaction that reads what the rules need with a few set-based
 //!   queries, applies the rules in memory, in order, and writes back with multi-row
@@ -36,8 +36,8 @@
 //!
 //! ```
 //! use channel_core::{
-//!     ChannelKind, ConversationId, Direction, IdentityId, IdentityInfo, IngestDisposition,
-//!     IngestRequest, LifecyclePolicy, MessageId, NewAccount, Origin, Store, StoredInbound,
+//!     AccountStore, ChannelKind, ConversationId, Direction, IdentityId, IdentityInfo, IngestDisposition,
+//!     IngestRequest, LifecyclePolicy, MessageId, MessageStore, NewAccount, Origin, StoredInbound,
 //!     Timestamp,
 //! };
 //! use channel_store::SqlStore;

@@ -475,7 +475,7 @@ pub(crate) async fn merge_identities(
 
 // ----- conversations -----
 
-/// See [`Store::set_assignee`](channel_core::Store::set_assignee).
+/// See [`ConversationStore::set_assignee`](channel_core::ConversationStore::set_assignee).
 pub(crate) async fn set_assignee(
     tx: &mut Tx,
     id: ConversationId,
@@ -705,7 +705,7 @@ pub(crate) async fn message(ex: Ex<'_>, id: MessageId) -> Res<Message> {
     message_in(ex, id).await?.ok_or_else(|| StoreError::not_found("message", id).into())
 }
 
-/// See [`Store::merge_stray`](channel_core::Store::merge_stray).
+/// See [`MessageStore::merge_stray`](channel_core::MessageStore::merge_stray).
 pub(crate) async fn merge_stray(
     tx: &mut Tx,
     keep: MessageId,
@@ -753,7 +753,7 @@ pub(crate) async fn message_by_provider_id(
     }
 }
 
-/// Applies an edit (see `Store::apply_edit`): one fenced `UPDATE` that only an edit newer than
+/// Applies an edit (see `MessageStore::apply_edit`): one fenced `UPDATE` that only an edit newer than
 /// the stored one passes, then the message as stored.
 pub(crate) async fn apply_edit(
     tx: &mut crate::db::Tx,
@@ -794,7 +794,7 @@ pub(crate) async fn apply_edit(
     }
 }
 
-/// Applies a deletion (see `Store::apply_deletion`): one `UPDATE ... RETURNING` over the ids
+/// Applies a deletion (see `MessageStore::apply_deletion`): one `UPDATE ... RETURNING` over the ids
 /// (at most `InboundDeletion::MAX_IDS`), only rows not marked deleted yet.
 pub(crate) async fn apply_deletion(
     tx: &mut crate::db::Tx,

@@ -76,7 +76,7 @@ impl SqlStoreOptions {
     }
 
     /// PostgreSQL: the size of the connection pool (default 10), not counting the listener
-    /// connection of [`notifications`](channel_core::Store::notifications).
+    /// connection of [`notifications`](channel_core::LeaseStore::notifications).
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = n.max(1);
         self
@@ -96,7 +96,7 @@ impl SqlStoreOptions {
     }
 
     /// PostgreSQL: whether to start the `LISTEN` task for
-    /// [`notifications`](channel_core::Store::notifications) on connect (default `true`).
+    /// [`notifications`](channel_core::LeaseStore::notifications) on connect (default `true`).
     pub fn listen(mut self, on: bool) -> Self {
         self.listen = on;
         self

@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use channel_core::{
-    Account, AccountId, AccountUpdate, AttemptOutcome, ConnectionState, ContactId, Conversation,
-    ConversationId, ConversationStatus, DueConversations, Enqueued, Identity, IdentityId,
-    IngestOutcome, IngestRequest, Job, JobAttempt, JobId, JobKind, JobLease, JobState, Lease,
-    Message, MessageId, MessageOutcome, NewAccount, NewJob, Notification, SendRequest, Store,
-    StoreError, Timestamp,
+    Account, AccountId, AccountStore, AccountUpdate, AttemptOutcome, ConnectionState, ContactId,
+    Conversation, ConversationId, ConversationStatus, ConversationStore, DueConversations,
+    Enqueued, Identity, IdentityId, IngestOutcome, IngestRequest, Job, JobAttempt, JobId, JobKind,
+    JobLease, JobState, Lease, LeaseStore, Message, MessageId, MessageOutcome, MessageStore,
+    NewAccount, NewJob, Notification, QueueStore, SendRequest, StoreError, Timestamp,
 };
 
 use channel_core::page::Position;
@@ -37,7 +37,7 @@ impl SqlStore {
 }
 
 #[async_trait]
-impl Store for SqlStore {
+impl AccountStore for SqlStore {
     async fn create_account(&self, new: NewAccount, now: Timestamp) -> Result<Account, StoreError> {
         self.run("create_account", async {
             write_tx!(self, |tx| ops::create_account(tx, &new, now).await?)
@@ -154,7 +154,10 @@ impl Store for SqlStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl ConversationStore for SqlStore {
     async fn identity(&self, id: IdentityId) -> Result<Identity, StoreError> {
         self.run("identity", ops::identity(self.pools().reader(), id)).await
     }
@@ -265,6 +268,22 @@ impl Store for SqlStore {
         .await
     }
 
+    async fn set_assignee(
+        &self,
+        conversation: ConversationId,
+        expected: Option<&str>,
+        assignee: Option<&str>,
+        _now: Timestamp,
+    ) -> Result<Conversation, StoreError> {
+        self.run("set_assignee", async {
+            write_tx!(self, |tx| ops::set_assignee(tx, conversation, expected, assignee).await?)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl MessageStore for SqlStore {
     async fn message(&self, id: MessageId) -> Result<Message, StoreError> {
         self.run("message", ops::message(self.pools().reader(), id)).await
     }
@@ -297,19 +316,6 @@ impl Store for SqlStore {
     ) -> Result<Vec<Message>, StoreError> {
         let read = ops::messages_before(self.pools().reader(), conversation, before, limit);
         self.run("messages_before", read).await
-    }
-
-    async fn set_assignee(
-        &self,
-        conversation: ConversationId,
-        expected: Option<&str>,
-        assignee: Option<&str>,
-        _now: Timestamp,
-    ) -> Result<Conversation, StoreError> {
-        self.run("set_assignee", async {
-            write_tx!(self, |tx| ops::set_assignee(tx, conversation, expected, assignee).await?)
-        })
-        .await
     }
 
     async fn messages_with_defects(
@@ -369,6 +375,20 @@ impl Store for SqlStore {
             .await
     }
 
+    async fn merge_stray(
+        &self,
+        keep: MessageId,
+        provider_id: &str,
+    ) -> Result<Option<MessageId>, StoreError> {
+        self.run("merge_stray", async {
+            write_tx!(self, |tx| ops::merge_stray(tx, keep, provider_id).await?)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl QueueStore for SqlStore {
     async fn enqueue(&self, job: NewJob, now: Timestamp) -> Result<Enqueued, StoreError> {
         self.run("enqueue", async { write_tx!(self, |tx| queue::enqueue(tx, &job, now).await?) })
             .await
@@ -401,17 +421,6 @@ impl Store for SqlStore {
             }
             write_tx!(self, |tx| queue::claim_sqlite(tx, worker, kinds, limit, lease_ttl, now)
                 .await?)
-        })
-        .await
-    }
-
-    async fn merge_stray(
-        &self,
-        keep: MessageId,
-        provider_id: &str,
-    ) -> Result<Option<MessageId>, StoreError> {
-        self.run("merge_stray", async {
-            write_tx!(self, |tx| ops::merge_stray(tx, keep, provider_id).await?)
         })
         .await
     }
@@ -536,7 +545,10 @@ impl Store for SqlStore {
     async fn next_run_at(&self, kinds: &[JobKind]) -> Result<Option<Timestamp>, StoreError> {
         self.run("next_run_at", queue::next_run_at(self.pools().reader(), kinds)).await
     }
+}
 
+#[async_trait]
+impl LeaseStore for SqlStore {
     async fn acquire_lease(
         &self,
         name: &str,

@@ -11,8 +11,9 @@ use std::time::Duration;
 use channel_core::{
     AccountId, ChannelKind, ConversationId, Direction, IdentityId, IdentityInfo, IngestDisposition,
     IngestRequest, JobKind, LifecyclePolicy, MessageId, NewAccount, NewJob, Notification, Origin,
-    Store, StoreError, StoredInbound, Timestamp,
+    StoreError, StoredInbound, Timestamp,
 };
+use channel_core::{AccountStore, ConversationStore, LeaseStore, MessageStore, QueueStore};
 use channel_store::{Backend, SqlStore};
 use sqlx::{Connection, Executor, PgConnection, Row};
 

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use channel_core::{
     AccountId, ChannelKind, ConversationId, Direction, IdentityId, IdentityInfo, IngestDisposition,
-    IngestRequest, JobKind, LifecyclePolicy, MessageId, NewAccount, NewJob, Origin, Store,
-    StoreError, StoredInbound, Timestamp,
+    IngestRequest, JobKind, LifecyclePolicy, MessageId, NewAccount, NewJob, Origin, StoreError,
+    StoredInbound, Timestamp,
 };
+use channel_core::{AccountStore, ConversationStore, LeaseStore, MessageStore, QueueStore};
 use channel_store::{Backend, SqlStore, limits};
 use sqlx::{Connection, Executor, SqliteConnection};
 

@@ -815,7 +815,7 @@ pub async fn cursor_is_written_with_the_message_and_not_on_failure(store: Arc<dy
     assert_eq!(store.message_by_provider_id(account.id, "p-2").await.expect("lookup"), None);
 }
 
-/// Defects round-trip as they were given, and [`Store::messages_with_defects`] lists the
+/// Defects round-trip as they were given, and [`MessageStore::messages_with_defects`] lists the
 /// degraded messages of one account, newest first, filtered by code; a store refuses more
 /// defects than the limit.
 pub async fn defects_round_trip_and_degraded_messages_are_listed_by_code(store: Arc<dyn Store>) {

@@ -19,7 +19,7 @@ use crate::store::*;
 ///
 /// ```
 /// use channel_core::testing::MemoryStore;
-/// use channel_core::{ChannelKind, NewAccount, Store, Timestamp};
+/// use channel_core::{AccountStore, ChannelKind, NewAccount, Timestamp};
 ///
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let store = MemoryStore::new();
@@ -156,7 +156,7 @@ impl MemoryStore {
     ///
     /// ```
     /// use channel_core::testing::MemoryStore;
-    /// use channel_core::{AccountId, Store, StoreError};
+    /// use channel_core::{AccountId, AccountStore, StoreError};
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let store = MemoryStore::new();
     /// store.fail_next("account", [StoreError::Unavailable("down".into())]);
@@ -564,7 +564,7 @@ impl Inner {
 }
 
 #[async_trait]
-impl Store for MemoryStore {
+impl AccountStore for MemoryStore {
     async fn create_account(&self, new: NewAccount, now: Timestamp) -> Result<Account, StoreError> {
         no_nul("display_name", &new.display_name)?;
         let mut inner = self.lock();
@@ -774,7 +774,10 @@ impl Store for MemoryStore {
             _ => Ok(false),
         }
     }
+}
 
+#[async_trait]
+impl ConversationStore for MemoryStore {
     async fn identity(&self, id: IdentityId) -> Result<Identity, StoreError> {
         self.lock()
             .identities
@@ -1019,6 +1022,33 @@ impl Store for MemoryStore {
         Ok(c.clone())
     }
 
+    async fn set_assignee(
+        &self,
+        conversation: ConversationId,
+        expected: Option<&str>,
+        assignee: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Conversation, StoreError> {
+        self.injected("set_assignee")?;
+        let mut inner = self.lock();
+        let Some(c) = inner.conversations.get_mut(&conversation) else {
+            return Err(StoreError::not_found("conversation", conversation));
+        };
+        if c.assignee.as_deref() != expected {
+            return Err(StoreError::AssigneeChanged {
+                id: conversation.to_string(),
+                current: c.assignee.clone(),
+            });
+        }
+        c.assignee = assignee.map(str::to_owned);
+        c.version += 1;
+        let _ = now;
+        Ok(c.clone())
+    }
+}
+
+#[async_trait]
+impl MessageStore for MemoryStore {
     async fn message(&self, id: MessageId) -> Result<Message, StoreError> {
         self.injected("message")?;
         self.lock().messages.get(&id).cloned().ok_or_else(|| StoreError::not_found("message", id))
@@ -1126,30 +1156,6 @@ impl Store for MemoryStore {
         out.sort_by_key(|m| std::cmp::Reverse((m.sent_at, m.id)));
         out.truncate(limit);
         Ok(out)
-    }
-
-    async fn set_assignee(
-        &self,
-        conversation: ConversationId,
-        expected: Option<&str>,
-        assignee: Option<&str>,
-        now: Timestamp,
-    ) -> Result<Conversation, StoreError> {
-        self.injected("set_assignee")?;
-        let mut inner = self.lock();
-        let Some(c) = inner.conversations.get_mut(&conversation) else {
-            return Err(StoreError::not_found("conversation", conversation));
-        };
-        if c.assignee.as_deref() != expected {
-            return Err(StoreError::AssigneeChanged {
-                id: conversation.to_string(),
-                current: c.assignee.clone(),
-            });
-        }
-        c.assignee = assignee.map(str::to_owned);
-        c.version += 1;
-        let _ = now;
-        Ok(c.clone())
     }
 
     async fn messages_with_defects(
@@ -1264,6 +1270,42 @@ impl Store for MemoryStore {
         Ok(message)
     }
 
+    async fn merge_stray(
+        &self,
+        keep: MessageId,
+        provider_id: &str,
+    ) -> Result<Option<MessageId>, StoreError> {
+        self.injected("merge_stray")?;
+        let mut inner = self.lock();
+        let account = match inner.messages.get(&keep) {
+            Some(m) => m.account_id,
+            None => return Err(StoreError::not_found("message", keep)),
+        };
+        let key = (account, provider_id.to_owned());
+        let Some(&holder) = inner.message_by_provider.get(&key) else {
+            return Ok(None);
+        };
+        let outbound =
+            inner.messages.get(&holder).is_some_and(|m| m.direction == Direction::Outbound);
+        let referenced = inner.jobs.values().any(|j| j.message_id == Some(holder));
+        if holder == keep || !outbound || referenced {
+            return Ok(None);
+        }
+        if let Some(m) = inner.messages.remove(&holder) {
+            inner.message_by_provider.remove(&key);
+            if let Some(k) = m.client_key {
+                let ck = (account, k);
+                if inner.message_by_client_key.get(&ck) == Some(&holder) {
+                    inner.message_by_client_key.remove(&ck);
+                }
+            }
+        }
+        Ok(Some(holder))
+    }
+}
+
+#[async_trait]
+impl QueueStore for MemoryStore {
     async fn enqueue(&self, job: NewJob, now: Timestamp) -> Result<Enqueued, StoreError> {
         no_nul_opt("unique_key", job.unique_key.as_deref())?;
         let mut inner = self.lock();
@@ -1350,39 +1392,6 @@ impl Store for MemoryStore {
             out.push(lease);
         }
         Ok(out)
-    }
-
-    async fn merge_stray(
-        &self,
-        keep: MessageId,
-        provider_id: &str,
-    ) -> Result<Option<MessageId>, StoreError> {
-        self.injected("merge_stray")?;
-        let mut inner = self.lock();
-        let account = match inner.messages.get(&keep) {
-            Some(m) => m.account_id,
-            None => return Err(StoreError::not_found("message", keep)),
-        };
-        let key = (account, provider_id.to_owned());
-        let Some(&holder) = inner.message_by_provider.get(&key) else {
-            return Ok(None);
-        };
-        let outbound =
-            inner.messages.get(&holder).is_some_and(|m| m.direction == Direction::Outbound);
-        let referenced = inner.jobs.values().any(|j| j.message_id == Some(holder));
-        if holder == keep || !outbound || referenced {
-            return Ok(None);
-        }
-        if let Some(m) = inner.messages.remove(&holder) {
-            inner.message_by_provider.remove(&key);
-            if let Some(k) = m.client_key {
-                let ck = (account, k);
-                if inner.message_by_client_key.get(&ck) == Some(&holder) {
-                    inner.message_by_client_key.remove(&ck);
-                }
-            }
-        }
-        Ok(Some(holder))
     }
 
     async fn complete(
@@ -1577,7 +1586,10 @@ impl Store for MemoryStore {
             .map(|j| j.run_at)
             .min())
     }
+}
 
+#[async_trait]
+impl LeaseStore for MemoryStore {
     async fn acquire_lease(
         &self,
         name: &str,

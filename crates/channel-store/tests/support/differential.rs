@@ -9,6 +9,7 @@ use channel_core::{
     IdentityId, IdentityInfo, IngestRequest, JobId, LifecyclePolicy, MessageId, NewAccount,
     OnClosed, Origin, SendRequest, Store, StoredInbound, Timestamp,
 };
+use channel_core::{AccountStore, ConversationStore, MessageStore};
 
 /// A small deterministic generator (xorshift), so failures reproduce.
 pub struct Rng(u64);
