@@ -3,7 +3,10 @@
 
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::model::{AccountId, Conversation, ConversationId, ConversationStatus, Message};
+use crate::model::{
+    AccountId, Conversation, ConversationId, ConversationStatus, Job, JobAttempt, JobId, JobState,
+    Message,
+};
 use crate::page::{Page, PageRequest, Position};
 
 /// Which conversations [`Engine::conversations`] lists.
@@ -31,6 +34,40 @@ impl ConversationQuery {
     /// Only those in this status.
     pub fn status(mut self, status: ConversationStatus) -> Self {
         self.status = Some(status);
+        self
+    }
+}
+
+/// Which jobs [`Engine::jobs`] lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobQuery {
+    /// Only jobs in this state (`Discarded`: the dead letter).
+    pub state: Option<JobState>,
+    /// Only this account's.
+    pub account: Option<AccountId>,
+}
+
+impl JobQuery {
+    /// Every job.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// The dead letter: jobs discarded after their last attempt.
+    pub fn dead_letter() -> Self {
+        Self::all().state(JobState::Discarded)
+    }
+
+    /// Only jobs in this state.
+    pub fn state(mut self, state: JobState) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// Only this account's.
+    pub fn account(mut self, account: AccountId) -> Self {
+        self.account = Some(account);
         self
     }
 }
@@ -86,5 +123,24 @@ impl Engine {
             at: c.last_activity_at,
             id: c.id.to_string(),
         }))
+    }
+
+    /// A page of jobs (sends, history syncs, sweeps), newest first; the dead letter with
+    /// [`JobQuery::dead_letter`].
+    pub async fn jobs(
+        &self,
+        query: &JobQuery,
+        page: PageRequest,
+    ) -> Result<Page<Job>, EngineError> {
+        let size = page.size();
+        let before = page.after.as_ref().map(|t| t.position());
+        let read = self.store().jobs_before(query.state, query.account, before, size + 1);
+        let rows = self.db("jobs_before", read).await?;
+        Ok(Page::from_rows(rows, size, |j| Position { at: j.created_at, id: j.id.to_string() }))
+    }
+
+    /// The audit of one job: every attempt, first first (at most its `max_attempts`).
+    pub async fn job_attempts(&self, job: JobId) -> Result<Vec<JobAttempt>, EngineError> {
+        Ok(self.db("job_attempts", self.store().job_attempts(job)).await?)
     }
 }

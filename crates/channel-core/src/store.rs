@@ -580,6 +580,16 @@ pub trait QueueStore: Send + Sync + 'static {
     async fn job_attempts(&self, id: JobId) -> Result<Vec<JobAttempt>, StoreError>;
     /// Jobs in a state (for example the dead letter: `Discarded`), oldest first.
     async fn jobs_in_state(&self, state: JobState, limit: usize) -> Result<Vec<Job>, StoreError>;
+    /// Jobs newest first (by creation time, then id, both descending), of one state or any,
+    /// of one account or all, only those before `before` when given, at most `limit`
+    /// (keyset pagination).
+    async fn jobs_before(
+        &self,
+        state: Option<JobState>,
+        account: Option<AccountId>,
+        before: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError>;
     /// The earliest `run_at` among claimable jobs of these kinds, so a dispatcher can sleep
     /// until then.
     async fn next_run_at(&self, kinds: &[JobKind]) -> Result<Option<Timestamp>, StoreError>;

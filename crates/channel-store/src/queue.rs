@@ -8,9 +8,11 @@
 use std::time::Duration;
 
 use channel_core::{
-    Enqueued, Job, JobAttempt, JobId, JobKind, JobLease, JobState, MessageOutcome, NewJob,
-    StoreError, Timestamp,
+    AccountId, Enqueued, Job, JobAttempt, JobId, JobKind, JobLease, JobState, MessageOutcome,
+    NewJob, StoreError, Timestamp,
 };
+
+use channel_core::page::Position;
 
 use crate::codec::{self, ATTEMPT_COLS, JOB_COLS, all, limit};
 use crate::db::{Arg, Ex, Sql, Tx};
@@ -555,6 +557,35 @@ pub(crate) async fn attempts(ex: Ex<'_>, id: JobId) -> Res<Vec<JobAttempt>> {
         )
         .await?;
     Ok(all(rows, codec::attempt)?)
+}
+
+pub(crate) async fn jobs_before(
+    ex: Ex<'_>,
+    state: Option<JobState>,
+    account: Option<AccountId>,
+    before: Option<&Position>,
+    n: usize,
+) -> Res<Vec<Job>> {
+    let acc = account.map(|a| a.to_string());
+    let mut q = Sql::new(format!("SELECT {JOB_COLS} FROM jobs WHERE 1 = 1"));
+    if let Some(s) = state {
+        // A fixed name, not input: the planner can use the state's partial index.
+        q.push(&format!(" AND state = '{}'", s.as_str()));
+    }
+    if let Some(a) = &acc {
+        q.push(" AND account_id = ").bind(a.as_str());
+    }
+    if let Some(p) = before {
+        q.push(" AND (created_at < ")
+            .bind(p.at.0)
+            .push(" OR (created_at = ")
+            .bind(p.at.0)
+            .push(" AND id < ")
+            .bind(p.id.as_str())
+            .push("))");
+    }
+    q.push(" ORDER BY created_at DESC, id DESC LIMIT ").bind(limit(n));
+    Ok(all(ex.fetch_all(&q.text, &q.args).await?, codec::job)?)
 }
 
 pub(crate) async fn in_state(ex: Ex<'_>, state: JobState, n: usize) -> Res<Vec<Job>> {

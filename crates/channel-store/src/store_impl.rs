@@ -542,6 +542,17 @@ impl QueueStore for SqlStore {
         self.run("jobs_in_state", queue::in_state(self.pools().reader(), state, limit)).await
     }
 
+    async fn jobs_before(
+        &self,
+        state: Option<JobState>,
+        account: Option<AccountId>,
+        before: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let read = queue::jobs_before(self.pools().reader(), state, account, before, limit);
+        self.run("jobs_before", read).await
+    }
+
     async fn next_run_at(&self, kinds: &[JobKind]) -> Result<Option<Timestamp>, StoreError> {
         self.run("next_run_at", queue::next_run_at(self.pools().reader(), kinds)).await
     }

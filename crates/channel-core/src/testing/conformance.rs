@@ -1119,6 +1119,37 @@ pub async fn keyset_listings_page_newest_first_without_repeats_or_gaps(store: Ar
     assert!(closed.is_empty());
 }
 
+/// Jobs list newest first by creation, filtered by state and account, resuming strictly
+/// before a position.
+pub async fn jobs_page_newest_first_by_state_and_account(store: Arc<dyn Store>) {
+    use crate::page::Position;
+    let store = &*store;
+    let account = new_account(store, "acc", T0).await;
+    let mut created = Vec::new();
+    for n in 0..5 {
+        let job = NewJob { account_id: Some(account.id), ..history_job(at(n)) };
+        let id = job.id;
+        store.enqueue(job, at(n)).await.expect("enqueue");
+        created.push(id);
+    }
+    let other = store.enqueue(history_job(at(9)), at(9)).await.expect("enqueue");
+    let all = store.jobs_before(None, None, None, 10).await.expect("all");
+    assert_eq!(all.len(), 6);
+    assert_eq!(all[0].id, other.job_id, "newest first");
+    let mine = store.jobs_before(None, Some(account.id), None, 2).await.expect("page 1");
+    assert_eq!(mine.iter().map(|j| j.id).collect::<Vec<_>>(), vec![created[4], created[3]]);
+    let p = Position { at: mine[1].created_at, id: mine[1].id.to_string() };
+    let rest = store.jobs_before(None, Some(account.id), Some(&p), 10).await.expect("page 2");
+    assert_eq!(
+        rest.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![created[2], created[1], created[0]]
+    );
+    let available = store.jobs_before(Some(JobState::Available), None, None, 10).await;
+    assert_eq!(available.expect("available").len(), 6);
+    let dead = store.jobs_before(Some(JobState::Discarded), None, None, 10).await;
+    assert!(dead.expect("dead letter").is_empty());
+}
+
 /// A status change is a compare-and-set on the version: it succeeds with the version read,
 /// bumps it, and fails with `VersionConflict` once anything changed the conversation.
 pub async fn conversation_status_is_compare_and_set(store: Arc<dyn Store>) {
@@ -2252,6 +2283,7 @@ macro_rules! store_conformance_tests {
             identity_link_unlink_and_merge,
             listings_are_ordered_and_limited,
             keyset_listings_page_newest_first_without_repeats_or_gaps,
+            jobs_page_newest_first_by_state_and_account,
             conversation_status_is_compare_and_set,
             sweep_racing_inbound_never_leaves_two_active_conversations,
             closed_conversations_start_new_or_reopen_per_policy,

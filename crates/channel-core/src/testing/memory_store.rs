@@ -1576,6 +1576,27 @@ impl QueueStore for MemoryStore {
         Ok(out)
     }
 
+    async fn jobs_before(
+        &self,
+        state: Option<JobState>,
+        account: Option<AccountId>,
+        before: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let inner = self.lock();
+        let mut out: Vec<Job> = inner
+            .jobs
+            .values()
+            .filter(|j| state.is_none_or(|s| j.state == s))
+            .filter(|j| account.is_none_or(|a| j.account_id == Some(a)))
+            .filter(|j| before.is_none_or(|p| is_before((j.created_at, &j.id.to_string()), p)))
+            .cloned()
+            .collect();
+        out.sort_by_key(|j| std::cmp::Reverse((j.created_at, j.id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
     async fn next_run_at(&self, kinds: &[JobKind]) -> Result<Option<Timestamp>, StoreError> {
         Ok(self
             .lock()
