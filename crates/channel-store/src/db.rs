@@ -505,6 +505,26 @@ impl<'a> Sql<'a> {
         self
     }
 
+    /// Keyset pagination, newest first by `column` then `id`: appends the condition that a
+    /// row comes after `before` in that order (when given), then the order and the limit.
+    pub(crate) fn keyset_page(
+        &mut self,
+        column: &str,
+        before: Option<&'a channel_core::page::Position>,
+        limit: i64,
+    ) -> &mut Self {
+        if let Some(p) = before {
+            self.push(&format!(" AND ({column} < "))
+                .bind(p.at.0)
+                .push(&format!(" OR ({column} = "))
+                .bind(p.at.0)
+                .push(" AND id < ")
+                .bind(p.id.as_str())
+                .push("))");
+        }
+        self.push(&format!(" ORDER BY {column} DESC, id DESC LIMIT ")).bind(limit)
+    }
+
     /// Appends `(?, ?, ...)` for a non-empty list. The list is padded to a power of two by
     /// repeating its last value, so that few distinct statements reach the statement cache.
     pub(crate) fn in_list(&mut self, values: &[&'a str]) -> &mut Self {

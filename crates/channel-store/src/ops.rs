@@ -564,16 +564,7 @@ pub(crate) async fn conversations_before(
     if let Some(s) = status {
         q.push(" AND status = ").bind(s.as_str());
     }
-    if let Some(p) = before {
-        q.push(" AND (last_activity_at < ")
-            .bind(p.at.0)
-            .push(" OR (last_activity_at = ")
-            .bind(p.at.0)
-            .push(" AND id < ")
-            .bind(p.id.as_str())
-            .push("))");
-    }
-    q.push(" ORDER BY last_activity_at DESC, id DESC LIMIT ").bind(limit(n));
+    q.keyset_page("last_activity_at", before, limit(n));
     Ok(all(ex.fetch_all(&q.text, &q.args).await?, codec::conversation)?)
 }
 
@@ -852,16 +843,7 @@ pub(crate) async fn messages_before(
         codec::MESSAGE_READ_COLS
     ));
     q.bind(id.as_str());
-    if let Some(p) = before {
-        q.push(" AND (sent_at < ")
-            .bind(p.at.0)
-            .push(" OR (sent_at = ")
-            .bind(p.at.0)
-            .push(" AND id < ")
-            .bind(p.id.as_str())
-            .push("))");
-    }
-    q.push(" ORDER BY sent_at DESC, id DESC LIMIT ").bind(limit(n));
+    q.keyset_page("sent_at", before, limit(n));
     Ok(all(ex.fetch_all(&q.text, &q.args).await?, codec::message)?)
 }
 

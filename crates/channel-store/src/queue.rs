@@ -575,16 +575,7 @@ pub(crate) async fn jobs_before(
     if let Some(a) = &acc {
         q.push(" AND account_id = ").bind(a.as_str());
     }
-    if let Some(p) = before {
-        q.push(" AND (created_at < ")
-            .bind(p.at.0)
-            .push(" OR (created_at = ")
-            .bind(p.at.0)
-            .push(" AND id < ")
-            .bind(p.id.as_str())
-            .push("))");
-    }
-    q.push(" ORDER BY created_at DESC, id DESC LIMIT ").bind(limit(n));
+    q.keyset_page("created_at", before, limit(n));
     Ok(all(ex.fetch_all(&q.text, &q.args).await?, codec::job)?)
 }
 
