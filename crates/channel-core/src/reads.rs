@@ -4,8 +4,8 @@
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::model::{
-    AccountId, Conversation, ConversationId, ConversationStatus, Job, JobAttempt, JobId, JobState,
-    Message,
+    AccountId, Conversation, ConversationId, ConversationStatus, Identity, Job, JobAttempt, JobId,
+    JobState, Message,
 };
 use crate::page::{Page, PageRequest, Position};
 
@@ -142,5 +142,20 @@ impl Engine {
     /// The audit of one job: every attempt, first first (at most its `max_attempts`).
     pub async fn job_attempts(&self, job: JobId) -> Result<Vec<JobAttempt>, EngineError> {
         Ok(self.db("job_attempts", self.store().job_attempts(job)).await?)
+    }
+
+    /// A page of an account's identities (the people it talks to), newest first; with
+    /// `unlinked_only`, only those no contact is linked to yet (the "new" ones).
+    pub async fn identities(
+        &self,
+        account: AccountId,
+        unlinked_only: bool,
+        page: PageRequest,
+    ) -> Result<Page<Identity>, EngineError> {
+        let size = page.size();
+        let before = page.after.as_ref().map(|t| t.position());
+        let read = self.store().identities_before(account, unlinked_only, before, size + 1);
+        let rows = self.db("identities_before", read).await?;
+        Ok(Page::from_rows(rows, size, |i| Position { at: i.created_at, id: i.id.to_string() }))
     }
 }

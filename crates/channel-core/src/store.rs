@@ -349,6 +349,16 @@ pub trait ConversationStore: Send + Sync + 'static {
         account: AccountId,
         unlinked_only: bool,
     ) -> Result<Vec<Identity>, StoreError>;
+    /// The account's identities (not merged ones) newest first (by creation, then id, both
+    /// descending), optionally only the unlinked ones, only those before `before` when given,
+    /// at most `limit` (keyset pagination).
+    async fn identities_before(
+        &self,
+        account: AccountId,
+        unlinked_only: bool,
+        before: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<Identity>, StoreError>;
     /// Links the identity to a contact (`None` unlinks it). Active conversations whose primary
     /// identity it is take the contact too.
     async fn link_identity(

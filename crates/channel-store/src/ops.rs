@@ -392,6 +392,26 @@ pub(crate) async fn identities(
     Ok(all(ex.fetch_all(&sql, &[Arg::Text(&acc)]).await?, codec::identity)?)
 }
 
+pub(crate) async fn identities_before(
+    ex: Ex<'_>,
+    account: AccountId,
+    unlinked_only: bool,
+    before: Option<&Position>,
+    n: usize,
+) -> Res<Vec<Identity>> {
+    let acc = account.to_string();
+    let mut q = Sql::new(format!(
+        "SELECT {} FROM identities WHERE merged_into IS NULL AND account_id = ",
+        codec::IDENTITY_COLS
+    ));
+    q.bind(acc.as_str());
+    if unlinked_only {
+        q.push(" AND contact_id IS NULL");
+    }
+    q.keyset_page("created_at", before, limit(n));
+    Ok(all(ex.fetch_all(&q.text, &q.args).await?, codec::identity)?)
+}
+
 pub(crate) async fn link_identity(
     tx: &mut Tx,
     id: IdentityId,

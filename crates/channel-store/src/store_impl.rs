@@ -178,6 +178,18 @@ impl ConversationStore for SqlStore {
         self.run("identities", ops::identities(self.pools().reader(), account, unlinked_only)).await
     }
 
+    async fn identities_before(
+        &self,
+        account: AccountId,
+        unlinked_only: bool,
+        before: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<Identity>, StoreError> {
+        let read =
+            ops::identities_before(self.pools().reader(), account, unlinked_only, before, limit);
+        self.run("identities_before", read).await
+    }
+
     async fn link_identity(
         &self,
         id: IdentityId,

@@ -1150,6 +1150,29 @@ pub async fn jobs_page_newest_first_by_state_and_account(store: Arc<dyn Store>) 
     assert!(dead.expect("dead letter").is_empty());
 }
 
+/// Identities list newest first, the unlinked ones alone on request, merged ones never,
+/// resuming strictly before a position.
+pub async fn identities_page_newest_first_without_merged_ones(store: Arc<dyn Store>) {
+    use crate::page::Position;
+    let store = &*store;
+    let account = new_account(store, "acc", T0).await;
+    let mut ids = Vec::new();
+    for (n, who) in ["ann", "ben", "cid", "dan"].iter().enumerate() {
+        let sec = i64::try_from(n).unwrap_or(0);
+        let m = inbound(&format!("p-{who}"), who, who, "hi", at(sec));
+        ids.push(ingest(store, account.id, m, at(sec)).await.identity_id);
+    }
+    store.link_identity(ids[1], Some(ContactId("c-1".to_owned())), at(10)).await.expect("link");
+    store.merge_identities(ids[0], ids[3], at(11)).await.expect("merge");
+    let all = store.identities_before(account.id, false, None, 10).await.expect("all");
+    assert_eq!(all.iter().map(|i| i.id).collect::<Vec<_>>(), vec![ids[2], ids[1], ids[0]]);
+    let p = Position { at: all[0].created_at, id: all[0].id.to_string() };
+    let rest = store.identities_before(account.id, false, Some(&p), 1).await.expect("page 2");
+    assert_eq!(rest.iter().map(|i| i.id).collect::<Vec<_>>(), vec![ids[1]]);
+    let unlinked = store.identities_before(account.id, true, None, 10).await.expect("unlinked");
+    assert_eq!(unlinked.iter().map(|i| i.id).collect::<Vec<_>>(), vec![ids[2], ids[0]]);
+}
+
 /// A status change is a compare-and-set on the version: it succeeds with the version read,
 /// bumps it, and fails with `VersionConflict` once anything changed the conversation.
 pub async fn conversation_status_is_compare_and_set(store: Arc<dyn Store>) {
@@ -2284,6 +2307,7 @@ macro_rules! store_conformance_tests {
             listings_are_ordered_and_limited,
             keyset_listings_page_newest_first_without_repeats_or_gaps,
             jobs_page_newest_first_by_state_and_account,
+            identities_page_newest_first_without_merged_ones,
             conversation_status_is_compare_and_set,
             sweep_racing_inbound_never_leaves_two_active_conversations,
             closed_conversations_start_new_or_reopen_per_policy,

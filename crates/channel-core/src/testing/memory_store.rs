@@ -812,6 +812,27 @@ impl ConversationStore for MemoryStore {
         Ok(out)
     }
 
+    async fn identities_before(
+        &self,
+        account: AccountId,
+        unlinked_only: bool,
+        before: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<Identity>, StoreError> {
+        let inner = self.lock();
+        let mut out: Vec<Identity> = inner
+            .identities
+            .values()
+            .filter(|i| i.account_id == account && i.merged_into.is_none())
+            .filter(|i| !unlinked_only || i.contact_id.is_none())
+            .filter(|i| before.is_none_or(|p| is_before((i.created_at, &i.id.to_string()), p)))
+            .cloned()
+            .collect();
+        out.sort_by_key(|i| std::cmp::Reverse((i.created_at, i.id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
     async fn link_identity(
         &self,
         id: IdentityId,
