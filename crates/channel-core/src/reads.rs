@@ -4,8 +4,8 @@
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::model::{
-    AccountId, Conversation, ConversationId, ConversationStatus, Identity, Job, JobAttempt, JobId,
-    JobState, Message,
+    Account, AccountId, Conversation, ConversationId, ConversationStatus, Identity, Job,
+    JobAttempt, JobId, JobState, Message,
 };
 use crate::page::{Page, PageRequest, Position};
 
@@ -157,5 +157,15 @@ impl Engine {
         let read = self.store().identities_before(account, unlinked_only, before, size + 1);
         let rows = self.db("identities_before", read).await?;
         Ok(Page::from_rows(rows, size, |i| Position { at: i.created_at, id: i.id.to_string() }))
+    }
+
+    /// A page of the accounts (not removed ones), newest first, each with its connection
+    /// state as last reported.
+    pub async fn accounts(&self, page: PageRequest) -> Result<Page<Account>, EngineError> {
+        let size = page.size();
+        let before = page.after.as_ref().map(|t| t.position());
+        let rows =
+            self.db("accounts_before", self.store().accounts_before(before, size + 1)).await?;
+        Ok(Page::from_rows(rows, size, |a| Position { at: a.created_at, id: a.id.to_string() }))
     }
 }

@@ -271,6 +271,13 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn account(&self, id: AccountId) -> Result<Account, StoreError>;
     /// All accounts (not removed ones), oldest first.
     async fn accounts(&self) -> Result<Vec<Account>, StoreError>;
+    /// Accounts (not removed ones) newest first (by creation, then id, both descending),
+    /// only those before `before` when given, at most `limit` (keyset pagination).
+    async fn accounts_before(
+        &self,
+        before: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<Account>, StoreError>;
     /// Applies the fields given in `update` (the caller checked a new configuration).
     /// `NotFound` for an unknown or removed account.
     async fn update_account(

@@ -104,6 +104,17 @@ pub(crate) async fn accounts(ex: Ex<'_>) -> Res<Vec<Account>> {
     Ok(all(ex.fetch_all(&sql, &[]).await?, codec::account)?)
 }
 
+pub(crate) async fn accounts_before(
+    ex: Ex<'_>,
+    before: Option<&Position>,
+    n: usize,
+) -> Res<Vec<Account>> {
+    let mut q =
+        Sql::new(format!("SELECT {} FROM accounts WHERE removed_at IS NULL", codec::ACCOUNT_COLS));
+    q.keyset_page("created_at", before, limit(n));
+    Ok(all(ex.fetch_all(&q.text, &q.args).await?, codec::account)?)
+}
+
 pub(crate) async fn set_account_enabled(
     tx: &mut Tx,
     id: AccountId,

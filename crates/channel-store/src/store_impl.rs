@@ -53,6 +53,15 @@ impl AccountStore for SqlStore {
         self.run("accounts", ops::accounts(self.pools().reader())).await
     }
 
+    async fn accounts_before(
+        &self,
+        before: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<Account>, StoreError> {
+        self.run("accounts_before", ops::accounts_before(self.pools().reader(), before, limit))
+            .await
+    }
+
     async fn update_account(
         &self,
         id: AccountId,

@@ -1150,6 +1150,22 @@ pub async fn jobs_page_newest_first_by_state_and_account(store: Arc<dyn Store>) 
     assert!(dead.expect("dead letter").is_empty());
 }
 
+/// Accounts list newest first, removed ones never, resuming strictly before a position.
+pub async fn accounts_page_newest_first_without_removed_ones(store: Arc<dyn Store>) {
+    use crate::page::Position;
+    let store = &*store;
+    let a = new_account(store, "a", at(1)).await;
+    let b = new_account(store, "b", at(2)).await;
+    let c = new_account(store, "c", at(3)).await;
+    store.remove_account(b.id, false, at(4)).await.expect("remove");
+    let all = store.accounts_before(None, 10).await.expect("all");
+    assert_eq!(all.iter().map(|x| x.id).collect::<Vec<_>>(), vec![c.id, a.id]);
+    let p = Position { at: c.created_at, id: c.id.to_string() };
+    let rest = store.accounts_before(Some(&p), 10).await.expect("after");
+    assert_eq!(rest.iter().map(|x| x.id).collect::<Vec<_>>(), vec![a.id]);
+    assert_eq!(store.accounts_before(None, 1).await.expect("one").len(), 1);
+}
+
 /// Identities list newest first, the unlinked ones alone on request, merged ones never,
 /// resuming strictly before a position.
 pub async fn identities_page_newest_first_without_merged_ones(store: Arc<dyn Store>) {
@@ -2308,6 +2324,7 @@ macro_rules! store_conformance_tests {
             keyset_listings_page_newest_first_without_repeats_or_gaps,
             jobs_page_newest_first_by_state_and_account,
             identities_page_newest_first_without_merged_ones,
+            accounts_page_newest_first_without_removed_ones,
             conversation_status_is_compare_and_set,
             sweep_racing_inbound_never_leaves_two_active_conversations,
             closed_conversations_start_new_or_reopen_per_policy,

@@ -679,6 +679,23 @@ impl AccountStore for MemoryStore {
         Ok(all)
     }
 
+    async fn accounts_before(
+        &self,
+        before: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<Account>, StoreError> {
+        let mut out: Vec<Account> = self
+            .lock()
+            .accounts
+            .values()
+            .filter(|a| before.is_none_or(|p| is_before((a.created_at, &a.id.to_string()), p)))
+            .cloned()
+            .collect();
+        out.sort_by_key(|a| std::cmp::Reverse((a.created_at, a.id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
     async fn set_account_enabled(
         &self,
         id: AccountId,
