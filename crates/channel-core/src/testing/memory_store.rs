@@ -66,8 +66,22 @@ struct Inner {
 }
 
 /// Whether a row at `(at, id)` sorts before `p` in a newest-first listing.
-fn is_before((at, id): (Timestamp, &str), p: &Position) -> bool {
-    at < p.at || (at == p.at && id < p.id.as_str())
+/// A keyset page of `rows`: newest first by `key` (a time, then an id), only rows strictly
+/// before `before` in that order, at most `limit`.
+fn page_before<'a, T: Clone + 'a, I: Ord + ToString>(
+    rows: impl Iterator<Item = &'a T>,
+    key: impl Fn(&T) -> (Timestamp, I),
+    before: Option<&Position>,
+    limit: usize,
+) -> Vec<T> {
+    let is_before = |(at, id): &(Timestamp, I)| match before {
+        None => true,
+        Some(p) => *at < p.at || (*at == p.at && id.to_string().as_str() < p.id.as_str()),
+    };
+    let mut out: Vec<T> = rows.filter(|r| is_before(&key(r))).cloned().collect();
+    out.sort_by_key(|r| std::cmp::Reverse(key(r)));
+    out.truncate(limit);
+    out
 }
 
 fn no_nul(field: &'static str, value: &str) -> Result<(), StoreError> {
@@ -684,16 +698,8 @@ impl AccountStore for MemoryStore {
         before: Option<&Position>,
         limit: usize,
     ) -> Result<Vec<Account>, StoreError> {
-        let mut out: Vec<Account> = self
-            .lock()
-            .accounts
-            .values()
-            .filter(|a| before.is_none_or(|p| is_before((a.created_at, &a.id.to_string()), p)))
-            .cloned()
-            .collect();
-        out.sort_by_key(|a| std::cmp::Reverse((a.created_at, a.id)));
-        out.truncate(limit);
-        Ok(out)
+        let inner = self.lock();
+        Ok(page_before(inner.accounts.values(), |a| (a.created_at, a.id), before, limit))
     }
 
     async fn set_account_enabled(
@@ -837,17 +843,12 @@ impl ConversationStore for MemoryStore {
         limit: usize,
     ) -> Result<Vec<Identity>, StoreError> {
         let inner = self.lock();
-        let mut out: Vec<Identity> = inner
+        let rows = inner
             .identities
             .values()
             .filter(|i| i.account_id == account && i.merged_into.is_none())
-            .filter(|i| !unlinked_only || i.contact_id.is_none())
-            .filter(|i| before.is_none_or(|p| is_before((i.created_at, &i.id.to_string()), p)))
-            .cloned()
-            .collect();
-        out.sort_by_key(|i| std::cmp::Reverse((i.created_at, i.id)));
-        out.truncate(limit);
-        Ok(out)
+            .filter(|i| !unlinked_only || i.contact_id.is_none());
+        Ok(page_before(rows, |i| (i.created_at, i.id), before, limit))
     }
 
     async fn link_identity(
@@ -970,19 +971,12 @@ impl ConversationStore for MemoryStore {
         limit: usize,
     ) -> Result<Vec<Conversation>, StoreError> {
         let inner = self.lock();
-        let mut out: Vec<Conversation> = inner
+        let rows = inner
             .conversations
             .values()
             .filter(|c| account.is_none_or(|a| c.account_id == a))
-            .filter(|c| status.is_none_or(|s| c.status == s))
-            .filter(|c| {
-                before.is_none_or(|p| is_before((c.last_activity_at, &c.id.to_string()), p))
-            })
-            .cloned()
-            .collect();
-        out.sort_by_key(|c| std::cmp::Reverse((c.last_activity_at, c.id)));
-        out.truncate(limit);
-        Ok(out)
+            .filter(|c| status.is_none_or(|s| c.status == s));
+        Ok(page_before(rows, |c| (c.last_activity_at, c.id), before, limit))
     }
 
     async fn active_conversation(
@@ -1184,16 +1178,8 @@ impl MessageStore for MemoryStore {
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
         let inner = self.lock();
-        let mut out: Vec<Message> = inner
-            .messages
-            .values()
-            .filter(|m| m.conversation_id == conversation)
-            .filter(|m| before.is_none_or(|p| is_before((m.sent_at, &m.id.to_string()), p)))
-            .cloned()
-            .collect();
-        out.sort_by_key(|m| std::cmp::Reverse((m.sent_at, m.id)));
-        out.truncate(limit);
-        Ok(out)
+        let rows = inner.messages.values().filter(|m| m.conversation_id == conversation);
+        Ok(page_before(rows, |m| (m.sent_at, m.id), before, limit))
     }
 
     async fn messages_with_defects(
@@ -1622,17 +1608,12 @@ impl QueueStore for MemoryStore {
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
         let inner = self.lock();
-        let mut out: Vec<Job> = inner
+        let rows = inner
             .jobs
             .values()
             .filter(|j| state.is_none_or(|s| j.state == s))
-            .filter(|j| account.is_none_or(|a| j.account_id == Some(a)))
-            .filter(|j| before.is_none_or(|p| is_before((j.created_at, &j.id.to_string()), p)))
-            .cloned()
-            .collect();
-        out.sort_by_key(|j| std::cmp::Reverse((j.created_at, j.id)));
-        out.truncate(limit);
-        Ok(out)
+            .filter(|j| account.is_none_or(|a| j.account_id == Some(a)));
+        Ok(page_before(rows, |j| (j.created_at, j.id), before, limit))
     }
 
     async fn next_run_at(&self, kinds: &[JobKind]) -> Result<Option<Timestamp>, StoreError> {
