@@ -5,186 +5,20 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use crate::blob::BlobStore;
-use crate::channel::{Channel, HistoryRequest};
+use crate::channel::Channel;
 use crate::clock::{Clock, SystemClock};
+use crate::engine_config::EngineConfig;
 use crate::error::{EngineError, with_timeout};
-use crate::events::{DEFAULT_EVENT_CAPACITY, EventBus, JOBS_TOPIC};
+use crate::events::{EventBus, JOBS_TOPIC};
 use crate::model::*;
 use crate::provider::{Provider, Providers};
-use crate::retry::RetryPolicy;
 use crate::send_policy::{RateLimitPolicy, SendPolicy, StorePolicyMemory};
 use crate::state::{AccountState, StateCipher, StateKeys};
 use crate::store::{Notification, Store, StoreError};
-use crate::validate::Limits;
-
-/// The default timeout of one database operation: 10 s.
-pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(10);
-/// The default timeout of one `Channel::send`: 30 s.
-pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
-/// The default timeout of one `Channel::fetch_history`: 60 s.
-pub const DEFAULT_HISTORY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The engine's settings. Build them with [`EngineBuilder`]; every field has a documented
-/// default.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct EngineConfig {
-    /// This process's name in job and named leases (default `worker-<pid>-<random>`).
-    pub worker_id: String,
-    /// Timeout of each database operation (10 s).
-    pub db_timeout: Duration,
-    /// Timeout of each `Channel::send` (30 s).
-    pub send_timeout: Duration,
-    /// Timeout of each `Channel::fetch_history` (60 s).
-    pub history_timeout: Duration,
-    /// Retries of send and history jobs (10 attempts, from 2 s doubling to 1 h, jittered).
-    pub retry: RetryPolicy,
-    /// History page size when none is given (100).
-    pub history_limit: usize,
-    /// Largest history page (500).
-    pub history_max: usize,
-    /// Lease of a claimed job; past it the job is rescued (90 s: longer than any timeout).
-    pub job_lease_ttl: Duration,
-    /// Jobs claimed at once by the dispatcher (16).
-    pub claim_batch: usize,
-    /// Longest sleep of an idle dispatcher between looks at the queue (30 s).
-    pub poll_interval: Duration,
-    /// How long a job waits when its account needs a login or is disabled (5 min).
-    pub needs_login_snooze: Duration,
-    /// How long a job waits when its account is connected by another process (2 s).
-    pub elsewhere_snooze: Duration,
-    /// How often the leader rescues jobs of crashed workers (15 s).
-    pub rescue_interval: Duration,
-    /// How often the leader schedules lifecycle sweeps (60 s).
-    pub sweep_interval: Duration,
-    /// Conversations handled per sweep round (500).
-    pub sweep_batch: usize,
-    /// Named leases (leader, accounts): time to live (15 s).
-    pub lease_ttl: Duration,
-    /// Named leases: renewal period (5 s).
-    pub lease_renew_every: Duration,
-    /// Lifecycle policy of accounts without their own.
-    pub default_lifecycle: LifecyclePolicy,
-    /// Field limits of stored messages.
-    pub limits: Limits,
-    /// Capacity of the in-process event channel (1024).
-    pub event_capacity: usize,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            worker_id: format!(
-                "worker-{}-{}",
-                std::process::id(),
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            ),
-            db_timeout: DEFAULT_DB_TIMEOUT,
-            send_timeout: DEFAULT_SEND_TIMEOUT,
-            history_timeout: DEFAULT_HISTORY_TIMEOUT,
-            retry: RetryPolicy::DEFAULT,
-            history_limit: 100,
-            history_max: 500,
-            job_lease_ttl: Duration::from_secs(90),
-            claim_batch: 16,
-            poll_interval: Duration::from_secs(30),
-            needs_login_snooze: Duration::from_secs(300),
-            elsewhere_snooze: Duration::from_secs(2),
-            rescue_interval: Duration::from_secs(15),
-            sweep_interval: Duration::from_secs(60),
-            sweep_batch: 500,
-            lease_ttl: Duration::from_secs(15),
-            lease_renew_every: Duration::from_secs(5),
-            default_lifecycle: LifecyclePolicy::default(),
-            limits: Limits::DEFAULT,
-            event_capacity: DEFAULT_EVENT_CAPACITY,
-        }
-    }
-}
-
-impl EngineConfig {
-    /// Checks every setting on its own: durations and counts must be non-zero, the retry
-    /// policy must allow at least one attempt, ids and domains must not be empty.
-    /// [`EngineBuilder::build`] calls it (and also checks how settings relate).
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// use std::time::Duration;
-    /// use channel_core::{BlobStore, Engine, EngineError, state::StateKey, testing::MemoryStore};
-    /// let built = Engine::builder(Arc::new(MemoryStore::new()), StateKey::generate())
-    ///     .blob_store(BlobStore::in_memory())
-    ///     .sweep_interval(Duration::ZERO)
-    ///     .build();
-    /// assert!(matches!(built, Err(EngineError::InvalidSetting { setting: "sweep_interval", .. })));
-    /// ```
-    pub fn validate(&self) -> Result<(), EngineError> {
-        let durations = [
-            ("db_timeout", self.db_timeout),
-            ("send_timeout", self.send_timeout),
-            ("history_timeout", self.history_timeout),
-            ("job_lease_ttl", self.job_lease_ttl),
-            ("poll_interval", self.poll_interval),
-            ("needs_login_snooze", self.needs_login_snooze),
-            ("elsewhere_snooze", self.elsewhere_snooze),
-            ("rescue_interval", self.rescue_interval),
-            ("sweep_interval", self.sweep_interval),
-            ("lease_ttl", self.lease_ttl),
-            ("lease_renew_every", self.lease_renew_every),
-            ("retry.backoff.initial", self.retry.backoff.initial()),
-            ("retry.backoff.max", self.retry.backoff.max()),
-        ];
-        for (setting, d) in durations {
-            if d.is_zero() {
-                return Err(EngineError::InvalidSetting {
-                    setting,
-                    reason: "must be longer than zero",
-                });
-            }
-        }
-        let counts = [
-            ("claim_batch", self.claim_batch),
-            ("sweep_batch", self.sweep_batch),
-            ("event_capacity", self.event_capacity),
-            ("history_limit", self.history_limit),
-            ("history_max", self.history_max),
-        ];
-        for (setting, n) in counts {
-            if n == 0 {
-                return Err(EngineError::InvalidSetting { setting, reason: "must be at least 1" });
-            }
-        }
-        if self.history_max > HistoryRequest::MAX_LIMIT {
-            return Err(EngineError::InvalidSetting {
-                setting: "history_max",
-                reason: "must be at most 500 (HistoryRequest::MAX_LIMIT, the largest page a channel fetches)",
-            });
-        }
-        if self.retry.max_attempts < 1 {
-            return Err(EngineError::InvalidSetting {
-                setting: "retry.max_attempts",
-                reason: "must be at least 1",
-            });
-        }
-        if self.retry.backoff.max() < self.retry.backoff.initial() {
-            return Err(EngineError::InvalidSetting {
-                setting: "retry.backoff.max",
-                reason: "must not be shorter than retry.backoff.initial",
-            });
-        }
-        if self.worker_id.trim().is_empty() {
-            return Err(EngineError::InvalidSetting {
-                setting: "worker_id",
-                reason: "must not be empty",
-            });
-        }
-        Ok(())
-    }
-}
 
 /// Builds an [`Engine`].
 ///
@@ -198,8 +32,8 @@ impl EngineConfig {
 ///     .send_timeout(Duration::from_secs(10))
 ///     .build()
 ///     .unwrap();
-/// assert_eq!(engine.config().send_timeout, Duration::from_secs(10));
-/// assert_eq!(engine.config().db_timeout, Duration::from_secs(10));
+/// assert_eq!(engine.config().send_timeout(), Duration::from_secs(10));
+/// assert_eq!(engine.config().db_timeout(), Duration::from_secs(10));
 /// ```
 pub struct EngineBuilder {
     store: Arc<dyn Store>,
@@ -209,23 +43,13 @@ pub struct EngineBuilder {
     clock: Arc<dyn Clock>,
     send_policy: Option<Arc<dyn SendPolicy>>,
     providers: Providers,
-    config: EngineConfig,
+    pub(crate) config: EngineConfig,
 }
 
 impl fmt::Debug for EngineBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EngineBuilder").field("config", &self.config).finish_non_exhaustive()
     }
-}
-
-macro_rules! setter {
-    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
-        $(#[$doc])*
-        pub fn $name(mut self, value: $ty) -> Self {
-            self.config.$name = value;
-            self
-        }
-    };
 }
 
 impl EngineBuilder {
@@ -264,92 +88,6 @@ impl EngineBuilder {
         self
     }
 
-    /// Replaces the whole configuration.
-    pub fn config(mut self, config: EngineConfig) -> Self {
-        self.config = config;
-        self
-    }
-
-    setter!(
-        /// This process's worker id.
-        worker_id: String
-    );
-    setter!(
-        /// Timeout of each database operation.
-        db_timeout: Duration
-    );
-    setter!(
-        /// Timeout of each send.
-        send_timeout: Duration
-    );
-    setter!(
-        /// Timeout of each history fetch.
-        history_timeout: Duration
-    );
-    setter!(
-        /// Retry policy of jobs.
-        retry: RetryPolicy
-    );
-    setter!(
-        /// Lease of a claimed job.
-        job_lease_ttl: Duration
-    );
-    setter!(
-        /// Lifecycle policy of accounts without their own.
-        default_lifecycle: LifecyclePolicy
-    );
-    setter!(
-        /// Field limits.
-        limits: Limits
-    );
-
-    setter!(
-        /// Jobs claimed at once by the dispatcher (at least 1).
-        claim_batch: usize
-    );
-    setter!(
-        /// Longest sleep of an idle dispatcher between looks at the queue (non-zero).
-        poll_interval: Duration
-    );
-    setter!(
-        /// How long a job waits when its account needs a login or is disabled (non-zero).
-        needs_login_snooze: Duration
-    );
-    setter!(
-        /// How long a job waits when its account is connected by another process (non-zero).
-        elsewhere_snooze: Duration
-    );
-    setter!(
-        /// How often the leader rescues jobs of crashed workers (non-zero).
-        rescue_interval: Duration
-    );
-    setter!(
-        /// How often the leader schedules lifecycle sweeps (non-zero).
-        sweep_interval: Duration
-    );
-    setter!(
-        /// Conversations handled per sweep round (at least 1).
-        sweep_batch: usize
-    );
-    setter!(
-        /// Capacity of the in-process event channel (at least 1).
-        event_capacity: usize
-    );
-
-    /// History page sizes: the default and the largest.
-    pub fn history_limits(mut self, default: usize, max: usize) -> Self {
-        self.config.history_limit = default.max(1);
-        self.config.history_max = max.max(self.config.history_limit);
-        self
-    }
-
-    /// Named-lease timing: time to live and renewal period.
-    pub fn leases(mut self, ttl: Duration, renew_every: Duration) -> Self {
-        self.config.lease_ttl = ttl;
-        self.config.lease_renew_every = renew_every;
-        self
-    }
-
     /// The engine. Fails with [`EngineError::InvalidSetting`] when a setting is out of range
     /// (a zero duration or count: see [`EngineConfig::validate`]), and with
     /// [`EngineError::Config`] when no blob store is configured, the blob directory can't be
@@ -366,18 +104,6 @@ impl EngineBuilder {
             }
         };
         self.config.validate()?;
-        if self.config.job_lease_ttl <= self.config.send_timeout
-            || self.config.job_lease_ttl <= self.config.history_timeout
-        {
-            return Err(EngineError::Config(
-                "job_lease_ttl must exceed the send and history timeouts".into(),
-            ));
-        }
-        if self.config.lease_renew_every >= self.config.lease_ttl {
-            return Err(EngineError::Config(
-                "leases must be renewed more often than they expire".into(),
-            ));
-        }
         let events = EventBus::new(
             Arc::clone(&self.store),
             self.config.worker_id.clone(),
@@ -476,7 +202,10 @@ impl Engine {
         read(&self.inner.providers).clone()
     }
 
-    /// The store.
+    /// The backend itself, for the crates' own tests and tools. Hidden: reads and changes
+    /// here skip the engine's timeouts and events; applications read and administer through
+    /// the engine's methods (see the [`reads`](crate::reads) module).
+    #[doc(hidden)]
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }

@@ -74,7 +74,7 @@ impl LeaseKeeper {
             holder: holder.into(),
             clock,
             ttl: Self::DEFAULT_TTL,
-            db_timeout: crate::engine::DEFAULT_DB_TIMEOUT,
+            db_timeout: crate::DEFAULT_DB_TIMEOUT,
             held: HashMap::new(),
         }
     }

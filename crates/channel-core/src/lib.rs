@@ -22,6 +22,7 @@ pub mod channel;
 pub mod clock;
 pub mod dispatcher;
 mod engine;
+mod engine_config;
 mod error;
 pub mod events;
 mod fault;
@@ -50,9 +51,9 @@ pub use channel::{
     Capabilities, Channel, ChannelError, Fault, FaultKind, HistoryRequest, Inbound,
     KNOWN_IDS_LIMIT, PreparedSend, SendReceipt,
 };
-pub use engine::{
-    DEFAULT_DB_TIMEOUT, DEFAULT_HISTORY_TIMEOUT, DEFAULT_SEND_TIMEOUT, Engine, EngineBuilder,
-    EngineConfig,
+pub use engine::{Engine, EngineBuilder};
+pub use engine_config::{
+    DEFAULT_DB_TIMEOUT, DEFAULT_HISTORY_TIMEOUT, DEFAULT_SEND_TIMEOUT, EngineConfig,
 };
 pub use error::{EngineError, with_timeout};
 pub use ingest::AccountSink;

@@ -5,7 +5,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::model::{
     Account, AccountId, Conversation, ConversationId, ConversationStatus, Identity, Job,
-    JobAttempt, JobId, JobState, Message,
+    JobAttempt, JobId, JobState, Message, MessageId,
 };
 use crate::page::{Page, PageRequest, Position};
 
@@ -167,5 +167,25 @@ impl Engine {
         let rows =
             self.db("accounts_before", self.store().accounts_before(before, size + 1)).await?;
         Ok(Page::from_rows(rows, size, |a| Position { at: a.created_at, id: a.id.to_string() }))
+    }
+
+    /// One message, by id.
+    pub async fn message(&self, id: MessageId) -> Result<Message, EngineError> {
+        Ok(self.db("message", self.store().message(id)).await?)
+    }
+
+    /// One conversation, by id.
+    pub async fn conversation(&self, id: ConversationId) -> Result<Conversation, EngineError> {
+        Ok(self.db("conversation", self.store().conversation(id)).await?)
+    }
+
+    /// One account, by id, with its connection state as last reported.
+    pub async fn account(&self, id: AccountId) -> Result<Account, EngineError> {
+        Ok(self.db("account", self.store().account(id)).await?)
+    }
+
+    /// One job, by id (its attempts: [`job_attempts`](Self::job_attempts)).
+    pub async fn job(&self, id: JobId) -> Result<Job, EngineError> {
+        Ok(self.db("job", self.store().job(id)).await?)
     }
 }

@@ -244,7 +244,7 @@ impl fmt::Debug for AccountState {
 impl AccountState {
     /// The state of `account`, with the default database timeout (10 s).
     pub fn new(store: Arc<dyn Store>, cipher: Arc<StateCipher>, account: AccountId) -> Self {
-        Self { store, cipher, account, timeout: crate::engine::DEFAULT_DB_TIMEOUT }
+        Self { store, cipher, account, timeout: crate::DEFAULT_DB_TIMEOUT }
     }
 
     /// Sets the timeout of each store call.

@@ -27,12 +27,12 @@ fn every_setting_has_a_builder_method() {
         .build()
         .unwrap();
     let c = engine.config();
-    assert_eq!(c.sweep_interval, Duration::from_secs(7));
-    assert_eq!(c.rescue_interval, Duration::from_secs(3));
-    assert_eq!((c.claim_batch, c.sweep_batch, c.event_capacity), (4, 50, 64));
-    assert_eq!(c.poll_interval, Duration::from_secs(9));
-    assert_eq!(c.needs_login_snooze, Duration::from_secs(60));
-    assert_eq!(c.elsewhere_snooze, Duration::from_secs(1));
+    assert_eq!(c.sweep_interval(), Duration::from_secs(7));
+    assert_eq!(c.rescue_interval(), Duration::from_secs(3));
+    assert_eq!((c.claim_batch(), c.sweep_batch(), c.event_capacity()), (4, 50, 64));
+    assert_eq!(c.poll_interval(), Duration::from_secs(9));
+    assert_eq!(c.needs_login_snooze(), Duration::from_secs(60));
+    assert_eq!(c.elsewhere_snooze(), Duration::from_secs(1));
 }
 
 #[test]
@@ -70,4 +70,20 @@ fn zero_settings_are_refused_with_a_typed_error() {
     let e = builder().sweep_interval(Duration::ZERO).build().unwrap_err();
     assert!(!e.is_transient());
     assert!(e.to_string().contains("sweep_interval"), "{e}");
+}
+
+#[test]
+fn settings_that_contradict_each_other_are_refused_by_name() {
+    let refused = |b: EngineBuilder| match b.build() {
+        Err(EngineError::InvalidSetting { setting, .. }) => setting,
+        other => panic!("expected InvalidSetting, got {other:?}"),
+    };
+    assert_eq!(refused(builder().history_limits(200, 100)), "history_limit");
+    assert_eq!(refused(builder().job_lease_ttl(Duration::from_secs(30))), "job_lease_ttl");
+    assert_eq!(
+        refused(builder().leases(Duration::from_secs(5), Duration::from_secs(5))),
+        "lease_renew_every"
+    );
+    let c = builder().history_limits(50, 200).build().unwrap().config().clone();
+    assert_eq!((c.history_limit(), c.history_max()), (50, 200));
 }

@@ -91,7 +91,7 @@ async fn retries_snoozes_discards_rescues_and_sends_are_counted() {
 
     // Rescued after a worker died.
     h.engine.send(None, reply(conversation, "three")).await.unwrap();
-    let ttl = h.engine.config().job_lease_ttl;
+    let ttl = h.engine.config().job_lease_ttl();
     h.store.claim("dead-worker", &[JobKind::Send], 1, ttl, h.engine.now()).await.unwrap();
     tokio::time::advance(ttl + Duration::from_secs(1)).await;
     assert_eq!(h.engine.rescue_expired_jobs().await.unwrap(), 1);

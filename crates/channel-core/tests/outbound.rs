@@ -133,7 +133,7 @@ async fn the_label_of_a_send_is_its_stored_origin() {
 #[tokio::test(start_paused = true)]
 async fn by_default_a_failing_send_is_dead_lettered_after_ten_attempts() {
     let mut h = harness().await;
-    assert_eq!(h.engine.config().retry.max_attempts, 10);
+    assert_eq!(h.engine.config().retry().max_attempts, 10);
     let conversation = h.conversation("chat").await;
     h.channel.script_sends((0..10).map(|i| SendScript::Transient(format!("failure {i}"))));
     let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
@@ -305,7 +305,7 @@ async fn needs_login_snoozes_the_job_and_reports_the_account_state() {
     Dispatcher::new(h.engine.clone()).run_once().await.unwrap();
     let job = h.job_of(id).await;
     assert_eq!(job.attempt, 0, "no attempt spent");
-    assert_eq!(job.run_at, h.engine.now().plus(h.engine.config().needs_login_snooze));
+    assert_eq!(job.run_at, h.engine.now().plus(h.engine.config().needs_login_snooze()));
     let account = h.store.account(h.account.id).await.unwrap();
     assert!(matches!(account.connection, ConnectionState::NeedsLogin { .. }));
     assert!(h.drain_events().iter().any(|e| matches!(e, Event::AccountStateChanged { .. })));
@@ -391,7 +391,7 @@ async fn a_job_of_a_crashed_worker_is_rescued_and_sent_exactly_once() {
     let conversation = h.conversation("chat").await;
     let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
     // A worker claims the job and dies before sending.
-    let ttl = h.engine.config().job_lease_ttl;
+    let ttl = h.engine.config().job_lease_ttl();
     let stale = h
         .store
         .claim("dead-worker", &[JobKind::Send], 1, ttl, h.engine.now())
@@ -496,7 +496,7 @@ async fn a_sent_message_is_never_sent_again_when_recording_it_fails() {
     assert_eq!(h.channel.sends().len(), 1, "never sent again while the store is down");
     let job = h.job_of(id).await;
     assert_eq!(job.state, JobState::Running);
-    let claimed_lease_end = START.plus(h.engine.config().job_lease_ttl);
+    let claimed_lease_end = START.plus(h.engine.config().job_lease_ttl());
     assert!(
         job.lease_expires_at.unwrap() > claimed_lease_end,
         "the lease is extended while the record is retried: {:?}",
@@ -577,7 +577,7 @@ async fn a_rescued_send_that_ran_out_of_attempts_publishes_its_failure() {
         harness_with(|b| b.retry(RetryPolicy { max_attempts: 1, ..RetryPolicy::DEFAULT })).await;
     let conversation = h.conversation("chat").await;
     let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
-    let ttl = h.engine.config().job_lease_ttl;
+    let ttl = h.engine.config().job_lease_ttl();
     // A worker claims the last attempt and dies.
     h.store.claim("dead-worker", &[JobKind::Send], 1, ttl, h.engine.now()).await.unwrap();
     h.drain_events();

@@ -331,7 +331,7 @@ async fn an_account_is_saved_only_with_a_configuration_its_provider_accepts() {
     assert!(
         added_at.elapsed() < Duration::from_secs(1),
         "taken at once, not at the next lease tick (every {:?}): {:?}",
-        engine.config().lease_renew_every,
+        engine.config().lease_renew_every(),
         added_at.elapsed()
     );
     // Kept saved but disabled (a server that cannot be reached yet): let go at once.

@@ -41,7 +41,7 @@ use serde_json::Value;
 
 use channel_core::Backoff;
 
-use crate::config::{EmailConfig, Security, ServerConfig, StartFrom, Timeouts};
+use crate::config::{EmailConfig, Security, ServerConfig, StartFrom, Timeouts, check_limits};
 use crate::duration;
 
 /// The key of the account's password in its encrypted account state
@@ -278,46 +278,7 @@ impl EmailAccountConfig {
                 "must name the folder of incoming mail, such as \"INBOX\"",
             ));
         }
-        let t = &self.timeouts;
-        for (field, value) in [
-            ("timeouts.connect", t.connect),
-            ("timeouts.read", t.read),
-            ("timeouts.write", t.write),
-            ("timeouts.idle_inactivity", t.idle_inactivity),
-            ("timeouts.idle_max", t.idle_max),
-            ("timeouts.done", t.done),
-            ("timeouts.poll_interval", t.poll_interval),
-            ("timeouts.send", t.send),
-            ("backoff.min", self.backoff.initial()),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigError::new(
-                    field,
-                    "must be longer than zero: write a duration such as \"30s\"",
-                ));
-            }
-        }
-        if self.backoff.max() < self.backoff.initial() {
-            return Err(ConfigError::new(
-                "backoff.max",
-                format!(
-                    "is shorter than backoff.min ({}): write at least that",
-                    duration::to_text(self.backoff.initial())
-                ),
-            ));
-        }
-        if !(1..=EmailConfig::MAX_BATCH).contains(&self.batch_size) {
-            return Err(ConfigError::new(
-                "batch_size",
-                format!("must be from 1 to {} (100 is the default)", EmailConfig::MAX_BATCH),
-            ));
-        }
-        if self.smtp_pool_size == 0 {
-            return Err(ConfigError::new(
-                "smtp_pool_size",
-                "must be at least 1 (4 is the default)",
-            ));
-        }
+        check_limits(&self.timeouts, &self.backoff, self.batch_size, self.smtp_pool_size)?;
         Ok(())
     }
 
@@ -332,6 +293,8 @@ impl EmailAccountConfig {
             smtp = smtp.credentials(login, password.expose_secret());
         }
         let mut config = EmailConfig::new(self.address.trim(), imap, smtp)
+            .inbox(self.folders.inbox.clone())
+            .smtp_pool_size(self.smtp_pool_size)
             .timeouts(self.timeouts)
             .backoff(self.backoff)
             .watch_sent(self.folders.watch_sent)
@@ -339,9 +302,7 @@ impl EmailAccountConfig {
             .batch_size(self.batch_size)
             .start_from(self.start_from)
             .thread_window(self.thread_window);
-        config.inbox = self.folders.inbox.clone();
         config.display_name = self.display_name.clone();
-        config.smtp_pool_size = self.smtp_pool_size;
         config
     }
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use channel_core::{
-    Capabilities, Channel, ChannelError, ChannelKind, ConnectionState, HistoryRequest, Inbound,
-    InboundMessage, PreparedSend, SendReceipt,
+    Capabilities, Channel, ChannelError, ChannelKind, ConnectionState, Fault, FaultKind,
+    HistoryRequest, Inbound, InboundMessage, PreparedSend, SendReceipt,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -56,8 +56,9 @@ impl std::fmt::Debug for EmailChannel {
 }
 
 impl EmailChannel {
-    /// A channel for the account. Fails (`Permanent`) when the account's own address or the
-    /// TLS settings are unusable.
+    /// A channel for the account. Fails (`Permanent`) when a setting is out of range (see
+    /// [`EmailConfig::validate`]: the error names the setting), or the account's own address
+    /// or the TLS settings are unusable.
     ///
     /// Must be called inside a tokio runtime (lettre's SMTP pool starts a task): outside one
     /// it is `Permanent` instead of a panic.
@@ -67,6 +68,9 @@ impl EmailChannel {
                 "EmailChannel::new must be called inside a tokio runtime (lettre's SMTP pool starts a task)",
             ));
         }
+        config.validate().map_err(|e| {
+            ChannelError::permanent(Fault::new(FaultKind::Other, e.to_string()).source(e))
+        })?;
         let config = Arc::new(config);
         let sender = SmtpSender::new(config.clone())?;
         let threads = Arc::new(ThreadIndex::new(config.thread_window));

@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use channel_core::Backoff;
+use channel_core::provider::ConfigError;
 
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,7 @@ pub enum Security {
 
 /// Where a server is and how to log in to it.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Host name (also the TLS server name).
     pub host: String,
@@ -193,44 +195,44 @@ pub enum StartFrom {
 /// )
 /// .display_name("Me")
 /// .append_sent(true);
-/// assert_eq!(config.address, "me@example.org");
+/// assert_eq!(config.address(), "me@example.org");
 /// ```
 #[derive(Clone, Debug)]
 pub struct EmailConfig {
     /// The account's own address (lower-cased).
-    pub address: String,
+    pub(crate) address: String,
     /// The name shown in `From`.
-    pub display_name: Option<String>,
+    pub(crate) display_name: Option<String>,
     /// The IMAP server.
-    pub imap: ServerConfig,
+    pub(crate) imap: ServerConfig,
     /// The SMTP server.
-    pub smtp: ServerConfig,
+    pub(crate) smtp: ServerConfig,
     /// Time limits.
-    pub timeouts: Timeouts,
+    pub(crate) timeouts: Timeouts,
     /// Reconnect backoff.
-    pub backoff: Backoff,
+    pub(crate) backoff: Backoff,
     /// The folder of incoming mail.
-    pub inbox: String,
+    pub(crate) inbox: String,
     /// Whether the Sent folder is watched for mail the owner sent from other clients.
-    pub watch_sent: bool,
+    pub(crate) watch_sent: bool,
     /// Whether a copy of each sent message is appended to the Sent folder (off by default:
     /// most providers file it themselves).
-    pub append_sent: bool,
+    pub(crate) append_sent: bool,
     /// Messages per FETCH (at most 500).
-    pub batch_size: usize,
+    pub(crate) batch_size: usize,
     /// Where folders without a cursor start.
-    pub start_from: StartFrom,
+    pub(crate) start_from: StartFrom,
     /// Extra trusted root certificates (DER), for servers with a private CA.
-    pub extra_roots: Vec<Vec<u8>>,
+    pub(crate) extra_roots: Vec<Vec<u8>>,
     /// SMTP connections kept open (lettre's pool).
-    pub smtp_pool_size: u32,
+    pub(crate) smtp_pool_size: u32,
     /// How far apart two messages without References/In-Reply-To may be and still be put in
     /// one thread by normalized subject and participant; zero
     /// switches that fallback off. 7 days by default.
-    pub thread_window: Duration,
+    pub(crate) thread_window: Duration,
     /// How logs name the account (default: its address; the provider sets the account's id
     /// and address).
-    pub account_label: String,
+    pub(crate) account_label: String,
 }
 
 impl EmailConfig {
@@ -289,10 +291,49 @@ impl EmailConfig {
         self
     }
 
-    /// Sets the FETCH batch size (clamped to 1..=500).
+    /// Sets the FETCH batch size (1 to [`MAX_BATCH`](Self::MAX_BATCH); 100 by default).
     pub fn batch_size(mut self, n: usize) -> Self {
-        self.batch_size = n.clamp(1, Self::MAX_BATCH);
+        self.batch_size = n;
         self
+    }
+
+    /// Sets the folder of incoming mail (`INBOX` by default).
+    pub fn inbox(mut self, folder: impl Into<String>) -> Self {
+        self.inbox = folder.into();
+        self
+    }
+
+    /// Sets how many SMTP connections lettre's pool keeps open (at least 1; 4 by default).
+    pub fn smtp_pool_size(mut self, n: u32) -> Self {
+        self.smtp_pool_size = n;
+        self
+    }
+
+    /// Replaces the IMAP server.
+    pub fn imap_server(mut self, server: ServerConfig) -> Self {
+        self.imap = server;
+        self
+    }
+
+    /// Replaces the SMTP server.
+    pub fn smtp_server(mut self, server: ServerConfig) -> Self {
+        self.smtp = server;
+        self
+    }
+
+    /// The account's own address (lower-cased).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The IMAP server.
+    pub fn imap(&self) -> &ServerConfig {
+        &self.imap
+    }
+
+    /// The SMTP server.
+    pub fn smtp(&self) -> &ServerConfig {
+        &self.smtp
     }
 
     /// Sets where folders without a cursor start.
@@ -321,5 +362,118 @@ impl EmailConfig {
 
     pub(crate) fn effective_batch(&self) -> usize {
         self.batch_size.clamp(1, Self::MAX_BATCH)
+    }
+
+    /// Checks the settings, naming the first one out of range: an empty address or host, a
+    /// zero time limit or backoff, a batch size outside 1 to [`MAX_BATCH`](Self::MAX_BATCH),
+    /// an empty SMTP pool. [`EmailChannel::new`](crate::EmailChannel::new) calls it.
+    ///
+    /// ```
+    /// use channel_email::{EmailConfig, ServerConfig};
+    ///
+    /// let config = EmailConfig::new(
+    ///     "me@example.org",
+    ///     ServerConfig::tls("imap.example.org", 993),
+    ///     ServerConfig::tls("smtp.example.org", 465),
+    /// );
+    /// assert!(config.clone().validate().is_ok());
+    /// assert_eq!(config.batch_size(501).validate().unwrap_err().field, "batch_size");
+    /// ```
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.address.is_empty() {
+            return Err(ConfigError::new("address", "must not be empty"));
+        }
+        for (field, server) in [("imap.host", &self.imap), ("smtp.host", &self.smtp)] {
+            if server.host.trim().is_empty() {
+                return Err(ConfigError::new(field, "must name the server"));
+            }
+        }
+        check_limits(&self.timeouts, &self.backoff, self.batch_size, self.smtp_pool_size)
+    }
+}
+
+/// The checks an [`EmailConfig`] and an account's stored configuration share: every time limit
+/// and the backoff non-zero, the backoff's ceiling not below its start, the batch size from 1
+/// to [`EmailConfig::MAX_BATCH`], an SMTP pool of at least one connection.
+pub(crate) fn check_limits(
+    t: &Timeouts,
+    backoff: &Backoff,
+    batch_size: usize,
+    smtp_pool_size: u32,
+) -> Result<(), ConfigError> {
+    for (field, value) in [
+        ("timeouts.connect", t.connect),
+        ("timeouts.read", t.read),
+        ("timeouts.write", t.write),
+        ("timeouts.idle_inactivity", t.idle_inactivity),
+        ("timeouts.idle_max", t.idle_max),
+        ("timeouts.done", t.done),
+        ("timeouts.poll_interval", t.poll_interval),
+        ("timeouts.send", t.send),
+        ("backoff.min", backoff.initial()),
+    ] {
+        if value.is_zero() {
+            return Err(ConfigError::new(
+                field,
+                "must be longer than zero: write a duration such as \"30s\"",
+            ));
+        }
+    }
+    if backoff.max() < backoff.initial() {
+        return Err(ConfigError::new(
+            "backoff.max",
+            format!(
+                "is shorter than backoff.min ({}): write at least that",
+                duration::to_text(backoff.initial())
+            ),
+        ));
+    }
+    if !(1..=EmailConfig::MAX_BATCH).contains(&batch_size) {
+        return Err(ConfigError::new(
+            "batch_size",
+            format!("must be from 1 to {} (100 is the default)", EmailConfig::MAX_BATCH),
+        ));
+    }
+    if smtp_pool_size == 0 {
+        return Err(ConfigError::new("smtp_pool_size", "must be at least 1 (4 is the default)"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EmailChannel;
+
+    fn config() -> EmailConfig {
+        EmailConfig::new(
+            "me@example.org",
+            ServerConfig::tls("imap.example.org", 993),
+            ServerConfig::tls("smtp.example.org", 465),
+        )
+    }
+
+    fn refused(config: EmailConfig) -> String {
+        config.validate().expect_err("refused").field
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused_by_name() {
+        assert!(config().validate().is_ok());
+        assert_eq!(refused(config().batch_size(0)), "batch_size");
+        assert_eq!(refused(config().batch_size(EmailConfig::MAX_BATCH + 1)), "batch_size");
+        assert_eq!(refused(config().smtp_pool_size(0)), "smtp_pool_size");
+        let t = Timeouts { send: Duration::ZERO, ..Timeouts::default() };
+        assert_eq!(refused(config().timeouts(t)), "timeouts.send");
+        let backwards = Backoff::new(Duration::from_secs(10), Duration::from_secs(1));
+        assert_eq!(refused(config().backoff(backwards)), "backoff.max");
+        assert_eq!(refused(config().imap_server(ServerConfig::tls(" ", 993))), "imap.host");
+    }
+
+    #[tokio::test]
+    async fn a_channel_is_not_built_from_an_invalid_configuration() {
+        let err = EmailChannel::new(config().batch_size(0)).expect_err("refused");
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains("batch_size"), "{err}");
     }
 }

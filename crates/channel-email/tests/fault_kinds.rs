@@ -7,7 +7,7 @@ mod support;
 use channel_core::{
     Channel, ChannelError, FaultKind, HistoryRequest, IdentityInfo, MessageId, PreparedSend,
 };
-use channel_email::{EmailChannel, EmailConfig, Security};
+use channel_email::{EmailChannel, EmailConfig, Security, ServerConfig};
 use support::{User, stack};
 
 fn history() -> HistoryRequest {
@@ -38,6 +38,20 @@ fn has_cause(err: &ChannelError) -> bool {
     std::error::Error::source(err).and_then(std::error::Error::source).is_some()
 }
 
+/// `config` with its IMAP server changed by `change`.
+fn imap(config: &EmailConfig, change: impl FnOnce(&mut ServerConfig)) -> EmailConfig {
+    let mut server = config.imap().clone();
+    change(&mut server);
+    config.clone().imap_server(server)
+}
+
+/// `config` with its SMTP server changed by `change`.
+fn smtp(config: &EmailConfig, change: impl FnOnce(&mut ServerConfig)) -> EmailConfig {
+    let mut server = config.smtp().clone();
+    change(&mut server);
+    config.clone().smtp_server(server)
+}
+
 async fn imap_failure(config: EmailConfig) -> ChannelError {
     let channel = EmailChannel::new(config).expect("channel");
     channel.fetch_history(&history()).await.expect_err("the IMAP session fails")
@@ -48,26 +62,24 @@ async fn imap_failures_say_dns_tls_authentication_or_network() {
     let st = stack();
     let bob = st.user("fault-imap");
 
-    let mut unresolvable = st.config(&bob);
-    unresolvable.imap.host = "no-such-host.invalid".to_owned();
+    let unresolvable = imap(&st.config(&bob), |s| s.host = "no-such-host.invalid".to_owned());
     let err = imap_failure(unresolvable).await;
     assert_eq!(kind(&err), FaultKind::Dns, "{err:?}");
     assert!(has_cause(&err), "the resolver's error is kept: {err:?}");
 
-    let mut tls_to_plaintext = st.config(&bob);
-    tls_to_plaintext.imap.security = Security::Tls;
+    let tls_to_plaintext = imap(&st.config(&bob), |s| s.security = Security::Tls);
     let err = imap_failure(tls_to_plaintext).await;
     assert_eq!(kind(&err), FaultKind::Tls, "{err:?}");
     assert!(has_cause(&err), "rustls' error is kept: {err:?}");
 
-    let mut wrong_password = st.config(&bob);
-    wrong_password.imap = wrong_password.imap.credentials(bob.address.clone(), "not the password");
+    let wrong_password = imap(&st.config(&bob), |s| {
+        *s = s.clone().credentials(bob.address.clone(), "not the password")
+    });
     let err = imap_failure(wrong_password).await;
     assert!(matches!(err, ChannelError::NeedsLogin(_)), "{err:?}");
     assert_eq!(kind(&err), FaultKind::Authentication, "{err:?}");
 
-    let mut closed_port = st.config(&bob);
-    closed_port.imap.port = support::free_port();
+    let closed_port = imap(&st.config(&bob), |s| s.port = support::free_port());
     let err = imap_failure(closed_port).await;
     assert_eq!(kind(&err), FaultKind::Network, "{err:?}");
     assert!(err.is_transient());
@@ -82,20 +94,17 @@ async fn smtp_failures_say_dns_tls_or_protocol() {
         channel.send(&mail_to(&bob)).await.expect_err("the send fails")
     };
 
-    let mut unresolvable = st.config(&bob);
-    unresolvable.smtp.host = "no-such-host.invalid".to_owned();
+    let unresolvable = smtp(&st.config(&bob), |s| s.host = "no-such-host.invalid".to_owned());
     let err = send(unresolvable).await;
     assert_eq!(kind(&err), FaultKind::Dns, "{err:?}");
     assert!(has_cause(&err), "lettre's error is kept: {err:?}");
 
-    let mut tls_to_plaintext = st.config(&bob);
-    tls_to_plaintext.smtp.security = Security::Tls;
+    let tls_to_plaintext = smtp(&st.config(&bob), |s| s.security = Security::Tls);
     let err = send(tls_to_plaintext).await;
     assert_eq!(kind(&err), FaultKind::Tls, "{err:?}");
 
     // An IMAP server where SMTP was expected: its greeting is not SMTP.
-    let mut imap_port = st.config(&bob);
-    imap_port.smtp.port = st.imap_port;
+    let imap_port = smtp(&st.config(&bob), |s| s.port = st.imap_port);
     let err = send(imap_port).await;
     assert_eq!(kind(&err), FaultKind::Protocol, "{err:?}");
 }

@@ -89,9 +89,11 @@ subjectAltName=DNS:localhost,IP:127.0.0.1\n",
 }
 
 fn tls_config(user: &User, security: Security, port: u16, root: Option<&[u8]>) -> EmailConfig {
-    let mut config = support::account_config(user, port, stack().smtp_port).watch_sent(false);
-    config.imap.host = "localhost".to_owned();
-    config.imap.security = security;
+    let config = support::account_config(user, port, stack().smtp_port).watch_sent(false);
+    let mut imap = config.imap().clone();
+    imap.host = "localhost".to_owned();
+    imap.security = security;
+    let config = config.imap_server(imap);
     match root {
         Some(der) => config.add_root_certificate(der.to_vec()),
         None => config,

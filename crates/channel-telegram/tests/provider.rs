@@ -95,7 +95,7 @@ impl Worker {
     }
 
     async fn connection(&self, account: AccountId) -> ConnectionState {
-        self.engine.store().account(account).await.unwrap().connection
+        self.engine.account(account).await.unwrap().connection
     }
 
     async fn wait_for_connection(&self, account: AccountId, want: fn(&ConnectionState) -> bool) {

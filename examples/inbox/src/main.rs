@@ -29,8 +29,8 @@ use channel_core::runtime::{Runtime, StaticChannels};
 use channel_core::state::StateError;
 use channel_core::testing::MemoryChannel;
 use channel_core::{
-    AccountId, AccountSettings, AccountUpdate, Channel, Engine, EngineConfig, Event,
-    LifecyclePolicy, OnClosed, Store,
+    AccountId, AccountSettings, AccountUpdate, Channel, Engine, Event, LifecyclePolicy, OnClosed,
+    Store,
 };
 use channel_watchdog::LoopStatus;
 use secrecy::ExposeSecret;
@@ -143,15 +143,12 @@ async fn run(args: Args) -> Result<(), Error> {
 
     // The engine: a short lifecycle, quick retries and sweeps, short leases, so that
     // everything happens within a run of a few seconds.
-    let mut config = EngineConfig::default();
     let backoff = channel_core::Backoff::new(Duration::from_secs(1), Duration::from_secs(3600));
-    config.retry = RetryPolicy { backoff, ..RetryPolicy::DEFAULT };
-    config.sweep_interval = Duration::from_secs(1);
-    config.rescue_interval = Duration::from_secs(1);
-    config.lease_ttl = Duration::from_secs(6);
-    config.lease_renew_every = Duration::from_secs(2);
     let engine = Engine::builder(Arc::clone(&store), state_key)
-        .config(config)
+        .retry(RetryPolicy { backoff, ..RetryPolicy::DEFAULT })
+        .sweep_interval(Duration::from_secs(1))
+        .rescue_interval(Duration::from_secs(1))
+        .leases(Duration::from_secs(6), Duration::from_secs(2))
         .blob_dir(&paths.blobs)
         .build()
         .context("cannot build the engine")?;

@@ -39,7 +39,7 @@ pub async fn auto_reply(engine: Engine) -> Result<(), Error> {
     let mut events = engine.subscribe();
     loop {
         if let Event::MessageReceived { conversation_id, message_id, .. } = events.recv().await? {
-            let message = engine.store().message(message_id).await?;
+            let message = engine.message(message_id).await?;
             if message.direction == Direction::Inbound {
                 let reply =
                     OutboundMessage::text(conversation_id, "Thank you, we will answer soon.");

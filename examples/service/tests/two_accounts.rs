@@ -29,7 +29,7 @@ async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
 
 async fn connected(runtime: &Runtime, account: AccountId) {
     until("the account is connected", async || {
-        let account = runtime.engine().store().account(account).await.expect("account");
+        let account = runtime.engine().account(account).await.expect("account");
         account.connection == ConnectionState::Connected
     })
     .await;
