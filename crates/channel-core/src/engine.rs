@@ -389,6 +389,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Writes events that report no change of the store's own (a login step, a history
+    /// page) to the feed, then publishes them in process. A failed write is logged: the
+    /// change they report happened.
+    pub(crate) async fn record_events(&self, events: Vec<Event>) {
+        let write = self.inner.store.append_events(&events, self.now());
+        if let Err(e) = self.db("append_events", write).await {
+            tracing::warn!(error = %e, "could not write events to the feed");
+        }
+        self.inner.events.publish_all(events).await;
+    }
+
     /// Records a connection state the account's channel reported, publishing
     /// `AccountStateChanged` when it changed.
     pub async fn report_state(

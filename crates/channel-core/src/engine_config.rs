@@ -104,6 +104,12 @@ settings! {
     limits: Limits = Limits::DEFAULT;
     /// Capacity of the in-process event channel (1024).
     event_capacity: usize = DEFAULT_EVENT_CAPACITY;
+    /// How long the durable feed keeps events that every consumer passed, and how long a
+    /// consumer may stay unseen before it is unregistered (7 days).
+    feed_retention: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// Longest wait of a feed consumer between looks at the feed when no in-process event
+    /// wakes it (1 s; events of other processes and of transactions that committed late).
+    feed_poll_interval: Duration = Duration::from_secs(1);
 }
 
 impl EngineBuilder {
@@ -150,6 +156,8 @@ impl EngineConfig {
             ("sweep_interval", self.sweep_interval),
             ("lease_ttl", self.lease_ttl),
             ("lease_renew_every", self.lease_renew_every),
+            ("feed_retention", self.feed_retention),
+            ("feed_poll_interval", self.feed_poll_interval),
             ("retry.backoff.initial", self.retry.backoff.initial()),
             ("retry.backoff.max", self.retry.backoff.max()),
         ];

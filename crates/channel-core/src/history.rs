@@ -142,6 +142,14 @@ impl Engine {
         match self.ingest_history(account, fetched).await {
             Ok(report) => {
                 tracing::info!(%account, ?report, "history page ingested");
+                let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+                let event = Event::HistorySynced {
+                    account_id: account,
+                    job_id: job.id,
+                    fetched: count(report.fetched),
+                    stored: count(report.stored),
+                };
+                self.record_events(vec![event]).await;
                 run.complete(self, None).await
             }
             Err(e) if e.is_transient() => {

@@ -287,7 +287,7 @@ impl Engine {
                     .increment(1);
             }
         }
-        let events = ingest_events(account, o, defects);
+        let events = crate::feed::derive::ingest(account, o, defects);
         self.inner.events.publish_all(events).await;
     }
 }
@@ -358,43 +358,6 @@ fn placeholder(req: &IngestRequest, field: &str, reason: &str, minimal: bool) ->
         policy: req.policy,
         now: req.now,
     }
-}
-
-/// The events an ingest outcome publishes.
-pub(crate) fn ingest_events(
-    account: AccountId,
-    o: &IngestOutcome,
-    defects: &[Defect],
-) -> Vec<Event> {
-    let mut events = Vec::new();
-    match o.disposition {
-        IngestDisposition::Stored => {
-            if o.conversation_opened {
-                events.push(Event::ConversationOpened {
-                    account_id: account,
-                    conversation_id: o.conversation_id,
-                });
-            }
-            if o.conversation_reactivated {
-                events.push(Event::ConversationStatusChanged {
-                    account_id: account,
-                    conversation_id: o.conversation_id,
-                    status: ConversationStatus::Open,
-                });
-            }
-            events.push(Event::MessageReceived {
-                account_id: account,
-                conversation_id: o.conversation_id,
-                message_id: o.message_id,
-                defects: defects.iter().map(|d| d.code.clone()).collect(),
-            });
-        }
-        IngestDisposition::EchoMatched => {
-            events.push(Event::MessageSent { account_id: account, message_id: o.message_id });
-        }
-        IngestDisposition::Duplicate => {}
-    }
-    events
 }
 
 /// The [`Inbound`] sink of one account: what the engine hands a channel's `run`.

@@ -26,6 +26,7 @@ mod engine_config;
 mod error;
 pub mod events;
 mod fault;
+pub mod feed;
 pub mod history;
 mod ingest;
 mod jobs;

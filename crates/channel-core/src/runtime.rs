@@ -470,6 +470,11 @@ impl Runtime {
             }
         }
         let step = provider.login_step(&acc, engine, flow, input).await?;
+        let name = match &step {
+            LoginStep::Input { name, .. } | LoginStep::Display { name, .. } => name.clone(),
+            LoginStep::Done { .. } => "done".to_owned(),
+        };
+        engine.record_events(vec![Event::LoginStepped { account_id: account, step: name }]).await;
         if matches!(step, LoginStep::Done { .. }) {
             tracing::info!(%account, flow, "logged in; connecting");
             self.reconnect(account);
@@ -739,8 +744,8 @@ async fn report(engine: &Engine, account: AccountId, state: ConnectionState) {
     }
 }
 
-/// While leader: rescue expired jobs every `rescue_interval`, queue sweeps every
-/// `sweep_interval`.
+/// While leader: rescue expired jobs every `rescue_interval`, queue sweeps and prune the
+/// event feed every `sweep_interval`.
 async fn leader_loop(s: Arc<Shared>, ctx: LoopContext) -> LoopResult {
     let cfg = s.engine.config().clone();
     let tick = cfg.rescue_interval.min(cfg.sweep_interval);
@@ -756,6 +761,9 @@ async fn leader_loop(s: Arc<Shared>, ctx: LoopContext) -> LoopResult {
                 last_sweep = Some(tokio::time::Instant::now());
                 if let Err(e) = engine.schedule_sweeps().await {
                     tracing::warn!(error = %e, "scheduling sweeps failed");
+                }
+                if let Err(e) = engine.feed_prune().await {
+                    tracing::warn!(error = %e, "pruning the event feed failed");
                 }
             }
         }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::feed::FeedStore;
 use crate::model::*;
 use crate::page::Position;
 
@@ -80,6 +81,17 @@ pub enum StoreError {
     /// row): needs an operator.
     #[error("corrupt data in the store: {0}")]
     Corrupt(String),
+    /// A feed consumer's cursor is behind what the feed still keeps: it was unregistered for
+    /// idleness, or events after its position were pruned. Events were lost to it: rebuild
+    /// what it derives from the store, then register it again
+    /// ([`FeedStore::feed_reset`](crate::feed::FeedStore::feed_reset)).
+    #[error(
+        "the feed cursor of `{consumer}` expired: events after it were pruned; rebuild from the store, then reset the consumer"
+    )]
+    FeedCursorExpired {
+        /// The consumer (empty for a read by position only).
+        consumer: String,
+    },
     /// Any other backend error.
     #[error("store backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -250,14 +262,18 @@ pub struct Notification {
 }
 
 /// Persistence of everything in the model, the contract a backend implements: the five
-/// traits below, split by concern (each operation that must be atomic across concerns, such
-/// as ingest or queuing a send, sits with the concern it writes first). `Store` is
-/// implemented for every type that implements all five, and is what the engine holds
+/// traits below and [`FeedStore`](crate::feed::FeedStore), split by concern (each operation that must be atomic across concerns, such
+/// as ingest or queuing a send, sits with the concern it writes first; each writes the
+/// [`Event`]s of its change to the feed in the same transaction). `Store` is implemented for
+/// every type that implements all six, and is what the engine holds
 /// (`Arc<dyn Store>`). See the module documentation for the rules every implementation keeps.
-pub trait Store: AccountStore + ConversationStore + MessageStore + QueueStore + LeaseStore {}
+pub trait Store:
+    AccountStore + ConversationStore + MessageStore + QueueStore + LeaseStore + FeedStore
+{
+}
 
 impl<T> Store for T where
-    T: AccountStore + ConversationStore + MessageStore + QueueStore + LeaseStore
+    T: AccountStore + ConversationStore + MessageStore + QueueStore + LeaseStore + FeedStore
 {
 }
 

@@ -20,9 +20,12 @@ use channel_core::{
     StoreError,
 };
 
+use channel_core::feed::derive;
+
 use crate::codec::{self, CONVERSATION_COLS, IDENTITY_COLS};
 use crate::db::{Sql, Tx};
 use crate::error::{Fail, Res, invalid};
+use crate::feed;
 use crate::limits::{
     self, MAX_HTML_BYTES, MAX_KEY_BYTES, MAX_NAME_BYTES, MAX_PARSE_ERROR_BYTES, MAX_TEXT_BYTES,
 };
@@ -132,7 +135,7 @@ pub(crate) async fn ingest_batch(tx: &mut Tx, reqs: &[IngestRequest]) -> Res<Vec
     for (i, req) in reqs.iter().enumerate() {
         out.push(apply(&mut w, i, req)?);
     }
-    flush(tx, reqs, &w).await?;
+    flush(tx, reqs, &w, &out).await?;
     Ok(out)
 }
 
@@ -684,7 +687,7 @@ fn apply(w: &mut Work, i: usize, req: &IngestRequest) -> Res<IngestOutcome> {
 
 /// Writes the unit of work back and commits: on SQLite every statement and the `COMMIT` go
 /// to the writer in one call.
-async fn flush(tx: &mut Tx, reqs: &[IngestRequest], w: &Work) -> Res<()> {
+async fn flush(tx: &mut Tx, reqs: &[IngestRequest], w: &Work, out: &[IngestOutcome]) -> Res<()> {
     // Owned strings the statements borrow.
     let identities: Vec<(&Identity, String, String)> = w
         .new_identities
@@ -760,6 +763,13 @@ async fn flush(tx: &mut Tx, reqs: &[IngestRequest], w: &Work) -> Res<()> {
             reqs[i].message.cursor.as_ref().map(|c| (account.to_string(), c))
         })
         .collect();
+
+    // The feed's events, written with the change.
+    let mut events = Vec::new();
+    for (req, o) in reqs.iter().zip(out) {
+        let derived = derive::ingest(req.account_id, o, &req.message.defects);
+        events.extend(feed::rows(&derived, req.now)?);
+    }
 
     let mut stmts: Vec<Sql<'_>> = Vec::new();
 
@@ -906,6 +916,8 @@ async fn flush(tx: &mut Tx, reqs: &[IngestRequest], w: &Work) -> Res<()> {
             .push(") ON CONFLICT (account_id, key) DO UPDATE SET value = excluded.value");
         stmts.push(q);
     }
+
+    stmts.extend(feed::inserts(&events));
 
     let returned = tx.run_and_commit(&stmts).await?;
     if returned.len() != echoes.len() {

@@ -97,6 +97,7 @@ mod codec;
 mod conns;
 mod db;
 mod error;
+mod feed;
 mod group_commit;
 mod ingest;
 pub mod limits;

@@ -4,13 +4,16 @@ use std::time::Duration;
 
 use channel_core::{
     Account, AccountId, AccountUpdate, ConnectionState, ContactId, Conversation, ConversationId,
-    ConversationStatus, DueConversations, Identity, IdentityId, Lease, Message, MessageId,
+    ConversationStatus, DueConversations, Event, Identity, IdentityId, Lease, Message, MessageId,
     MessageStatus, NewAccount, SendRequest, StoreError, Timestamp,
 };
+
+use channel_core::feed::derive;
 
 use crate::codec::{self, all, limit};
 use crate::db::{Arg, Ex, Sql, Tx};
 use crate::error::{Res, invalid};
+use crate::feed;
 use crate::limits::{
     self, MAX_CONNECTION_STATE_BYTES, MAX_HTML_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES,
 };
@@ -155,10 +158,22 @@ pub(crate) async fn set_connection_state(
         codec::ACCOUNT_COLS
     );
     let ids = id.to_string();
-    match tx.fetch_optional(&sql, &[Arg::Text(&json), Arg::Int(now.0), Arg::Text(&ids)]).await? {
-        Some(row) => Ok(codec::account(&row)?),
-        None => Err(StoreError::not_found("account", id).into()),
+    let before = tx
+        .fetch_optional("SELECT connection FROM accounts WHERE id = ?", &[Arg::Text(&ids)])
+        .await?
+        .map(|row| row.text("connection"))
+        .transpose()?;
+    let Some(row) =
+        tx.fetch_optional(&sql, &[Arg::Text(&json), Arg::Int(now.0), Arg::Text(&ids)]).await?
+    else {
+        return Err(StoreError::not_found("account", id).into());
+    };
+    let account = codec::account(&row)?;
+    if before.as_deref() != Some(json.as_str()) {
+        let event = Event::AccountStateChanged { account_id: id, state: state.clone() };
+        feed::append(tx, &[event], now).await?;
     }
+    Ok(account)
 }
 
 pub(crate) async fn update_account(
@@ -512,6 +527,7 @@ pub(crate) async fn set_assignee(
     id: ConversationId,
     expected: Option<&str>,
     assignee: Option<&str>,
+    now: Timestamp,
 ) -> Res<Conversation> {
     if let Some(a) = assignee {
         limits::key("assignee", a)?;
@@ -529,10 +545,19 @@ pub(crate) async fn set_assignee(
         codec::CONVERSATION_READ_COLS
     );
     let id_s = id.to_string();
-    match tx.fetch_optional(&sql, &[Arg::OptText(assignee), Arg::Text(&id_s)]).await? {
-        Some(row) => Ok(codec::conversation(&row)?),
-        None => Err(StoreError::not_found("conversation", id).into()),
-    }
+    let Some(row) = tx.fetch_optional(&sql, &[Arg::OptText(assignee), Arg::Text(&id_s)]).await?
+    else {
+        return Err(StoreError::not_found("conversation", id).into());
+    };
+    let updated = codec::conversation(&row)?;
+    let event = Event::ConversationAssigned {
+        account_id: updated.account_id,
+        conversation_id: id,
+        assignee: updated.assignee.clone(),
+        previous: expected.map(str::to_owned),
+    };
+    feed::append(tx, &[event], now).await?;
+    Ok(updated)
 }
 
 pub(crate) async fn conversation_in(
@@ -709,7 +734,14 @@ pub(crate) async fn set_conversation_status(
         )
         .await?
         .ok_or_else(|| StoreError::not_found("conversation", id))?;
-    Ok(codec::conversation(&row)?)
+    let updated = codec::conversation(&row)?;
+    let event = Event::ConversationStatusChanged {
+        account_id: updated.account_id,
+        conversation_id: id,
+        status,
+    };
+    feed::append(tx, &[event], now).await?;
+    Ok(updated)
 }
 
 // ----- messages -----
@@ -735,7 +767,10 @@ pub(crate) async fn merge_stray(
 ) -> Res<Option<MessageId>> {
     let keep_s = keep.to_string();
     let Some(row) = tx
-        .fetch_optional("SELECT account_id FROM messages WHERE id = ?", &[Arg::Text(&keep_s)])
+        .fetch_optional(
+            "SELECT account_id, updated_at FROM messages WHERE id = ?",
+            &[Arg::Text(&keep_s)],
+        )
         .await?
     else {
         return Err(StoreError::not_found("message", keep).into());
@@ -752,11 +787,15 @@ pub(crate) async fn merge_stray(
     let Some(holder) = holder else { return Ok(None) };
     let holder_id = holder.text("id")?;
     tx.execute("DELETE FROM messages WHERE id = ?", &[Arg::Text(&holder_id)]).await?;
-    Ok(Some(
-        holder_id
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("malformed message id `{holder_id}`")))?,
-    ))
+    let removed: MessageId = holder_id
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("malformed message id `{holder_id}`")))?;
+    let account: AccountId = account
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("malformed account id `{account}`")))?;
+    let at = Timestamp(row.int("updated_at")?);
+    feed::append(tx, &[derive::merged(account, keep, removed)], at).await?;
+    Ok(Some(removed))
 }
 
 pub(crate) async fn message_by_provider_id(
@@ -810,10 +849,17 @@ pub(crate) async fn apply_edit(
         "SELECT {} FROM messages WHERE account_id = ? AND provider_id = ?",
         codec::MESSAGE_READ_COLS
     );
-    match tx.fetch_optional(&sql, &[Arg::Text(&acc), Arg::Text(&edit.provider_id)]).await? {
-        Some(row) => Ok(Some((codec::message(&row)?, changed))),
-        None => Ok(None),
+    let Some(row) =
+        tx.fetch_optional(&sql, &[Arg::Text(&acc), Arg::Text(&edit.provider_id)]).await?
+    else {
+        return Ok(None);
+    };
+    let message = codec::message(&row)?;
+    if changed {
+        let event = Event::MessageEdited { account_id: account, message_id: message.id };
+        feed::append(tx, &[event], now).await?;
     }
+    Ok(Some((message, changed)))
 }
 
 /// Applies a deletion (see `MessageStore::apply_deletion`): one `UPDATE ... RETURNING` over the ids
@@ -846,7 +892,13 @@ pub(crate) async fn apply_deletion(
         .push(" AND deleted_at IS NULL AND provider_id IN ")
         .in_list(&ids)
         .push(&format!(" RETURNING {}", codec::MESSAGE_READ_COLS));
-    all(tx.fetch_all(&q.text, &q.args).await?, codec::message).map_err(Into::into)
+    let deleted = all(tx.fetch_all(&q.text, &q.args).await?, codec::message)?;
+    let events: Vec<Event> = deleted
+        .iter()
+        .map(|m| Event::MessageDeleted { account_id: account, message_id: m.id })
+        .collect();
+    feed::append(tx, &events, now).await?;
+    Ok(deleted)
 }
 
 pub(crate) async fn messages(
@@ -1034,6 +1086,7 @@ pub(crate) async fn enqueue_send(tx: &mut Tx, req: &SendRequest) -> Res<Message>
         &[Arg::Int(conv.last_activity_at.0.max(req.now.0)), Arg::Text(&conv_id)],
     )
     .await?;
+    feed::append(tx, &[derive::queued(&message)], req.now).await?;
     Ok(message)
 }
 

@@ -8,15 +8,17 @@
 use std::time::Duration;
 
 use channel_core::{
-    AccountId, Enqueued, Job, JobAttempt, JobId, JobKind, JobLease, JobState, MessageOutcome,
-    NewJob, StoreError, Timestamp,
+    AccountId, AttemptOutcome, Enqueued, Job, JobAttempt, JobId, JobKind, JobLease, JobState,
+    MessageOutcome, NewJob, StoreError, Timestamp,
 };
 
+use channel_core::feed::derive;
 use channel_core::page::Position;
 
 use crate::codec::{self, ATTEMPT_COLS, JOB_COLS, all, limit};
 use crate::db::{Arg, Ex, Sql, Tx};
 use crate::error::{Res, invalid};
+use crate::feed;
 use crate::limits::{self, MAX_PAYLOAD_BYTES};
 
 const UNFINISHED: &str = "('available', 'running', 'retryable')";
@@ -356,6 +358,7 @@ pub(crate) async fn finish_sqlite(
 ) -> Res<()> {
     let id = lease.job.id.to_string();
     let error = outcome_error(f.message);
+    let events = attempt_events(lease, f, now)?;
     let mut job = Sql::new(String::new());
     finish_job_sql(&mut job, &id, lease, f, now);
     job.push(" RETURNING message_id");
@@ -373,6 +376,14 @@ pub(crate) async fn finish_sqlite(
         msg.push(")");
         outcome_where_tail(&mut msg, outcome);
         stmts.push(msg);
+    }
+    if !events.is_empty() {
+        let mut ev = Sql::new(String::new());
+        feed::push_insert_where(&mut ev, &events, false);
+        ev.push("EXISTS (SELECT 1 FROM jobs WHERE ");
+        finished_job_cond(&mut ev, &id, f, now);
+        ev.push(")");
+        stmts.push(ev);
     }
     let rows = match tx.run_and_commit(&stmts).await {
         Ok(rows) => rows,
@@ -398,6 +409,7 @@ pub(crate) async fn finish_pg(
 ) -> Res<()> {
     let id = lease.job.id.to_string();
     let error = outcome_error(f.message);
+    let events = attempt_events(lease, f, now)?;
     let mut q = Sql::new("WITH done AS (");
     finish_job_sql(&mut q, &id, lease, f, now);
     q.push(" RETURNING id, message_id), audit AS (");
@@ -409,6 +421,11 @@ pub(crate) async fn finish_pg(
         q.push(" WHERE id IN (SELECT message_id FROM done)");
         outcome_where_tail(&mut q, outcome);
         q.push(")");
+    }
+    if !events.is_empty() {
+        q.push(", ev AS (");
+        feed::push_insert_where(&mut q, &events, true);
+        q.push("EXISTS (SELECT 1 FROM done))");
     }
     q.push(" SELECT id FROM done");
     let mut tries = 0;
@@ -438,6 +455,11 @@ pub(crate) async fn finish_pg(
             }
         }
     }
+}
+
+/// The feed's rows of a finished attempt (see [`derive::send_attempt`]).
+fn attempt_events(lease: &JobLease, f: &Finish<'_>, now: Timestamp) -> Res<Vec<feed::EventRow>> {
+    feed::rows(&derive::send_attempt(&lease.job, lease.attempt, f.outcome, f.message), now)
 }
 
 pub(crate) fn check_outcome(outcome: Option<&MessageOutcome>) -> Res<()> {
@@ -489,7 +511,7 @@ pub(crate) async fn rescue_expired(tx: &mut Tx, now: Timestamp) -> Res<u64> {
                run_at = CASE WHEN attempt < max_attempts THEN ? ELSE run_at END, \
                leased_by = NULL, lease_expires_at = NULL, last_error = ?, updated_at = ? \
              WHERE state = 'running' AND lease_expires_at < ? \
-             RETURNING id, attempt, state, kind, message_id",
+             RETURNING id, attempt, state, kind, message_id, account_id",
             &[Arg::Int(now.0), Arg::Text(RESCUED), Arg::Int(now.0), Arg::Int(now.0)],
         )
         .await?;
@@ -505,13 +527,31 @@ pub(crate) async fn rescue_expired(tx: &mut Tx, now: Timestamp) -> Res<u64> {
         )
         .await?;
         let discarded = row.text("state")? == JobState::Discarded.as_str();
-        if let (true, Some(message)) = (discarded, row.opt_text("message_id")?) {
-            let outcome = MessageOutcome::Failed { error: RESCUED.to_owned() };
+        let outcome = MessageOutcome::Failed { error: RESCUED.to_owned() };
+        let message = row.opt_text("message_id")?;
+        if let (true, Some(message)) = (discarded, &message) {
             let mut q = Sql::new(String::new());
             outcome_sql(&mut q, &outcome, RESCUED, now);
             q.push(" WHERE id = ").bind(message.as_str());
             outcome_where_tail(&mut q, &outcome);
             tx.execute(&q.text, &q.args).await?;
+        }
+        let send = row.text("kind")? == JobKind::Send.as_str();
+        if let (true, Some(message), Some(account)) = (send, message, row.opt_text("account_id")?) {
+            let parsed = (message.parse(), account.parse(), id.parse());
+            let (Ok(message), Ok(account), Ok(job)) = parsed else {
+                return Err(StoreError::Corrupt(format!("malformed ids of job {id}")).into());
+            };
+            let failed = discarded.then_some(&outcome);
+            let events = derive::attempt_of(
+                account,
+                message,
+                job,
+                i32::try_from(attempt).unwrap_or(i32::MAX),
+                AttemptOutcome::Rescued,
+                failed,
+            );
+            feed::append(tx, &events, now).await?;
         }
     }
     Ok(rescued)
@@ -639,10 +679,17 @@ impl Completion {
 pub(crate) async fn complete_group(tx: &mut Tx, group: &[&Completion]) -> Res<Vec<bool>> {
     let ids: Vec<String> = group.iter().map(|c| c.lease.job.id.to_string()).collect();
     let errors: Vec<String> = group.iter().map(|c| outcome_error(c.outcome.as_ref())).collect();
+    let finishes: Vec<Finish<'_>> = group.iter().map(|c| c.finish()).collect();
+    let events: Vec<Vec<feed::EventRow>> = group
+        .iter()
+        .zip(&finishes)
+        .map(|(c, f)| attempt_events(&c.lease, f, c.now))
+        .collect::<Res<_>>()?;
     if !tx.is_pg() {
-        let finishes: Vec<Finish<'_>> = group.iter().map(|c| c.finish()).collect();
-        let mut stmts = Vec::with_capacity(group.len() * 3);
-        for (((c, id), f), error) in group.iter().zip(&ids).zip(&finishes).zip(&errors) {
+        let mut stmts = Vec::with_capacity(group.len() * 4);
+        for ((((c, id), f), error), events) in
+            group.iter().zip(&ids).zip(&finishes).zip(&errors).zip(&events)
+        {
             let mut job = Sql::new(String::new());
             finish_job_sql(&mut job, id, &c.lease, f, c.now);
             job.push(" RETURNING id");
@@ -661,6 +708,14 @@ pub(crate) async fn complete_group(tx: &mut Tx, group: &[&Completion]) -> Res<Ve
                 msg.push(")");
                 outcome_where_tail(&mut msg, outcome);
                 stmts.push(msg);
+            }
+            if !events.is_empty() {
+                let mut ev = Sql::new(String::new());
+                feed::push_insert_where(&mut ev, events, false);
+                ev.push("EXISTS (SELECT 1 FROM jobs WHERE ");
+                finished_job_cond(&mut ev, id, f, c.now);
+                ev.push(")");
+                stmts.push(ev);
             }
         }
         let rows = tx.run_and_commit(&stmts).await?;
@@ -721,9 +776,32 @@ pub(crate) async fn complete_group(tx: &mut Tx, group: &[&Completion]) -> Res<Ve
          WHERE m.id = d.message_id AND i.kind = 'sent'), \
          failed AS (UPDATE messages AS m SET status = 'failed', error = i.error, \
          updated_at = i.now FROM done AS d JOIN input AS i ON i.id = d.id \
-         WHERE m.id = d.message_id AND i.kind = 'failed' AND m.status = 'pending') \
-         SELECT id FROM done",
+         WHERE m.id = d.message_id AND i.kind = 'failed' AND m.status = 'pending')",
     );
+    // The feed's events of the completions that went through, in order.
+    let tagged: Vec<(&str, i64, &feed::EventRow)> = ids
+        .iter()
+        .zip(&events)
+        .flat_map(|(id, rows)| rows.iter().map(move |r| (id.as_str(), r)))
+        .enumerate()
+        .map(|(n, (id, r))| (id, n as i64, r))
+        .collect();
+    if !tagged.is_empty() {
+        q.push(
+            ", ev AS (INSERT INTO channel_events (at, account_id, kind, payload) \
+             SELECT e.column3, e.column4, e.column5, e.column6 FROM (VALUES ",
+        );
+        for (n, (id, ord, row)) in tagged.iter().enumerate() {
+            if n > 0 {
+                q.push(", ");
+            }
+            q.push("(").bind(*id).push("::text, ").bind(*ord).push("::bigint, ");
+            feed::push_row(&mut q, row, true);
+            q.push(")");
+        }
+        q.push(") AS e JOIN done AS d ON d.id = e.column1 ORDER BY e.column2)");
+    }
+    q.push(" SELECT id FROM done");
     let rows = tx.fetch_all(&q.text, &q.args).await?;
     let mut done = std::collections::HashSet::with_capacity(rows.len());
     for row in rows {

@@ -294,10 +294,11 @@ impl ConversationStore for SqlStore {
         conversation: ConversationId,
         expected: Option<&str>,
         assignee: Option<&str>,
-        _now: Timestamp,
+        now: Timestamp,
     ) -> Result<Conversation, StoreError> {
         self.run("set_assignee", async {
-            write_tx!(self, |tx| ops::set_assignee(tx, conversation, expected, assignee).await?)
+            write_tx!(self, |tx| ops::set_assignee(tx, conversation, expected, assignee, now)
+                .await?)
         })
         .await
     }

@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use channel_core::feed::ConsumerStart;
 use channel_core::runtime::Runtime;
 use channel_core::state::StateKey;
 use channel_core::{Direction, Engine, Event, OutboundMessage};
@@ -34,17 +35,29 @@ pub async fn start(
     Ok(runtime)
 }
 
-/// Answers every message people send, in its conversation.
+/// Answers every message people send, in its conversation, exactly once: it reads the
+/// durable event feed as consumer `auto-reply` (after a crash it reads on from its last
+/// acknowledgement) and sends each reply with an idempotency key derived from the message, so
+/// an event read again is answered again by the same reply, never by a second one.
 pub async fn auto_reply(engine: Engine) -> Result<(), Error> {
-    let mut events = engine.subscribe();
+    let mut feed = engine.feed_consumer("auto-reply", ConsumerStart::Beginning).await?;
     loop {
-        if let Event::MessageReceived { conversation_id, message_id, .. } = events.recv().await? {
-            let message = engine.message(message_id).await?;
-            if message.direction == Direction::Inbound {
-                let reply =
-                    OutboundMessage::text(conversation_id, "Thank you, we will answer soon.");
-                engine.send(None, reply.label("autoreply").reply_to(message.provider_id)).await?;
+        let events = feed.next_batch(100).await?;
+        for e in &events {
+            if let Event::MessageReceived { conversation_id, message_id, .. } = e.event {
+                let message = engine.message(message_id).await?;
+                if message.direction == Direction::Inbound {
+                    let reply =
+                        OutboundMessage::text(conversation_id, "Thank you, we will answer soon.")
+                            .label("autoreply")
+                            .reply_to(message.provider_id)
+                            .idempotency_key(format!("autoreply-{message_id}"));
+                    engine.send(None, reply).await?;
+                }
             }
+        }
+        if let Some(last) = events.last() {
+            feed.ack(last.position).await?;
         }
     }
 }

@@ -3,10 +3,12 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AccountId, ConnectionState, ConversationId, ConversationStatus, MessageId, MessageStatus,
+    AccountId, AttemptOutcome, ConnectionState, ConversationId, ConversationStatus, JobId,
+    MessageId, MessageStatus,
 };
 
-/// Something that happened, published after it was committed.
+/// Something that happened: written to the durable feed in the transaction of the change it
+/// reports (see [`feed`](crate::feed)), and published in process after the commit.
 ///
 /// Events carry ids and states only, never message text or addresses, so they can be logged
 /// and sent over `LISTEN/NOTIFY` freely.
@@ -105,4 +107,87 @@ pub enum Event {
         /// The new state.
         state: ConnectionState,
     },
+    /// An outbound message was queued (a `Pending` message and its send job).
+    MessageQueued {
+        /// The account.
+        account_id: AccountId,
+        /// The conversation.
+        conversation_id: ConversationId,
+        /// The message.
+        message_id: MessageId,
+    },
+    /// An attempt of a send ended (its audit row: [`Engine::job_attempts`](crate::Engine::job_attempts)).
+    SendAttempted {
+        /// The account.
+        account_id: AccountId,
+        /// The message.
+        message_id: MessageId,
+        /// The send job.
+        job_id: JobId,
+        /// The attempt's number (from 1).
+        attempt: i32,
+        /// How it ended.
+        outcome: AttemptOutcome,
+    },
+    /// A login step of an account was taken (its name: `password`, `phone`, `code`, `qr`,
+    /// `done`, ...). What was entered is never part of it.
+    LoginStepped {
+        /// The account.
+        account_id: AccountId,
+        /// The step the account is at now (`done` once logged in).
+        step: String,
+    },
+    /// A page of a history sync was stored.
+    HistorySynced {
+        /// The account.
+        account_id: AccountId,
+        /// The history job.
+        job_id: JobId,
+        /// Messages the channel returned in this page.
+        fetched: u32,
+        /// Messages of them that were new.
+        stored: u32,
+    },
+}
+
+impl Event {
+    /// The event's name, as its JSON's `event` field writes it (`message_received`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::MessageReceived { .. } => "message_received",
+            Event::MessageSent { .. } => "message_sent",
+            Event::MessageEdited { .. } => "message_edited",
+            Event::MessageDeleted { .. } => "message_deleted",
+            Event::MessageMerged { .. } => "message_merged",
+            Event::MessageStatusChanged { .. } => "message_status_changed",
+            Event::ConversationOpened { .. } => "conversation_opened",
+            Event::ConversationStatusChanged { .. } => "conversation_status_changed",
+            Event::ConversationAssigned { .. } => "conversation_assigned",
+            Event::AccountStateChanged { .. } => "account_state_changed",
+            Event::MessageQueued { .. } => "message_queued",
+            Event::SendAttempted { .. } => "send_attempted",
+            Event::LoginStepped { .. } => "login_stepped",
+            Event::HistorySynced { .. } => "history_synced",
+        }
+    }
+
+    /// The account the event is about.
+    pub fn account_id(&self) -> AccountId {
+        match self {
+            Event::MessageReceived { account_id, .. }
+            | Event::MessageSent { account_id, .. }
+            | Event::MessageEdited { account_id, .. }
+            | Event::MessageDeleted { account_id, .. }
+            | Event::MessageMerged { account_id, .. }
+            | Event::MessageStatusChanged { account_id, .. }
+            | Event::ConversationOpened { account_id, .. }
+            | Event::ConversationStatusChanged { account_id, .. }
+            | Event::ConversationAssigned { account_id, .. }
+            | Event::AccountStateChanged { account_id, .. }
+            | Event::MessageQueued { account_id, .. }
+            | Event::SendAttempted { account_id, .. }
+            | Event::LoginStepped { account_id, .. }
+            | Event::HistorySynced { account_id, .. } => *account_id,
+        }
+    }
 }

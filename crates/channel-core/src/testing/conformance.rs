@@ -38,6 +38,9 @@ use std::time::Duration;
 use crate::model::*;
 use crate::store::*;
 
+mod feed;
+pub use feed::*;
+
 /// The fixed "now" the suite starts from (2023-11-14T22:13:20Z).
 pub const T0: Timestamp = Timestamp(1_700_000_000_000);
 
@@ -2346,6 +2349,10 @@ macro_rules! store_conformance_tests {
             next_run_at_is_the_earliest_claimable_job,
             extend_and_cancel_jobs,
             leases_are_exclusive_fenced_and_renewable,
+            every_change_writes_its_events_with_it_in_order,
+            a_change_that_fails_or_changes_nothing_writes_no_event,
+            feed_consumers_resume_after_their_acknowledgement,
+            feed_prune_keeps_what_consumers_need_and_expires_idle_ones,
         );
     };
 }

@@ -1,11 +1,12 @@
 //! [`MemoryStore`]: the reference implementation of [`Store`], in memory.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::feed::*;
 use crate::model::*;
 use crate::page::Position;
 use crate::store::*;
@@ -63,6 +64,13 @@ struct Inner {
     /// Attempt rows in insertion order per job.
     attempts: HashMap<JobId, Vec<JobAttempt>>,
     leases: HashMap<String, Lease>,
+    /// The durable feed, in order.
+    feed: Vec<FeedEvent>,
+    /// The last event number handed out.
+    feed_seq: i64,
+    /// Everything up to here was pruned.
+    feed_pruned: FeedPosition,
+    consumers: BTreeMap<String, FeedConsumerInfo>,
 }
 
 /// Whether a row at `(at, id)` sorts before `p` in a newest-first listing.
@@ -210,6 +218,15 @@ impl MemoryStore {
 }
 
 impl Inner {
+    /// Appends events to the feed (under the store's lock: with the change they report).
+    fn emit(&mut self, events: impl IntoIterator<Item = Event>, now: Timestamp) {
+        for event in events {
+            self.feed_seq += 1;
+            let position = FeedPosition { tx: 0, seq: self.feed_seq };
+            self.feed.push(FeedEvent { position, at: now, event });
+        }
+    }
+
     fn account_exists(&self, id: AccountId) -> Result<(), StoreError> {
         if self.accounts.contains_key(&id) {
             Ok(())
@@ -517,6 +534,29 @@ impl Inner {
         }
     }
 
+    /// Applies an ingest and writes its events.
+    fn ingest_and_emit(&mut self, req: IngestRequest) -> IngestOutcome {
+        let (account, now, defects) = (req.account_id, req.now, req.message.defects.clone());
+        let outcome = self.apply_ingest(req);
+        self.emit(derive::ingest(account, &outcome, &defects), now);
+        outcome
+    }
+
+    /// The feed's events of a send attempt that ended (see [`derive::send_attempt`]).
+    fn emit_attempt(
+        &mut self,
+        job: JobId,
+        attempt: i32,
+        outcome: AttemptOutcome,
+        message: Option<&MessageOutcome>,
+        now: Timestamp,
+    ) {
+        if let Some(job) = self.jobs.get(&job) {
+            let events = derive::send_attempt(job, attempt, outcome, message);
+            self.emit(events, now);
+        }
+    }
+
     fn check_outcome(&self, job: &Job, outcome: Option<&MessageOutcome>) -> Result<(), StoreError> {
         match outcome {
             Some(MessageOutcome::Sent { provider_id, .. }) => {
@@ -730,9 +770,14 @@ impl AccountStore for MemoryStore {
         }
         let mut inner = self.lock();
         let account = inner.account_mut(id)?;
+        let changed = account.connection != *state;
         account.connection = state.clone();
         account.updated_at = now;
-        Ok(account.clone())
+        let account = account.clone();
+        if changed {
+            inner.emit([Event::AccountStateChanged { account_id: id, state: state.clone() }], now);
+        }
+        Ok(account)
     }
 
     async fn state_get(
@@ -1051,7 +1096,14 @@ impl ConversationStore for MemoryStore {
         c.status = status;
         c.closed_at = if status.is_active() { None } else { c.closed_at.or(Some(now)) };
         c.version += 1;
-        Ok(c.clone())
+        let c = c.clone();
+        let event = Event::ConversationStatusChanged {
+            account_id: c.account_id,
+            conversation_id: id,
+            status,
+        };
+        inner.emit([event], now);
+        Ok(c)
     }
 
     async fn set_assignee(
@@ -1074,8 +1126,15 @@ impl ConversationStore for MemoryStore {
         }
         c.assignee = assignee.map(str::to_owned);
         c.version += 1;
-        let _ = now;
-        Ok(c.clone())
+        let c = c.clone();
+        let event = Event::ConversationAssigned {
+            account_id: c.account_id,
+            conversation_id: conversation,
+            assignee: c.assignee.clone(),
+            previous: expected.map(str::to_owned),
+        };
+        inner.emit([event], now);
+        Ok(c)
     }
 }
 
@@ -1120,7 +1179,11 @@ impl MessageStore for MemoryStore {
             m.edited_at = Some(edit.edited_at);
             m.updated_at = now;
         }
-        Ok(Some((m.clone(), newer)))
+        let m = m.clone();
+        if newer {
+            inner.emit([Event::MessageEdited { account_id: account, message_id: id }], now);
+        }
+        Ok(Some((m, newer)))
     }
 
     async fn apply_deletion(
@@ -1151,6 +1214,10 @@ impl MessageStore for MemoryStore {
                 changed.push(m.clone());
             }
         }
+        let events =
+            changed.iter().map(|m| Event::MessageDeleted { account_id: account, message_id: m.id });
+        let events: Vec<Event> = events.collect();
+        inner.emit(events, now);
         Ok(changed)
     }
 
@@ -1204,7 +1271,7 @@ impl MessageStore for MemoryStore {
     async fn ingest(&self, req: IngestRequest) -> Result<IngestOutcome, StoreError> {
         let mut inner = self.lock();
         inner.validate_ingest(&req)?;
-        Ok(inner.apply_ingest(req))
+        Ok(inner.ingest_and_emit(req))
     }
 
     async fn ingest_batch(&self, reqs: &[IngestRequest]) -> Result<Vec<IngestOutcome>, StoreError> {
@@ -1212,7 +1279,7 @@ impl MessageStore for MemoryStore {
         for req in reqs {
             inner.validate_ingest(req)?;
         }
-        Ok(reqs.iter().map(|req| inner.apply_ingest(req.clone())).collect())
+        Ok(reqs.iter().map(|req| inner.ingest_and_emit(req.clone())).collect())
     }
 
     async fn enqueue_send(&self, req: SendRequest) -> Result<Message, StoreError> {
@@ -1291,6 +1358,7 @@ impl MessageStore for MemoryStore {
             c.last_activity_at = c.last_activity_at.max(req.now);
             c.version += 1;
         }
+        inner.emit([derive::queued(&message)], req.now);
         Ok(message)
     }
 
@@ -1324,6 +1392,8 @@ impl MessageStore for MemoryStore {
                 }
             }
         }
+        let now = inner.messages.get(&keep).map_or(Timestamp(0), |m| m.updated_at);
+        inner.emit([derive::merged(account, keep, holder)], now);
         Ok(Some(holder))
     }
 }
@@ -1435,6 +1505,8 @@ impl QueueStore for MemoryStore {
             j.updated_at = now;
         }
         inner.finish_attempt(job.id, lease.attempt, AttemptOutcome::Completed, None, now);
+        let completed = AttemptOutcome::Completed;
+        inner.emit_attempt(job.id, lease.attempt, completed, outcome.as_ref(), now);
         inner.apply_outcome(job.message_id, outcome, now);
         Ok(())
     }
@@ -1463,6 +1535,7 @@ impl QueueStore for MemoryStore {
             Some(&error),
             now,
         );
+        inner.emit_attempt(lease.job.id, lease.attempt, AttemptOutcome::Retried, None, now);
         Ok(())
     }
 
@@ -1490,6 +1563,7 @@ impl QueueStore for MemoryStore {
             Some(&reason),
             now,
         );
+        inner.emit_attempt(lease.job.id, lease.attempt, AttemptOutcome::Snoozed, None, now);
         Ok(())
     }
 
@@ -1513,6 +1587,8 @@ impl QueueStore for MemoryStore {
             j.updated_at = now;
         }
         inner.finish_attempt(job.id, lease.attempt, AttemptOutcome::Discarded, Some(&error), now);
+        let discarded = AttemptOutcome::Discarded;
+        inner.emit_attempt(job.id, lease.attempt, discarded, outcome.as_ref(), now);
         inner.apply_outcome(job.message_id, outcome, now);
         Ok(())
     }
@@ -1557,12 +1633,10 @@ impl QueueStore for MemoryStore {
             }
             let message = job.message_id;
             inner.finish_attempt(*id, attempt, AttemptOutcome::Rescued, Some(error), now);
+            let failed = exhausted.then(|| MessageOutcome::Failed { error: error.to_owned() });
+            inner.emit_attempt(*id, attempt, AttemptOutcome::Rescued, failed.as_ref(), now);
             if exhausted {
-                inner.apply_outcome(
-                    message,
-                    Some(MessageOutcome::Failed { error: error.to_owned() }),
-                    now,
-                );
+                inner.apply_outcome(message, failed, now);
             }
         }
         Ok(expired.len() as u64)
@@ -1685,5 +1759,133 @@ impl LeaseStore for MemoryStore {
             l.expires_at = Timestamp(i64::MIN);
         }
         Ok(())
+    }
+}
+
+impl Inner {
+    /// A consumer registered now at `start`.
+    fn new_consumer(&self, name: &str, start: ConsumerStart, now: Timestamp) -> FeedConsumerInfo {
+        let position = match start {
+            ConsumerStart::Beginning => self.feed_pruned,
+            ConsumerStart::End => self.feed.last().map_or(self.feed_pruned, |e| e.position),
+        };
+        FeedConsumerInfo {
+            name: name.to_owned(),
+            position,
+            registered_at: now,
+            seen_at: now,
+            expired: false,
+        }
+    }
+}
+
+fn consumer_name(name: &str) -> Result<(), StoreError> {
+    if name.trim().is_empty() || name.len() > 200 {
+        return Err(StoreError::InvalidInput {
+            field: "consumer",
+            reason: "must be a name of 1 to 200 bytes".to_owned(),
+        });
+    }
+    no_nul("consumer", name)
+}
+
+#[async_trait]
+impl FeedStore for MemoryStore {
+    async fn append_events(&self, events: &[Event], now: Timestamp) -> Result<(), StoreError> {
+        self.injected("append_events")?;
+        self.lock().emit(events.iter().cloned(), now);
+        Ok(())
+    }
+
+    async fn feed_read(
+        &self,
+        after: FeedPosition,
+        limit: usize,
+    ) -> Result<Vec<FeedEvent>, StoreError> {
+        self.injected("feed_read")?;
+        let inner = self.lock();
+        if after < inner.feed_pruned {
+            return Err(StoreError::FeedCursorExpired { consumer: String::new() });
+        }
+        Ok(inner.feed.iter().filter(|e| e.position > after).take(limit).cloned().collect())
+    }
+
+    async fn feed_consumer(
+        &self,
+        name: &str,
+        start: ConsumerStart,
+        now: Timestamp,
+    ) -> Result<FeedConsumerInfo, StoreError> {
+        consumer_name(name)?;
+        let mut inner = self.lock();
+        let fresh = inner.new_consumer(name, start, now);
+        let c = inner.consumers.entry(name.to_owned()).or_insert(fresh);
+        if !c.expired {
+            c.seen_at = now;
+        }
+        Ok(c.clone())
+    }
+
+    async fn feed_reset(
+        &self,
+        name: &str,
+        start: ConsumerStart,
+        now: Timestamp,
+    ) -> Result<FeedConsumerInfo, StoreError> {
+        consumer_name(name)?;
+        let mut inner = self.lock();
+        let fresh = inner.new_consumer(name, start, now);
+        inner.consumers.insert(name.to_owned(), fresh.clone());
+        Ok(fresh)
+    }
+
+    async fn feed_ack(
+        &self,
+        name: &str,
+        position: FeedPosition,
+        now: Timestamp,
+    ) -> Result<FeedConsumerInfo, StoreError> {
+        self.injected("feed_ack")?;
+        let mut inner = self.lock();
+        let c =
+            inner.consumers.get_mut(name).ok_or_else(|| StoreError::not_found("consumer", name))?;
+        if c.expired {
+            return Err(StoreError::FeedCursorExpired { consumer: name.to_owned() });
+        }
+        c.position = c.position.max(position);
+        c.seen_at = now;
+        Ok(c.clone())
+    }
+
+    async fn feed_consumers(&self) -> Result<Vec<FeedConsumerInfo>, StoreError> {
+        Ok(self.lock().consumers.values().cloned().collect())
+    }
+
+    async fn feed_prune(
+        &self,
+        written_before: Timestamp,
+        idle_before: Timestamp,
+    ) -> Result<FeedPruned, StoreError> {
+        let mut inner = self.lock();
+        let mut pruned = FeedPruned::default();
+        for c in inner.consumers.values_mut() {
+            if !c.expired && c.seen_at < idle_before {
+                c.expired = true;
+                pruned.consumers += 1;
+            }
+        }
+        let floor = inner.consumers.values().filter(|c| !c.expired).map(|c| c.position).min();
+        let before = inner.feed.len();
+        let mut last = inner.feed_pruned;
+        inner.feed.retain(|e| {
+            let gone = e.at < written_before && floor.is_none_or(|f| e.position <= f);
+            if gone {
+                last = last.max(e.position);
+            }
+            !gone
+        });
+        inner.feed_pruned = last;
+        pruned.events = (before - inner.feed.len()) as u64;
+        Ok(pruned)
     }
 }
