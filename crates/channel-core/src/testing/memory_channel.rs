@@ -407,7 +407,7 @@ impl Channel for MemoryChannel {
         let end = request.before.as_deref().and_then(position).unwrap_or(in_thread.len());
         let start = request.after.as_deref().and_then(position).map_or(0, |p| p + 1);
         let window = in_thread.get(start..end).unwrap_or_default();
-        let skip = window.len().saturating_sub(request.limit);
+        let skip = window.len().saturating_sub(request.page_size());
         Ok(window[skip..].iter().map(|m| (*m).clone()).collect())
     }
 }
