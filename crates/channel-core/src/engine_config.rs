@@ -110,6 +110,8 @@ settings! {
     /// Longest wait of a feed consumer between looks at the feed when no in-process event
     /// wakes it (1 s; events of other processes and of transactions that committed late).
     feed_poll_interval: Duration = Duration::from_secs(1);
+    /// How often a worker writes its heartbeat row (15 s; stale after three missed beats).
+    heartbeat_interval: Duration = Duration::from_secs(15);
 }
 
 impl EngineBuilder {
@@ -158,6 +160,7 @@ impl EngineConfig {
             ("lease_renew_every", self.lease_renew_every),
             ("feed_retention", self.feed_retention),
             ("feed_poll_interval", self.feed_poll_interval),
+            ("heartbeat_interval", self.heartbeat_interval),
             ("retry.backoff.initial", self.retry.backoff.initial()),
             ("retry.backoff.max", self.retry.backoff.max()),
         ];

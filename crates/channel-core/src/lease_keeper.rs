@@ -109,6 +109,14 @@ impl LeaseKeeper {
     /// Renews held leases that are still wanted, tries to acquire wanted ones not held, and
     /// releases held ones no longer wanted.
     pub async fn tick(&mut self, wanted: &[String]) -> LeaseChanges {
+        self.tick_limited(wanted, usize::MAX).await
+    }
+
+    /// [`tick`](Self::tick), acquiring at most `new_accounts` account leases
+    /// ([`Lease::account_name`]) it does not hold yet, in the order of `wanted`: how a
+    /// balanced worker takes no more than its share.
+    pub async fn tick_limited(&mut self, wanted: &[String], new_accounts: usize) -> LeaseChanges {
+        let mut gained_accounts = 0usize;
         let mut changes = LeaseChanges::default();
         let names: Vec<String> = self.held.keys().cloned().collect();
         for name in names {
@@ -155,12 +163,17 @@ impl LeaseKeeper {
             if self.held.contains_key(name) {
                 continue;
             }
+            let account = name.starts_with("account:");
+            if account && gained_accounts >= new_accounts {
+                continue;
+            }
             let now = self.clock.now();
             let acquire = self.store.acquire_lease(name, &self.holder, self.ttl, now);
             match with_timeout("acquire_lease", self.db_timeout, acquire).await {
                 Ok(Some(l)) => {
                     self.held.insert(name.clone(), l);
                     changes.gained.push(name.clone());
+                    gained_accounts += usize::from(account);
                 }
                 Ok(None) => {}
                 Err(e) => tracing::debug!(lease = %name, error = %e, "could not acquire lease"),

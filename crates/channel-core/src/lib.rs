@@ -46,6 +46,7 @@ pub mod store;
 #[cfg(any(feature = "testing", doc))]
 pub mod testing;
 pub mod validate;
+pub mod workers;
 
 pub use blob::{BlobError, BlobStore};
 pub use channel::{

@@ -20,7 +20,7 @@
 //!
 //! This module is the only place that uses the watchdog's API.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,6 +32,9 @@ use tokio::sync::{Notify, watch};
 
 use crate::channel::{Channel, ChannelError};
 use crate::dispatcher::Dispatcher;
+
+mod balance;
+mod presence;
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::events::JOBS_TOPIC;
@@ -185,7 +188,13 @@ impl RuntimeBuilder {
             Arc::clone(&self.engine.inner.clock),
         )
         .with_ttl(cfg.lease_ttl, cfg.db_timeout);
+        // This worker's liveness lock and row, then the takeover of dead workers, before the
+        // first lease tick: a worker restarted after a crash takes its accounts back at once.
+        let liveness = presence::register(&self.engine).await?;
+        presence::take_over_dead(&self.engine).await;
         let shared = Arc::new(Shared {
+            liveness: Mutex::new(Some(liveness)),
+            started_at: self.engine.now(),
             engine: self.engine.clone(),
             factory: self.factory,
             watchdog: watchdog.clone(),
@@ -232,8 +241,12 @@ impl RuntimeBuilder {
 
         let s = Arc::clone(&shared);
         reg(LoopSpec::new("leases", move |ctx| lease_loop(Arc::clone(&s), ctx))
-            .max_silence(cfg.lease_ttl * 2 + cfg.db_timeout * 2)
+            .max_silence(cfg.lease_ttl * 2 + cfg.db_timeout * 8)
             .critical(true))?;
+
+        let s = Arc::clone(&shared);
+        reg(LoopSpec::new("heartbeat", move |ctx| presence::heartbeat_loop(Arc::clone(&s), ctx))
+            .max_silence(cfg.heartbeat_interval * 2 + cfg.db_timeout * 4))?;
 
         Ok(Runtime { shared, shutdown_deadline: self.shutdown_deadline })
     }
@@ -282,6 +295,10 @@ impl fmt::Debug for Runtime {
 }
 
 struct Shared {
+    /// This worker's liveness lock: dropped (and the row deleted) on shutdown.
+    liveness: Mutex<Option<Box<dyn crate::workers::Liveness>>>,
+    /// When this worker started.
+    started_at: Timestamp,
     engine: Engine,
     factory: Arc<dyn ChannelFactory>,
     watchdog: Watchdog,
@@ -333,6 +350,15 @@ impl Runtime {
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.shared.engine
+    }
+
+    /// Every worker process on the store, by id, with its last heartbeat (its loops and the
+    /// accounts it holds) and whether it is alive now (its liveness lock, read from the
+    /// database). A row is stale when [`WorkerInfo::is_stale`](crate::workers::WorkerInfo::is_stale)
+    /// with the [`heartbeat_interval`](crate::EngineConfig::heartbeat_interval).
+    pub async fn workers(&self) -> Result<Vec<crate::workers::WorkerInfo>, EngineError> {
+        let engine = &self.shared.engine;
+        Ok(engine.db("workers", engine.store().workers()).await?)
     }
 
     /// The watchdog supervising the loops (status and health reports).
@@ -533,11 +559,28 @@ impl Runtime {
         keeper.release_all().await;
         drop(keeper);
         self.shared.leader.store(false, Ordering::Relaxed);
+        // Free the liveness lock, then remove this worker's row as any worker would.
+        drop(self.shared.liveness.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let me = engine.config().worker_id();
+        if let Err(e) = engine.db("take_over", engine.store().take_over(&me, engine.now())).await {
+            tracing::debug!(error = %e, "could not remove this worker's row; the next worker will");
+        }
         stopped
     }
 }
 
 impl Shared {
+    /// The accounts whose leases this worker holds.
+    async fn held_accounts(&self) -> BTreeSet<AccountId> {
+        self.keeper
+            .lock()
+            .await
+            .held()
+            .filter_map(|name| name.strip_prefix("account:"))
+            .filter_map(|id| id.parse().ok())
+            .collect()
+    }
+
     fn slot(&self, account: AccountId) -> Option<Arc<Slot>> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner()).get(&account).cloned()
     }
@@ -569,23 +612,60 @@ impl Shared {
     }
 }
 
-/// Renews and acquires leases every `lease_renew_every`; flips account slots and the leader
-/// flag.
+/// Every `lease_renew_every`: takes over dead workers, renews and acquires leases (this
+/// worker's share of the accounts: [`balance`]), hands over what it holds beyond its share
+/// (disconnecting first), and flips account slots and the leader flag.
 async fn lease_loop(s: Arc<Shared>, ctx: LoopContext) -> LoopResult {
     let every = s.engine.config().lease_renew_every;
+    let me = s.engine.config().worker_id();
+    let mut workers = 1usize;
+    let mut was_over = false;
+    // Accounts being handed over (stopped here, lease still held until the channel is
+    // gone), and those handed over lately (not taken again for a while), with when.
+    let mut handing: BTreeSet<AccountId> = BTreeSet::new();
+    let mut cooling: HashMap<AccountId, tokio::time::Instant> = HashMap::new();
     loop {
         ctx.ping();
+        if let Some(n) = presence::take_over_dead(&s.engine).await {
+            workers = n;
+        }
+        cooling.retain(|_, since| since.elapsed() < every * 4);
         let mut wanted = vec![Lease::LEADER.to_owned()];
+        let mut acquire_up_to = usize::MAX;
         match s.engine.db("accounts", s.engine.store().accounts()).await {
             Ok(accounts) => {
                 s.engine.remember_settings(&accounts);
                 restart_changed_channels(&s, &accounts);
-                wanted.extend(
-                    accounts
-                        .iter()
-                        .filter(|a| a.enabled && s.factory.supports(&a.kind))
-                        .map(|a| Lease::account_name(a.id)),
-                )
+                let candidates: Vec<AccountId> = accounts
+                    .iter()
+                    .filter(|a| a.enabled && s.factory.supports(&a.kind))
+                    .map(|a| a.id)
+                    .collect();
+                let held = s.held_accounts().await;
+                let cool: BTreeSet<AccountId> = cooling.keys().copied().collect();
+                let plan = balance::plan(&me, &candidates, &held, &cool, workers, was_over);
+                was_over = plan.over;
+                for account in plan.hand_over {
+                    if handing.insert(account) {
+                        tracing::info!(%account, workers, "handing the account over to balance the workers");
+                        if let Some(slot) = s.slot(account) {
+                            slot.held.send_replace(false);
+                        }
+                    }
+                }
+                // Release what was handed over once its channel is gone.
+                handing.retain(|a| {
+                    let gone = s.engine.channel(*a).is_none();
+                    if gone {
+                        cooling.insert(*a, tokio::time::Instant::now());
+                    }
+                    !gone
+                });
+                let keep =
+                    held.iter().filter(|a| candidates.contains(a) && !cooling.contains_key(a));
+                wanted.extend(keep.map(|a| Lease::account_name(*a)));
+                wanted.extend(plan.try_acquire.iter().map(|a| Lease::account_name(*a)));
+                acquire_up_to = plan.acquire_up_to;
             }
             Err(e) => {
                 // Keep what we hold; acquire nothing new.
@@ -594,7 +674,7 @@ async fn lease_loop(s: Arc<Shared>, ctx: LoopContext) -> LoopResult {
                 wanted = keeper.held().map(str::to_owned).collect();
             }
         }
-        let changes = s.keeper.lock().await.tick(&wanted).await;
+        let changes = s.keeper.lock().await.tick_limited(&wanted, acquire_up_to).await;
         for name in changes.lost.iter().chain(&changes.gained) {
             let gained = changes.gained.contains(name);
             if name == Lease::LEADER {
@@ -605,7 +685,7 @@ async fn lease_loop(s: Arc<Shared>, ctx: LoopContext) -> LoopResult {
             {
                 let slot = if gained { Some(s.ensure_slot(account)) } else { s.slot(account) };
                 if let Some(slot) = slot {
-                    slot.held.send_replace(gained);
+                    slot.held.send_replace(gained && !handing.contains(&account));
                 }
             }
         }

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use crate::feed::FeedStore;
 use crate::model::*;
 use crate::page::Position;
+use crate::workers::WorkerStore;
 
 /// Why a store call failed, and what the caller should do about it.
 #[derive(Debug, thiserror::Error)]
@@ -262,18 +263,25 @@ pub struct Notification {
 }
 
 /// Persistence of everything in the model, the contract a backend implements: the five
-/// traits below and [`FeedStore`](crate::feed::FeedStore), split by concern (each operation that must be atomic across concerns, such
+/// traits below, [`FeedStore`](crate::feed::FeedStore) and
+/// [`WorkerStore`](crate::workers::WorkerStore), split by concern (each operation that must be atomic across concerns, such
 /// as ingest or queuing a send, sits with the concern it writes first; each writes the
 /// [`Event`]s of its change to the feed in the same transaction). `Store` is implemented for
-/// every type that implements all six, and is what the engine holds
+/// every type that implements all seven, and is what the engine holds
 /// (`Arc<dyn Store>`). See the module documentation for the rules every implementation keeps.
 pub trait Store:
-    AccountStore + ConversationStore + MessageStore + QueueStore + LeaseStore + FeedStore
+    AccountStore + ConversationStore + MessageStore + QueueStore + LeaseStore + FeedStore + WorkerStore
 {
 }
 
 impl<T> Store for T where
-    T: AccountStore + ConversationStore + MessageStore + QueueStore + LeaseStore + FeedStore
+    T: AccountStore
+        + ConversationStore
+        + MessageStore
+        + QueueStore
+        + LeaseStore
+        + FeedStore
+        + WorkerStore
 {
 }
 

@@ -107,6 +107,7 @@ mod ops;
 mod options;
 mod queue;
 mod store_impl;
+mod workers;
 
 pub use db::Backend;
 pub use options::SqlStoreOptions;
@@ -131,6 +132,8 @@ struct Inner {
     options: SqlStoreOptions,
     #[cfg(feature = "postgres")]
     hub: Option<notify::Hub>,
+    /// Where the workers' liveness locks live.
+    locks: workers::LockPlace,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -226,6 +229,10 @@ impl SqlStore {
 
     pub(crate) fn is_pg(&self) -> bool {
         self.inner.pools.is_pg()
+    }
+
+    pub(crate) fn lock_place(&self) -> &workers::LockPlace {
+        &self.inner.locks
     }
 
     /// Runs an operation under the store's time limit and maps its error.

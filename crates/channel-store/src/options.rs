@@ -185,6 +185,7 @@ impl SqlStoreOptions {
             // commits are copied back once. Ingest runs about 30 % faster (benches/README.md).
             .pragma("wal_autocheckpoint", "8000");
         let timeout = self.operation_timeout;
+        let locks = crate::workers::LockPlace::beside(connect.get_filename());
         let open = async {
             let write = Slots::open(connect.clone(), 1, true).await?;
             let read =
@@ -207,6 +208,7 @@ impl SqlStoreOptions {
                 options: self.clone(),
                 #[cfg(feature = "postgres")]
                 hub: None,
+                locks,
                 _temp: temp,
             }),
         };
@@ -260,6 +262,7 @@ impl SqlStoreOptions {
                 group_commit: GroupCommit::new(self.max_connections as usize / 2),
                 options: self.clone(),
                 hub,
+                locks: crate::workers::LockPlace::Postgres(Box::new(connect.clone())),
                 _temp: None,
             }),
         };

@@ -39,7 +39,9 @@ use crate::model::*;
 use crate::store::*;
 
 mod feed;
+mod workers;
 pub use feed::*;
+pub use workers::*;
 
 /// The fixed "now" the suite starts from (2023-11-14T22:13:20Z).
 pub const T0: Timestamp = Timestamp(1_700_000_000_000);
@@ -2353,6 +2355,8 @@ macro_rules! store_conformance_tests {
             a_change_that_fails_or_changes_nothing_writes_no_event,
             feed_consumers_resume_after_their_acknowledgement,
             feed_prune_keeps_what_consumers_need_and_expires_idle_ones,
+            workers_are_alive_while_their_lock_is_held,
+            a_dead_workers_leases_and_jobs_are_taken_over_at_once,
         );
     };
 }

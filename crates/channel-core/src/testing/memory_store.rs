@@ -1,7 +1,7 @@
 //! [`MemoryStore`]: the reference implementation of [`Store`], in memory.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc as StdArc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,6 +10,7 @@ use crate::feed::*;
 use crate::model::*;
 use crate::page::Position;
 use crate::store::*;
+use crate::workers::*;
 
 /// A complete [`Store`] in memory: one [`Mutex`] over plain collections, so every call is one
 /// atomic step.
@@ -71,6 +72,8 @@ struct Inner {
     /// Everything up to here was pruned.
     feed_pruned: FeedPosition,
     consumers: BTreeMap<String, FeedConsumerInfo>,
+    /// Worker rows and their liveness (alive while the registering guard lives).
+    workers: BTreeMap<String, (WorkerInfo, Weak<()>)>,
 }
 
 /// Whether a row at `(at, id)` sorts before `p` in a newest-first listing.
@@ -531,6 +534,34 @@ impl Inner {
             row.outcome = outcome;
             row.finished_at = Some(now);
             row.error = error.map(str::to_owned);
+        }
+    }
+
+    /// Rescues claimed jobs (their worker stopped or hung): retryable at once, or discarded
+    /// with their message failed when out of attempts.
+    fn rescue(&mut self, expired: &[JobId], now: Timestamp) {
+        let error = "lease expired: the worker stopped or hung";
+        for id in expired {
+            let Some(job) = self.jobs.get_mut(id) else { continue };
+            let attempt = job.attempt;
+            let exhausted = job.attempt >= job.max_attempts;
+            job.leased_by = None;
+            job.lease_expires_at = None;
+            job.last_error = Some(error.to_owned());
+            job.updated_at = now;
+            if exhausted {
+                job.state = JobState::Discarded;
+            } else {
+                job.state = JobState::Retryable;
+                job.run_at = now;
+            }
+            let message = job.message_id;
+            self.finish_attempt(*id, attempt, AttemptOutcome::Rescued, Some(error), now);
+            let failed = exhausted.then(|| MessageOutcome::Failed { error: error.to_owned() });
+            self.emit_attempt(*id, attempt, AttemptOutcome::Rescued, failed.as_ref(), now);
+            if exhausted {
+                self.apply_outcome(message, failed, now);
+            }
         }
     }
 
@@ -1616,29 +1647,7 @@ impl QueueStore for MemoryStore {
             .filter(|j| j.state == JobState::Running && j.lease_expires_at.is_some_and(|t| t < now))
             .map(|j| j.id)
             .collect();
-        let error = "lease expired: the worker stopped or hung";
-        for id in &expired {
-            let Some(job) = inner.jobs.get_mut(id) else { continue };
-            let attempt = job.attempt;
-            let exhausted = job.attempt >= job.max_attempts;
-            job.leased_by = None;
-            job.lease_expires_at = None;
-            job.last_error = Some(error.to_owned());
-            job.updated_at = now;
-            if exhausted {
-                job.state = JobState::Discarded;
-            } else {
-                job.state = JobState::Retryable;
-                job.run_at = now;
-            }
-            let message = job.message_id;
-            inner.finish_attempt(*id, attempt, AttemptOutcome::Rescued, Some(error), now);
-            let failed = exhausted.then(|| MessageOutcome::Failed { error: error.to_owned() });
-            inner.emit_attempt(*id, attempt, AttemptOutcome::Rescued, failed.as_ref(), now);
-            if exhausted {
-                inner.apply_outcome(message, failed, now);
-            }
-        }
+        inner.rescue(&expired, now);
         Ok(expired.len() as u64)
     }
 
@@ -1887,5 +1896,77 @@ impl FeedStore for MemoryStore {
         inner.feed_pruned = last;
         pruned.events = (before - inner.feed.len()) as u64;
         Ok(pruned)
+    }
+}
+
+/// A worker's liveness in memory: alive while this lives.
+#[derive(Debug)]
+struct MemoryLiveness(#[allow(dead_code)] StdArc<()>);
+
+impl Liveness for MemoryLiveness {
+    fn is_held(&self) -> bool {
+        true
+    }
+}
+
+#[async_trait]
+impl WorkerStore for MemoryStore {
+    async fn register_worker(&self, worker: &WorkerInfo) -> Result<Box<dyn Liveness>, StoreError> {
+        self.injected("register_worker")?;
+        let mut inner = self.lock();
+        if inner.workers.get(&worker.id).is_some_and(|(_, alive)| alive.strong_count() > 0) {
+            return Err(StoreError::InvalidInput {
+                field: "worker_id",
+                reason: format!("worker `{}` is alive in another process", worker.id),
+            });
+        }
+        let token = StdArc::new(());
+        inner.workers.insert(worker.id.clone(), (worker.clone(), StdArc::downgrade(&token)));
+        Ok(Box::new(MemoryLiveness(token)))
+    }
+
+    async fn beat(&self, worker: &WorkerInfo) -> Result<(), StoreError> {
+        self.injected("beat")?;
+        let mut inner = self.lock();
+        match inner.workers.get_mut(&worker.id) {
+            Some((row, _)) => {
+                *row = WorkerInfo { started_at: row.started_at, ..worker.clone() };
+                Ok(())
+            }
+            None => Err(StoreError::not_found("worker", &worker.id)),
+        }
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .workers
+            .values()
+            .map(|(w, alive)| WorkerInfo { alive: alive.strong_count() > 0, ..w.clone() })
+            .collect())
+    }
+
+    async fn take_over(&self, id: &str, now: Timestamp) -> Result<Option<Takeover>, StoreError> {
+        self.injected("take_over")?;
+        let mut inner = self.lock();
+        match inner.workers.get(id) {
+            Some((_, alive)) if alive.strong_count() == 0 => {}
+            _ => return Ok(None),
+        }
+        inner.workers.remove(id);
+        let mut taken = Takeover::default();
+        for lease in inner.leases.values_mut().filter(|l| l.holder == id) {
+            lease.expires_at = Timestamp(0);
+            taken.leases += 1;
+        }
+        let claimed: Vec<JobId> = inner
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Running && j.leased_by.as_deref() == Some(id))
+            .map(|j| j.id)
+            .collect();
+        inner.rescue(&claimed, now);
+        taken.jobs = claimed.len() as u64;
+        Ok(Some(taken))
     }
 }
