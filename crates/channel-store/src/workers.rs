@@ -5,7 +5,9 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
+#[cfg(feature = "postgres")]
 use std::sync::Arc;
+#[cfg(feature = "postgres")]
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
