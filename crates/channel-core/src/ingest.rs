@@ -282,6 +282,8 @@ impl Engine {
         };
         metrics::counter!("channel_ingest_total", "disposition" => disposition).increment(1);
         if o.disposition == IngestDisposition::Stored {
+            metrics::counter!("channel_messages_ingested_total", "account" => account.to_string())
+                .increment(1);
             for d in defects {
                 metrics::counter!("channel_message_defects_total", "code" => d.code.clone())
                     .increment(1);

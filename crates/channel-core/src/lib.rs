@@ -66,8 +66,8 @@ pub use retry::Backoff;
 pub use secrecy::{self, ExposeSecret, SecretSlice, SecretString};
 pub use store::{
     AccountStore, ConversationStore, DueConversations, IngestDisposition, IngestOutcome,
-    IngestRequest, LeaseStore, MessageStore, Notification, QueueStore, SendRequest, Store,
-    StoreError, StoredInbound,
+    IngestRequest, LeaseStore, MessageStore, Notification, QueueDepth, QueueStore, SendRequest,
+    Store, StoreError, StoredInbound,
 };
 
 /// The README's examples, run as doctests.

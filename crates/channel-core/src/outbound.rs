@@ -353,6 +353,8 @@ impl Engine {
                 Ok(()) => {
                     run.count("complete");
                     metrics::counter!("channel_messages_sent_total").increment(1);
+                    let latency = self.now().since(message.created_at).as_secs_f64();
+                    metrics::histogram!("channel_send_latency_seconds").record(latency);
                     if refused {
                         run.count("sent_not_recorded");
                     } else if tries > 1 && merged.is_none() {

@@ -634,6 +634,45 @@ pub trait QueueStore: Send + Sync + 'static {
     /// The earliest `run_at` among claimable jobs of these kinds, so a dispatcher can sleep
     /// until then.
     async fn next_run_at(&self, kinds: &[JobKind]) -> Result<Option<Timestamp>, StoreError>;
+    /// Jobs due at `now` (claimable: available or retryable, `run_at` passed), per kind, with
+    /// the `run_at` of the oldest: the queue's depth and age, for metrics. The default pages
+    /// through [`jobs_before`](Self::jobs_before); a backend answers with one query.
+    async fn queue_depth(&self, now: Timestamp) -> Result<Vec<QueueDepth>, StoreError> {
+        let mut out: Vec<QueueDepth> = Vec::new();
+        for state in [JobState::Available, JobState::Retryable] {
+            let mut before: Option<Position> = None;
+            loop {
+                let page = self.jobs_before(Some(state), None, before.as_ref(), 500).await?;
+                let Some(last) = page.last() else { break };
+                before = Some(Position { at: last.created_at, id: last.id.to_string() });
+                for job in page.iter().filter(|j| j.run_at <= now) {
+                    match out.iter_mut().find(|d| d.kind == job.kind) {
+                        Some(d) => {
+                            d.due += 1;
+                            d.oldest_run_at = d.oldest_run_at.min(job.run_at);
+                        }
+                        None => out.push(QueueDepth {
+                            kind: job.kind.clone(),
+                            due: 1,
+                            oldest_run_at: job.run_at,
+                        }),
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The jobs of one kind due now ([`QueueStore::queue_depth`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// The kind.
+    pub kind: JobKind,
+    /// How many are due.
+    pub due: u64,
+    /// When the oldest of them became due.
+    pub oldest_run_at: Timestamp,
 }
 
 /// Named leases (the leader, each account) and cross-process notifications.

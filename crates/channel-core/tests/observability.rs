@@ -1,5 +1,5 @@
 //! Metrics: sends, retries, snoozes, discards and rescues are counted through the `metrics`
-//! facade. One test in this binary: it installs the process-wide recorder.
+//! facade; send latency, ingest per account and feed lag are measured. One test in this binary: it installs the process-wide recorder.
 
 mod common;
 
@@ -32,6 +32,21 @@ impl CounterFn for Cell {
     }
 }
 
+/// A gauge's last value (as f64 bits) or a histogram's number of samples.
+impl metrics::GaugeFn for Cell {
+    fn increment(&self, _: f64) {}
+    fn decrement(&self, _: f64) {}
+    fn set(&self, value: f64) {
+        self.0.store(value.to_bits(), Ordering::Relaxed);
+    }
+}
+
+impl metrics::HistogramFn for Cell {
+    fn record(&self, _: f64) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// `name{label=value,...}` with labels in order.
 fn render(key: &Key) -> String {
     let mut labels: Vec<String> =
@@ -54,11 +69,13 @@ impl Recorder for Counts {
         let cell = Arc::clone(self.0.lock().unwrap().entry(render(key)).or_default());
         Counter::from_arc(cell)
     }
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        let cell = Arc::clone(self.0.lock().unwrap().entry(render(key)).or_default());
+        Gauge::from_arc(cell)
     }
-    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::noop()
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        let cell = Arc::clone(self.0.lock().unwrap().entry(render(key)).or_default());
+        Histogram::from_arc(cell)
     }
 }
 
@@ -101,4 +118,21 @@ async fn retries_snoozes_discards_rescues_and_sends_are_counted() {
     assert_eq!(counts.get("channel_job_snoozes_total{class=rate_limited,kind=send}"), 1);
     assert_eq!(counts.get("channel_jobs_discarded_total{kind=send}"), 1);
     assert_eq!(counts.get("channel_jobs_rescued_total{}"), 1);
+    assert_eq!(counts.get("channel_send_latency_seconds{}"), 1, "one sample per message sent");
+    let ingested = format!("channel_messages_ingested_total{{account={}}}", h.account.id);
+    assert!(counts.get(&ingested) >= 1, "messages ingested, per account");
+
+    // A feed consumer 30 s behind its oldest unread event.
+    let mut feed = h.engine.feed_consumer("lagging", feed::ConsumerStart::End).await.unwrap();
+    h.engine
+        .deliver(
+            h.account.id,
+            InboundMessage::text("late", "chat", IdentityInfo::new("tg:9"), "hi", START),
+        )
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert!(!feed.poll(1).await.unwrap().is_empty());
+    let lag = f64::from_bits(counts.get("channel_feed_lag_seconds{consumer=lagging}"));
+    assert!((30.0..31.0).contains(&lag), "{lag}");
 }

@@ -15,8 +15,8 @@ use crate::db::{Arg, Ex, Row, Sql, Tx};
 use crate::error::{Res, invalid};
 use crate::{SqlStore, codec, write_tx};
 
-/// Rows per `INSERT` (4 arguments each).
-const CHUNK: usize = 200;
+/// Rows per `INSERT` (2 arguments each).
+const CHUNK: usize = 500;
 
 /// Longest consumer name.
 const MAX_NAME: usize = 200;
@@ -24,8 +24,6 @@ const MAX_NAME: usize = 200;
 /// An event as a row to insert (owned: statements borrow it).
 pub(crate) struct EventRow {
     at: i64,
-    account: String,
-    kind: &'static str,
     payload: String,
 }
 
@@ -33,18 +31,11 @@ pub(crate) struct EventRow {
 pub(crate) fn rows(events: &[Event], now: Timestamp) -> Res<Vec<EventRow>> {
     events
         .iter()
-        .map(|e| {
-            Ok(EventRow {
-                at: now.0,
-                account: e.account_id().to_string(),
-                kind: e.name(),
-                payload: codec::to_json("event", e)?,
-            })
-        })
+        .map(|e| Ok(EventRow { at: now.0, payload: codec::to_json("event", e)? }))
         .collect()
 }
 
-/// Appends `(at, account_id, kind, payload), ...` for `rows` (typed on PostgreSQL, where a
+/// Appends `(at, payload), ...` for `rows` (typed on PostgreSQL, where a
 /// `VALUES` list outside an `INSERT` needs them).
 pub(crate) fn push_values<'a>(q: &mut Sql<'a>, rows: &'a [EventRow], pg: bool) {
     for (n, r) in rows.iter().enumerate() {
@@ -57,29 +48,17 @@ pub(crate) fn push_values<'a>(q: &mut Sql<'a>, rows: &'a [EventRow], pg: bool) {
     }
 }
 
-/// Appends `at, account_id, kind, payload` of one row (typed on PostgreSQL), without the
-/// parentheses.
+/// Appends `at, payload` of one row (typed on PostgreSQL), without the parentheses.
 pub(crate) fn push_row<'a>(q: &mut Sql<'a>, r: &'a EventRow, pg: bool) {
     let (bigint, text) = if pg { ("::bigint", "::text") } else { ("", "") };
-    q.bind(r.at)
-        .push(bigint)
-        .push(", ")
-        .bind(r.account.as_str())
-        .push(text)
-        .push(", ")
-        .bind(r.kind)
-        .push(text)
-        .push(", ")
-        .bind(r.payload.as_str())
-        .push(text);
+    q.bind(r.at).push(bigint).push(", ").bind(r.payload.as_str()).push(text);
 }
 
 /// The statements that insert `rows` (none for none).
 pub(crate) fn inserts(rows: &[EventRow]) -> Vec<Sql<'_>> {
     rows.chunks(CHUNK)
         .map(|chunk| {
-            let mut q =
-                Sql::new("INSERT INTO channel_events (at, account_id, kind, payload) VALUES ");
+            let mut q = Sql::new("INSERT INTO channel_events (at, payload) VALUES ");
             push_values(&mut q, chunk, false);
             q
         })
@@ -89,10 +68,7 @@ pub(crate) fn inserts(rows: &[EventRow]) -> Vec<Sql<'_>> {
 /// Appends an `INSERT` of `rows` that writes them only where a condition holds; the caller
 /// appends the condition (SQL) after it.
 pub(crate) fn push_insert_where<'a>(q: &mut Sql<'a>, rows: &'a [EventRow], pg: bool) {
-    q.push(
-        "INSERT INTO channel_events (at, account_id, kind, payload) \
-         SELECT v.column1, v.column2, v.column3, v.column4 FROM (VALUES ",
-    );
+    q.push("INSERT INTO channel_events (at, payload) SELECT v.column1, v.column2 FROM (VALUES ");
     push_values(q, rows, pg);
     q.push(") AS v WHERE ");
 }

@@ -134,6 +134,8 @@ struct Inner {
     hub: Option<notify::Hub>,
     /// Where the workers' liveness locks live.
     locks: workers::LockPlace,
+    /// The SQLite database file.
+    sqlite_path: Option<std::path::PathBuf>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -229,6 +231,16 @@ impl SqlStore {
 
     pub(crate) fn is_pg(&self) -> bool {
         self.inner.pools.is_pg()
+    }
+
+    /// The SQLite database file (`None` on PostgreSQL): for backups and tools.
+    pub fn database_path(&self) -> Option<&std::path::Path> {
+        self.inner.sqlite_path.as_deref()
+    }
+
+    /// Whether ingest writes its events (always, but in benchmarks).
+    pub(crate) fn ingest_events(&self) -> bool {
+        self.inner.options.ingest_events
     }
 
     pub(crate) fn lock_place(&self) -> &workers::LockPlace {

@@ -42,6 +42,7 @@ pub struct SqlStoreOptions {
     pub(crate) transaction_retries: u32,
     pub(crate) notification_capacity: usize,
     pub(crate) synchronous_commit: bool,
+    pub(crate) ingest_events: bool,
 }
 
 impl Default for SqlStoreOptions {
@@ -56,11 +57,20 @@ impl Default for SqlStoreOptions {
             transaction_retries: 8,
             notification_capacity: 1024,
             synchronous_commit: true,
+            ingest_events: true,
         }
     }
 }
 
 impl SqlStoreOptions {
+    /// Benchmarks only: `false` leaves ingest's events out of the event feed, to measure what
+    /// writing them costs. A store opened so breaks the feed's promise; never use it otherwise.
+    #[doc(hidden)]
+    pub fn ingest_events(mut self, on: bool) -> Self {
+        self.ingest_events = on;
+        self
+    }
+
     /// The limit for every database call, including waiting for a connection (default 10 s).
     /// A call that takes longer fails with `StoreError::Timeout` naming the operation.
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
@@ -185,6 +195,7 @@ impl SqlStoreOptions {
             // commits are copied back once. Ingest runs about 30 % faster (benches/README.md).
             .pragma("wal_autocheckpoint", "8000");
         let timeout = self.operation_timeout;
+        let sqlite_path = Some(connect.get_filename().to_path_buf());
         let locks = crate::workers::LockPlace::beside(connect.get_filename());
         let open = async {
             let write = Slots::open(connect.clone(), 1, true).await?;
@@ -209,6 +220,7 @@ impl SqlStoreOptions {
                 #[cfg(feature = "postgres")]
                 hub: None,
                 locks,
+                sqlite_path,
                 _temp: temp,
             }),
         };
@@ -263,6 +275,7 @@ impl SqlStoreOptions {
                 options: self.clone(),
                 hub,
                 locks: crate::workers::LockPlace::Postgres(Box::new(connect.clone())),
+                sqlite_path: None,
                 _temp: None,
             }),
         };

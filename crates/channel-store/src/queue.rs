@@ -649,6 +649,31 @@ pub(crate) async fn next_run_at(ex: Ex<'_>, kinds: &[JobKind]) -> Res<Option<Tim
     })
 }
 
+/// Due jobs per kind, with the oldest `run_at` (see `QueueStore::queue_depth`).
+pub(crate) async fn queue_depth(ex: Ex<'_>, now: Timestamp) -> Res<Vec<channel_core::QueueDepth>> {
+    let rows = ex
+        .fetch_all(
+            "SELECT kind, COUNT(*) AS due, MIN(run_at) AS oldest FROM jobs \
+             WHERE state IN ('available', 'retryable') AND run_at <= ? GROUP BY kind ORDER BY kind",
+            &[Arg::Int(now.0)],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(channel_core::QueueDepth {
+                kind: r.text("kind")?.parse().map_err(|_| {
+                    StoreError::Corrupt(format!(
+                        "unknown job kind `{}`",
+                        r.text("kind").unwrap_or_default()
+                    ))
+                })?,
+                due: u64::try_from(r.int("due")?).unwrap_or(0),
+                oldest_run_at: Timestamp(r.int("oldest")?),
+            })
+        })
+        .collect()
+}
+
 /// One completion of a group ([`crate::group_commit`]).
 pub(crate) struct Completion {
     pub(crate) lease: JobLease,
@@ -788,8 +813,8 @@ pub(crate) async fn complete_group(tx: &mut Tx, group: &[&Completion]) -> Res<Ve
         .collect();
     if !tagged.is_empty() {
         q.push(
-            ", ev AS (INSERT INTO channel_events (at, account_id, kind, payload) \
-             SELECT e.column3, e.column4, e.column5, e.column6 FROM (VALUES ",
+            ", ev AS (INSERT INTO channel_events (at, payload) \
+             SELECT e.column3, e.column4 FROM (VALUES ",
         );
         for (n, (id, ord, row)) in tagged.iter().enumerate() {
             if n > 0 {

@@ -380,14 +380,16 @@ impl MessageStore for SqlStore {
     async fn ingest(&self, req: IngestRequest) -> Result<IngestOutcome, StoreError> {
         let reqs = [req];
         let mut out = self
-            .run("ingest", async { write_tx!(self, |tx| ingest::ingest_batch(tx, &reqs).await?) })
+            .run("ingest", async {
+                write_tx!(self, |tx| ingest::ingest_batch(tx, &reqs, self.ingest_events()).await?)
+            })
             .await?;
         out.pop().ok_or_else(|| StoreError::Corrupt("ingest returned no outcome".to_owned()))
     }
 
     async fn ingest_batch(&self, reqs: &[IngestRequest]) -> Result<Vec<IngestOutcome>, StoreError> {
         self.run("ingest_batch", async {
-            write_tx!(self, |tx| ingest::ingest_batch(tx, reqs).await?)
+            write_tx!(self, |tx| ingest::ingest_batch(tx, reqs, self.ingest_events()).await?)
         })
         .await
     }
@@ -573,6 +575,13 @@ impl QueueStore for SqlStore {
     ) -> Result<Vec<Job>, StoreError> {
         let read = queue::jobs_before(self.pools().reader(), state, account, before, limit);
         self.run("jobs_before", read).await
+    }
+
+    async fn queue_depth(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<channel_core::QueueDepth>, StoreError> {
+        self.run("queue_depth", queue::queue_depth(self.pools().reader(), now)).await
     }
 
     async fn next_run_at(&self, kinds: &[JobKind]) -> Result<Option<Timestamp>, StoreError> {

@@ -82,6 +82,9 @@ impl FeedConsumer {
             }
             other => other,
         })?;
+        // How far behind the consumer is: the age of the oldest event it has yet to handle.
+        let lag = events.first().map_or(0.0, |e| self.engine.now().since(e.at).as_secs_f64());
+        metrics::gauge!("channel_feed_lag_seconds", "consumer" => self.name.clone()).set(lag);
         if let Some(last) = events.last() {
             self.read = last.position;
             metrics::counter!("channel_feed_read_total", "consumer" => self.name.clone())

@@ -112,6 +112,7 @@ pub(super) async fn heartbeat_loop(s: Arc<Shared>, ctx: LoopContext) -> LoopResu
         }
         if s.leader.load(Ordering::Relaxed) {
             count_connection_states(&s.engine).await;
+            measure_queue(&s.engine).await;
         }
         tokio::select! {
             _ = ctx.cancelled() => return Ok(()),
@@ -134,5 +135,25 @@ async fn count_connection_states(engine: &Engine) {
     }
     for (state, n) in counts {
         metrics::gauge!("channel_accounts", "state" => state).set(n as f64);
+    }
+}
+
+/// Sets `channel_queue_due{kind}` and `channel_queue_oldest_due_seconds{kind}`: the jobs due
+/// now and how long the oldest has waited (by the leader).
+async fn measure_queue(engine: &Engine) {
+    let now = engine.now();
+    let depth = match engine.db("queue_depth", engine.store().queue_depth(now)).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not measure the queue");
+            return;
+        }
+    };
+    for kind in ["send", "history_sync", "lifecycle_sweep"] {
+        let d = depth.iter().find(|d| d.kind.as_str() == kind);
+        let due = d.map_or(0, |d| d.due);
+        let age = d.map_or(0.0, |d| now.since(d.oldest_run_at).as_secs_f64());
+        metrics::gauge!("channel_queue_due", "kind" => kind).set(due as f64);
+        metrics::gauge!("channel_queue_oldest_due_seconds", "kind" => kind).set(age);
     }
 }

@@ -2105,6 +2105,26 @@ pub async fn attempts_are_audited(store: Arc<dyn Store>) {
     assert!(store.job_attempts(JobId::new()).await.expect("attempts of an unknown job").is_empty());
 }
 
+/// The queue's depth: the jobs due now per kind (available or retryable, `run_at` passed)
+/// with the oldest `run_at`; running, future and finished jobs are not counted.
+pub async fn queue_depth_counts_due_jobs_per_kind(store: Arc<dyn Store>) {
+    let store = &*store;
+    let (_account, conversation, _pending, _job) = queued_send(store, 10).await;
+    store.enqueue_send(send_request(conversation, "ck-2", 10, at(5))).await.expect("enqueue");
+    store.enqueue_send(send_request(conversation, "ck-3", 10, at(50))).await.expect("future");
+    store.enqueue(history_job(at(3)), at(0)).await.expect("history");
+    let depth = store.queue_depth(at(10)).await.expect("depth");
+    let send = depth.iter().find(|d| d.kind == JobKind::Send).expect("sends due");
+    assert_eq!((send.due, send.oldest_run_at), (2, at(1)));
+    let history = depth.iter().find(|d| d.kind == JobKind::HistorySync).expect("history due");
+    assert_eq!((history.due, history.oldest_run_at), (1, at(3)));
+    claim_one(store, "w", 30, at(10)).await;
+    let depth = store.queue_depth(at(10)).await.expect("depth");
+    let send = depth.iter().find(|d| d.kind == JobKind::Send).expect("sends due");
+    assert_eq!((send.due, send.oldest_run_at), (1, at(5)), "the claimed one is running");
+    assert!(store.queue_depth(at(0)).await.expect("depth").is_empty(), "nothing due yet");
+}
+
 /// `next_run_at` is the earliest `run_at` among claimable jobs of the kinds (not running or
 /// finished ones).
 pub async fn next_run_at_is_the_earliest_claimable_job(store: Arc<dyn Store>) {
@@ -2349,6 +2369,7 @@ macro_rules! store_conformance_tests {
             rescue_of_an_exhausted_job_discards_it_and_fails_the_message,
             attempts_are_audited,
             next_run_at_is_the_earliest_claimable_job,
+            queue_depth_counts_due_jobs_per_kind,
             extend_and_cancel_jobs,
             leases_are_exclusive_fenced_and_renewable,
             every_change_writes_its_events_with_it_in_order,

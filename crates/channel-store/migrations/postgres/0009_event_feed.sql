@@ -5,8 +5,6 @@ CREATE TABLE channel_events (
     seq        BIGSERIAL PRIMARY KEY,
     tx         BIGINT NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
     at         BIGINT NOT NULL,
-    account_id TEXT,
-    kind       TEXT NOT NULL,
     payload    TEXT NOT NULL
 );
 CREATE INDEX channel_events_order ON channel_events (tx, seq);

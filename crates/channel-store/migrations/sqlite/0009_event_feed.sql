@@ -4,8 +4,6 @@ CREATE TABLE channel_events (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     tx         INTEGER NOT NULL DEFAULT 0,
     at         INTEGER NOT NULL,
-    account_id TEXT,
-    kind       TEXT NOT NULL,
     payload    TEXT NOT NULL
 ) STRICT;
 
