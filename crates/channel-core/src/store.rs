@@ -85,7 +85,7 @@ pub enum StoreError {
     /// A feed consumer's cursor is behind what the feed still keeps: it was unregistered for
     /// idleness, or events after its position were pruned. Events were lost to it: rebuild
     /// what it derives from the store, then register it again
-    /// ([`FeedStore::feed_reset`](crate::feed::FeedStore::feed_reset)).
+    /// ([`FeedStore::feed_reset`]).
     #[error(
         "the feed cursor of `{consumer}` expired: events after it were pruned; rebuild from the store, then reset the consumer"
     )]
@@ -263,12 +263,12 @@ pub struct Notification {
 }
 
 /// Persistence of everything in the model, the contract a backend implements: the five
-/// traits below, [`FeedStore`](crate::feed::FeedStore) and
-/// [`WorkerStore`](crate::workers::WorkerStore), split by concern (each operation that must be atomic across concerns, such
-/// as ingest or queuing a send, sits with the concern it writes first; each writes the
-/// [`Event`]s of its change to the feed in the same transaction). `Store` is implemented for
-/// every type that implements all seven, and is what the engine holds
-/// (`Arc<dyn Store>`). See the module documentation for the rules every implementation keeps.
+/// traits below, [`FeedStore`] and
+/// [`WorkerStore`], split by concern (each operation that must
+/// be atomic across concerns, such as ingest or queuing a send, sits with the concern it
+/// writes first; each writes the [`Event`]s of its change to the feed in the same
+/// transaction). `Store` is implemented for every type that implements all seven, and is
+/// what the engine holds (`Arc<dyn Store>`). See the module documentation for the rules every implementation keeps.
 pub trait Store:
     AccountStore + ConversationStore + MessageStore + QueueStore + LeaseStore + FeedStore + WorkerStore
 {

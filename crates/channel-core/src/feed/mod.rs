@@ -23,7 +23,7 @@
 //! - The in-process broadcast ([`Engine::subscribe`](crate::Engine::subscribe)) stays as a
 //!   fast wake-up; it is not durable.
 //!
-//! Backends write events with the pure functions of [`derive`], so that every backend records
+//! Backends write events with the pure functions of [`derive`](mod@derive), so that every backend records
 //! the same events for the same change.
 
 use std::fmt;

@@ -1,6 +1,6 @@
 //! Test support, behind the `testing` feature: [`MemoryStore`], [`MemoryChannel`],
 //! [`RecordingInbound`], the [`Store`](crate::Store) [`conformance`] suite and the
-//! [`Channel`](crate::Channel) [`channel_conformance`] suite.
+//! [`Channel`] [`channel_conformance`] suite.
 //!
 //! Library users can use these in their own tests: drive a real engine against an in-memory
 //! store and a scriptable channel, or run the conformance suite against their own store.
