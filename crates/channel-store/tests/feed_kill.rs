@@ -7,9 +7,9 @@
 
 mod support;
 
+use support::process::{Worker, open};
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,13 +20,11 @@ use channel_core::{
     NewAccount, OutboundMessage, Timestamp,
 };
 use channel_store::SqlStore;
-use tokio::sync::mpsc;
 
 /// Messages delivered before the first worker, and after each kill.
 const FIRST: usize = 10;
 const PER_ROUND: usize = 3;
 const KILLS: usize = 12;
-const WAIT: Duration = Duration::from_secs(60);
 const WORKER_ENV: &str = "FEED_KILL_WORKER";
 
 fn engine(store: SqlStore) -> Engine {
@@ -37,78 +35,10 @@ fn engine(store: SqlStore) -> Engine {
         .expect("engine")
 }
 
-async fn open(store: &str) -> SqlStore {
-    #[cfg(feature = "postgres")]
-    if store.starts_with("postgres") {
-        return SqlStore::connect_postgres(store).await.expect("connect to PostgreSQL");
-    }
-    SqlStore::open_sqlite(store).await.expect("open SQLite")
-}
-
 /// The reply to the message with provider id `provider_id`: the same in every process.
 fn reply(conversation: ConversationId, provider_id: &str) -> OutboundMessage {
     OutboundMessage::text(conversation, format!("thanks for {provider_id}"))
         .idempotency_key(format!("reply-{provider_id}"))
-}
-
-struct Worker {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Worker {
-    fn start(store: &str) -> Self {
-        let exe = std::env::current_exe().expect("the test binary has a path");
-        let mut child = Command::new(exe)
-            .args(["--ignored", "--exact", "worker_process", "--nocapture", "--test-threads=1"])
-            .env(WORKER_ENV, store)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the worker starts");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Self { child, lines, seen: Vec::new() }
-    }
-
-    /// Reads lines until one starts with `prefix`; returns it.
-    async fn wait_for(&mut self, prefix: &str) -> String {
-        let wait = async {
-            while let Some(line) = self.lines.recv().await {
-                self.seen.push(line.clone());
-                if line.starts_with(prefix) {
-                    return line;
-                }
-            }
-            panic!("the worker ended before printing {prefix:?}: {:?}", self.seen);
-        };
-        tokio::time::timeout(WAIT, wait).await.expect("the worker printed it in time")
-    }
-
-    async fn kill(mut self) -> Vec<String> {
-        self.child.kill().expect("SIGKILL sent");
-        self.child.wait().expect("the killed worker is reaped");
-        let drain = async {
-            while let Some(line) = self.lines.recv().await {
-                self.seen.push(line);
-            }
-        };
-        tokio::time::timeout(WAIT, drain).await.expect("the killed worker's output ends");
-        std::mem::take(&mut self.seen)
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Delivers `n` more messages in one chat; returns its conversation.
@@ -141,7 +71,7 @@ async fn one_reply_per_message_across_kills(store: &str, engine: Engine) {
     let mut acked: BTreeSet<String> = BTreeSet::new();
     let mut killed_before_ack = 0;
     for round in 0..=KILLS {
-        let mut worker = Worker::start(store);
+        let mut worker = Worker::start(WORKER_ENV, store);
         worker.wait_for("ready").await;
         if round == KILLS {
             // The last worker answers everything: wait until it is idle after the last message.

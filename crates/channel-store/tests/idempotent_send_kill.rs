@@ -9,9 +9,9 @@
 
 mod support;
 
+use support::process::{Worker, open};
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,11 +21,9 @@ use channel_core::{
     InboundMessage, JobKind, JobState, MessageId, NewAccount, OutboundMessage,
 };
 use channel_store::SqlStore;
-use tokio::sync::mpsc;
 
 const KEYS: usize = 30;
 const KILLS: usize = 60;
-const WAIT: Duration = Duration::from_secs(60);
 /// `<conversation id> <SQLite path or PostgreSQL URL>`, for the worker process.
 const WORKER_ENV: &str = "IDEMPOTENT_KILL_WORKER";
 
@@ -39,78 +37,6 @@ fn engine(store: SqlStore) -> Engine {
 /// The send of `key`, with the same content in every process.
 fn send(conversation: ConversationId, key: &str) -> OutboundMessage {
     OutboundMessage::text(conversation, format!("the answer for {key}")).idempotency_key(key)
-}
-
-/// Opens a SQLite path or a PostgreSQL URL.
-async fn open(store: &str) -> SqlStore {
-    #[cfg(feature = "postgres")]
-    if store.starts_with("postgres") {
-        return SqlStore::connect_postgres(store).await.expect("connect to PostgreSQL");
-    }
-    SqlStore::open_sqlite(store).await.expect("open SQLite")
-}
-
-/// One worker process and the lines it printed (read by a thread: this crate's tokio has
-/// no `process` feature).
-struct Worker {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Worker {
-    fn start(store: &str, conversation: ConversationId) -> Self {
-        let exe = std::env::current_exe().expect("the test binary has a path");
-        let mut child = Command::new(exe)
-            .args(["--ignored", "--exact", "worker_process", "--nocapture", "--test-threads=1"])
-            .env(WORKER_ENV, format!("{conversation} {store}"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the worker starts");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Self { child, lines, seen: Vec::new() }
-    }
-
-    /// Reads lines until one starts with `prefix`.
-    async fn wait_for(&mut self, prefix: &str) {
-        let wait = async {
-            while let Some(line) = self.lines.recv().await {
-                self.seen.push(line);
-                if self.seen.last().is_some_and(|l| l.starts_with(prefix)) {
-                    return;
-                }
-            }
-            panic!("the worker ended before printing {prefix:?}: {:?}", self.seen);
-        };
-        tokio::time::timeout(WAIT, wait).await.expect("the worker printed it in time");
-    }
-
-    /// `kill -9`; returns every line it printed.
-    async fn kill(mut self) -> Vec<String> {
-        self.child.kill().expect("SIGKILL sent");
-        self.child.wait().expect("the killed worker is reaped");
-        let drain = async {
-            while let Some(line) = self.lines.recv().await {
-                self.seen.push(line);
-            }
-        };
-        tokio::time::timeout(WAIT, drain).await.expect("the killed worker's output ends");
-        std::mem::take(&mut self.seen)
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn survives_kills(store: &str, engine: Engine) {
@@ -132,7 +58,7 @@ async fn survives_kills(store: &str, engine: Engine) {
     let (mut mid_call, mut new_key_calls, mut unanswered_commits, mut committed) = (0, 0, 0, 0);
     let mut window = 2_000;
     for round in 0..=KILLS {
-        let mut worker = Worker::start(store, conversation);
+        let mut worker = Worker::start(WORKER_ENV, &format!("{conversation} {store}"));
         worker.wait_for("ready").await;
         // First, every other kill a random 0 to `window` µs into the first call of the next
         // new key (`window` follows the length of those calls), the others after a random

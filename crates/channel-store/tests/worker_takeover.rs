@@ -7,8 +7,8 @@
 
 mod support;
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use support::process::{Worker, open};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,12 +20,10 @@ use channel_core::{
     MessageStatus, NewAccount, OutboundMessage, Timestamp,
 };
 use channel_store::SqlStore;
-use tokio::sync::mpsc;
 
 const ACCOUNTS: usize = 5;
 /// Far longer than the test may take: only the liveness lock can free them in time.
 const LONG: Duration = Duration::from_secs(600);
-const WAIT: Duration = Duration::from_secs(60);
 const WORKER_ENV: &str = "WORKER_TAKEOVER_WORKER";
 
 fn engine(store: SqlStore, worker: &str) -> Engine {
@@ -39,60 +37,6 @@ fn engine(store: SqlStore, worker: &str) -> Engine {
         .expect("engine")
 }
 
-async fn open(store: &str) -> SqlStore {
-    #[cfg(feature = "postgres")]
-    if store.starts_with("postgres") {
-        return SqlStore::connect_postgres(store).await.expect("connect to PostgreSQL");
-    }
-    SqlStore::open_sqlite(store).await.expect("open SQLite")
-}
-
-struct Worker {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-}
-
-impl Worker {
-    /// A worker process named `name`; `hang` makes its sends never answer.
-    fn start(store: &str, name: &str, hang: bool) -> Self {
-        let exe = std::env::current_exe().expect("the test binary has a path");
-        let mut child = Command::new(exe)
-            .args(["--ignored", "--exact", "worker_process", "--nocapture", "--test-threads=1"])
-            .env(WORKER_ENV, format!("{name} {hang} {store}"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the worker starts");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Self { child, lines }
-    }
-
-    async fn wait_for(&mut self, prefix: &str) -> String {
-        let wait = async {
-            while let Some(line) = self.lines.recv().await {
-                if line.starts_with(prefix) {
-                    return line;
-                }
-            }
-            panic!("the worker ended before printing {prefix:?}");
-        };
-        tokio::time::timeout(WAIT, wait).await.expect("the worker printed it in time")
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn a_dead_worker_is_taken_over_through_its_lock(store: &str, engine: Engine) {
     let mut accounts = Vec::new();
     for n in 0..ACCOUNTS {
@@ -102,7 +46,7 @@ async fn a_dead_worker_is_taken_over_through_its_lock(store: &str, engine: Engin
     let hello = InboundMessage::text("m-1", "chat", IdentityInfo::new("tg:1"), "hi", Timestamp(1));
     let conversation = engine.deliver(accounts[0], hello).await.expect("deliver").conversation_id;
 
-    let mut first = Worker::start(store, "first", true);
+    let mut first = Worker::start(WORKER_ENV, &format!("first true {store}"));
     first.wait_for(&format!("held {ACCOUNTS}")).await;
     let message =
         engine.send(None, OutboundMessage::text(conversation, "reply")).await.expect("send");
@@ -112,7 +56,7 @@ async fn a_dead_worker_is_taken_over_through_its_lock(store: &str, engine: Engin
     first.child.wait().expect("reaped");
 
     let restarted = Instant::now();
-    let mut second = Worker::start(store, "second", false);
+    let mut second = Worker::start(WORKER_ENV, &format!("second false {store}"));
     second.wait_for(&format!("held {ACCOUNTS}")).await;
     let took = restarted.elapsed();
     let sent = async {
@@ -124,7 +68,7 @@ async fn a_dead_worker_is_taken_over_through_its_lock(store: &str, engine: Engin
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    tokio::time::timeout(WAIT, sent).await.expect("the rescued send goes out");
+    tokio::time::timeout(support::process::WAIT, sent).await.expect("the rescued send goes out");
     let jobs = engine
         .jobs(&channel_core::reads::JobQuery::all(), channel_core::page::PageRequest::first(10))
         .await

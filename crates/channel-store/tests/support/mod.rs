@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod differential;
+pub mod process;
 
 use channel_store::SqlStore;
 
