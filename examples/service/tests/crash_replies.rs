@@ -135,19 +135,20 @@ async fn every_mail_is_answered_once_across_kill_9_of_the_service() {
     // In the store: each mail once, each answered once.
     let mut inbound: HashMap<String, usize> = HashMap::new();
     let mut replies: HashMap<String, usize> = HashMap::new();
-    let conversations = engine
-        .conversations(
-            &channel_core::reads::ConversationQuery::all(),
-            channel_core::page::PageRequest::first(1000),
-        )
-        .await
-        .expect("conversations")
-        .items;
+    let mut conversations = Vec::new();
+    let mut page = channel_core::page::PageRequest::first(500);
+    loop {
+        let query = channel_core::reads::ConversationQuery::all();
+        let got = engine.conversations(&query, page).await.expect("conversations");
+        conversations.extend(got.items);
+        match got.next {
+            Some(next) => page = channel_core::page::PageRequest::after(500, next),
+            None => break,
+        }
+    }
     for c in conversations {
-        let page = engine
-            .messages(c.id, channel_core::page::PageRequest::first(1000))
-            .await
-            .expect("messages");
+        let first = channel_core::page::PageRequest::first(500);
+        let page = engine.messages(c.id, first).await.expect("messages");
         for m in page.items {
             match m.direction {
                 Direction::Inbound => {
