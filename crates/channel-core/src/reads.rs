@@ -188,4 +188,10 @@ impl Engine {
     pub async fn job(&self, id: JobId) -> Result<Job, EngineError> {
         Ok(self.db("job", self.store().job(id)).await?)
     }
+
+    /// Every worker process on the store, each with whether it is alive now (see
+    /// [`workers`](crate::workers)).
+    pub async fn workers(&self) -> Result<Vec<crate::workers::WorkerInfo>, EngineError> {
+        Ok(self.db("workers", self.store().workers()).await?)
+    }
 }

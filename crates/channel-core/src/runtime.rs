@@ -357,8 +357,7 @@ impl Runtime {
     /// database). A row is stale when [`WorkerInfo::is_stale`](crate::workers::WorkerInfo::is_stale)
     /// with the [`heartbeat_interval`](crate::EngineConfig::heartbeat_interval).
     pub async fn workers(&self) -> Result<Vec<crate::workers::WorkerInfo>, EngineError> {
-        let engine = &self.shared.engine;
-        Ok(engine.db("workers", engine.store().workers()).await?)
+        self.shared.engine.workers().await
     }
 
     /// The watchdog supervising the loops (status and health reports).

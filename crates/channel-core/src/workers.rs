@@ -38,7 +38,7 @@ pub struct LoopInfo {
 }
 
 /// A worker process's row.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerInfo {
     /// Its worker id ([`EngineConfig::worker_id`](crate::EngineConfig::worker_id)).
     pub id: String,

@@ -54,10 +54,12 @@ const DEMO_LIFECYCLE: LifecyclePolicy = LifecyclePolicy {
 const RUNS_KEY: &str = "inbox-demo:runs";
 
 const USAGE: &str = "\
-usage: inbox [--seconds N]
+usage: inbox [--seconds N] [--listen ADDRESS]
 
 Runs the channel worker with a simulated demo account for N seconds (default 10), then shuts
-down gracefully and prints a summary read back from the store. Ctrl-C stops it early.
+down gracefully and prints a summary read back from the store. Ctrl-C stops it early. With
+--listen (such as 127.0.0.1:8080), it serves its HTTP API there meanwhile (the address and
+the token are printed; the token is kept in ./target/inbox/api.token).
 
 environment:
   INBOX_DATABASE   SQLite file or sqlite: URL (default ./target/inbox/inbox.db);
@@ -70,14 +72,29 @@ environment:
 #[derive(Debug)]
 struct Args {
     seconds: u64,
+    listen: Option<std::net::SocketAddr>,
 }
 
 impl Args {
     /// Parses `--seconds N` / `--seconds=N`; `None` for `--help`.
     fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Self>, Error> {
         let mut seconds = DEFAULT_SECONDS;
+        let mut listen = None;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
+            if arg == "--listen" || arg.starts_with("--listen=") {
+                let value = match arg.strip_prefix("--listen=") {
+                    Some(v) => Some(v.to_owned()),
+                    None => args.next(),
+                };
+                let value = value.ok_or_else(|| Error::msg("--listen needs an address"))?;
+                listen = Some(value.parse().map_err(|_| {
+                    Error::msg(format!(
+                        "--listen takes an address such as 127.0.0.1:8080, not `{value}`"
+                    ))
+                })?);
+                continue;
+            }
             let value = match arg.as_str() {
                 "-h" | "--help" => return Ok(None),
                 "--seconds" | "-s" => args.next(),
@@ -93,7 +110,7 @@ impl Args {
                 .parse()
                 .map_err(|_| Error::msg(format!("--seconds takes whole seconds, not `{value}`")))?;
         }
-        Ok(Some(Self { seconds }))
+        Ok(Some(Self { seconds, listen }))
     }
 }
 
@@ -111,6 +128,35 @@ async fn main() -> Result<(), Error> {
         .with_timer(Elapsed(std::time::Instant::now()))
         .init();
     run(args).await
+}
+
+/// Serves the HTTP API on `addr` until `stop` fires; prints where and the token.
+async fn start_api(
+    addr: std::net::SocketAddr,
+    engine: &Engine,
+    watchdog: channel_watchdog::Watchdog,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let token_file = std::path::Path::new(setup::BASE_DIR).join("api.token");
+    let token = inbox::api::token(&token_file).map_err(Error::msg)?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the Prometheus recorder")?;
+    let state = inbox::api::ApiState::new(engine.clone(), token.clone())
+        .watchdog(watchdog)
+        .metrics(metrics, true);
+    let listener = inbox::api::bind(addr).await.map_err(Error::msg)?;
+    let bound = listener.local_addr().context("cannot read the bound address")?;
+    println!("API on http://{bound}/api/v1 (token: {token}, kept in {})", token_file.display());
+    let router = inbox::api::router(state);
+    Ok(tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.await;
+        };
+        if let Err(e) = inbox::api::serve(listener, router, stopped).await {
+            tracing::warn!(error = %e, "the HTTP API stopped");
+        }
+    }))
 }
 
 async fn run(args: Args) -> Result<(), Error> {
@@ -183,6 +229,15 @@ async fn run(args: Args) -> Result<(), Error> {
         .context("cannot start the auto-responder")?;
     wait_for_account(&runtime, account.id).await;
 
+    // The HTTP API, when asked for.
+    let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api = match args.listen {
+        Some(addr) => {
+            Some(start_api(addr, &engine, runtime.watchdog().clone(), api_stopped).await?)
+        }
+        None => None,
+    };
+
     // The simulated people, then the quiet period until the deadline or Ctrl-C.
     let traffic = tokio::spawn(simulation::run_traffic(
         engine.clone(),
@@ -223,6 +278,10 @@ async fn run(args: Args) -> Result<(), Error> {
         tracing::info!("stopped the simulation before it finished");
     }
     log_status(&runtime.watchdog().status());
+    let _ = api_stop.send(());
+    if let Some(api) = api {
+        let _ = api.await;
+    }
     let report = runtime.shutdown().await;
     tracing::info!(
         graceful = report.all_graceful(),

@@ -1,0 +1,494 @@
+//! The inbox's HTTP interface (axum), on the engine's façade only:
+//!
+//! - `GET /healthz`: 200, or 503 naming the failed loops; `GET /readyz`: 200 once the store
+//!   answers, else 503. Both open.
+//! - `GET /metrics`: Prometheus text (`metrics-exporter-prometheus`), open or behind the token.
+//! - Under `/api/v1`, behind `Authorization: Bearer <token>`:
+//!   - `GET accounts`, `GET accounts/{id}`;
+//!   - `GET conversations?status=&account=&limit=&after=` (keyset pages, newest activity first;
+//!     `next` is the `after` of the next page);
+//!   - `GET conversations/{id}/messages?limit=&after=`; `POST conversations/{id}/messages`
+//!     with `{"text": ..., "idempotency_key": ...}` queues a send (202 with its message id);
+//!   - `GET messages/{id}`;
+//!   - `GET jobs?state=&account=` (the dead letter: `state=discarded`), `GET jobs/{id}/attempts`;
+//!   - `GET workers`;
+//!   - `GET events`: server-sent events from the durable feed, each with its position as `id`,
+//!     resuming after `Last-Event-ID` (or `?after=`).
+//!
+//! Errors are JSON `{"error": "<a sentence saying what to do>"}` with the status that fits.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use channel_core::feed::{FeedEvent, FeedPosition};
+use channel_core::page::{PageRequest, PageToken};
+use channel_core::reads::{ConversationQuery, JobQuery};
+use channel_core::{
+    AccountId, ConversationId, ConversationStatus, Engine, EngineError, JobId, JobState, MessageId,
+    OutboundMessage, StoreError,
+};
+use channel_watchdog::Watchdog;
+use futures::Stream;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    engine: Engine,
+    watchdog: Option<Watchdog>,
+    token: Arc<str>,
+    metrics: Option<PrometheusHandle>,
+    open_metrics: bool,
+}
+
+impl ApiState {
+    /// The API of `engine`, behind `token`.
+    pub fn new(engine: Engine, token: impl Into<Arc<str>>) -> Self {
+        Self { engine, watchdog: None, token: token.into(), metrics: None, open_metrics: true }
+    }
+
+    /// The watchdog whose health `/healthz` reports.
+    pub fn watchdog(mut self, watchdog: Watchdog) -> Self {
+        self.watchdog = Some(watchdog);
+        self
+    }
+
+    /// The Prometheus recorder `/metrics` renders; `open`: without the token.
+    pub fn metrics(mut self, handle: PrometheusHandle, open: bool) -> Self {
+        self.metrics = Some(handle);
+        self.open_metrics = open;
+        self
+    }
+}
+
+/// The router of the whole interface.
+pub fn router(state: ApiState) -> Router {
+    let api = Router::new()
+        .route("/accounts", get(accounts))
+        .route("/accounts/{id}", get(account))
+        .route("/conversations", get(conversations))
+        .route("/conversations/{id}/messages", get(messages).post(send))
+        .route("/messages/{id}", get(message))
+        .route("/jobs", get(jobs))
+        .route("/jobs/{id}/attempts", get(attempts))
+        .route("/workers", get(workers))
+        .route("/events", get(events))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let metrics = if state.open_metrics {
+        Router::new().route("/metrics", get(metrics))
+    } else {
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+    };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(metrics)
+        .nest("/api/v1", api)
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// Binds `addr`, saying which address could not be bound and why.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}; choose another address with --listen"))
+}
+
+/// The API token kept in `path`: read, or made (32 random bytes, hex) and written with mode
+/// 0600 on the first run. A token file others can read is refused.
+pub fn token(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::read_to_string(path) {
+        Ok(t) => {
+            let mode = std::fs::metadata(path).map(|m| m.permissions().mode()).unwrap_or(0);
+            if mode & 0o077 != 0 {
+                return Err(format!(
+                    "{} can be read by others (mode {:o}): `chmod 600` it",
+                    path.display(),
+                    mode & 0o777
+                ));
+            }
+            let t = t.trim().to_owned();
+            if t.len() < 32 {
+                return Err(format!(
+                    "{} holds no token: delete it to make a new one",
+                    path.display()
+                ));
+            }
+            Ok(t)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let token = hex::encode(rand::random::<[u8; 32]>());
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| format!("cannot create the API token {}: {e}", path.display()))?;
+            file.write_all(token.as_bytes())
+                .map_err(|e| format!("cannot write the API token {}: {e}", path.display()))?;
+            Ok(token)
+        }
+        Err(e) => Err(format!("cannot read the API token {}: {e}", path.display())),
+    }
+}
+
+/// An API error: a status and a sentence.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let status = match &e {
+            EngineError::UnknownAccount(_)
+            | EngineError::UnknownConversation(_)
+            | EngineError::Store(StoreError::NotFound { .. }) => StatusCode::NOT_FOUND,
+            EngineError::Invalid(_)
+            | EngineError::Unsupported { .. }
+            | EngineError::Store(StoreError::InvalidInput { .. }) => StatusCode::BAD_REQUEST,
+            EngineError::IdempotencyConflict { .. } | EngineError::AssignedElsewhere { .. } => {
+                StatusCode::CONFLICT
+            }
+            EngineError::Store(StoreError::FeedCursorExpired { .. }) => StatusCode::GONE,
+            e if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+fn bad_request(what: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, what.into())
+}
+
+fn parse<T: std::str::FromStr>(what: &str, text: &str) -> Result<T, ApiError> {
+    text.parse().map_err(|_| bad_request(format!("`{text}` is not a valid {what}")))
+}
+
+async fn require_token(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes())) {
+        next.run(request).await
+    } else {
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            "send the token of this inbox as `Authorization: Bearer <token>` (it is in the data \
+             directory's api.token)"
+                .to_owned(),
+        )
+        .into_response()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn healthz(State(state): State<ApiState>) -> Response {
+    let Some(watchdog) = &state.watchdog else {
+        return Json(json!({ "status": "ok" })).into_response();
+    };
+    let failed: Vec<String> =
+        watchdog.status().into_iter().filter(|l| !l.healthy).map(|l| l.name).collect();
+    if failed.is_empty() {
+        Json(json!({ "status": "ok" })).into_response()
+    } else {
+        let body = json!({ "status": "failed", "failed_loops": failed });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    match state.engine.accounts(PageRequest::first(1)).await {
+        Ok(_) => Json(json!({ "status": "ready" })).into_response(),
+        Err(e) => {
+            let body = json!({ "status": "not ready", "error": e.to_string() });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    match &state.metrics {
+        Some(handle) => handle.render().into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not recorded by this process").into_response(),
+    }
+}
+
+/// A query string, refused with a JSON error naming what is wrong.
+struct Q<T>(T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Q<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(Q(v)),
+            Err(e) => {
+                Err(bad_request(format!("the query string is not understood: {}", e.body_text())))
+            }
+        }
+    }
+}
+
+/// `?limit=&after=`.
+#[derive(Debug, Default, Deserialize)]
+struct Paging {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+impl Paging {
+    fn request(&self) -> Result<PageRequest, ApiError> {
+        let size = self.limit.unwrap_or(50);
+        match &self.after {
+            None => Ok(PageRequest::first(size)),
+            Some(t) => Ok(PageRequest::after(size, parse::<PageToken>("page token", t)?)),
+        }
+    }
+}
+
+/// A page as JSON: the items and the `after` of the next page.
+#[derive(Serialize)]
+struct PageJson<T> {
+    items: Vec<T>,
+    next: Option<String>,
+}
+
+impl<T> From<channel_core::page::Page<T>> for PageJson<T> {
+    fn from(p: channel_core::page::Page<T>) -> Self {
+        Self { items: p.items, next: p.next.map(|t| t.to_string()) }
+    }
+}
+
+async fn accounts(
+    State(state): State<ApiState>,
+    Q(paging): Q<Paging>,
+) -> Result<Json<PageJson<channel_core::Account>>, ApiError> {
+    Ok(Json(state.engine.accounts(paging.request()?).await?.into()))
+}
+
+async fn account(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<channel_core::Account>, ApiError> {
+    Ok(Json(state.engine.account(parse::<AccountId>("account id", &id)?).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct ConversationFilter {
+    status: Option<String>,
+    account: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+async fn conversations(
+    State(state): State<ApiState>,
+    Q(filter): Q<ConversationFilter>,
+) -> Result<Json<PageJson<channel_core::Conversation>>, ApiError> {
+    let mut query = ConversationQuery::all();
+    if let Some(s) = &filter.status {
+        query = query.status(parse::<ConversationStatus>("conversation status", s)?);
+    }
+    if let Some(a) = &filter.account {
+        query = query.account(parse::<AccountId>("account id", a)?);
+    }
+    let paging = Paging { limit: filter.limit, after: filter.after };
+    Ok(Json(state.engine.conversations(&query, paging.request()?).await?.into()))
+}
+
+async fn messages(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Q(paging): Q<Paging>,
+) -> Result<Json<PageJson<channel_core::Message>>, ApiError> {
+    let conversation = parse::<ConversationId>("conversation id", &id)?;
+    Ok(Json(state.engine.messages(conversation, paging.request()?).await?.into()))
+}
+
+/// The body of a send.
+#[derive(Debug, Deserialize)]
+struct SendBody {
+    text: String,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+async fn send(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<SendBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let conversation = parse::<ConversationId>("conversation id", &id)?;
+    let Json(body) = body.map_err(|e| {
+        bad_request(format!("the body must be JSON like {{\"text\": \"...\"}}: {}", e.body_text()))
+    })?;
+    let mut message = OutboundMessage::text(conversation, body.text).label("api");
+    if let Some(key) = body.idempotency_key {
+        message = message.idempotency_key(key);
+    }
+    let id = state.engine.send(None, message).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "message_id": id }))).into_response())
+}
+
+async fn message(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<channel_core::Message>, ApiError> {
+    Ok(Json(state.engine.message(parse::<MessageId>("message id", &id)?).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct JobFilter {
+    state: Option<String>,
+    account: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+async fn jobs(
+    State(state): State<ApiState>,
+    Q(filter): Q<JobFilter>,
+) -> Result<Json<PageJson<channel_core::Job>>, ApiError> {
+    let mut query = JobQuery::all();
+    if let Some(s) = &filter.state {
+        query = query.state(parse::<JobState>("job state", s)?);
+    }
+    if let Some(a) = &filter.account {
+        query = query.account(parse::<AccountId>("account id", a)?);
+    }
+    let paging = Paging { limit: filter.limit, after: filter.after };
+    Ok(Json(state.engine.jobs(&query, paging.request()?).await?.into()))
+}
+
+async fn attempts(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<channel_core::JobAttempt>>, ApiError> {
+    Ok(Json(state.engine.job_attempts(parse::<JobId>("job id", &id)?).await?))
+}
+
+async fn workers(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<channel_core::workers::WorkerInfo>>, ApiError> {
+    Ok(Json(state.engine.workers().await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsFrom {
+    after: Option<String>,
+}
+
+/// Server-sent events from the durable feed, after `Last-Event-ID` (or `?after=`).
+async fn events(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Q(from): Q<EventsFrom>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let after = match last.or(from.after) {
+        Some(p) => parse::<FeedPosition>("feed position", &p)?,
+        None => FeedPosition::START,
+    };
+    // Fails at once (410) when the feed no longer holds what comes after the position.
+    let first = state.engine.feed_read(after, 100).await?;
+    let feed = SseFeed {
+        engine: state.engine.clone(),
+        wake: state.engine.subscribe(),
+        after,
+        pending: first.into(),
+        done: false,
+    };
+    let stream = futures::stream::unfold(feed, |mut feed| async move {
+        let event = feed.next().await?;
+        Some((Ok(event), feed))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// The state of one SSE stream: what is read and not sent yet, and where it is.
+struct SseFeed {
+    engine: Engine,
+    wake: tokio::sync::broadcast::Receiver<channel_core::Event>,
+    after: FeedPosition,
+    pending: std::collections::VecDeque<FeedEvent>,
+    done: bool,
+}
+
+impl SseFeed {
+    /// The next SSE event, waiting for the feed; an `error` event ends the stream (the
+    /// client reconnects with its `Last-Event-ID`).
+    async fn next(&mut self) -> Option<SseEvent> {
+        if self.done {
+            return None;
+        }
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                self.after = e.position;
+                let sse = SseEvent::default().id(e.position.to_string()).event(e.event.name());
+                return Some(sse.json_data(&e).unwrap_or_else(|_| {
+                    SseEvent::default().comment("an event could not be encoded")
+                }));
+            }
+            match self.engine.feed_read(self.after, 100).await {
+                Ok(more) if !more.is_empty() => self.pending = more.into(),
+                Ok(_) => {
+                    let every = self.engine.config().feed_poll_interval();
+                    tokio::select! {
+                        _ = self.wake.recv() => {}
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(SseEvent::default().event("error").data(e.to_string()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The inbox's HTTP API over real HTTP (axum on a loopback port, reqwest), on an engine with
+//! the in-memory store and channel: the token, reads with keyset pages, a send, the audit of
+//! a send, workers, health, metrics, and server-sent events resuming from `Last-Event-ID`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use channel_core::runtime::{Runtime, StaticChannels};
+use channel_core::state::StateKey;
+use channel_core::testing::{MemoryChannel, MemoryStore};
+use channel_core::{
+    AccountStore, BlobStore, ChannelKind, Engine, IdentityInfo, InboundMessage, NewAccount,
+    Timestamp,
+};
+use inbox::api::{ApiState, router, serve};
+use serde_json::Value;
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef";
+
+struct Served {
+    base: String,
+    http: reqwest::Client,
+    engine: Engine,
+    runtime: Runtime,
+    account: channel_core::AccountId,
+    channel: Arc<MemoryChannel>,
+}
+
+impl Served {
+    async fn start() -> Self {
+        let store = Arc::new(MemoryStore::new());
+        let engine = Engine::builder(store.clone(), StateKey::generate())
+            .blob_store(BlobStore::in_memory())
+            .send_policy(Arc::new(channel_core::send_policy::AllowAll))
+            .feed_poll_interval(Duration::from_millis(50))
+            .poll_interval(Duration::from_millis(100))
+            .build()
+            .expect("engine");
+        let new = NewAccount::new(ChannelKind::from_static("memory"), "support");
+        let account = store.create_account(new, engine.now()).await.expect("account").id;
+        let channel = Arc::new(MemoryChannel::new());
+        let channels = StaticChannels::new().with(account, channel.clone());
+        let runtime = Runtime::builder(engine.clone(), Arc::new(channels)).start().await.unwrap();
+        let state = ApiState::new(engine.clone(), TOKEN).watchdog(runtime.watchdog().clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(serve(listener, router(state), std::future::pending()));
+        Self { base, http: reqwest::Client::new(), engine, runtime, account, channel }
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("request");
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn hello(id: &str, chat: &str, at: i64) -> InboundMessage {
+    InboundMessage::text(id, chat, IdentityInfo::new(format!("tg:{chat}")), "hello", Timestamp(at))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_over_http_behind_its_token() {
+    let s = Served::start().await;
+    for n in 0..5 {
+        s.engine.deliver(s.account, hello(&format!("m{n}"), &format!("chat{n}"), n)).await.unwrap();
+    }
+
+    // The token.
+    let anonymous = s.http.get(format!("{}/api/v1/accounts", s.base)).send().await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let body: Value = anonymous.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
+
+    // Health and readiness, open.
+    let health = s.http.get(format!("{}/healthz", s.base)).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    let ready = s.http.get(format!("{}/readyz", s.base)).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+
+    // Keyset pages of conversations, newest activity first, without repeats or gaps.
+    let (status, first) = s.get("/api/v1/conversations?limit=2").await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    let mut seen: Vec<String> = Vec::new();
+    let mut page = first;
+    loop {
+        for c in page["items"].as_array().unwrap() {
+            seen.push(c["id"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => {
+                page = s.get(&format!("/api/v1/conversations?limit=2&after={next}")).await.1
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5);
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 5, "no repeats");
+
+    // A bad filter is one clear sentence.
+    let (status, body) = s.get("/api/v1/conversations?status=sleeping").await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("sleeping"), "{body}");
+    let (status, _) = s.get(&format!("/api/v1/conversations/{}/messages", uuid())).await;
+    assert_eq!(status, 200, "an unknown conversation has no messages");
+
+    // A send through the API, then its audit.
+    let conversation = &seen[0];
+    let sent = s
+        .http
+        .post(format!("{}/api/v1/conversations/{conversation}/messages", s.base))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "text": "We are on it.", "idempotency_key": "reply-1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status().as_u16(), 202);
+    let id = sent.json::<Value>().await.unwrap()["message_id"].as_str().unwrap().to_owned();
+    s.channel.wait_for_sends(1).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, m) = s.get(&format!("/api/v1/messages/{id}")).await;
+        if m["status"] == "sent" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the send never became sent: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, jobs) = s.get("/api/v1/jobs?state=completed").await;
+    let job = jobs["items"][0]["id"].as_str().unwrap().to_owned();
+    let (_, attempts) = s.get(&format!("/api/v1/jobs/{job}/attempts")).await;
+    assert_eq!(attempts[0]["outcome"], "completed", "{attempts}");
+    let bad = s
+        .http
+        .post(format!("{}/api/v1/conversations/{conversation}/messages", s.base))
+        .bearer_auth(TOKEN)
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+
+    // Workers.
+    let (_, workers) = s.get("/api/v1/workers").await;
+    assert_eq!(workers[0]["alive"], true, "{workers}");
+    s.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_from_the_feed_and_resume_from_last_event_id() {
+    let s = Served::start().await;
+    s.engine.deliver(s.account, hello("m0", "chat0", 0)).await.unwrap();
+    let first = read_events(&s, None, 2).await;
+    assert_eq!(first[0].0, "conversation_opened");
+    assert_eq!(first[1].0, "message_received");
+
+    // Resuming after the first event gives the second, then a new one as it happens.
+    let engine = s.engine.clone();
+    let account = s.account;
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        engine.deliver(account, hello("m1", "chat1", 1)).await.unwrap();
+    });
+    let resumed = read_events(&s, Some(&first[0].1), 3).await;
+    assert_eq!(resumed[0], first[1], "resumed after Last-Event-ID");
+    assert_eq!(resumed[1].0, "conversation_opened");
+    assert_eq!(resumed[2].0, "message_received");
+
+    let bad = s
+        .http
+        .get(format!("{}/api/v1/events", s.base))
+        .bearer_auth(TOKEN)
+        .header("Last-Event-ID", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    s.runtime.shutdown().await;
+}
+
+/// Reads `n` events of the SSE stream: (event name, id).
+async fn read_events(s: &Served, last: Option<&str>, n: usize) -> Vec<(String, String)> {
+    let mut request = s.http.get(format!("{}/api/v1/events", s.base)).bearer_auth(TOKEN);
+    if let Some(id) = last {
+        request = request.header("Last-Event-ID", id);
+    }
+    let mut response = request.send().await.expect("events");
+    assert_eq!(response.status().as_u16(), 200);
+    let mut text = String::new();
+    let mut out = Vec::new();
+    let read = async {
+        while out.len() < n {
+            let chunk = response.chunk().await.expect("chunk").expect("the stream stays open");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = text.find("\n\n") {
+                let block: String = text.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    block.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned())
+                };
+                // The account's connection states come and go with the runtime: left out.
+                if let (Some(event), Some(id)) = (field("event:"), field("id:"))
+                    && event != "account_state_changed"
+                {
+                    out.push((event, id));
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read).await.expect("events in time");
+    out.truncate(n);
+    out
+}
+
+fn uuid() -> String {
+    channel_core::ConversationId::new().to_string()
+}
