@@ -9,6 +9,9 @@
 //!     `next` is the `after` of the next page);
 //!   - `GET conversations/{id}/messages?limit=&after=`; `POST conversations/{id}/messages`
 //!     with `{"text": ..., "idempotency_key": ...}` queues a send (202 with its message id);
+//!   - `POST conversations/{id}/assignment` with `{"claim": op}`, `{"release": op}` or
+//!     `{"transfer": {"from": op, "to": op}}` (409 naming the holder when another operator
+//!     has it);
 //!   - `GET messages/{id}`;
 //!   - `GET jobs?state=&account=` (the dead letter: `state=discarded`), `GET jobs/{id}/attempts`;
 //!   - `GET workers`;
@@ -27,11 +30,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use channel_core::feed::{FeedEvent, FeedPosition};
 use channel_core::page::{PageRequest, PageToken};
+use channel_core::provider::{LoginError, LoginInput};
 use channel_core::reads::{ConversationQuery, JobQuery};
+use channel_core::runtime::Runtime;
 use channel_core::{
     AccountId, ConversationId, ConversationStatus, Engine, EngineError, JobId, JobState, MessageId,
     OutboundMessage, StoreError,
@@ -46,6 +51,7 @@ use serde_json::json;
 #[derive(Clone)]
 pub struct ApiState {
     engine: Engine,
+    runtime: Option<Arc<Runtime>>,
     watchdog: Option<Watchdog>,
     token: Arc<str>,
     metrics: Option<PrometheusHandle>,
@@ -55,7 +61,22 @@ pub struct ApiState {
 impl ApiState {
     /// The API of `engine`, behind `token`.
     pub fn new(engine: Engine, token: impl Into<Arc<str>>) -> Self {
-        Self { engine, watchdog: None, token: token.into(), metrics: None, open_metrics: true }
+        Self {
+            engine,
+            runtime: None,
+            watchdog: None,
+            token: token.into(),
+            metrics: None,
+            open_metrics: true,
+        }
+    }
+
+    /// The runtime that adds, logs in, enables, disables and removes accounts (without it
+    /// those routes answer 503).
+    pub fn runtime(mut self, runtime: Arc<Runtime>) -> Self {
+        self.watchdog = Some(runtime.watchdog().clone());
+        self.runtime = Some(runtime);
+        self
     }
 
     /// The watchdog whose health `/healthz` reports.
@@ -75,10 +96,13 @@ impl ApiState {
 /// The router of the whole interface.
 pub fn router(state: ApiState) -> Router {
     let api = Router::new()
-        .route("/accounts", get(accounts))
-        .route("/accounts/{id}", get(account))
+        .route("/accounts", get(accounts).post(add_account))
+        .route("/accounts/{id}", get(account).delete(remove_account))
+        .route("/accounts/{id}/login", post(login))
+        .route("/accounts/{id}/enabled", axum::routing::put(set_enabled))
         .route("/conversations", get(conversations))
         .route("/conversations/{id}/messages", get(messages).post(send))
+        .route("/conversations/{id}/assignment", post(assign))
         .route("/messages/{id}", get(message))
         .route("/jobs", get(jobs))
         .route("/jobs/{id}/attempts", get(attempts))
@@ -319,6 +343,112 @@ async fn account(
     Ok(Json(state.engine.account(parse::<AccountId>("account id", &id)?).await?))
 }
 
+/// The body of a new account: its provider's kind, a name, the provider's configuration.
+#[derive(Debug, Deserialize)]
+struct NewAccountBody {
+    kind: String,
+    name: String,
+    #[serde(default)]
+    config: serde_json::Value,
+}
+
+fn runtime_of(state: &ApiState) -> Result<&Arc<Runtime>, ApiError> {
+    state.runtime.as_ref().ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this process runs no worker: manage accounts through `inbox run`".to_owned(),
+        )
+    })
+}
+
+async fn add_account(
+    State(state): State<ApiState>,
+    body: Result<Json<NewAccountBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let runtime = runtime_of(&state)?;
+    let Json(body) = body.map_err(|e| {
+        bad_request(format!(
+            "the body must be JSON like {{\"kind\": \"email\", \"name\": ..., \"config\": {{...}}}}: {}",
+            e.body_text()
+        ))
+    })?;
+    let kind =
+        channel_core::ChannelKind::parse(&body.kind).map_err(|e| bad_request(e.to_string()))?;
+    let new = channel_core::NewAccount::new(kind, body.name).with_config(body.config);
+    let account = runtime.add_account(new).await?;
+    Ok((StatusCode::CREATED, Json(account)).into_response())
+}
+
+async fn remove_account(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let runtime = runtime_of(&state)?;
+    runtime.remove_account(parse::<AccountId>("account id", &id)?, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct EnabledBody {
+    enabled: bool,
+}
+
+async fn set_enabled(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<EnabledBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<channel_core::Account>, ApiError> {
+    let runtime = runtime_of(&state)?;
+    let Json(body) = body.map_err(|e| {
+        bad_request(format!("send {{\"enabled\": true}} or false: {}", e.body_text()))
+    })?;
+    let id = parse::<AccountId>("account id", &id)?;
+    Ok(Json(runtime.set_account_enabled(id, body.enabled).await?))
+}
+
+/// A login step: the flow and what the person entered (secrets: never logged, never kept
+/// but by the provider).
+#[derive(Debug, Deserialize)]
+struct LoginBody {
+    flow: String,
+    #[serde(default)]
+    input: std::collections::BTreeMap<String, String>,
+}
+
+async fn login(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<LoginBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let runtime = runtime_of(&state)?;
+    let Json(body) = body.map_err(|e| {
+        bad_request(format!(
+            "the body must be JSON like {{\"flow\": \"password\", \"input\": {{...}}}}: {}",
+            e.body_text()
+        ))
+    })?;
+    let account = parse::<AccountId>("account id", &id)?;
+    let mut input = LoginInput::none();
+    for (field, value) in body.input {
+        input = input.with(field, value);
+    }
+    match runtime.login_step(account, &body.flow, input).await {
+        Ok(step) => Ok(Json(step).into_response()),
+        Err(e) => {
+            let status = match &e {
+                LoginError::UnknownFlow { .. } | LoginError::InvalidInput { .. } => {
+                    StatusCode::BAD_REQUEST
+                }
+                LoginError::FloodWait { .. } => StatusCode::TOO_MANY_REQUESTS,
+                LoginError::Elsewhere(_) => StatusCode::CONFLICT,
+                LoginError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            Err(ApiError(status, e.to_string()))
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct ConversationFilter {
     status: Option<String>,
@@ -349,6 +479,38 @@ async fn messages(
 ) -> Result<Json<PageJson<channel_core::Message>>, ApiError> {
     let conversation = parse::<ConversationId>("conversation id", &id)?;
     Ok(Json(state.engine.messages(conversation, paging.request()?).await?.into()))
+}
+
+/// An assignment change: `{"claim": "ana"}`, `{"release": "ana"}` or
+/// `{"transfer": {"from": "ana", "to": "ben"}}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum AssignBody {
+    Claim(String),
+    Release(String),
+    Transfer { from: String, to: String },
+}
+
+async fn assign(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<AssignBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<channel_core::Conversation>, ApiError> {
+    use channel_core::assignment::Assignment;
+    let conversation = parse::<ConversationId>("conversation id", &id)?;
+    let Json(body) = body.map_err(|e| {
+        bad_request(format!(
+            "send {{\"claim\": \"<operator>\"}}, {{\"release\": \"<operator>\"}} or \
+             {{\"transfer\": {{\"from\": ..., \"to\": ...}}}}: {}",
+            e.body_text()
+        ))
+    })?;
+    let change = match &body {
+        AssignBody::Claim(operator) => Assignment::Claim { operator },
+        AssignBody::Release(operator) => Assignment::Release { operator },
+        AssignBody::Transfer { from, to } => Assignment::Transfer { from, to },
+    };
+    Ok(Json(state.engine.assign(conversation, change).await?))
 }
 
 /// The body of a send.

@@ -1,4 +1,5 @@
-//! The inbox program's library part: its HTTP interface ([`api`]), used by the `inbox`
-//! binary and by the tests that drive it over real HTTP.
+//! The inbox program's library part: its HTTP interface ([`api`]) and the production worker
+//! ([`worker`]), used by the `inbox` binary and by the tests that drive it over real HTTP.
 
 pub mod api;
+pub mod worker;

@@ -114,8 +114,100 @@ impl Args {
     }
 }
 
+const RUN_USAGE: &str = "\
+usage: inbox run [--data-dir DIR] [--database-url postgres://...] [--listen ADDRESS]
+
+Runs the worker on the production providers (email; Telegram with INBOX_TELEGRAM_API_ID and
+INBOX_TELEGRAM_API_HASH) and serves its HTTP API (default 127.0.0.1:8080) until Ctrl-C or
+SIGTERM. Accounts are added and logged in through the API (POST /api/v1/accounts, then
+POST /api/v1/accounts/{id}/login). The data directory (default ./inbox-data, created 0700)
+holds the SQLite database, the blobs, the state keys and the API token.
+
+environment: INBOX_DATA_DIR, INBOX_DATABASE_URL, INBOX_LISTEN (the same as the flags),
+CHANNEL_STATE_KEYS, RUST_LOG";
+
+/// `inbox run`'s command line, over the environment's defaults.
+fn run_options(args: &[String]) -> Result<Option<inbox::worker::WorkerOptions>, Error> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let mut data_dir = env("INBOX_DATA_DIR").unwrap_or_else(|| "./inbox-data".to_owned());
+    let mut database_url = env("INBOX_DATABASE_URL");
+    let mut listen = env("INBOX_LISTEN").unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f, Some(v.to_owned())),
+            None => (arg.as_str(), None),
+        };
+        if flag == "-h" || flag == "--help" {
+            return Ok(None);
+        }
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| Error::msg(format!("{flag} needs a value")))
+        };
+        match flag {
+            "--data-dir" => data_dir = value()?,
+            "--database-url" => database_url = Some(value()?),
+            "--listen" => listen = value()?,
+            other => return Err(Error::msg(format!("unknown argument `{other}`\n\n{RUN_USAGE}"))),
+        }
+    }
+    let listen = listen.parse().map_err(|_| {
+        Error::msg(format!("--listen takes an address such as 127.0.0.1:8080, not `{listen}`"))
+    })?;
+    let telegram = match (env("INBOX_TELEGRAM_API_ID"), env("INBOX_TELEGRAM_API_HASH")) {
+        (Some(id), Some(hash)) => Some((
+            id.parse().map_err(|_| {
+                Error::msg(format!("INBOX_TELEGRAM_API_ID is a number, not `{id}`"))
+            })?,
+            hash,
+        )),
+        _ => None,
+    };
+    Ok(Some(inbox::worker::WorkerOptions {
+        data_dir: data_dir.into(),
+        database_url,
+        listen,
+        telegram,
+        worker_id: None,
+    }))
+}
+
+/// `inbox run`: until Ctrl-C or SIGTERM.
+async fn run_worker(options: inbox::worker::WorkerOptions) -> Result<(), Error> {
+    let worker = inbox::worker::start(options.clone()).await.map_err(Error::msg)?;
+    println!(
+        "inbox worker running; API on http://{}/api/v1 (token in {})",
+        worker.addr,
+        options.data_dir.join("api.token").display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+    worker.shutdown().await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("run") {
+        let Some(options) = run_options(&argv[1..])? else {
+            let _ = writeln!(std::io::stdout(), "{RUN_USAGE}");
+            return Ok(());
+        };
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            )
+            .init();
+        return run_worker(options).await;
+    }
     let Some(args) = Args::parse(std::env::args().skip(1))? else {
         // Ignore a closed stdout (`inbox --help | head -1`).
         let _ = writeln!(std::io::stdout(), "{USAGE}");

@@ -149,6 +149,23 @@ async fn the_api_answers_over_http_behind_its_token() {
         .unwrap();
     assert_eq!(bad.status().as_u16(), 400);
 
+    // Operators claim a conversation: one gets it, the other is told who has it.
+    let assign = |body: Value| {
+        s.http
+            .post(format!("{}/api/v1/conversations/{conversation}/assignment", s.base))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+    };
+    let ana = assign(serde_json::json!({ "claim": "ana" })).await.unwrap();
+    assert_eq!(ana.status().as_u16(), 200);
+    let ben = assign(serde_json::json!({ "claim": "ben" })).await.unwrap();
+    assert_eq!(ben.status().as_u16(), 409);
+    let said = ben.json::<Value>().await.unwrap();
+    assert!(said["error"].as_str().unwrap().contains("ana"), "{said}");
+    let moved = assign(serde_json::json!({ "transfer": { "from": "ana", "to": "ben" } })).await;
+    assert_eq!(moved.unwrap().json::<Value>().await.unwrap()["assignee"], "ben");
+
     // Workers.
     let (_, workers) = s.get("/api/v1/workers").await;
     assert_eq!(workers[0]["alive"], true, "{workers}");

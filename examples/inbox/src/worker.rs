@@ -1,0 +1,140 @@
+//! `inbox run`: the worker a deployment runs, on the production providers (email, and
+//! Telegram when the app's credentials are given) and its HTTP API.
+//!
+//! Its data directory (created mode 0700) holds the SQLite database `inbox.db` (unless a
+//! `postgres://` database is given), the attachment blobs, the account-state keys
+//! (`state.keys`, mode 0600, unless `CHANNEL_STATE_KEYS` is set) and the API token
+//! (`api.token`, mode 0600).
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use channel_core::Engine;
+use channel_core::runtime::Runtime;
+use channel_core::state::{StateKey, StateKeys};
+use channel_email::EmailProvider;
+use channel_store::SqlStore;
+use channel_telegram::TelegramProvider;
+
+use crate::api::{self, ApiState};
+
+/// How a worker is started.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// A `postgres://` URL shared by several workers; `None`: SQLite in the data directory.
+    pub database_url: Option<String>,
+    /// Where the HTTP API listens.
+    pub listen: SocketAddr,
+    /// The Telegram app's id and hash (from my.telegram.org); without them Telegram
+    /// accounts are left to workers that have them.
+    pub telegram: Option<(i32, String)>,
+    /// This worker's id (default: a fresh one per process).
+    pub worker_id: Option<String>,
+}
+
+/// A running worker: its runtime, its API's address and token.
+pub struct RunningWorker {
+    /// The runtime (accounts, logins, workers).
+    pub runtime: Arc<Runtime>,
+    /// Where the API listens.
+    pub addr: SocketAddr,
+    /// The API's bearer token.
+    pub token: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    api: tokio::task::JoinHandle<()>,
+}
+
+impl RunningWorker {
+    /// Stops the API, then the runtime (its accounts are released for other workers).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.api.await;
+        match Arc::try_unwrap(self.runtime) {
+            Ok(runtime) => {
+                runtime.shutdown().await;
+            }
+            Err(_) => tracing::warn!("the runtime is still in use: its leases will expire"),
+        }
+    }
+}
+
+/// Starts a worker: the store, the engine, the runtime with the providers, and the API.
+/// Every failure is one sentence saying what to fix.
+pub async fn start(options: WorkerOptions) -> Result<RunningWorker, String> {
+    let dir = &options.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot make {} private (0700): {e}", dir.display()))?;
+    let keys = state_keys(&dir.join("state.keys"))?;
+    let store = match &options.database_url {
+        Some(url) if url.starts_with("postgres") => open_postgres(url).await?,
+        Some(other) => {
+            return Err(format!(
+                "--database-url takes a postgres:// URL, not `{other}` (SQLite lives in the data directory)"
+            ));
+        }
+        None => SqlStore::open_sqlite(&dir.join("inbox.db").to_string_lossy())
+            .await
+            .map_err(|e| format!("cannot open the database in {}: {e}", dir.display()))?,
+    };
+    let mut builder = Engine::builder(Arc::new(store), keys).blob_dir(dir.join("blobs"));
+    if let Some(id) = &options.worker_id {
+        builder = builder.worker_id(id.clone());
+    }
+    let engine = builder.build().map_err(|e| format!("cannot start the engine: {e}"))?;
+    let mut runtime =
+        Runtime::with_providers(engine.clone()).provider(Arc::new(EmailProvider::new()));
+    if let Some((id, hash)) = &options.telegram {
+        runtime =
+            runtime.provider(Arc::new(TelegramProvider::new().api_credentials(*id, hash.clone())));
+    }
+    let runtime =
+        Arc::new(runtime.start().await.map_err(|e| format!("cannot start the worker: {e}"))?);
+    let token = api::token(&dir.join("api.token"))?;
+    let listener = api::bind(options.listen).await?;
+    let addr = listener.local_addr().map_err(|e| format!("cannot read the API's address: {e}"))?;
+    let state = ApiState::new(engine, token.clone()).runtime(Arc::clone(&runtime));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stopped.await;
+        };
+        if let Err(e) = api::serve(listener, api::router(state), stopped).await {
+            tracing::warn!(error = %e, "the HTTP API stopped");
+        }
+    });
+    Ok(RunningWorker { runtime, addr, token, stop, api })
+}
+
+#[cfg(feature = "postgres")]
+async fn open_postgres(url: &str) -> Result<SqlStore, String> {
+    SqlStore::connect_postgres(url)
+        .await
+        .map_err(|e| format!("cannot open the PostgreSQL database: {e}"))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(_url: &str) -> Result<SqlStore, String> {
+    Err("this build has no PostgreSQL: build it with `--features postgres`".to_owned())
+}
+
+/// `CHANNEL_STATE_KEYS`, else the keys file, else a new key written to it (0600).
+fn state_keys(file: &std::path::Path) -> Result<StateKeys, String> {
+    if let Some(keys) =
+        StateKeys::from_env().map_err(|e| format!("cannot read CHANNEL_STATE_KEYS: {e}"))?
+    {
+        return Ok(keys);
+    }
+    if file.exists() {
+        return StateKeys::read_file(file)
+            .map_err(|e| format!("cannot read the state keys in {}: {e}", file.display()));
+    }
+    let keys = StateKeys::new(StateKey::generate());
+    keys.create_file(file)
+        .map_err(|e| format!("cannot write new state keys to {}: {e}", file.display()))?;
+    Ok(keys)
+}

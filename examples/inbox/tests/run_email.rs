@@ -1,0 +1,126 @@
+//! `inbox run` (its worker, as the binary starts it) with an email account on the real Dovecot
+//! and OpenSMTPD, driven over real HTTP only: the account is added and logged in through the
+//! API, a mail that arrives is listed and streamed as an event, and a reply sent through the
+//! API reaches the sender's mailbox.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use channel_email::testing::{imap_append, raw_mail, stack};
+use inbox::worker::{WorkerOptions, start};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn mails_containing(maildir: &Path, text: &str) -> usize {
+    ["new", "cur"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(maildir.join(d)).ok())
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter(|mail| mail.contains(text))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_account_added_logged_in_and_answered_over_the_api() {
+    let st = stack();
+    let (alice, bob) = (st.user("api-alice"), st.user("api-bob"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = start(WorkerOptions {
+        data_dir: dir.path().join("data"),
+        database_url: None,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        telegram: None,
+        worker_id: None,
+    })
+    .await
+    .expect("the worker starts");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("data")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "the data directory is private");
+    let base = format!("http://{}/api/v1", worker.addr);
+    let http = reqwest::Client::new();
+    let call = async |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut r = http.request(method, format!("{base}{path}")).bearer_auth(&worker.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.expect("request");
+        (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+    };
+
+    // Add and log in, over HTTP.
+    let config = serde_json::to_value(st.account_config(&bob)).expect("config");
+    let body = json!({ "kind": "email", "name": "support", "config": config });
+    let (status, account) = call(reqwest::Method::POST, "/accounts", Some(body)).await;
+    assert_eq!(status, 201, "{account}");
+    let id = account["id"].as_str().unwrap().to_owned();
+    let wrong = json!({ "flow": "password", "input": { "password": "not the password" } });
+    let (status, refused) =
+        call(reqwest::Method::POST, &format!("/accounts/{id}/login"), Some(wrong)).await;
+    assert!(status >= 400, "a wrong password is refused: {refused}");
+    let right = json!({ "flow": "password", "input": { "password": bob.password } });
+    let (status, step) =
+        call(reqwest::Method::POST, &format!("/accounts/{id}/login"), Some(right)).await;
+    assert_eq!(status, 200, "{step}");
+    until("the account is connected", async || {
+        let (_, account) = call(reqwest::Method::GET, &format!("/accounts/{id}"), None).await;
+        account["connection"]["state"] == "connected"
+    })
+    .await;
+
+    // A mail arrives: listed, with its message.
+    let mail = raw_mail(&alice.address, &bob.address, "<api-q1@example.org>", "Help", "Hello?");
+    imap_append(st.imap_port, &bob, "INBOX", &mail).await;
+    let mut conversation = String::new();
+    until("the mail is listed", async || {
+        let (_, page) = call(reqwest::Method::GET, "/conversations", None).await;
+        match page["items"].as_array().and_then(|a| a.first()) {
+            Some(c) => {
+                conversation = c["id"].as_str().unwrap().to_owned();
+                true
+            }
+            None => false,
+        }
+    })
+    .await;
+    let (_, messages) =
+        call(reqwest::Method::GET, &format!("/conversations/{conversation}/messages"), None).await;
+    assert_eq!(messages["items"][0]["provider_id"], "<api-q1@example.org>", "{messages}");
+
+    // A reply through the API reaches Alice.
+    let reply = json!({ "text": "We are on it.", "idempotency_key": "api-q1" });
+    let path = format!("/conversations/{conversation}/messages");
+    let (status, sent) = call(reqwest::Method::POST, &path, Some(reply.clone())).await;
+    assert_eq!(status, 202, "{sent}");
+    let (_, again) = call(reqwest::Method::POST, &path, Some(reply)).await;
+    assert_eq!(again["message_id"], sent["message_id"], "the same key, the same message");
+    until("Alice has the reply", async || {
+        mails_containing(&st.maildir(&alice), "We are on it.") == 1
+    })
+    .await;
+
+    // Disabled and removed through the API.
+    let (status, disabled) = call(
+        reqwest::Method::PUT,
+        &format!("/accounts/{id}/enabled"),
+        Some(json!({ "enabled": false })),
+    )
+    .await;
+    assert_eq!((status, disabled["enabled"].clone()), (200, json!(false)), "{disabled}");
+    let (status, _) = call(reqwest::Method::DELETE, &format!("/accounts/{id}"), None).await;
+    assert_eq!(status, 204);
+    let (status, _) = call(reqwest::Method::GET, &format!("/accounts/{id}"), None).await;
+    assert_eq!(status, 404);
+    worker.shutdown().await;
+}
