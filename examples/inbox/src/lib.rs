@@ -1,5 +1,6 @@
 //! The inbox program's library part: its HTTP interface ([`api`]) and the production worker
-//! ([`worker`]), used by the `inbox` binary and by the tests that drive it over real HTTP.
+//! ([`worker`]) and the command line's client ([`client`]), used by the `inbox` binary and by the tests that drive it over real HTTP.
 
 pub mod api;
+pub mod client;
 pub mod worker;

@@ -1,6 +1,11 @@
-//! `inbox`: the complete channel worker on the embedded SQLite default.
+//! `inbox`: the channel worker program.
 //!
-//! It opens (or creates) a store under `./target/inbox`, runs one demo account on the
+//! - `inbox` (or `inbox demo`): the demo below.
+//! - `inbox run`: the worker a deployment runs, with its HTTP API (`inbox::worker`).
+//! - `inbox account list|add-email|enable|disable|remove`, `inbox conversations`,
+//!   `inbox messages`, `inbox send`, `inbox status`: talk to a running worker through its API.
+//!
+//! The demo opens (or creates) a store under `./target/inbox`, runs one demo account on the
 //! in-memory channel through the real `Runtime` (supervised loops under the watchdog, the
 //! dispatcher, lifecycle sweeps), simulates people writing in, answers every new conversation
 //! with an auto-reply, and prints a summary read back from the store. Run it twice: the
@@ -14,13 +19,13 @@
 //!
 //! See `examples/inbox/README.md` for how to read the output.
 
+mod commands;
 mod error;
 mod setup;
 mod simulation;
 mod summary;
 
 use std::fmt::Display;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +38,7 @@ use channel_core::{
     Store,
 };
 use channel_watchdog::LoopStatus;
+use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use tokio::sync::broadcast;
 use tracing_subscriber::EnvFilter;
@@ -53,128 +59,6 @@ const DEMO_LIFECYCLE: LifecyclePolicy = LifecyclePolicy {
 /// The account-state slot where the demo counts its runs.
 const RUNS_KEY: &str = "inbox-demo:runs";
 
-const USAGE: &str = "\
-usage: inbox [--seconds N] [--listen ADDRESS]
-
-Runs the channel worker with a simulated demo account for N seconds (default 10), then shuts
-down gracefully and prints a summary read back from the store. Ctrl-C stops it early. With
---listen (such as 127.0.0.1:8080), it serves its HTTP API there meanwhile (the address and
-the token are printed; the token is kept in ./target/inbox/api.token).
-
-environment:
-  INBOX_DATABASE   SQLite file or sqlite: URL (default ./target/inbox/inbox.db);
-                   postgres://... with the `postgres` feature
-  CHANNEL_STATE_KEYS  the keys encrypting account state, 64 hex digits each, the first
-                   sealing (default: generated once and kept in ./target/inbox/state.key)
-  RUST_LOG         log filter (default info)";
-
-/// The command line.
-#[derive(Debug)]
-struct Args {
-    seconds: u64,
-    listen: Option<std::net::SocketAddr>,
-}
-
-impl Args {
-    /// Parses `--seconds N` / `--seconds=N`; `None` for `--help`.
-    fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Self>, Error> {
-        let mut seconds = DEFAULT_SECONDS;
-        let mut listen = None;
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            if arg == "--listen" || arg.starts_with("--listen=") {
-                let value = match arg.strip_prefix("--listen=") {
-                    Some(v) => Some(v.to_owned()),
-                    None => args.next(),
-                };
-                let value = value.ok_or_else(|| Error::msg("--listen needs an address"))?;
-                listen = Some(value.parse().map_err(|_| {
-                    Error::msg(format!(
-                        "--listen takes an address such as 127.0.0.1:8080, not `{value}`"
-                    ))
-                })?);
-                continue;
-            }
-            let value = match arg.as_str() {
-                "-h" | "--help" => return Ok(None),
-                "--seconds" | "-s" => args.next(),
-                other => match other.strip_prefix("--seconds=") {
-                    Some(v) => Some(v.to_owned()),
-                    None => {
-                        return Err(Error::msg(format!("unknown argument `{other}`\n\n{USAGE}")));
-                    }
-                },
-            };
-            let value = value.ok_or_else(|| Error::msg("--seconds needs a value"))?;
-            seconds = value
-                .parse()
-                .map_err(|_| Error::msg(format!("--seconds takes whole seconds, not `{value}`")))?;
-        }
-        Ok(Some(Self { seconds, listen }))
-    }
-}
-
-const RUN_USAGE: &str = "\
-usage: inbox run [--data-dir DIR] [--database-url postgres://...] [--listen ADDRESS]
-
-Runs the worker on the production providers (email; Telegram with INBOX_TELEGRAM_API_ID and
-INBOX_TELEGRAM_API_HASH) and serves its HTTP API (default 127.0.0.1:8080) until Ctrl-C or
-SIGTERM. Accounts are added and logged in through the API (POST /api/v1/accounts, then
-POST /api/v1/accounts/{id}/login). The data directory (default ./inbox-data, created 0700)
-holds the SQLite database, the blobs, the state keys and the API token.
-
-environment: INBOX_DATA_DIR, INBOX_DATABASE_URL, INBOX_LISTEN (the same as the flags),
-CHANNEL_STATE_KEYS, RUST_LOG";
-
-/// `inbox run`'s command line, over the environment's defaults.
-fn run_options(args: &[String]) -> Result<Option<inbox::worker::WorkerOptions>, Error> {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    let mut data_dir = env("INBOX_DATA_DIR").unwrap_or_else(|| "./inbox-data".to_owned());
-    let mut database_url = env("INBOX_DATABASE_URL");
-    let mut listen = env("INBOX_LISTEN").unwrap_or_else(|| "127.0.0.1:8080".to_owned());
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f, Some(v.to_owned())),
-            None => (arg.as_str(), None),
-        };
-        if flag == "-h" || flag == "--help" {
-            return Ok(None);
-        }
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .ok_or_else(|| Error::msg(format!("{flag} needs a value")))
-        };
-        match flag {
-            "--data-dir" => data_dir = value()?,
-            "--database-url" => database_url = Some(value()?),
-            "--listen" => listen = value()?,
-            other => return Err(Error::msg(format!("unknown argument `{other}`\n\n{RUN_USAGE}"))),
-        }
-    }
-    let listen = listen.parse().map_err(|_| {
-        Error::msg(format!("--listen takes an address such as 127.0.0.1:8080, not `{listen}`"))
-    })?;
-    let telegram = match (env("INBOX_TELEGRAM_API_ID"), env("INBOX_TELEGRAM_API_HASH")) {
-        (Some(id), Some(hash)) => Some((
-            id.parse().map_err(|_| {
-                Error::msg(format!("INBOX_TELEGRAM_API_ID is a number, not `{id}`"))
-            })?,
-            hash,
-        )),
-        _ => None,
-    };
-    Ok(Some(inbox::worker::WorkerOptions {
-        data_dir: data_dir.into(),
-        database_url,
-        listen,
-        telegram,
-        worker_id: None,
-    }))
-}
-
 /// `inbox run`: until Ctrl-C or SIGTERM.
 async fn run_worker(options: inbox::worker::WorkerOptions) -> Result<(), Error> {
     let worker = inbox::worker::start(options.clone()).await.map_err(Error::msg)?;
@@ -193,33 +77,204 @@ async fn run_worker(options: inbox::worker::WorkerOptions) -> Result<(), Error> 
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    if argv.first().map(String::as_str) == Some("run") {
-        let Some(options) = run_options(&argv[1..])? else {
-            let _ = writeln!(std::io::stdout(), "{RUN_USAGE}");
-            return Ok(());
-        };
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-            )
-            .init();
-        return run_worker(options).await;
-    }
-    let Some(args) = Args::parse(std::env::args().skip(1))? else {
-        // Ignore a closed stdout (`inbox --help | head -1`).
-        let _ = writeln!(std::io::stdout(), "{USAGE}");
-        return Ok(());
+/// The command line (`inbox --help`).
+#[derive(Debug, Parser)]
+#[command(
+    name = "inbox",
+    version,
+    about = "The channel worker: Telegram and email conversations, stored once, answered through a durable queue.",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Without a command: the demo.
+    #[command(flatten)]
+    demo: DemoArgs,
+}
+
+/// The demo's options.
+#[derive(Debug, Clone, clap::Args)]
+struct DemoArgs {
+    /// How long the demo runs, in seconds.
+    #[arg(long, short, default_value_t = DEFAULT_SECONDS)]
+    seconds: u64,
+    /// Also serve the HTTP API there (such as 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+}
+
+/// Which worker a command talks to.
+#[derive(Debug, Clone, clap::Args)]
+struct Target {
+    /// The worker's data directory (its API's address and token are there).
+    #[arg(long, env = "INBOX_DATA_DIR", default_value = "./inbox-data", global = true)]
+    data_dir: std::path::PathBuf,
+    /// The API's address instead of the one the worker wrote (http://host:port/api/v1).
+    #[arg(long, env = "INBOX_API", global = true)]
+    api: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The demo: a simulated account on the embedded SQLite default (the default command).
+    Demo(DemoArgs),
+    /// The worker a deployment runs, with its HTTP API, until Ctrl-C or SIGTERM.
+    Run {
+        /// The data directory (created 0700): database, blobs, state keys, API token.
+        #[arg(long, env = "INBOX_DATA_DIR", default_value = "./inbox-data")]
+        data_dir: std::path::PathBuf,
+        /// A postgres:// URL shared by several workers (needs the `postgres` feature).
+        #[arg(long, env = "INBOX_DATABASE_URL")]
+        database_url: Option<String>,
+        /// Where the HTTP API listens.
+        #[arg(long, env = "INBOX_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// The Telegram app's id (my.telegram.org); with the hash, Telegram accounts run here.
+        #[arg(long, env = "INBOX_TELEGRAM_API_ID")]
+        telegram_api_id: Option<i32>,
+        /// The Telegram app's hash.
+        #[arg(long, env = "INBOX_TELEGRAM_API_HASH", hide_env_values = true)]
+        telegram_api_hash: Option<String>,
+    },
+    /// Accounts of the running worker.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Conversations, newest activity first.
+    Conversations {
+        /// Only these (open, idle, closed, expired).
+        #[arg(long)]
+        status: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The messages of a conversation, newest first.
+    Messages {
+        /// The conversation's id.
+        conversation: String,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Queues a text message in a conversation.
+    Send {
+        /// The conversation's id.
+        conversation: String,
+        /// The text.
+        text: String,
+        /// The same key again sends nothing more.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The worker processes and their loops, and the accounts.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountCommand {
+    /// Lists the accounts and their connection state.
+    List,
+    /// Adds an email account, verified by logging in before it is kept. The password comes
+    /// from INBOX_EMAIL_PASSWORD or is read from standard input, never from the command line.
+    AddEmail {
+        /// A name for people.
+        #[arg(long)]
+        name: String,
+        /// The account's configuration: a JSON file (address, imap, smtp, ...).
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
+    /// Enables an account.
+    Enable {
+        /// The account's id.
+        id: String,
+    },
+    /// Disables an account (its worker disconnects it).
+    Disable {
+        /// The account's id.
+        id: String,
+    },
+    /// Removes an account (its messages stay).
+    Remove {
+        /// The account's id.
+        id: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("inbox: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_timer(Elapsed(std::time::Instant::now()))
-        .init();
-    run(args).await
+    let result = runtime.block_on(dispatch(cli));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("inbox: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(with_elapsed: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if with_elapsed {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_timer(Elapsed(std::time::Instant::now()))
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Error> {
+    let command = cli.command.unwrap_or(Command::Demo(cli.demo));
+    match command {
+        Command::Demo(args) => {
+            init_logs(true);
+            run(args).await
+        }
+        Command::Run { data_dir, database_url, listen, telegram_api_id, telegram_api_hash } => {
+            init_logs(false);
+            let telegram = match (telegram_api_id, telegram_api_hash) {
+                (Some(id), Some(hash)) => Some((id, hash)),
+                (None, None) => None,
+                _ => {
+                    return Err(Error::msg(
+                        "give both --telegram-api-id and --telegram-api-hash, or neither",
+                    ));
+                }
+            };
+            let options = inbox::worker::WorkerOptions {
+                data_dir,
+                database_url,
+                listen,
+                telegram,
+                worker_id: None,
+            };
+            run_worker(options).await
+        }
+        other => commands::run(other).await,
+    }
 }
 
 /// Serves the HTTP API on `addr` until `stop` fires; prints where and the token.
@@ -251,7 +306,7 @@ async fn start_api(
     }))
 }
 
-async fn run(args: Args) -> Result<(), Error> {
+async fn run(args: DemoArgs) -> Result<(), Error> {
     // The store, the key, the account.
     let paths = Paths::from_env();
     let (state_key, key_source) = setup::state_keys(&paths.key_file)?;

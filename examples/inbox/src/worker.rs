@@ -3,8 +3,8 @@
 //!
 //! Its data directory (created mode 0700) holds the SQLite database `inbox.db` (unless a
 //! `postgres://` database is given), the attachment blobs, the account-state keys
-//! (`state.keys`, mode 0600, unless `CHANNEL_STATE_KEYS` is set) and the API token
-//! (`api.token`, mode 0600).
+//! (`state.keys`, mode 0600, unless `CHANNEL_STATE_KEYS` is set), the API token
+//! (`api.token`, mode 0600) and where the API listens (`api.url`, for the command line).
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -97,6 +97,9 @@ pub async fn start(options: WorkerOptions) -> Result<RunningWorker, String> {
     let token = api::token(&dir.join("api.token"))?;
     let listener = api::bind(options.listen).await?;
     let addr = listener.local_addr().map_err(|e| format!("cannot read the API's address: {e}"))?;
+    let url = format!("http://{addr}/api/v1");
+    std::fs::write(dir.join("api.url"), &url)
+        .map_err(|e| format!("cannot write {}: {e}", dir.join("api.url").display()))?;
     let state = ApiState::new(engine, token.clone()).runtime(Arc::clone(&runtime));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(async move {

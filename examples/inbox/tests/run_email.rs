@@ -124,3 +124,93 @@ async fn an_email_account_added_logged_in_and_answered_over_the_api() {
     assert_eq!(status, 404);
     worker.shutdown().await;
 }
+
+/// Runs the `inbox` binary with `args` and the environment `env`; (success, stdout, stderr).
+fn inbox(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_inbox"));
+    command.args(args).stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().expect("the inbox binary runs");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_adds_an_email_account_only_when_its_login_works() {
+    let st = stack();
+    let carol = st.user("cli-carol");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let worker = start(WorkerOptions {
+        data_dir: data.clone(),
+        database_url: None,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        telegram: None,
+        worker_id: None,
+    })
+    .await
+    .expect("the worker starts");
+    let config = dir.path().join("carol.json");
+    std::fs::write(&config, serde_json::to_string(&st.account_config(&carol)).unwrap()).unwrap();
+    let data_arg = data.to_str().unwrap().to_owned();
+    let config_arg = config.to_str().unwrap().to_owned();
+    let add = [
+        "account",
+        "add-email",
+        "--name",
+        "carol",
+        "--config",
+        &config_arg,
+        "--data-dir",
+        &data_arg,
+    ];
+
+    // A wrong password: refused with one sentence, and nothing kept.
+    let (ok, _, err) = tokio::task::spawn_blocking({
+        let add = add.map(str::to_owned);
+        move || {
+            inbox(
+                &add.iter().map(String::as_str).collect::<Vec<_>>(),
+                &[("INBOX_EMAIL_PASSWORD", "wrong")],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!ok, "a wrong password fails");
+    assert!(err.contains("not kept") && err.lines().count() == 1, "{err}");
+    let (_, listed, _) = inbox(&["account", "list", "--data-dir", &data_arg], &[]);
+    assert_eq!(listed.lines().count(), 1, "only the header: {listed}");
+
+    // The right one: added, listed, and connected.
+    let password = carol.password.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let add = add.map(str::to_owned);
+        move || {
+            inbox(
+                &add.iter().map(String::as_str).collect::<Vec<_>>(),
+                &[("INBOX_EMAIL_PASSWORD", &password)],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(out.contains("added and logged in"), "{out}");
+    until("the account is connected", async || {
+        let (_, listed, _) = inbox(&["account", "list", "--data-dir", &data_arg], &[]);
+        listed.contains("carol") && listed.contains("connected")
+    })
+    .await;
+    let (ok, status, _) = inbox(&["status", "--data-dir", &data_arg], &[]);
+    assert!(ok && status.contains("(alive)") && status.contains("heartbeat"), "{status}");
+
+    // Bad input is one sentence and a failure, never a panic.
+    let (ok, _, err) = inbox(&["conversations", "--data-dir", "/nonexistent"], &[]);
+    assert!(!ok && err.contains("inbox run"), "{err}");
+    let (ok, _, err) = inbox(&["run", "--listen", "nowhere"], &[]);
+    assert!(!ok && !err.contains("panicked"), "{err}");
+    worker.shutdown().await;
+}
