@@ -136,6 +136,9 @@ enum Command {
         /// The Telegram app's hash.
         #[arg(long, env = "INBOX_TELEGRAM_API_HASH", hide_env_values = true)]
         telegram_api_hash: Option<String>,
+        /// Logs as JSON lines (for a log collector) instead of text.
+        #[arg(long, env = "INBOX_JSON_LOGS")]
+        json_logs: bool,
     },
     /// Accounts of the running worker.
     Account {
@@ -234,9 +237,11 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logs(with_elapsed: bool) {
+fn init_logs(with_elapsed: bool, json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if with_elapsed {
+    if json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else if with_elapsed {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_timer(Elapsed(std::time::Instant::now()))
@@ -250,11 +255,18 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
     let command = cli.command.unwrap_or(Command::Demo(cli.demo));
     match command {
         Command::Demo(args) => {
-            init_logs(true);
+            init_logs(true, false);
             run(args).await
         }
-        Command::Run { data_dir, database_url, listen, telegram_api_id, telegram_api_hash } => {
-            init_logs(false);
+        Command::Run {
+            data_dir,
+            database_url,
+            listen,
+            telegram_api_id,
+            telegram_api_hash,
+            json_logs,
+        } => {
+            init_logs(false, json_logs);
             let telegram = match (telegram_api_id, telegram_api_hash) {
                 (Some(id), Some(hash)) => Some((id, hash)),
                 (None, None) => None,
