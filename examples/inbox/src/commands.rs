@@ -90,7 +90,7 @@ pub async fn run(command: Command) -> Result<(), Error> {
             }
             account(AccountCommand::List, &client).await
         }
-        Command::Demo(_) | Command::Run { .. } => Ok(()),
+        Command::Simulate(_) | Command::Demo { .. } | Command::Run { .. } => Ok(()),
     }
 }
 

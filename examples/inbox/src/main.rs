@@ -1,11 +1,13 @@
 //! `inbox`: the channel worker program.
 //!
-//! - `inbox` (or `inbox demo`): the demo below.
+//! - `inbox demo`: `inbox run`'s worker with a Telegram account on the loopback MTProto
+//!   server and simulated people (`demo.rs`).
+//! - `inbox` (or `inbox simulate`): the scripted simulation below.
 //! - `inbox run`: the worker a deployment runs, with its HTTP API (`inbox::worker`).
 //! - `inbox account list|add-email|enable|disable|remove`, `inbox conversations`,
 //!   `inbox messages`, `inbox send`, `inbox status`: talk to a running worker through its API.
 //!
-//! The demo opens (or creates) a store under `./target/inbox`, runs one demo account on the
+//! The simulation opens (or creates) a store under `./target/inbox`, runs one demo account on the
 //! in-memory channel through the real `Runtime` (supervised loops under the watchdog, the
 //! dispatcher, lifecycle sweeps), simulates people writing in, answers every new conversation
 //! with an auto-reply, and prints a summary read back from the store. Run it twice: the
@@ -20,6 +22,8 @@
 //! See `examples/inbox/README.md` for how to read the output.
 
 mod commands;
+#[cfg(feature = "demo")]
+mod demo;
 mod error;
 mod setup;
 mod simulation;
@@ -88,15 +92,15 @@ async fn run_worker(options: inbox::worker::WorkerOptions) -> Result<(), Error> 
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Without a command: the demo.
+    /// Without a command: the simulation.
     #[command(flatten)]
-    demo: DemoArgs,
+    simulate: DemoArgs,
 }
 
-/// The demo's options.
+/// The simulation's options.
 #[derive(Debug, Clone, clap::Args)]
 struct DemoArgs {
-    /// How long the demo runs, in seconds.
+    /// How long the simulation runs, in seconds.
     #[arg(long, short, default_value_t = DEFAULT_SECONDS)]
     seconds: u64,
     /// Also serve the HTTP API there (such as 127.0.0.1:8080).
@@ -117,8 +121,22 @@ struct Target {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// The demo: a simulated account on the embedded SQLite default (the default command).
-    Demo(DemoArgs),
+    /// The demo: `inbox run`'s worker with a Telegram account on the loopback MTProto server
+    /// and simulated people writing in, until Ctrl-C (or `--for`).
+    Demo {
+        /// Stop after this long (such as 30s or 2m), then print a summary.
+        #[arg(long = "for", value_parser = parse_duration)]
+        run_for: Option<Duration>,
+        /// Where the HTTP API listens.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// The demo's data directory (made fresh every run).
+        #[arg(long, default_value = "./target/inbox/demo")]
+        data_dir: std::path::PathBuf,
+    },
+    /// A scripted simulation on the in-memory channel: duplicates, a retried send, the dead
+    /// letter, the lifecycle (the default command).
+    Simulate(DemoArgs),
     /// The worker a deployment runs, with its HTTP API, until Ctrl-C or SIGTERM.
     Run {
         /// The data directory (created 0700): database, blobs, state keys, API token.
@@ -237,6 +255,24 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Parses `30s`, `2m`, `500ms`, `1h` or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let bad = || format!("`{text}` is not a duration such as 30s or 2m");
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(bad()),
+    }
+}
+
 fn init_logs(with_elapsed: bool, json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     if json {
@@ -252,12 +288,21 @@ fn init_logs(with_elapsed: bool, json: bool) {
 }
 
 async fn dispatch(cli: Cli) -> Result<(), Error> {
-    let command = cli.command.unwrap_or(Command::Demo(cli.demo));
+    let command = cli.command.unwrap_or(Command::Simulate(cli.simulate));
     match command {
-        Command::Demo(args) => {
+        Command::Simulate(args) => {
             init_logs(true, false);
             run(args).await
         }
+        #[cfg(feature = "demo")]
+        Command::Demo { run_for, listen, data_dir } => {
+            init_logs(false, false);
+            demo::run(demo::DemoOptions { listen, run_for, data_dir }).await
+        }
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => Err(Error::msg(
+            "this build has no demo: build the program with its `demo` feature (on by default)",
+        )),
         Command::Run {
             data_dir,
             database_url,
