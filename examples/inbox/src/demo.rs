@@ -60,6 +60,7 @@ pub async fn run(options: DemoOptions) -> Result<(), Error> {
         listen: options.listen,
         telegram: Some((API_ID, API_HASH.to_owned())),
         worker_id: None,
+        metrics_behind_token: false,
     })
     .await
     .map_err(Error::msg)?;

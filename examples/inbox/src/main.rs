@@ -157,6 +157,9 @@ enum Command {
         /// Logs as JSON lines (for a log collector) instead of text.
         #[arg(long, env = "INBOX_JSON_LOGS")]
         json_logs: bool,
+        /// `/metrics` asks for the API token too (default: open, as Prometheus scrapes).
+        #[arg(long, env = "INBOX_METRICS_BEHIND_TOKEN")]
+        metrics_behind_token: bool,
     },
     /// Accounts of the running worker.
     Account {
@@ -310,6 +313,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
             telegram_api_id,
             telegram_api_hash,
             json_logs,
+            metrics_behind_token,
         } => {
             init_logs(false, json_logs);
             let telegram = match (telegram_api_id, telegram_api_hash) {
@@ -327,6 +331,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
                 listen,
                 telegram,
                 worker_id: None,
+                metrics_behind_token,
             };
             run_worker(options).await
         }

@@ -34,6 +34,25 @@ pub struct WorkerOptions {
     pub telegram: Option<(i32, String)>,
     /// This worker's id (default: a fresh one per process).
     pub worker_id: Option<String>,
+    /// Whether `/metrics` asks for the token too (default: open, as Prometheus scrapes).
+    pub metrics_behind_token: bool,
+}
+
+/// The process's Prometheus recorder: installed by the first worker of the process.
+fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no /metrics: another metrics recorder is installed");
+                    None
+                }
+            }
+        })
+        .clone()
 }
 
 /// A running worker: its runtime, its API's address and token.
@@ -100,7 +119,10 @@ pub async fn start(options: WorkerOptions) -> Result<RunningWorker, String> {
     let url = format!("http://{addr}/api/v1");
     std::fs::write(dir.join("api.url"), &url)
         .map_err(|e| format!("cannot write {}: {e}", dir.join("api.url").display()))?;
-    let state = ApiState::new(engine, token.clone()).runtime(Arc::clone(&runtime));
+    let mut state = ApiState::new(engine, token.clone()).runtime(Arc::clone(&runtime));
+    if let Some(handle) = prometheus() {
+        state = state.metrics(handle, !options.metrics_behind_token);
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(async move {
         let stopped = async move {

@@ -41,6 +41,7 @@ async fn an_email_account_added_logged_in_and_answered_over_the_api() {
         listen: "127.0.0.1:0".parse().unwrap(),
         telegram: None,
         worker_id: None,
+        metrics_behind_token: false,
     })
     .await
     .expect("the worker starts");
@@ -110,6 +111,12 @@ async fn an_email_account_added_logged_in_and_answered_over_the_api() {
     })
     .await;
 
+    // Its metrics, for Prometheus.
+    let metrics = http.get(format!("http://{}/metrics", worker.addr)).send().await.unwrap();
+    assert_eq!(metrics.status().as_u16(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("channel_messages_sent_total"), "{text}");
+
     // Disabled and removed through the API.
     let (status, disabled) = call(
         reqwest::Method::PUT,
@@ -149,6 +156,7 @@ async fn the_command_line_adds_an_email_account_only_when_its_login_works() {
         listen: "127.0.0.1:0".parse().unwrap(),
         telegram: None,
         worker_id: None,
+        metrics_behind_token: false,
     })
     .await
     .expect("the worker starts");
