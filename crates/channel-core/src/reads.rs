@@ -4,8 +4,8 @@
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::model::{
-    Account, AccountId, Conversation, ConversationId, ConversationStatus, Identity, Job,
-    JobAttempt, JobId, JobState, Message, MessageId,
+    Account, AccountId, ContactId, Conversation, ConversationId, ConversationStatus, Identity,
+    IdentityId, Job, JobAttempt, JobId, JobState, Message, MessageId,
 };
 use crate::page::{Page, PageRequest, Position};
 
@@ -193,5 +193,26 @@ impl Engine {
     /// [`workers`](crate::workers)).
     pub async fn workers(&self) -> Result<Vec<crate::workers::WorkerInfo>, EngineError> {
         Ok(self.db("workers", self.store().workers()).await?)
+    }
+
+    /// Links an identity to a contact of the service (`None` unlinks it).
+    pub async fn link_identity(
+        &self,
+        identity: IdentityId,
+        contact: Option<ContactId>,
+    ) -> Result<Identity, EngineError> {
+        let now = self.now();
+        Ok(self.db("link_identity", self.store().link_identity(identity, contact, now)).await?)
+    }
+
+    /// Merges `merge` into `keep`: two identities of one person on the same account (see
+    /// [`ConversationStore::merge_identities`](crate::ConversationStore::merge_identities)).
+    pub async fn merge_identities(
+        &self,
+        keep: IdentityId,
+        merge: IdentityId,
+    ) -> Result<Identity, EngineError> {
+        let now = self.now();
+        Ok(self.db("merge_identities", self.store().merge_identities(keep, merge, now)).await?)
     }
 }

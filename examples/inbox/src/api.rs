@@ -13,6 +13,11 @@
 //!     `{"transfer": {"from": op, "to": op}}` (409 naming the holder when another operator
 //!     has it);
 //!   - `GET messages/{id}`;
+//!   - `GET accounts/{id}/identities?unlinked=true` (the people an account talks to; the
+//!     unlinked ones are the new ones), `POST identities/{id}/link` with `{"contact": ...}`
+//!     (`null` unlinks), `POST identities/{id}/merge` with `{"merge": <identity id>}`;
+//!   - `POST accounts/{id}/history` with `{"thread_key": ..., "limit": ...}` queues a history
+//!     sync (202 with its job id; its pages come as `history_synced` events);
 //!   - `GET jobs?state=&account=` (the dead letter: `state=discarded`), `GET jobs/{id}/attempts`;
 //!   - `GET workers`;
 //!   - `GET events`: server-sent events from the durable feed, each with its position as `id`,
@@ -99,6 +104,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/accounts", get(accounts).post(add_account))
         .route("/accounts/{id}", get(account).delete(remove_account))
         .route("/accounts/{id}/login", post(login))
+        .route("/accounts/{id}/identities", get(identities))
+        .route("/accounts/{id}/history", post(history))
+        .route("/identities/{id}/link", post(link_identity))
+        .route("/identities/{id}/merge", post(merge_identity))
         .route("/accounts/{id}/enabled", axum::routing::put(set_enabled))
         .route("/conversations", get(conversations))
         .route("/conversations/{id}/messages", get(messages).post(send))
@@ -447,6 +456,87 @@ async fn login(
             Err(ApiError(status, e.to_string()))
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct IdentityFilter {
+    #[serde(default)]
+    unlinked: bool,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+async fn identities(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Q(filter): Q<IdentityFilter>,
+) -> Result<Json<PageJson<channel_core::Identity>>, ApiError> {
+    let account = parse::<AccountId>("account id", &id)?;
+    let paging = Paging { limit: filter.limit, after: filter.after };
+    Ok(Json(state.engine.identities(account, filter.unlinked, paging.request()?).await?.into()))
+}
+
+#[derive(Debug, Deserialize)]
+struct LinkBody {
+    contact: Option<String>,
+}
+
+async fn link_identity(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<LinkBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<channel_core::Identity>, ApiError> {
+    let identity = parse::<channel_core::IdentityId>("identity id", &id)?;
+    let Json(body) = body.map_err(|e| {
+        bad_request(format!(
+            "send {{\"contact\": \"<your contact id>\"}} or null: {}",
+            e.body_text()
+        ))
+    })?;
+    let contact = body.contact.map(channel_core::ContactId::new);
+    Ok(Json(state.engine.link_identity(identity, contact).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct MergeBody {
+    merge: String,
+}
+
+async fn merge_identity(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<MergeBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<channel_core::Identity>, ApiError> {
+    let keep = parse::<channel_core::IdentityId>("identity id", &id)?;
+    let Json(body) = body.map_err(|e| {
+        bad_request(format!("send {{\"merge\": \"<identity id>\"}}: {}", e.body_text()))
+    })?;
+    let merge = parse::<channel_core::IdentityId>("identity id", &body.merge)?;
+    Ok(Json(state.engine.merge_identities(keep, merge).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct HistoryBody {
+    thread_key: Option<String>,
+    #[serde(default)]
+    limit: usize,
+}
+
+async fn history(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Option<Json<HistoryBody>>,
+) -> Result<Response, ApiError> {
+    let account = parse::<AccountId>("account id", &id)?;
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let request = channel_core::HistoryRequest {
+        thread_key: body.thread_key,
+        limit: body.limit,
+        before: None,
+        after: None,
+    };
+    let job = state.engine.request_history(account, request).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "job_id": job }))).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -166,6 +166,58 @@ async fn the_api_answers_over_http_behind_its_token() {
     let moved = assign(serde_json::json!({ "transfer": { "from": "ana", "to": "ben" } })).await;
     assert_eq!(moved.unwrap().json::<Value>().await.unwrap()["assignee"], "ben");
 
+    // The people: unlinked ones are new; linking one to a contact takes it off that list;
+    // two identities of one person merge into one.
+    let (_, unlinked) =
+        s.get(&format!("/api/v1/accounts/{}/identities?unlinked=true", s.account)).await;
+    let people = unlinked["items"].as_array().unwrap().clone();
+    assert_eq!(people.len(), 5, "{unlinked}");
+    let (first, second) = (people[0]["id"].as_str().unwrap(), people[1]["id"].as_str().unwrap());
+    let linked = s
+        .http
+        .post(format!("{}/api/v1/identities/{first}/link", s.base))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "contact": "crm-42" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(linked.json::<Value>().await.unwrap()["contact_id"], "crm-42");
+    let merged = s
+        .http
+        .post(format!("{}/api/v1/identities/{first}/merge", s.base))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "merge": second }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(merged.status().as_u16(), 200);
+    let (_, all) = s.get(&format!("/api/v1/accounts/{}/identities", s.account)).await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 4, "the merged one is gone: {all}");
+    let (_, unlinked) =
+        s.get(&format!("/api/v1/accounts/{}/identities?unlinked=true", s.account)).await;
+    assert_eq!(unlinked["items"].as_array().unwrap().len(), 3, "{unlinked}");
+
+    // A history sync: queued, then done by the worker.
+    let queued = s
+        .http
+        .post(format!("{}/api/v1/accounts/{}/history", s.base, s.account))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "limit": 50 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.status().as_u16(), 202);
+    let job = queued.json::<Value>().await.unwrap()["job_id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, done) = s.get("/api/v1/jobs?state=completed&limit=100").await;
+        if done["items"].as_array().unwrap().iter().any(|j| j["id"] == job.as_str()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the history job never completed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Workers.
     let (_, workers) = s.get("/api/v1/workers").await;
     assert_eq!(workers[0]["alive"], true, "{workers}");
