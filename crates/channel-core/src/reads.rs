@@ -215,4 +215,13 @@ impl Engine {
         let now = self.now();
         Ok(self.db("merge_identities", self.store().merge_identities(keep, merge, now)).await?)
     }
+
+    /// Takes a job out of the dead letter (see
+    /// [`QueueStore::retry_job`](crate::QueueStore::retry_job)) and wakes the dispatcher.
+    pub async fn retry_job(&self, job: JobId) -> Result<Job, EngineError> {
+        let now = self.now();
+        let job = self.db("retry_job", self.store().retry_job(job, now)).await?;
+        self.wake_dispatcher();
+        Ok(job)
+    }
 }

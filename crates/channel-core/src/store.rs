@@ -615,6 +615,11 @@ pub trait QueueStore: Send + Sync + 'static {
     async fn rescue_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
     /// Cancels an unfinished, unclaimed job.
     async fn cancel_job(&self, id: JobId, now: Timestamp) -> Result<Job, StoreError>;
+    /// Takes a job out of the dead letter: a discarded job becomes available at `now` with
+    /// one more attempt allowed, its last error kept; a send job's `Failed` message becomes
+    /// `Pending` again (`MessageStatusChanged` in the feed). `InvalidInput` for a job that is
+    /// not discarded.
+    async fn retry_job(&self, id: JobId, now: Timestamp) -> Result<Job, StoreError>;
     /// The job, or `NotFound`.
     async fn job(&self, id: JobId) -> Result<Job, StoreError>;
     /// The job's attempts, first first.

@@ -575,6 +575,48 @@ pub(crate) async fn cancel(tx: &mut Tx, id: JobId, now: Timestamp) -> Res<Job> {
     Err(invalid("job", format!("job {id} is {} and cannot be cancelled", job.state.as_str())))
 }
 
+/// See `QueueStore::retry_job`.
+pub(crate) async fn retry_discarded(tx: &mut Tx, id: JobId, now: Timestamp) -> Res<Job> {
+    let ids = id.to_string();
+    let row = tx
+        .fetch_optional(
+            &format!(
+                "UPDATE jobs SET state = 'available', run_at = ?, updated_at = ?, \
+                 max_attempts = CASE WHEN max_attempts > attempt THEN max_attempts ELSE attempt + 1 END \
+                 WHERE id = ? AND state = 'discarded' RETURNING {JOB_COLS}"
+            ),
+            &[Arg::Int(now.0), Arg::Int(now.0), Arg::Text(&ids)],
+        )
+        .await?;
+    let Some(row) = row else {
+        let job = job(tx.ex(), id).await?;
+        return Err(invalid(
+            "job",
+            format!("job {id} is {}: only a discarded job is retried", job.state.as_str()),
+        ));
+    };
+    let job = codec::job(&row)?;
+    if let (Some(message), Some(account)) = (job.message_id, job.account_id) {
+        let m = message.to_string();
+        let back = tx
+            .fetch_optional(
+                "UPDATE messages SET status = 'pending', updated_at = ? \
+                 WHERE id = ? AND status = 'failed' RETURNING id",
+                &[Arg::Int(now.0), Arg::Text(&m)],
+            )
+            .await?;
+        if back.is_some() {
+            let event = channel_core::Event::MessageStatusChanged {
+                account_id: account,
+                message_id: message,
+                status: channel_core::MessageStatus::Pending,
+            };
+            feed::append(tx, &[event], now).await?;
+        }
+    }
+    Ok(job)
+}
+
 pub(crate) async fn job(ex: Ex<'_>, id: JobId) -> Res<Job> {
     let ids = id.to_string();
     match ex

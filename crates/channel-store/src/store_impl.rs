@@ -577,6 +577,13 @@ impl QueueStore for SqlStore {
         self.run("jobs_before", read).await
     }
 
+    async fn retry_job(&self, id: JobId, now: Timestamp) -> Result<Job, StoreError> {
+        self.run("retry_job", async {
+            write_tx!(self, |tx| queue::retry_discarded(tx, id, now).await?)
+        })
+        .await
+    }
+
     async fn queue_depth(
         &self,
         now: Timestamp,

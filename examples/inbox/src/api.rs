@@ -18,7 +18,8 @@
 //!     (`null` unlinks), `POST identities/{id}/merge` with `{"merge": <identity id>}`;
 //!   - `POST accounts/{id}/history` with `{"thread_key": ..., "limit": ...}` queues a history
 //!     sync (202 with its job id; its pages come as `history_synced` events);
-//!   - `GET jobs?state=&account=` (the dead letter: `state=discarded`), `GET jobs/{id}/attempts`;
+//!   - `GET jobs?state=&account=` (the dead letter: `state=discarded`), `GET jobs/{id}/attempts`,
+//!     `POST jobs/{id}/retry` (out of the dead letter);
 //!   - `GET workers`;
 //!   - `GET events`: server-sent events from the durable feed, each with its position as `id`,
 //!     resuming after `Last-Event-ID` (or `?after=`).
@@ -115,6 +116,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/messages/{id}", get(message))
         .route("/jobs", get(jobs))
         .route("/jobs/{id}/attempts", get(attempts))
+        .route("/jobs/{id}/retry", post(retry))
         .route("/workers", get(workers))
         .route("/events", get(events))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -663,6 +665,13 @@ async fn attempts(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<channel_core::JobAttempt>>, ApiError> {
     Ok(Json(state.engine.job_attempts(parse::<JobId>("job id", &id)?).await?))
+}
+
+async fn retry(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<channel_core::Job>, ApiError> {
+    Ok(Json(state.engine.retry_job(parse::<JobId>("job id", &id)?).await?))
 }
 
 async fn workers(

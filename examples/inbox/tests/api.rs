@@ -149,6 +149,47 @@ async fn the_api_answers_over_http_behind_its_token() {
         .unwrap();
     assert_eq!(bad.status().as_u16(), 400);
 
+    // A send the provider refuses ends in the dead letter, with its attempt audited; a retry
+    // takes it out and it goes.
+    s.channel.script_sends([channel_core::testing::SendScript::Permanent("blocked".into())]);
+    let refused = s
+        .http
+        .post(format!("{}/api/v1/conversations/{conversation}/messages", s.base))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "text": "Second try." }))
+        .send()
+        .await
+        .unwrap();
+    let refused = refused.json::<Value>().await.unwrap()["message_id"].as_str().unwrap().to_owned();
+    let dead = loop {
+        let (_, dead) = s.get("/api/v1/jobs?state=discarded").await;
+        if let Some(job) = dead["items"].as_array().unwrap().first() {
+            break job["id"].as_str().unwrap().to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (_, failed) = s.get(&format!("/api/v1/messages/{refused}")).await;
+    assert_eq!(failed["status"], "failed");
+    let (_, audit) = s.get(&format!("/api/v1/jobs/{dead}/attempts")).await;
+    assert_eq!(audit[0]["outcome"], "discarded", "{audit}");
+    let retried = s
+        .http
+        .post(format!("{}/api/v1/jobs/{dead}/retry", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status().as_u16(), 200);
+    loop {
+        let (_, m) = s.get(&format!("/api/v1/messages/{refused}")).await;
+        if m["status"] == "sent" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the retried send never went: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Operators claim a conversation: one gets it, the other is told who has it.
     let assign = |body: Value| {
         s.http

@@ -38,8 +38,10 @@ use std::time::Duration;
 use crate::model::*;
 use crate::store::*;
 
+mod dead_letter;
 mod feed;
 mod workers;
+pub use dead_letter::*;
 pub use feed::*;
 pub use workers::*;
 
@@ -2370,6 +2372,7 @@ macro_rules! store_conformance_tests {
             attempts_are_audited,
             next_run_at_is_the_earliest_claimable_job,
             queue_depth_counts_due_jobs_per_kind,
+            a_discarded_job_is_retried_out_of_the_dead_letter,
             extend_and_cancel_jobs,
             leases_are_exclusive_fenced_and_renewable,
             every_change_writes_its_events_with_it_in_order,

@@ -1665,6 +1665,39 @@ impl QueueStore for MemoryStore {
         Ok(job.clone())
     }
 
+    async fn retry_job(&self, id: JobId, now: Timestamp) -> Result<Job, StoreError> {
+        let mut inner = self.lock();
+        let job = inner.jobs.get_mut(&id).ok_or_else(|| StoreError::not_found("job", id))?;
+        if job.state != JobState::Discarded {
+            return Err(StoreError::InvalidInput {
+                field: "job",
+                reason: format!(
+                    "job {id} is {}: only a discarded job is retried",
+                    job.state.as_str()
+                ),
+            });
+        }
+        job.state = JobState::Available;
+        job.max_attempts = job.max_attempts.max(job.attempt + 1);
+        job.run_at = now;
+        job.updated_at = now;
+        let job = job.clone();
+        if let (Some(message), Some(account)) = (job.message_id, job.account_id)
+            && let Some(m) = inner.messages.get_mut(&message)
+            && m.status == MessageStatus::Failed
+        {
+            m.status = MessageStatus::Pending;
+            m.updated_at = now;
+            let event = Event::MessageStatusChanged {
+                account_id: account,
+                message_id: message,
+                status: MessageStatus::Pending,
+            };
+            inner.emit([event], now);
+        }
+        Ok(job)
+    }
+
     async fn job(&self, id: JobId) -> Result<Job, StoreError> {
         self.injected("job")?;
         self.lock().jobs.get(&id).cloned().ok_or_else(|| StoreError::not_found("job", id))

@@ -21,7 +21,7 @@ async fn read_all(store: &dyn Store, mut after: FeedPosition, page: usize) -> Ve
 /// backend may hold events back while older transactions are in flight (on PostgreSQL, any
 /// transaction of the cluster), so this writes a marker event and reads until the marker
 /// comes, then returns what came before it (markers left out).
-async fn settled(
+pub(super) async fn settled(
     store: &dyn Store,
     account: AccountId,
     after: FeedPosition,
