@@ -12,7 +12,8 @@
 //!   - `POST conversations/{id}/assignment` with `{"claim": op}`, `{"release": op}` or
 //!     `{"transfer": {"from": op, "to": op}}` (409 naming the holder when another operator
 //!     has it);
-//!   - `GET messages/{id}`;
+//!   - `GET messages/{id}`, `GET messages/{id}/attachments/{n}` (the bytes, with their type
+//!     and name); a send may carry `"attachments": [{"name", "mime_type", "data": base64}]`;
 //!   - `GET accounts/{id}/identities?unlinked=true` (the people an account talks to; the
 //!     unlinked ones are the new ones), `POST identities/{id}/link` with `{"contact": ...}`
 //!     (`null` unlinks), `POST identities/{id}/merge` with `{"merge": <identity id>}`;
@@ -99,6 +100,9 @@ impl ApiState {
     }
 }
 
+/// The largest request body: a send with its attachments, base64 in JSON (25 MiB).
+pub const MAX_BODY: usize = 25 * 1024 * 1024;
+
 /// The router of the whole interface.
 pub fn router(state: ApiState) -> Router {
     let api = Router::new()
@@ -114,6 +118,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/conversations/{id}/messages", get(messages).post(send))
         .route("/conversations/{id}/assignment", post(assign))
         .route("/messages/{id}", get(message))
+        .route("/messages/{id}/attachments/{index}", get(attachment))
         .route("/jobs", get(jobs))
         .route("/jobs/{id}/attempts", get(attempts))
         .route("/jobs/{id}/retry", post(retry))
@@ -132,6 +137,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .merge(metrics)
         .nest("/api/v1", api)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 
@@ -611,6 +617,16 @@ struct SendBody {
     text: String,
     #[serde(default)]
     idempotency_key: Option<String>,
+    #[serde(default)]
+    attachments: Vec<AttachmentBody>,
+}
+
+/// A file to send: its name, type and bytes (base64).
+#[derive(Debug, Deserialize)]
+struct AttachmentBody {
+    name: Option<String>,
+    mime_type: String,
+    data: String,
 }
 
 async fn send(
@@ -623,6 +639,17 @@ async fn send(
         bad_request(format!("the body must be JSON like {{\"text\": \"...\"}}: {}", e.body_text()))
     })?;
     let mut message = OutboundMessage::text(conversation, body.text).label("api");
+    for (n, a) in body.attachments.into_iter().enumerate() {
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(a.data.as_bytes())
+            .map_err(|e| bad_request(format!("attachment {n}: `data` is not base64: {e}")))?;
+        message.attachments.push(channel_core::AttachmentData {
+            name: a.name,
+            mime_type: a.mime_type,
+            data: data.into(),
+        });
+    }
     if let Some(key) = body.idempotency_key {
         message = message.idempotency_key(key);
     }
@@ -635,6 +662,33 @@ async fn message(
     Path(id): Path<String>,
 ) -> Result<Json<channel_core::Message>, ApiError> {
     Ok(Json(state.engine.message(parse::<MessageId>("message id", &id)?).await?))
+}
+
+/// One attachment of a message: its bytes, with its type and name.
+async fn attachment(
+    State(state): State<ApiState>,
+    Path((id, index)): Path<(String, usize)>,
+) -> Result<Response, ApiError> {
+    let message = state.engine.message(parse::<MessageId>("message id", &id)?).await?;
+    let Some(a) = message.attachments.get(index) else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("message {id} has {} attachments, counted from 0", message.attachments.len()),
+        ));
+    };
+    let bytes = state.engine.blobs().get(&a.blob_key).await.map_err(|e| {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("the attachment cannot be read: {e}"))
+    })?;
+    let name = a
+        .name
+        .clone()
+        .unwrap_or_else(|| "attachment".to_owned())
+        .replace(['"', '\\', '\r', '\n'], "_");
+    let headers = [
+        (header::CONTENT_TYPE, a.mime_type.clone()),
+        (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+    ];
+    Ok((headers, bytes).into_response())
 }
 
 #[derive(Debug, Deserialize)]

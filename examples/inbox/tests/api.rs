@@ -149,6 +149,43 @@ async fn the_api_answers_over_http_behind_its_token() {
         .unwrap();
     assert_eq!(bad.status().as_u16(), 400);
 
+    // A file sent with a message, and read back.
+    let with_file = s
+        .http
+        .post(format!("{}/api/v1/conversations/{conversation}/messages", s.base))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({
+            "text": "Here is the invoice.",
+            "attachments": [{ "name": "invoice.txt", "mime_type": "text/plain", "data": "aW52b2ljZSAjNDI=" }]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_file.status().as_u16(), 202);
+    let file_message =
+        with_file.json::<Value>().await.unwrap()["message_id"].as_str().unwrap().to_owned();
+    let file = s
+        .http
+        .get(format!("{}/api/v1/messages/{file_message}/attachments/0", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(file.headers()["content-type"], "text/plain");
+    assert!(file.headers()["content-disposition"].to_str().unwrap().contains("invoice.txt"));
+    assert_eq!(file.text().await.unwrap(), "invoice #42");
+    let (status, _) = s.get(&format!("/api/v1/messages/{file_message}/attachments/1")).await;
+    assert_eq!(status, 404);
+    let bad = s
+        .http
+        .post(format!("{}/api/v1/conversations/{conversation}/messages", s.base))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "text": "x", "attachments": [{ "mime_type": "text/plain", "data": "not base64!" }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+
     // A send the provider refuses ends in the dead letter, with its attempt audited; a retry
     // takes it out and it goes.
     s.channel.script_sends([channel_core::testing::SendScript::Permanent("blocked".into())]);
