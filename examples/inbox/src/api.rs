@@ -19,7 +19,8 @@
 //!     (`null` unlinks), `POST identities/{id}/merge` with `{"merge": <identity id>}`;
 //!   - `POST accounts/{id}/history` with `{"thread_key": ..., "limit": ...}` queues a history
 //!     sync (202 with its job id; its pages come as `history_synced` events);
-//!   - `GET jobs?state=&account=` (the dead letter: `state=discarded`), `GET jobs/{id}/attempts`,
+//!   - `GET jobs?state=&account=` (the dead letter: `state=discarded`), `GET jobs/{id}`,
+//!     `GET jobs/{id}/attempts`,
 //!     `POST jobs/{id}/retry` (out of the dead letter);
 //!   - `GET workers`;
 //!   - `GET events`: server-sent events from the durable feed, each with its position as `id`,
@@ -120,6 +121,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/messages/{id}", get(message))
         .route("/messages/{id}/attachments/{index}", get(attachment))
         .route("/jobs", get(jobs))
+        .route("/jobs/{id}", get(job))
         .route("/jobs/{id}/attempts", get(attempts))
         .route("/jobs/{id}/retry", post(retry))
         .route("/workers", get(workers))
@@ -719,6 +721,13 @@ async fn attempts(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<channel_core::JobAttempt>>, ApiError> {
     Ok(Json(state.engine.job_attempts(parse::<JobId>("job id", &id)?).await?))
+}
+
+async fn job(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<channel_core::Job>, ApiError> {
+    Ok(Json(state.engine.job(parse::<JobId>("job id", &id)?).await?))
 }
 
 async fn retry(

@@ -56,9 +56,22 @@ pub async fn run(command: Command) -> Result<(), Error> {
             }
             Ok(())
         }
-        Command::Send { conversation, text: body, idempotency_key, target } => {
+        Command::Send { conversation, text: body, idempotency_key, attachments, target } => {
             let path = format!("/conversations/{conversation}/messages");
-            let request = json!({ "text": body, "idempotency_key": idempotency_key });
+            let mut files = Vec::new();
+            for file in &attachments {
+                use base64::Engine as _;
+                let bytes = std::fs::read(file)
+                    .map_err(|e| Error::msg(format!("cannot read {}: {e}", file.display())))?;
+                let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+                files.push(json!({
+                    "name": name,
+                    "mime_type": mime_of(file),
+                    "data": base64::engine::general_purpose::STANDARD.encode(bytes),
+                }));
+            }
+            let request =
+                json!({ "text": body, "idempotency_key": idempotency_key, "attachments": files });
             let sent = client(&target)?
                 .call(Method::POST, &path, Some(&request))
                 .await
@@ -89,6 +102,9 @@ pub async fn run(command: Command) -> Result<(), Error> {
                 }
             }
             account(AccountCommand::List, &client).await
+        }
+        Command::SyncHistory { account, thread, limit, target } => {
+            sync_history(&client(&target)?, &account, thread, limit).await
         }
         Command::Simulate(_) | Command::Demo { .. } | Command::Run { .. } => Ok(()),
     }
@@ -186,4 +202,62 @@ fn password() -> Result<String, Error> {
         return Err(Error::msg("no password: set INBOX_EMAIL_PASSWORD or type it"));
     }
     Ok(p)
+}
+
+/// A file's MIME type from its extension (the common ones; else `application/octet-stream`).
+fn mime_of(file: &std::path::Path) -> &'static str {
+    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
+        "txt" => "text/plain",
+        "pdf" => "application/pdf",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "csv" => "text/csv",
+        "html" | "htm" => "text/html",
+        "json" => "application/json",
+        "zip" => "application/zip",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Queues a history sync and shows its job until it is done.
+async fn sync_history(
+    client: &Client,
+    account: &str,
+    thread: Option<String>,
+    limit: usize,
+) -> Result<(), Error> {
+    let body = json!({ "thread_key": thread, "limit": limit });
+    let queued = client
+        .call(Method::POST, &format!("/accounts/{account}/history"), Some(&body))
+        .await
+        .map_err(Error::msg)?;
+    let job = text(&queued["job_id"]);
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    loop {
+        let j =
+            client.call(Method::GET, &format!("/jobs/{job}"), None).await.map_err(Error::msg)?;
+        let state = text(&j["state"]);
+        bar.set_message(format!(
+            "history sync {job}: {state} (attempt {} of {})",
+            text(&j["attempt"]),
+            text(&j["max_attempts"])
+        ));
+        match state.as_str() {
+            "completed" => {
+                bar.finish_with_message(format!("history sync {job}: done"));
+                return Ok(());
+            }
+            "discarded" | "cancelled" => {
+                bar.abandon_with_message(format!("history sync {job}: {state}"));
+                return Err(Error::msg(format!(
+                    "the history sync ended {state}: {}",
+                    text(&j["last_error"])
+                )));
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
 }

@@ -189,7 +189,7 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Queues a text message in a conversation.
+    /// Queues a text message in a conversation, with files if given.
     Send {
         /// The conversation's id.
         conversation: String,
@@ -198,6 +198,23 @@ enum Command {
         /// The same key again sends nothing more.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// A file to attach (again for more).
+        #[arg(long = "attach")]
+        attachments: Vec<std::path::PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Fetches an account's older history (one page, 100 by default, at most 500), showing
+    /// its progress until it is done.
+    SyncHistory {
+        /// The account's id.
+        account: String,
+        /// Only this chat or thread (its thread key).
+        #[arg(long)]
+        thread: Option<String>,
+        /// How many messages.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
         #[command(flatten)]
         target: Target,
     },

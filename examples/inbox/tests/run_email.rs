@@ -215,6 +215,45 @@ async fn the_command_line_adds_an_email_account_only_when_its_login_works() {
     let (ok, status, _) = inbox(&["status", "--data-dir", &data_arg], &[]);
     assert!(ok && status.contains("(alive)") && status.contains("heartbeat"), "{status}");
 
+    // Dave writes; the command line lists the conversation and answers with a file.
+    let dave = st.user("cli-dave");
+    let mail = raw_mail(&dave.address, &carol.address, "<cli-q1@example.org>", "Files", "Send it?");
+    imap_append(st.imap_port, &carol, "INBOX", &mail).await;
+    let mut conversation = String::new();
+    until("the conversation is listed", async || {
+        let (_, listed, _) = inbox(&["conversations", "--data-dir", &data_arg], &[]);
+        match listed.lines().nth(1) {
+            Some(line) => {
+                conversation = line.split_whitespace().next().unwrap_or_default().to_owned();
+                true
+            }
+            None => false,
+        }
+    })
+    .await;
+    let file = dir.path().join("terms.txt");
+    std::fs::write(&file, "the terms").unwrap();
+    let file_arg = file.to_str().unwrap().to_owned();
+    let (ok, out, err) = inbox(
+        &["send", &conversation, "Here it is.", "--attach", &file_arg, "--data-dir", &data_arg],
+        &[],
+    );
+    assert!(ok && out.contains("queued message"), "{out}{err}");
+    until("Dave has the answer with its file", async || {
+        mails_containing(&st.maildir(&dave), "terms.txt") == 1
+    })
+    .await;
+    let (ok, messages, _) = inbox(&["messages", &conversation, "--data-dir", &data_arg], &[]);
+    assert!(ok && messages.contains("Here it is.") && messages.contains("Send it?"), "{messages}");
+
+    // An older page of history, followed until it is done.
+    let (_, listed, _) = inbox(&["account", "list", "--data-dir", &data_arg], &[]);
+    let account =
+        listed.lines().nth(1).and_then(|l| l.split_whitespace().next()).unwrap().to_owned();
+    let (ok, out, err) =
+        inbox(&["sync-history", &account, "--limit", "10", "--data-dir", &data_arg], &[]);
+    assert!(ok, "{out}{err}");
+
     // Bad input is one sentence and a failure, never a panic.
     let (ok, _, err) = inbox(&["conversations", "--data-dir", "/nonexistent"], &[]);
     assert!(!ok && err.contains("inbox run"), "{err}");
