@@ -26,6 +26,8 @@
 //!   - `GET events`: server-sent events from the durable feed, each with its position as `id`,
 //!     resuming after `Last-Event-ID` (or `?after=`).
 //!
+//! - `GET /api/v1/openapi.json`: the OpenAPI description of all of it (open; utoipa).
+//!
 //! Errors are JSON `{"error": "<a sentence saying what to do>"}` with the status that fits.
 
 use std::convert::Infallible;
@@ -101,6 +103,43 @@ impl ApiState {
     }
 }
 
+/// The OpenAPI description of every route, served at `/api/v1/openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "inbox",
+        description = "The inbox worker's API. Every route under /api/v1 takes `Authorization: Bearer <token>` (the data directory's api.token). Errors are `{\"error\": \"<what to do>\"}`."
+    ),
+    paths(
+        healthz,
+        readyz,
+        metrics,
+        accounts,
+        account,
+        add_account,
+        remove_account,
+        set_enabled,
+        login,
+        identities,
+        link_identity,
+        merge_identity,
+        history,
+        conversations,
+        messages,
+        assign,
+        send,
+        message,
+        attachment,
+        jobs,
+        job,
+        attempts,
+        retry,
+        workers,
+        events
+    )
+)]
+pub struct ApiDoc;
+
 /// The largest request body: a send with its attachments, base64 in JSON (25 MiB).
 pub const MAX_BODY: usize = 25 * 1024 * 1024;
 
@@ -137,6 +176,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/api/v1/openapi.json", get(openapi))
         .merge(metrics)
         .nest("/api/v1", api)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -264,6 +304,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+async fn openapi() -> Response {
+    Json(<ApiDoc as utoipa::OpenApi>::openapi()).into_response()
+}
+
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "every loop is healthy"), (status = 503, description = "names the failed loops")))]
 async fn healthz(State(state): State<ApiState>) -> Response {
     let Some(watchdog) = &state.watchdog else {
         return Json(json!({ "status": "ok" })).into_response();
@@ -278,6 +323,7 @@ async fn healthz(State(state): State<ApiState>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "the store answers"), (status = 503, description = "the store does not answer")))]
 async fn readyz(State(state): State<ApiState>) -> Response {
     match state.engine.accounts(PageRequest::first(1)).await {
         Ok(_) => Json(json!({ "status": "ready" })).into_response(),
@@ -288,6 +334,7 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text")))]
 async fn metrics(State(state): State<ApiState>) -> Response {
     match &state.metrics {
         Some(handle) => handle.render().into_response(),
@@ -348,6 +395,7 @@ impl<T> From<channel_core::page::Page<T>> for PageJson<T> {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/accounts", params(("limit" = Option<usize>, Query, description = "page size (50 by default, 500 at most)"), ("after" = Option<String>, Query, description = "the previous page's `next`")), responses((status = 200, description = "a page of accounts, newest first")))]
 async fn accounts(
     State(state): State<ApiState>,
     Q(paging): Q<Paging>,
@@ -355,6 +403,7 @@ async fn accounts(
     Ok(Json(state.engine.accounts(paging.request()?).await?.into()))
 }
 
+#[utoipa::path(get, path = "/api/v1/accounts/{id}", params(("id" = String, Path, description = "the account's id")), responses((status = 200, description = "the account"), (status = 404, description = "no such account")))]
 async fn account(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -363,7 +412,7 @@ async fn account(
 }
 
 /// The body of a new account: its provider's kind, a name, the provider's configuration.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct NewAccountBody {
     kind: String,
     name: String,
@@ -380,6 +429,7 @@ fn runtime_of(state: &ApiState) -> Result<&Arc<Runtime>, ApiError> {
     })
 }
 
+#[utoipa::path(post, path = "/api/v1/accounts", request_body = NewAccountBody, responses((status = 201, description = "the account, saved; log it in next"), (status = 400, description = "a configuration its provider refuses, naming the field")))]
 async fn add_account(
     State(state): State<ApiState>,
     body: Result<Json<NewAccountBody>, axum::extract::rejection::JsonRejection>,
@@ -398,6 +448,7 @@ async fn add_account(
     Ok((StatusCode::CREATED, Json(account)).into_response())
 }
 
+#[utoipa::path(delete, path = "/api/v1/accounts/{id}", params(("id" = String, Path, description = "the account's id")), responses((status = 204, description = "removed; its messages stay")))]
 async fn remove_account(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -407,11 +458,12 @@ async fn remove_account(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct EnabledBody {
     enabled: bool,
 }
 
+#[utoipa::path(put, path = "/api/v1/accounts/{id}/enabled", params(("id" = String, Path, description = "the account's id")), request_body = EnabledBody, responses((status = 200, description = "the account")))]
 async fn set_enabled(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -427,13 +479,14 @@ async fn set_enabled(
 
 /// A login step: the flow and what the person entered (secrets: never logged, never kept
 /// but by the provider).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct LoginBody {
     flow: String,
     #[serde(default)]
     input: std::collections::BTreeMap<String, String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/accounts/{id}/login", params(("id" = String, Path, description = "the account's id")), request_body = LoginBody, responses((status = 200, description = "the next step: input to ask for, something to display, or done"), (status = 400, description = "wrong input, asked again"), (status = 409, description = "the account is connected by another worker")))]
 async fn login(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -476,6 +529,7 @@ struct IdentityFilter {
     after: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/accounts/{id}/identities", params(("id" = String, Path, description = "the account's id"), ("unlinked" = Option<bool>, Query, description = "only the people no contact is linked to"), ("limit" = Option<usize>, Query, description = "page size (50 by default, 500 at most)"), ("after" = Option<String>, Query, description = "the previous page's `next`")), responses((status = 200, description = "a page of identities, newest first")))]
 async fn identities(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -486,11 +540,12 @@ async fn identities(
     Ok(Json(state.engine.identities(account, filter.unlinked, paging.request()?).await?.into()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct LinkBody {
     contact: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/identities/{id}/link", params(("id" = String, Path, description = "the identity's id")), request_body = LinkBody, responses((status = 200, description = "the identity")))]
 async fn link_identity(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -507,11 +562,12 @@ async fn link_identity(
     Ok(Json(state.engine.link_identity(identity, contact).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct MergeBody {
     merge: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/identities/{id}/merge", params(("id" = String, Path, description = "the identity's id")), request_body = MergeBody, responses((status = 200, description = "the identity kept")))]
 async fn merge_identity(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -525,13 +581,14 @@ async fn merge_identity(
     Ok(Json(state.engine.merge_identities(keep, merge).await?))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 struct HistoryBody {
     thread_key: Option<String>,
     #[serde(default)]
     limit: usize,
 }
 
+#[utoipa::path(post, path = "/api/v1/accounts/{id}/history", params(("id" = String, Path, description = "the account's id")), request_body = HistoryBody, responses((status = 202, description = "the history job's id")))]
 async fn history(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -557,6 +614,7 @@ struct ConversationFilter {
     after: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/conversations", params(("status" = Option<String>, Query, description = "open, idle, closed or expired"), ("account" = Option<String>, Query, description = "an account's id"), ("limit" = Option<usize>, Query, description = "page size (50 by default, 500 at most)"), ("after" = Option<String>, Query, description = "the previous page's `next`")), responses((status = 200, description = "a page of conversations, newest activity first")))]
 async fn conversations(
     State(state): State<ApiState>,
     Q(filter): Q<ConversationFilter>,
@@ -572,6 +630,7 @@ async fn conversations(
     Ok(Json(state.engine.conversations(&query, paging.request()?).await?.into()))
 }
 
+#[utoipa::path(get, path = "/api/v1/conversations/{id}/messages", params(("id" = String, Path, description = "the conversation's id"), ("limit" = Option<usize>, Query, description = "page size (50 by default, 500 at most)"), ("after" = Option<String>, Query, description = "the previous page's `next`")), responses((status = 200, description = "a page of messages, newest first")))]
 async fn messages(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -583,7 +642,7 @@ async fn messages(
 
 /// An assignment change: `{"claim": "ana"}`, `{"release": "ana"}` or
 /// `{"transfer": {"from": "ana", "to": "ben"}}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 enum AssignBody {
     Claim(String),
@@ -591,6 +650,7 @@ enum AssignBody {
     Transfer { from: String, to: String },
 }
 
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/assignment", params(("id" = String, Path, description = "the conversation's id")), request_body = AssignBody, responses((status = 200, description = "the conversation"), (status = 409, description = "another operator has it (named)")))]
 async fn assign(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -614,7 +674,7 @@ async fn assign(
 }
 
 /// The body of a send.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct SendBody {
     text: String,
     #[serde(default)]
@@ -624,13 +684,14 @@ struct SendBody {
 }
 
 /// A file to send: its name, type and bytes (base64).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct AttachmentBody {
     name: Option<String>,
     mime_type: String,
     data: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/messages", params(("id" = String, Path, description = "the conversation's id")), request_body = SendBody, responses((status = 202, description = "queued: the message's id"), (status = 409, description = "the idempotency key was used with other content")))]
 async fn send(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -659,6 +720,7 @@ async fn send(
     Ok((StatusCode::ACCEPTED, Json(json!({ "message_id": id }))).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/messages/{id}", params(("id" = String, Path, description = "the message's id")), responses((status = 200, description = "the message and its status")))]
 async fn message(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -667,6 +729,7 @@ async fn message(
 }
 
 /// One attachment of a message: its bytes, with its type and name.
+#[utoipa::path(get, path = "/api/v1/messages/{id}/attachments/{index}", params(("id" = String, Path, description = "the message's id"), ("index" = usize, Path, description = "the attachment, from 0")), responses((status = 200, description = "its bytes, with its type and name"), (status = 404, description = "no such attachment")))]
 async fn attachment(
     State(state): State<ApiState>,
     Path((id, index)): Path<(String, usize)>,
@@ -701,6 +764,7 @@ struct JobFilter {
     after: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs", params(("state" = Option<String>, Query, description = "available, running, retryable, completed, discarded (the dead letter) or cancelled"), ("account" = Option<String>, Query, description = "an account's id"), ("limit" = Option<usize>, Query, description = "page size (50 by default, 500 at most)"), ("after" = Option<String>, Query, description = "the previous page's `next`")), responses((status = 200, description = "a page of jobs, newest first")))]
 async fn jobs(
     State(state): State<ApiState>,
     Q(filter): Q<JobFilter>,
@@ -716,6 +780,7 @@ async fn jobs(
     Ok(Json(state.engine.jobs(&query, paging.request()?).await?.into()))
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/attempts", params(("id" = String, Path, description = "the job's id")), responses((status = 200, description = "every attempt, with its times and error")))]
 async fn attempts(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -723,6 +788,7 @@ async fn attempts(
     Ok(Json(state.engine.job_attempts(parse::<JobId>("job id", &id)?).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", params(("id" = String, Path, description = "the job's id")), responses((status = 200, description = "the job")))]
 async fn job(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -730,6 +796,7 @@ async fn job(
     Ok(Json(state.engine.job(parse::<JobId>("job id", &id)?).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", params(("id" = String, Path, description = "the job's id")), responses((status = 200, description = "the job, available again"), (status = 400, description = "the job is not in the dead letter")))]
 async fn retry(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -737,6 +804,7 @@ async fn retry(
     Ok(Json(state.engine.retry_job(parse::<JobId>("job id", &id)?).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/workers", responses((status = 200, description = "the worker processes, their loops and accounts, alive or not")))]
 async fn workers(
     State(state): State<ApiState>,
 ) -> Result<Json<Vec<channel_core::workers::WorkerInfo>>, ApiError> {
@@ -749,6 +817,7 @@ struct EventsFrom {
 }
 
 /// Server-sent events from the durable feed, after `Last-Event-ID` (or `?after=`).
+#[utoipa::path(get, path = "/api/v1/events", params(("Last-Event-ID" = Option<String>, Header, description = "resume after this event"), ("after" = Option<String>, Query, description = "the same, as a query")), responses((status = 200, description = "server-sent events from the durable feed", content_type = "text/event-stream"), (status = 410, description = "the feed no longer holds what comes after that position")))]
 async fn events(
     State(state): State<ApiState>,
     headers: HeaderMap,

@@ -296,6 +296,47 @@ async fn the_api_answers_over_http_behind_its_token() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // The OpenAPI description names every route, open to read.
+    let doc: Value = s
+        .http
+        .get(format!("{}/api/v1/openapi.json", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    for (path, method) in [
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/api/v1/accounts", "get"),
+        ("/api/v1/accounts", "post"),
+        ("/api/v1/accounts/{id}", "delete"),
+        ("/api/v1/accounts/{id}/login", "post"),
+        ("/api/v1/accounts/{id}/enabled", "put"),
+        ("/api/v1/accounts/{id}/identities", "get"),
+        ("/api/v1/accounts/{id}/history", "post"),
+        ("/api/v1/identities/{id}/link", "post"),
+        ("/api/v1/identities/{id}/merge", "post"),
+        ("/api/v1/conversations", "get"),
+        ("/api/v1/conversations/{id}/messages", "get"),
+        ("/api/v1/conversations/{id}/messages", "post"),
+        ("/api/v1/conversations/{id}/assignment", "post"),
+        ("/api/v1/messages/{id}", "get"),
+        ("/api/v1/messages/{id}/attachments/{index}", "get"),
+        ("/api/v1/jobs", "get"),
+        ("/api/v1/jobs/{id}", "get"),
+        ("/api/v1/jobs/{id}/attempts", "get"),
+        ("/api/v1/jobs/{id}/retry", "post"),
+        ("/api/v1/workers", "get"),
+        ("/api/v1/events", "get"),
+    ] {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} is not described");
+    }
+    assert!(doc["components"]["schemas"]["SendBody"].is_object(), "the bodies are described");
+
     // Workers.
     let (_, workers) = s.get("/api/v1/workers").await;
     assert_eq!(workers[0]["alive"], true, "{workers}");
