@@ -492,6 +492,17 @@ pub async fn imap_append(port: u16, user: &User, folder: &str, raw: &[u8]) {
     let _ = session.logout().await;
 }
 
+/// How many mails in `maildir` (its `new` and `cur`, as Dovecot delivers) contain `text`.
+pub fn mails_containing(maildir: &Path, text: &str) -> usize {
+    ["new", "cur"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(maildir.join(d)).ok())
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter(|mail| mail.contains(text))
+        .count()
+}
+
 /// A plain message with the given ids, for appending.
 pub fn raw_mail(from: &str, to: &str, message_id: &str, subject: &str, body: &str) -> Vec<u8> {
     format!(

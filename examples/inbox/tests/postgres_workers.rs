@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use channel_email::testing::{imap_append, raw_mail, stack};
+use channel_email::testing::{imap_append, mails_containing, raw_mail, stack};
 use inbox::worker::{RunningWorker, WorkerOptions, start};
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
@@ -59,16 +59,6 @@ async fn call(
         r = r.json(&b);
     }
     r.send().await.expect("request").json().await.unwrap_or(Value::Null)
-}
-
-fn mails_containing(maildir: &Path, text: &str) -> usize {
-    ["new", "cur"]
-        .iter()
-        .filter_map(|d| std::fs::read_dir(maildir.join(d)).ok())
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .filter(|mail| mail.contains(text))
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

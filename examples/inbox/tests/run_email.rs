@@ -3,10 +3,9 @@
 //! API, a mail that arrives is listed and streamed as an event, and a reply sent through the
 //! API reaches the sender's mailbox.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use channel_email::testing::{imap_append, raw_mail, stack};
+use channel_email::testing::{imap_append, mails_containing, raw_mail, stack};
 use inbox::worker::{WorkerOptions, start};
 use serde_json::{Value, json};
 
@@ -18,16 +17,6 @@ async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn mails_containing(maildir: &Path, text: &str) -> usize {
-    ["new", "cur"]
-        .iter()
-        .filter_map(|d| std::fs::read_dir(maildir.join(d)).ok())
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .filter(|mail| mail.contains(text))
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use channel_core::provider::{LoginInput, LoginStep};
 use channel_core::runtime::Runtime;
 use channel_core::state::StateKey;
 use channel_core::{AccountId, ConnectionState, NewAccount};
-use channel_email::testing::{imap_append, raw_mail, stack};
+use channel_email::testing::{imap_append, mails_containing, raw_mail, stack};
 use channel_telegram::TelegramProvider;
 use channel_telegram::testing::loopback::LoopbackServer;
 
@@ -33,17 +33,6 @@ async fn connected(runtime: &Runtime, account: AccountId) {
         account.connection == ConnectionState::Connected
     })
     .await;
-}
-
-/// The files of a maildir that contain `text`.
-fn mails_containing(maildir: &Path, text: &str) -> usize {
-    ["new", "cur"]
-        .iter()
-        .filter_map(|d| std::fs::read_dir(maildir.join(d)).ok())
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .filter(|mail| mail.contains(text))
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
