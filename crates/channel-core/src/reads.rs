@@ -5,7 +5,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::model::{
     Account, AccountId, ContactId, Conversation, ConversationId, ConversationStatus, Identity,
-    IdentityId, Job, JobAttempt, JobId, JobState, Message, MessageId,
+    IdentityId, Job, JobAttempt, JobId, JobKind, JobState, Message, MessageId, Timestamp,
 };
 use crate::page::{Page, PageRequest, Position};
 
@@ -46,6 +46,12 @@ pub struct JobQuery {
     pub state: Option<JobState>,
     /// Only this account's.
     pub account: Option<AccountId>,
+    /// Only jobs of this kind (`Send`: an account's sends).
+    pub kind: Option<JobKind>,
+    /// Only jobs created at or after this time.
+    pub created_since: Option<Timestamp>,
+    /// Only jobs created before this time.
+    pub created_until: Option<Timestamp>,
 }
 
 impl JobQuery {
@@ -69,6 +75,28 @@ impl JobQuery {
     pub fn account(mut self, account: AccountId) -> Self {
         self.account = Some(account);
         self
+    }
+
+    /// Only jobs of this kind.
+    pub fn kind(mut self, kind: JobKind) -> Self {
+        self.kind = Some(kind);
+        self
+    }
+
+    /// Only jobs created in `[since, until)`; either end may be left open.
+    pub fn created(mut self, since: Option<Timestamp>, until: Option<Timestamp>) -> Self {
+        self.created_since = since;
+        self.created_until = until;
+        self
+    }
+
+    /// Whether `job` is one of those listed (what every store's `jobs_before` filters by).
+    pub fn matches(&self, job: &Job) -> bool {
+        self.state.is_none_or(|s| job.state == s)
+            && self.account.is_none_or(|a| job.account_id == Some(a))
+            && self.kind.as_ref().is_none_or(|k| &job.kind == k)
+            && self.created_since.is_none_or(|t| job.created_at >= t)
+            && self.created_until.is_none_or(|t| job.created_at < t)
     }
 }
 
@@ -134,7 +162,7 @@ impl Engine {
     ) -> Result<Page<Job>, EngineError> {
         let size = page.size();
         let before = page.after.as_ref().map(|t| t.position());
-        let read = self.store().jobs_before(query.state, query.account, before, size + 1);
+        let read = self.store().jobs_before(query, before, size + 1);
         let rows = self.db("jobs_before", read).await?;
         Ok(Page::from_rows(rows, size, |j| Position { at: j.created_at, id: j.id.to_string() }))
     }

@@ -626,13 +626,12 @@ pub trait QueueStore: Send + Sync + 'static {
     async fn job_attempts(&self, id: JobId) -> Result<Vec<JobAttempt>, StoreError>;
     /// Jobs in a state (for example the dead letter: `Discarded`), oldest first.
     async fn jobs_in_state(&self, state: JobState, limit: usize) -> Result<Vec<Job>, StoreError>;
-    /// Jobs newest first (by creation time, then id, both descending), of one state or any,
-    /// of one account or all, only those before `before` when given, at most `limit`
-    /// (keyset pagination).
+    /// Jobs newest first (by creation time, then id, both descending), those `query`
+    /// matches ([`JobQuery::matches`]), only those before `before` when given, at most
+    /// `limit` (keyset pagination).
     async fn jobs_before(
         &self,
-        state: Option<JobState>,
-        account: Option<AccountId>,
+        query: &crate::reads::JobQuery,
         before: Option<&Position>,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError>;
@@ -647,7 +646,8 @@ pub trait QueueStore: Send + Sync + 'static {
         for state in [JobState::Available, JobState::Retryable] {
             let mut before: Option<Position> = None;
             loop {
-                let page = self.jobs_before(Some(state), None, before.as_ref(), 500).await?;
+                let query = crate::reads::JobQuery::all().state(state);
+                let page = self.jobs_before(&query, before.as_ref(), 500).await?;
                 let Some(last) = page.last() else { break };
                 before = Some(Position { at: last.created_at, id: last.id.to_string() });
                 for job in page.iter().filter(|j| j.run_at <= now) {

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use channel_core::{
-    AccountId, AttemptOutcome, Enqueued, Job, JobAttempt, JobId, JobKind, JobLease, JobState,
-    MessageOutcome, NewJob, StoreError, Timestamp,
+    AttemptOutcome, Enqueued, Job, JobAttempt, JobId, JobKind, JobLease, JobState, MessageOutcome,
+    NewJob, StoreError, Timestamp,
 };
 
 use channel_core::feed::derive;
@@ -643,19 +643,27 @@ pub(crate) async fn attempts(ex: Ex<'_>, id: JobId) -> Res<Vec<JobAttempt>> {
 
 pub(crate) async fn jobs_before(
     ex: Ex<'_>,
-    state: Option<JobState>,
-    account: Option<AccountId>,
+    query: &channel_core::reads::JobQuery,
     before: Option<&Position>,
     n: usize,
 ) -> Res<Vec<Job>> {
-    let acc = account.map(|a| a.to_string());
+    let acc = query.account.map(|a| a.to_string());
     let mut q = Sql::new(format!("SELECT {JOB_COLS} FROM jobs WHERE 1 = 1"));
-    if let Some(s) = state {
+    if let Some(s) = query.state {
         // A fixed name, not input: the planner can use the state's partial index.
         q.push(&format!(" AND state = '{}'", s.as_str()));
     }
     if let Some(a) = &acc {
         q.push(" AND account_id = ").bind(a.as_str());
+    }
+    if let Some(k) = &query.kind {
+        q.push(" AND kind = ").bind(k.as_str());
+    }
+    if let Some(t) = query.created_since {
+        q.push(" AND created_at >= ").bind(t.0);
+    }
+    if let Some(t) = query.created_until {
+        q.push(" AND created_at < ").bind(t.0);
     }
     q.keyset_page("created_at", before, limit(n));
     Ok(all(ex.fetch_all(&q.text, &q.args).await?, codec::job)?)

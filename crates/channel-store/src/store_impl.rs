@@ -568,12 +568,11 @@ impl QueueStore for SqlStore {
 
     async fn jobs_before(
         &self,
-        state: Option<JobState>,
-        account: Option<AccountId>,
+        query: &channel_core::reads::JobQuery,
         before: Option<&Position>,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
-        let read = queue::jobs_before(self.pools().reader(), state, account, before, limit);
+        let read = queue::jobs_before(self.pools().reader(), query, before, limit);
         self.run("jobs_before", read).await
     }
 

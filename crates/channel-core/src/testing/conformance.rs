@@ -1126,8 +1126,8 @@ pub async fn keyset_listings_page_newest_first_without_repeats_or_gaps(store: Ar
     assert!(closed.is_empty());
 }
 
-/// Jobs list newest first by creation, filtered by state and account, resuming strictly
-/// before a position.
+/// Jobs list newest first by creation, filtered by state, account, kind and creation time,
+/// resuming strictly before a position.
 pub async fn jobs_page_newest_first_by_state_and_account(store: Arc<dyn Store>) {
     use crate::page::Position;
     let store = &*store;
@@ -1140,21 +1140,35 @@ pub async fn jobs_page_newest_first_by_state_and_account(store: Arc<dyn Store>) 
         created.push(id);
     }
     let other = store.enqueue(history_job(at(9)), at(9)).await.expect("enqueue");
-    let all = store.jobs_before(None, None, None, 10).await.expect("all");
+    let q = crate::reads::JobQuery::all;
+    let all = store.jobs_before(&q(), None, 10).await.expect("all");
     assert_eq!(all.len(), 6);
     assert_eq!(all[0].id, other.job_id, "newest first");
-    let mine = store.jobs_before(None, Some(account.id), None, 2).await.expect("page 1");
+    let mine = store.jobs_before(&q().account(account.id), None, 2).await.expect("page 1");
     assert_eq!(mine.iter().map(|j| j.id).collect::<Vec<_>>(), vec![created[4], created[3]]);
     let p = Position { at: mine[1].created_at, id: mine[1].id.to_string() };
-    let rest = store.jobs_before(None, Some(account.id), Some(&p), 10).await.expect("page 2");
+    let rest = store.jobs_before(&q().account(account.id), Some(&p), 10).await.expect("page 2");
     assert_eq!(
         rest.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![created[2], created[1], created[0]]
     );
-    let available = store.jobs_before(Some(JobState::Available), None, None, 10).await;
+    let available = store.jobs_before(&q().state(JobState::Available), None, 10).await;
     assert_eq!(available.expect("available").len(), 6);
-    let dead = store.jobs_before(Some(JobState::Discarded), None, None, 10).await;
+    let dead = store.jobs_before(&q().state(JobState::Discarded), None, 10).await;
     assert!(dead.expect("dead letter").is_empty());
+    // By kind and by creation time, `[since, until)`.
+    let sends = store.jobs_before(&q().kind(JobKind::Send), None, 10).await.expect("sends");
+    assert!(sends.is_empty(), "only history syncs were queued");
+    let syncs = store.jobs_before(&q().kind(JobKind::HistorySync), None, 10).await;
+    assert_eq!(syncs.expect("syncs").len(), 6);
+    let window = q().account(account.id).created(Some(at(1)), Some(at(3)));
+    let between = store.jobs_before(&window, None, 10).await.expect("window");
+    assert_eq!(between.iter().map(|j| j.id).collect::<Vec<_>>(), vec![created[2], created[1]]);
+    let since = store.jobs_before(&q().created(Some(at(4)), None), None, 10).await;
+    assert_eq!(
+        since.expect("since").iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![other.job_id, created[4]]
+    );
 }
 
 /// Accounts list newest first, removed ones never, resuming strictly before a position.

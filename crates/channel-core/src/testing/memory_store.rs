@@ -1718,17 +1718,12 @@ impl QueueStore for MemoryStore {
 
     async fn jobs_before(
         &self,
-        state: Option<JobState>,
-        account: Option<AccountId>,
+        query: &crate::reads::JobQuery,
         before: Option<&Position>,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
         let inner = self.lock();
-        let rows = inner
-            .jobs
-            .values()
-            .filter(|j| state.is_none_or(|s| j.state == s))
-            .filter(|j| account.is_none_or(|a| j.account_id == Some(a)));
+        let rows = inner.jobs.values().filter(|j| query.matches(j));
         Ok(page_before(rows, |j| (j.created_at, j.id), before, limit))
     }
 
