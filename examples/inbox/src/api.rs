@@ -125,6 +125,7 @@ impl ApiState {
         merge_identity,
         history,
         conversations,
+        conversation,
         messages,
         assign,
         send,
@@ -155,6 +156,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/identities/{id}/merge", post(merge_identity))
         .route("/accounts/{id}/enabled", axum::routing::put(set_enabled))
         .route("/conversations", get(conversations))
+        .route("/conversations/{id}", get(conversation))
         .route("/conversations/{id}/messages", get(messages).post(send))
         .route("/conversations/{id}/assignment", post(assign))
         .route("/messages/{id}", get(message))
@@ -178,6 +180,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/openapi.json", get(openapi))
         .merge(metrics)
+        .merge(crate::console::router())
         .nest("/api/v1", api)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -628,6 +631,14 @@ async fn conversations(
     }
     let paging = Paging { limit: filter.limit, after: filter.after };
     Ok(Json(state.engine.conversations(&query, paging.request()?).await?.into()))
+}
+
+#[utoipa::path(get, path = "/api/v1/conversations/{id}", params(("id" = String, Path, description = "the conversation's id")), responses((status = 200, description = "the conversation"), (status = 404, description = "no such conversation")))]
+async fn conversation(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<channel_core::Conversation>, ApiError> {
+    Ok(Json(state.engine.conversation(parse::<ConversationId>("conversation id", &id)?).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/conversations/{id}/messages", params(("id" = String, Path, description = "the conversation's id"), ("limit" = Option<usize>, Query, description = "page size (50 by default, 500 at most)"), ("after" = Option<String>, Query, description = "the previous page's `next`")), responses((status = 200, description = "a page of messages, newest first")))]

@@ -3,8 +3,24 @@
 //! the answers, so that a newcomer sees the real path (grammers, the store, the queue, the
 //! durable feed, the HTTP API) with nothing to configure. It prints the API's address and
 //! token, and runs until Ctrl-C, or for `--for`; then a summary read back from the store.
+//!
+//! For the web console (and its browser tests), the demo also has a second Telegram account,
+//! on a loopback server of its own, that waits for a QR login, and reads commands from its
+//! standard input, one a line:
+//!
+//! - `scan`: the owner of the second account scans the QR code the console shows (as the
+//!   Telegram app on their phone would);
+//! - `fail`: the next two sends to Frank fail: the first with a server error (retried), the
+//!   second with a permanent refusal (the send goes to the dead letter; a retry from there
+//!   sends it);
+//! - `stall`: the demo's auto-reply loop hangs once; the watchdog finds it silent and
+//!   restarts it;
+//! - `check TEXT`: says whether the loopback server holds a message TEXT sent by the account,
+//!   and to whom (the text is what you typed: nothing of the store is printed).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use channel_core::feed::ConsumerStart;
@@ -12,7 +28,8 @@ use channel_core::page::PageRequest;
 use channel_core::provider::LoginInput;
 use channel_core::reads::ConversationQuery;
 use channel_core::{Direction, Engine, Event, MessageStatus, NewAccount, OutboundMessage};
-use channel_telegram::testing::loopback::LoopbackServer;
+use channel_telegram::testing::loopback::{LoopbackServer, Reply};
+use channel_watchdog::{LoopContext, LoopSpec};
 use inbox::worker::{WorkerOptions, start};
 
 use crate::error::{Error, ResultExt};
@@ -21,7 +38,11 @@ const API_ID: i32 = 4242;
 const API_HASH: &str = "inbox-demo-app-hash";
 const PHONE: &str = "+15550100";
 const CODE: &str = "12345";
-const PEOPLE: [(i64, &str); 3] = [(2001, "Carol"), (2002, "Dan"), (2003, "Erin")];
+const PEOPLE: [(i64, &str); 4] = [(2001, "Carol"), (2002, "Dan"), (2003, "Erin"), (FRANK, "Frank")];
+/// The person whose sends fail after the `fail` command.
+const FRANK: i64 = 2004;
+/// How long the auto-reply loop may be silent before the watchdog restarts it.
+const AUTO_REPLY_SILENCE: Duration = Duration::from_secs(3);
 const LINES: [&str; 4] = [
     "Hello, is anyone there?",
     "My order has not arrived yet.",
@@ -42,8 +63,9 @@ pub struct DemoOptions {
 
 /// Runs the demo.
 pub async fn run(options: DemoOptions) -> Result<(), Error> {
-    let server =
-        LoopbackServer::start().await.context("cannot start the loopback MTProto server")?;
+    let server = Arc::new(
+        LoopbackServer::start().await.context("cannot start the loopback MTProto server")?,
+    );
     server.require_login();
     server.add_phone_login(PHONE, CODE, None);
     server.set_api_credentials(API_ID, API_HASH);
@@ -83,19 +105,54 @@ pub async fn run(options: DemoOptions) -> Result<(), Error> {
     let code = LoginInput::none().with("code", CODE);
     worker.runtime.login_step(account, "phone", code).await.context("login: code")?;
 
+    // The second account: on a loopback server of its own, waiting for a QR login.
+    let qr_server =
+        Arc::new(LoopbackServer::start().await.context("cannot start the second loopback server")?);
+    qr_server.require_login();
+    qr_server.set_api_credentials(API_ID, API_HASH);
+    let (dc, address) = qr_server.data_centre();
+    let config = serde_json::json!({ "data_centres": { dc.to_string(): address.to_string() } });
+    let new = NewAccount::new(channel_telegram::KIND, "sales (loopback Telegram, log in with QR)")
+        .with_config(config);
+    let qr_account =
+        worker.runtime.add_account(new).await.context("cannot add the QR demo account")?.id;
+    qr_server
+        .provision_auth_key(&engine.account_state(qr_account))
+        .await
+        .context("cannot hand over the second loopback server's key")?;
+
     println!(
         "inbox demo: a Telegram account on the loopback MTProto server, {} people writing in.\n\
          API: http://{}/api/v1   token: {}\n\
+         console: http://{}/console/ (sign in with the token)\n\
          try: curl -s -H 'Authorization: Bearer {}' http://{}/api/v1/conversations\n\
-         Ctrl-C stops it.",
+         type here: `scan` (the QR code of the second account is scanned), `fail` (the next two \
+         sends to Frank fail), `stall` (the auto-reply loop hangs once). Ctrl-C stops it.",
         PEOPLE.len(),
         worker.addr,
         worker.token,
+        worker.addr,
         worker.token,
         worker.addr
     );
 
-    let replies = tokio::spawn(auto_reply(engine.clone()));
+    let stall = Arc::new(AtomicBool::new(false));
+    let replies = {
+        let engine = engine.clone();
+        let stall = stall.clone();
+        worker
+            .runtime
+            .watchdog()
+            .register(
+                LoopSpec::new("demo-auto-reply", move |ctx| {
+                    auto_reply(engine.clone(), stall.clone(), ctx)
+                })
+                .max_silence(AUTO_REPLY_SILENCE)
+                .grace(Duration::from_millis(200)),
+            )
+            .map_err(|e| Error::msg(format!("cannot start the auto-reply loop: {e}")))?
+    };
+    let commands = tokio::spawn(commands(server.clone(), qr_server.clone(), stall));
     let started = Instant::now();
     let mut written = 0usize;
     let mut tick = tokio::time::interval(Duration::from_millis(1500));
@@ -120,7 +177,8 @@ pub async fn run(options: DemoOptions) -> Result<(), Error> {
             }
         }
     }
-    replies.abort();
+    commands.abort();
+    drop(replies);
     let answered = server.messages().iter().filter(|m| m.out).count();
     println!(
         "\n== after {:.0?}: {written} messages written in, {answered} answers read by the people ==",
@@ -131,14 +189,99 @@ pub async fn run(options: DemoOptions) -> Result<(), Error> {
     Ok(())
 }
 
-/// Answers every message people send, once, through the durable feed (as `examples/service`).
-async fn auto_reply(engine: Engine) -> Result<(), Error> {
+/// The commands typed on standard input (see the module's documentation); none when it is
+/// closed.
+async fn commands(
+    server: Arc<LoopbackServer>,
+    qr_server: Arc<LoopbackServer>,
+    stall: Arc<AtomicBool>,
+) {
+    let (tx, mut lines) = tokio::sync::mpsc::channel::<String>(16);
+    // Standard input is read by a thread of its own (a blocking read); it ends at EOF.
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = lines.recv().await {
+        match line.trim() {
+            "scan" => {
+                if qr_server.accept_qr_login() {
+                    println!("scan: the QR code was scanned; the next poll of the login logs in");
+                } else {
+                    println!("scan: no QR code was shown yet (start the `qr` login first)");
+                }
+            }
+            "fail" => {
+                server.fail_sends_to(
+                    FRANK,
+                    vec![
+                        Reply::rpc_error(500, "INTERNAL_SERVER_ERROR"),
+                        Reply::rpc_error(403, "USER_PRIVACY_RESTRICTED"),
+                    ],
+                );
+                println!("fail: the next two sends to Frank fail");
+            }
+            "stall" => {
+                stall.store(true, Ordering::SeqCst);
+                println!("stall: the auto-reply loop hangs once");
+            }
+            "" => {}
+            other => match other.strip_prefix("check ") {
+                Some(text) => {
+                    let to = server.messages().into_iter().find(|m| m.out && m.text == text);
+                    let to = to.and_then(|m| match m.peer {
+                        channel_telegram::testing::loopback::TestPeer::User(id) => server.user(id),
+                        _ => None,
+                    });
+                    let to = to.map(|u| u.first_name);
+                    match to {
+                        Some(name) => println!("check: the loopback server holds it, to {name}"),
+                        None => println!("check: the loopback server does not hold it"),
+                    }
+                }
+                None => println!("unknown command `{other}`: scan, fail, stall or check TEXT"),
+            },
+        }
+    }
+}
+
+/// Answers every message people send, once, through the durable feed (as `examples/service`),
+/// as a loop under the watchdog: it pings every cycle, and hangs (silent) once when `stall` is
+/// set, so that the watchdog restarts it.
+async fn auto_reply(
+    engine: Engine,
+    stall: Arc<AtomicBool>,
+    ctx: LoopContext,
+) -> channel_watchdog::LoopResult {
+    auto_reply_run(engine, stall, ctx).await.map_err(|e| e.to_string().into())
+}
+
+async fn auto_reply_run(
+    engine: Engine,
+    stall: Arc<AtomicBool>,
+    ctx: LoopContext,
+) -> Result<(), Error> {
     let mut feed = engine
         .feed_consumer("demo-auto-reply", ConsumerStart::Beginning)
         .await
         .context("cannot read the event feed")?;
     loop {
-        let events = feed.next_batch(100).await.context("the event feed failed")?;
+        ctx.ping();
+        if stall.swap(false, Ordering::SeqCst) {
+            tracing::warn!("the auto-reply loop hangs (the `stall` command)");
+            std::future::pending::<()>().await;
+        }
+        let events = tokio::select! {
+            () = ctx.cancelled() => return Ok(()),
+            batch = tokio::time::timeout(Duration::from_secs(1), feed.next_batch(100)) => match batch {
+                Ok(events) => events.context("the event feed failed")?,
+                Err(_) => continue,
+            },
+        };
         for e in &events {
             if let Event::MessageReceived { conversation_id, message_id, .. } = e.event {
                 let message = engine.message(message_id).await.context("cannot read a message")?;

@@ -501,6 +501,20 @@ impl LoopbackServer {
         lock(&self.shared.world).duplicate_is_error = on;
     }
 
+    /// Answers the next sends (`messages.sendMessage`) to the user `to` with `replies`, one
+    /// each, in order (such as a server error, then a permanent refusal); sends to others, and
+    /// to `to` after that, go as usual.
+    pub fn fail_sends_to(&self, to: i64, replies: Vec<Reply>) {
+        let left = Mutex::new(std::collections::VecDeque::from(replies));
+        self.on(Some(tl::functions::messages::SendMessage::CONSTRUCTOR_ID), move |request| {
+            let send = request.decode::<tl::functions::messages::SendMessage>()?;
+            match send.peer {
+                tl::enums::InputPeer::User(u) if u.user_id == to => lock(&left).pop_front(),
+                _ => None,
+            }
+        });
+    }
+
     /// A private message from `from` to the owner: stored and pushed as `updates` with users.
     pub fn incoming(&self, from: i64, text: &str) -> WorldMessage {
         self.store_and_push(TestPeer::User(from), Some(from), text, Push::Full)
