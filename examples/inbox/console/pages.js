@@ -261,7 +261,8 @@ export async function login(ctx, root, [id]) {
       });
       const submit = h('button', { type: 'submit', class: 'primary' }, 'Continue');
       const form = h('form', { 'data-step': s.name },
-        h('h2', {}, `Step: ${s.name}`), s.hint ? h('p', { class: 'muted' }, s.hint) : null,
+        h('h2', {}, `Step: ${s.name}`),
+        s.hint ? h('p', { class: 'muted' }, s.name === 'password' ? `Password hint: ${s.hint}` : s.hint) : null,
         inputs.map((i) => i[2]), submit);
       form.addEventListener('submit', (ev) => {
         ev.preventDefault();
@@ -646,9 +647,12 @@ export async function sends(ctx, root, [accountId], query) {
 
   async function refresh() {
     try {
-      const q = new URLSearchParams({ account: accountId });
+      // The API filters by kind and date where it can; the page filters again, so that it
+      // shows the same with an API that does not.
+      const q = new URLSearchParams({ account: accountId, kind: 'send' });
       if (state) q.set('state', state);
       const from = since ? new Date(`${since}T00:00:00`).getTime() : 0;
+      if (since) q.set('since', new Date(from).toISOString());
       const jobs = (await all(`/jobs?${q}`, 1000))
         .filter((j) => j.kind === 'send' && new Date(j.created_at).getTime() >= from);
       fill(body, jobs.length ? jobs.map((j) => h('tr', { 'data-job': j.id, 'data-state': j.state },

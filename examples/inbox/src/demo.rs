@@ -5,8 +5,9 @@
 //! token, and runs until Ctrl-C, or for `--for`; then a summary read back from the store.
 //!
 //! For the web console (and its browser tests), the demo also has a second Telegram account,
-//! on a loopback server of its own, that waits for a QR login, and reads commands from its
-//! standard input, one a line:
+//! on a loopback server of its own, that waits to be logged in: with a QR code, or with its
+//! phone number, code and two-step password (both ask for the password, as Telegram does for
+//! an account that has one). And it reads commands from its standard input, one a line:
 //!
 //! - `scan`: the owner of the second account scans the QR code the console shows (as the
 //!   Telegram app on their phone would);
@@ -38,6 +39,9 @@ const API_ID: i32 = 4242;
 const API_HASH: &str = "inbox-demo-app-hash";
 const PHONE: &str = "+15550100";
 const CODE: &str = "12345";
+/// The second account's phone number and two-step password (its code is [`CODE`]).
+const SALES_PHONE: &str = "+15550199";
+const SALES_PASSWORD: &str = "demo password";
 const PEOPLE: [(i64, &str); 4] = [(2001, "Carol"), (2002, "Dan"), (2003, "Erin"), (FRANK, "Frank")];
 /// The person whose sends fail after the `fail` command.
 const FRANK: i64 = 2004;
@@ -105,14 +109,15 @@ pub async fn run(options: DemoOptions) -> Result<(), Error> {
     let code = LoginInput::none().with("code", CODE);
     worker.runtime.login_step(account, "phone", code).await.context("login: code")?;
 
-    // The second account: on a loopback server of its own, waiting for a QR login.
+    // The second account: on a loopback server of its own, waiting for a login.
     let qr_server =
         Arc::new(LoopbackServer::start().await.context("cannot start the second loopback server")?);
     qr_server.require_login();
+    qr_server.add_phone_login(SALES_PHONE, CODE, Some(SALES_PASSWORD));
     qr_server.set_api_credentials(API_ID, API_HASH);
     let (dc, address) = qr_server.data_centre();
     let config = serde_json::json!({ "data_centres": { dc.to_string(): address.to_string() } });
-    let new = NewAccount::new(channel_telegram::KIND, "sales (loopback Telegram, log in with QR)")
+    let new = NewAccount::new(channel_telegram::KIND, "sales (loopback Telegram, logged out)")
         .with_config(config);
     let qr_account =
         worker.runtime.add_account(new).await.context("cannot add the QR demo account")?.id;
@@ -126,8 +131,10 @@ pub async fn run(options: DemoOptions) -> Result<(), Error> {
          API: http://{}/api/v1   token: {}\n\
          console: http://{}/console/ (sign in with the token)\n\
          try: curl -s -H 'Authorization: Bearer {}' http://{}/api/v1/conversations\n\
-         type here: `scan` (the QR code of the second account is scanned), `fail` (the next two \
-         sends to Frank fail), `stall` (the auto-reply loop hangs once). Ctrl-C stops it.",
+         the second account (sales) logs in with a QR code, or with phone {SALES_PHONE}, code \
+         {CODE} and password `{SALES_PASSWORD}`.\n\
+         type here: `scan` (its QR code is scanned), `fail` (the next two sends to Frank fail), \
+         `stall` (the auto-reply loop hangs once), `check TEXT`. Ctrl-C stops it.",
         PEOPLE.len(),
         worker.addr,
         worker.token,

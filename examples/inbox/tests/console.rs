@@ -35,8 +35,16 @@ fn a_person_s_message_appears_in_the_open_chat_without_a_reload() {
         sign_in(&c, &demo).await;
         // Everyone has written in once (the demo's four people, one every 1.5 s).
         css(&c, "#conversations li[data-conversation]:nth-child(4)").await;
+        // The operator claims Carol's conversation; the filter "assigned to me" finds it.
+        let carol = "//ul[@id='conversations']/li[a[contains(@class,'who')][starts-with(normalize-space(.), 'Carol')]]";
+        xpath(&c, &format!("{carol}//button[contains(@class,'claim')]")).await.click().await.expect("claim");
+        xpath(&c, &format!("{carol}//span[@class='assignee'][.='assigned to operator']")).await;
         screenshot(&c, "conversations").await;
+        css(&c, "select[name=assignee]").await.select_by_value("me").await.expect("filter");
+        xpath(&c, "//ul[@id='conversations'][count(li[@data-conversation])=1]/li[starts-with(normalize-space(a), 'Carol')]").await;
         open_chat(&c, "Carol").await;
+        css(&c, "#claim").await;
+        xpath(&c, "//span[@class='assignee'][.='assigned to operator']").await;
         let before = c
             .find_all(fantoccini::Locator::Css("#messages li.message.in"))
             .await
@@ -79,6 +87,10 @@ fn a_reply_typed_in_the_console_reaches_the_loopback_server_and_turns_sent() {
         let c = browser(&driver).await;
         sign_in(&c, &demo).await;
         open_chat(&c, "Carol").await;
+        // A file goes with it.
+        let file = std::env::temp_dir().join(format!("inbox-console-{}.txt", std::process::id()));
+        std::fs::write(&file, "terms and conditions").expect("a file to attach");
+        css(&c, "#sendbox input[type=file]").await.send_keys(&file.to_string_lossy()).await.expect("attach");
         let box_ = css(&c, "#sendbox textarea").await;
         box_.send_keys(&text).await.expect("type");
         // Ctrl+Enter sends, from the keyboard.
@@ -89,6 +101,15 @@ fn a_reply_typed_in_the_console_reaches_the_loopback_server_and_turns_sent() {
         );
         xpath(&c, &mine).await;
         xpath(&c, &format!("{mine}[@data-status='sent']")).await;
+        let name = file.file_name().expect("name").to_string_lossy().into_owned();
+        xpath(&c, &format!("{mine}//ul[@class='attachments']//button[starts-with(., '{name}')]")).await;
+        let _ = std::fs::remove_file(&file);
+
+        // The history of the chat, synced from the loopback server, with its progress.
+        css(&c, "#sync-history").await.click().await.expect("sync");
+        css(&c, "#sync-progress[data-state=done]").await;
+        let done = css(&c, "#sync-progress").await.text().await.expect("text");
+        assert!(done.starts_with("History synced:"), "{done}");
         let logs = logged(&c).await;
         assert!(!logs.iter().any(|l| l.contains(&text)), "message content in the console: {logs:?}");
         c.close().await.expect("close");
@@ -124,6 +145,19 @@ fn a_send_that_fails_shows_its_attempts_and_goes_after_a_retry_from_the_dead_let
         let second = css(&c, "#attempts tr[data-attempt='2']").await.text().await.expect("text");
         assert!(second.contains("USER_PRIVACY_RESTRICTED"), "{second}");
         screenshot(&c, "send-audit").await;
+
+        // The sends of the account, filtered to the failed ones.
+        xpath(&c, "//a[normalize-space(.)='All sends of the account']")
+            .await
+            .click()
+            .await
+            .expect("sends");
+        css(&c, "#sends tr[data-state=completed]").await;
+        css(&c, "select[name=state]").await.select_by_value("discarded").await.expect("state");
+        css(&c, "form.filters button[type=submit]").await.click().await.expect("filter");
+        xpath(&c, "//table[@id='sends'][count(tbody/tr)=1]/tbody/tr[@data-state='discarded']")
+            .await;
+        screenshot(&c, "sends").await;
 
         // The dead letter lists it; a retry sends it (the loopback server takes it now).
         css(&c, "nav a[data-nav=dead-letter]").await.click().await.expect("dead letter");
@@ -170,11 +204,61 @@ fn a_qr_login_completes_when_the_loopback_server_scans_it() {
         xpath(&c, &format!("//img[@id='qr'][@data-token != '{first}']")).await;
         screenshot(&c, "qr-login").await;
         demo.command("scan");
+        // The account has a two-step password: asked for after the scan.
+        let password = css(&c, "form[data-step=password] input[type=password]").await;
+        password
+            .send_keys(&format!("demo password{}", fantoccini::key::Key::Enter))
+            .await
+            .expect("password");
         css(&c, "#login-done").await;
         css(&c, "#login-connection [data-state=connected]").await;
         c.close().await.expect("close");
     });
     demo.expect_line(|l| l.starts_with("scan: the QR code was scanned"), WAIT);
+}
+
+#[test]
+fn a_phone_login_goes_through_its_phone_code_and_password_steps_from_the_keyboard() {
+    let _one = serial();
+    let demo = Demo::start();
+    let driver = Driver::start();
+    let enter = fantoccini::key::Key::Enter;
+    runtime().block_on(async {
+        let c = browser(&driver).await;
+        sign_in(&c, &demo).await;
+        css(&c, "nav a[data-nav=accounts]").await.click().await.expect("accounts");
+        xpath(
+            &c,
+            "//table[@id='accounts']//tr[th[contains(., 'sales')]]//a[normalize-space(.)='Log in']",
+        )
+        .await
+        .click()
+        .await
+        .expect("log in");
+        css(&c, "button[data-flow=phone]").await.click().await.expect("phone");
+        // Each step's field has the focus; Enter submits it.
+        css(&c, "form[data-step=phone] input[type=tel]").await;
+        let focused = c.active_element().await.expect("focus");
+        focused.send_keys(&format!("+15550199{enter}")).await.expect("phone");
+        css(&c, "form[data-step=code] input").await;
+        c.active_element()
+            .await
+            .expect("focus")
+            .send_keys(&format!("12345{enter}"))
+            .await
+            .expect("code");
+        css(&c, "form[data-step=password] input[type=password]").await;
+        screenshot(&c, "phone-login").await;
+        c.active_element()
+            .await
+            .expect("focus")
+            .send_keys(&format!("demo password{enter}"))
+            .await
+            .expect("password");
+        css(&c, "#login-done").await;
+        css(&c, "#login-connection [data-state=connected]").await;
+        c.close().await.expect("close");
+    });
 }
 
 #[test]
