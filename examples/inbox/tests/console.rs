@@ -60,6 +60,7 @@ fn a_person_s_message_appears_in_the_open_chat_without_a_reload() {
 
         // The stream drops; the page reconnects with Last-Event-ID and misses nothing.
         c.execute("window.inboxConsole.dropStream()", vec![]).await.expect("drop");
+        css(&c, "#stream-state[data-state=reconnecting]").await;
         let now = c
             .find_all(fantoccini::Locator::Css("#messages li.message.in"))
             .await
@@ -218,7 +219,7 @@ fn a_qr_login_completes_when_the_loopback_server_scans_it() {
 }
 
 #[test]
-fn a_phone_login_goes_through_its_phone_code_and_password_steps_from_the_keyboard() {
+fn an_email_account_is_added_and_a_phone_login_goes_through_its_steps_from_the_keyboard() {
     let _one = serial();
     let demo = Demo::start();
     let driver = Driver::start();
@@ -227,6 +228,34 @@ fn a_phone_login_goes_through_its_phone_code_and_password_steps_from_the_keyboar
         let c = browser(&driver).await;
         sign_in(&c, &demo).await;
         css(&c, "nav a[data-nav=accounts]").await.click().await.expect("accounts");
+
+        // An email account whose servers do not answer: added, and its login refused with
+        // the reason (nothing listens on port 9 of the loopback address).
+        for (field, value) in [
+            ("name", "help desk"),
+            ("address", "help@example.org"),
+            ("imap_host", "127.0.0.1"),
+            ("imap_port", "9"),
+            ("smtp_host", "127.0.0.1"),
+            ("smtp_port", "9"),
+            ("password", "not-this-one"),
+        ] {
+            css(&c, &format!("#add-email input[name={field}]"))
+                .await
+                .send_keys(value)
+                .await
+                .expect("type");
+        }
+        css(&c, "#add-email select[name=security]")
+            .await
+            .select_by_value("plaintext")
+            .await
+            .expect("security");
+        css(&c, "#add-email button[type=submit]").await.click().await.expect("add");
+        xpath(&c, "//p[@role='alert'][contains(., 'help desk was added, but the login failed')]")
+            .await;
+        xpath(&c, "//table[@id='accounts']//tr[th[contains(., 'help desk')]]/td[.='email']").await;
+
         xpath(
             &c,
             "//table[@id='accounts']//tr[th[contains(., 'sales')]]//a[normalize-space(.)='Log in']",
