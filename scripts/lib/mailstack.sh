@@ -15,7 +15,7 @@
 
 mailstack_need() {
     local missing=()
-    command -v dovecot >/dev/null || missing+=(dovecot-imapd)
+    command -v dovecot >/dev/null && [[ -x /usr/lib/dovecot/imap ]] || missing+=(dovecot-imapd)
     [[ -x /usr/lib/dovecot/lmtp ]] || missing+=(dovecot-lmtpd)
     command -v smtpd >/dev/null || [[ -x /usr/sbin/smtpd ]] || missing+=(opensmtpd)
     if ((${#missing[@]})); then
@@ -23,81 +23,27 @@ mailstack_need() {
     fi
 }
 
+# The configurations live in channel-email (its `testing` feature starts the same stack from
+# the published crate alone, src/testing/launcher.rs): this script renders the same files.
+MAILSTACK_CONF_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../crates/channel-email/src/testing" && pwd)"
+
+# Fills in the placeholders of the template $1: @DIR@ with $2, @IMAP_PORT@ with $3,
+# @LMTP_PORT@ with $4, @SMTP_PORT@ with $5 and @EXTRA@ with $6.
+mailstack_render() {
+    local text
+    text="$(<"$1")"
+    text="${text//@DIR@/"$2"}"
+    text="${text//@IMAP_PORT@/"$3"}"
+    text="${text//@LMTP_PORT@/"$4"}"
+    text="${text//@SMTP_PORT@/"$5"}"
+    text="${text//@EXTRA@/"$6"}"
+    printf '%s\n' "$text"
+}
+
 # Writes a Dovecot configuration for a stack rooted at $1 with IMAP on $2 and LMTP on $3.
 # Extra lines (for example `imap_capability = ...`) may follow as $4.
 mailstack_dovecot_conf() {
-    local dir="$1" imap_port="$2" lmtp_port="$3" extra="${4:-}"
-    cat <<EOF
-base_dir = $dir/run
-state_dir = $dir/state
-log_path = $dir/dovecot.log
-listen = 127.0.0.1
-protocols = imap lmtp
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-default_login_user = dovenull
-default_internal_user = dovecot
-first_valid_uid = 1
-mail_location = maildir:$dir/mail/%u
-mail_max_userip_connections = 1000
-default_process_limit = 1000
-default_client_limit = 10000
-service anvil {
-  chroot =
-}
-service stats {
-  chroot =
-}
-service imap-login {
-  chroot =
-  inet_listener imap {
-    address = 127.0.0.1
-    port = $imap_port
-  }
-  inet_listener imaps {
-    port = 0
-  }
-}
-service lmtp {
-  inet_listener lmtp {
-    address = 127.0.0.1
-    port = $lmtp_port
-  }
-  unix_listener lmtp {
-    mode = 0666
-  }
-}
-service pop3-login {
-  inet_listener pop3 {
-    port = 0
-  }
-  inet_listener pop3s {
-    port = 0
-  }
-}
-passdb {
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u $dir/passwd
-}
-userdb {
-  driver = static
-  args = uid=nobody gid=nogroup home=$dir/home/%u
-}
-namespace inbox {
-  inbox = yes
-  separator = /
-  mailbox Sent {
-    special_use = \\Sent
-    auto = subscribe
-  }
-  mailbox Drafts {
-    special_use = \\Drafts
-    auto = subscribe
-  }
-}
-$extra
-EOF
+    mailstack_render "$MAILSTACK_CONF_DIR/dovecot.conf" "$1" "$2" "$3" "" "${4:-}"
 }
 
 start_mailstack() {
@@ -118,12 +64,8 @@ start_mailstack() {
 
     # OpenSMTPD: one per machine (one control socket and spool).
     echo '@example.org nobody' >"$dir/smtpd/vusers"
-    cat >"$dir/smtpd/smtpd.conf" <<EOF
-table vusers file:$dir/smtpd/vusers
-listen on 127.0.0.1 port $smtp_port
-action "d" lmtp "127.0.0.1:$lmtp_port" rcpt-to virtual <vusers>
-match from any for domain "example.org" action "d"
-EOF
+    mailstack_render "$MAILSTACK_CONF_DIR/smtpd.conf" "$dir" "$imap_port" "$lmtp_port" "$smtp_port" "" \
+        >"$dir/smtpd/smtpd.conf"
     if pgrep -x smtpd >/dev/null; then
         echo "an OpenSMTPD is already running on this machine; stop it first (only one can run)" >&2
         return 1

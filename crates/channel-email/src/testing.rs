@@ -1,12 +1,14 @@
 //! A real mail stack for tests and benchmarks (feature `testing`): Dovecot + OpenSMTPD on
 //! loopback, private Dovecot instances, users, and ways to fill a mailbox fast.
 //!
-//! The stack is the one `scripts/test` starts (it exports `TEST_IMAP_PORT`,
-//! `TEST_SMTP_PORT`, `TEST_DOVECOT_PASSWD`, `TEST_MAIL_DIR`). Without them, [`stack`] starts
-//! the same stack itself through `scripts/lib/mailstack.sh` (Debian's `dovecot-imapd
-//! dovecot-lmtpd opensmtpd` must be installed), and it stops when the process exits. Without
-//! the servers, [`stack`] panics with a message naming `scripts/test`. The helpers need root
-//! (Dovecot is started as root and maildirs are owned by `nobody`).
+//! [`stack`] uses the stack named by `TEST_IMAP_PORT`, `TEST_SMTP_PORT`,
+//! `TEST_DOVECOT_PASSWD` and `TEST_MAIL_DIR` when they are set (the workspace's `scripts/test`
+//! starts one and exports them). Otherwise it starts one itself, from this crate alone
+//! ([`try_stack`] says why it cannot): Dovecot and OpenSMTPD on free loopback ports in a
+//! temporary directory, stopped when the process ends. That needs Debian's packages
+//! `dovecot-imapd dovecot-lmtpd opensmtpd` ([`DEBIAN_PACKAGES`]; nothing is installed for
+//! you), root (Dovecot is started as root and the maildirs belong to `nobody`), and no other
+//! OpenSMTPD running on the machine (only one can).
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -19,11 +21,14 @@
 //! ```
 #![allow(clippy::missing_panics_doc)]
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+mod launcher;
+
+pub use launcher::{DEBIAN_PACKAGES, MailStackError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -33,14 +38,6 @@ use crate::{EmailConfig, Security, ServerConfig, StartFrom, Timeouts};
 /// The parser, for corpus tests of real-world mail: one raw message as the channel delivers
 /// it.
 pub use crate::parse::{FolderRole, to_inbound};
-
-const NO_STACK: &str = "the mail stack (Dovecot + OpenSMTPD) is not available: run `scripts/test`, \
-which installs `dovecot-imapd dovecot-lmtpd opensmtpd` with apt-get and starts it";
-
-/// The root of the workspace (where `scripts/` lives).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// The shared mail stack.
 #[derive(Debug)]
@@ -53,7 +50,8 @@ pub struct MailStack {
     pub passwd: PathBuf,
     /// The stack's directory (maildirs under `mail/<address>`).
     pub dir: PathBuf,
-    /// Keeps a stack started by this process alive (its stdin closing stops it).
+    /// The watcher of a stack started by this process: its standard input closing (when the
+    /// process ends) stops the stack.
     _owner: Option<Mutex<Child>>,
 }
 
@@ -61,89 +59,37 @@ fn env_port(name: &str) -> Option<u16> {
     std::env::var(name).ok()?.parse().ok()
 }
 
-fn start_own_stack() -> Result<MailStack, String> {
-    let script = r#"
-set -euo pipefail
-source scripts/lib/harness.sh
-source scripts/lib/mailstack.sh
-start_mailstack >&2
-echo "TEST_IMAP_PORT=$TEST_IMAP_PORT"
-echo "TEST_SMTP_PORT=$TEST_SMTP_PORT"
-echo "TEST_DOVECOT_PASSWD=$TEST_DOVECOT_PASSWD"
-echo "TEST_MAIL_DIR=$TEST_MAIL_DIR"
-echo READY
-# Stay until the test process exits (its end closes our stdin); the trap then stops the stack.
-cat >/dev/null || true
-"#;
-    let mut child = Command::new("bash")
-        .arg("-c")
-        .arg(script)
-        .current_dir(repo_root())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run bash: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut vars = HashMap::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.map_err(|e| e.to_string())?;
-        if line == "READY" {
-            break;
-        }
-        if let Some((k, v)) = line.split_once('=') {
-            vars.insert(k.to_owned(), v.to_owned());
-        }
-    }
-    let get = |k: &str| vars.get(k).cloned();
-    match (
-        get("TEST_IMAP_PORT"),
-        get("TEST_SMTP_PORT"),
-        get("TEST_DOVECOT_PASSWD"),
-        get("TEST_MAIL_DIR"),
-    ) {
-        (Some(i), Some(s), Some(p), Some(d)) => Ok(MailStack {
-            imap_port: i.parse().map_err(|_| "bad port")?,
-            smtp_port: s.parse().map_err(|_| "bad port")?,
-            passwd: p.into(),
-            dir: d.into(),
-            _owner: Some(Mutex::new(child)),
-        }),
-        _ => {
-            let _ = child.kill();
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
+static STACK: OnceLock<Result<MailStack, MailStackError>> = OnceLock::new();
+
+/// The mail stack: the one named by the `TEST_*` variables, or else one started by this
+/// process (once; it stops when the process ends).
+pub fn try_stack() -> Result<&'static MailStack, &'static MailStackError> {
+    STACK
+        .get_or_init(|| {
+            match (
+                env_port("TEST_IMAP_PORT"),
+                env_port("TEST_SMTP_PORT"),
+                std::env::var("TEST_DOVECOT_PASSWD"),
+            ) {
+                (Some(imap_port), Some(smtp_port), Ok(passwd)) => Ok(MailStack {
+                    imap_port,
+                    smtp_port,
+                    passwd: passwd.into(),
+                    dir: std::env::var("TEST_MAIL_DIR").unwrap_or_default().into(),
+                    _owner: None,
+                }),
+                _ => launcher::start(),
             }
-            Err(err)
-        }
-    }
+        })
+        .as_ref()
 }
 
-static STACK: OnceLock<Result<MailStack, String>> = OnceLock::new();
-
-/// The mail stack; panics with instructions when it cannot be had.
+/// The mail stack, as [`try_stack`]; for tests, it panics with the reason (and what to
+/// install) when the stack cannot be had.
 pub fn stack() -> &'static MailStack {
-    let r = STACK.get_or_init(|| {
-        match (
-            env_port("TEST_IMAP_PORT"),
-            env_port("TEST_SMTP_PORT"),
-            std::env::var("TEST_DOVECOT_PASSWD"),
-        ) {
-            (Some(imap_port), Some(smtp_port), Ok(passwd)) => Ok(MailStack {
-                imap_port,
-                smtp_port,
-                passwd: passwd.into(),
-                dir: std::env::var("TEST_MAIL_DIR").unwrap_or_default().into(),
-                _owner: None,
-            }),
-            _ => start_own_stack(),
-        }
-    });
-    match r {
+    match try_stack() {
         Ok(s) => s,
-        Err(e) => panic!("{NO_STACK}\n{e}"),
+        Err(e) => panic!("{e}"),
     }
 }
 
@@ -372,32 +318,10 @@ impl PrivateDovecot {
         let path = dir.path().to_path_buf();
         let imap_port = free_port();
         let lmtp_port = free_port();
-        let lib = repo_root().join("scripts/lib/mailstack.sh");
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(r#"source "$1"; mailstack_dovecot_conf "$2" "$3" "$4" "$5""#)
-            .arg("-")
-            .arg(&lib)
-            .arg(&path)
-            .arg(imap_port.to_string())
-            .arg(lmtp_port.to_string())
-            .arg(extra)
-            .output()
-            .expect("bash");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let conf = path.join("dovecot.conf");
-        std::fs::write(&conf, &out.stdout).expect("write conf");
-        for sub in ["run", "state", "mail", "home"] {
-            std::fs::create_dir_all(path.join(sub)).expect("mkdir");
-        }
-        let passwd = path.join("passwd");
-        std::fs::write(&passwd, "").expect("passwd");
-        run(Command::new("chmod").args(["755"]).arg(&path));
-        run(Command::new("chmod").args(["644"]).arg(&passwd));
-        run(Command::new("chown")
-            .args(["nobody:nogroup"])
-            .arg(path.join("mail"))
-            .arg(path.join("home")));
+        std::fs::write(&conf, launcher::dovecot_conf(&path, imap_port, lmtp_port, extra))
+            .expect("write conf");
+        let passwd = launcher::prepare_dovecot_dir(&path).unwrap_or_else(|e| panic!("{e}"));
         let d = Self { dir, imap_port, passwd, conf };
         d.start_again();
         d
@@ -433,7 +357,9 @@ impl PrivateDovecot {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .expect(NO_STACK);
+            .unwrap_or_else(|e| {
+                panic!("cannot run dovecot ({e}): install Debian's packages `{DEBIAN_PACKAGES}`")
+            });
         assert!(
             status.success(),
             "dovecot failed: {}",
