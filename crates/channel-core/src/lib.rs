@@ -15,6 +15,7 @@
 //!   other processes through leases ([`lease_keeper`]).
 //! * [`testing`] (feature `testing`): `MemoryStore`, `MemoryChannel`, `MemoryProvider` and
 //!   the store conformance suite.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod assignment;
 pub mod blob;
@@ -44,6 +45,7 @@ pub mod state;
 mod state_keys;
 pub mod store;
 #[cfg(any(feature = "testing", doc))]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 pub mod validate;
 pub mod workers;

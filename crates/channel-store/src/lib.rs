@@ -86,6 +86,7 @@
 //! # Ok::<(), channel_core::StoreError>(())
 //! # }).unwrap();
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::future::Future;
 use std::sync::Arc;
@@ -169,6 +170,7 @@ impl SqlStore {
     /// Connects to PostgreSQL with the default settings; see
     /// [`SqlStoreOptions::connect_postgres`].
     #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
     pub async fn connect_postgres(url: &str) -> Result<Self, StoreError> {
         SqlStoreOptions::default().connect_postgres(url).await
     }

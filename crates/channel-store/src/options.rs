@@ -233,6 +233,7 @@ impl SqlStoreOptions {
     /// Connects to PostgreSQL at `url` (`postgres://user@host/db`), applies the migrations
     /// and starts the `LISTEN` task for notifications (see [`listen`](Self::listen)).
     #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
     pub async fn connect_postgres(self, url: &str) -> Result<SqlStore, StoreError> {
         use sqlx::postgres::PgConnectOptions;
 

@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // The README's examples use the `testing` feature: without it, a shorter crate doc.
 #![cfg_attr(feature = "testing", doc = include_str!("../README.md"))]
 #![cfg_attr(
@@ -20,6 +21,7 @@ mod outbox;
 pub mod provider;
 pub mod session;
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
 pub use account_config::TelegramAccountConfig;

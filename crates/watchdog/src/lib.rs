@@ -139,6 +139,7 @@
 //! # Features
 //!
 //! * `systemd`: notify systemd through the `sd-notify` crate (see `WatchdogBuilder::systemd`, present with the feature).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod clock;
 mod context;

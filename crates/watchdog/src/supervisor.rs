@@ -183,6 +183,7 @@ impl WatchdogBuilder {
 
     /// Whether to notify systemd (default: on; a no-op when not run by systemd).
     #[cfg(feature = "systemd")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "systemd")))]
     pub fn systemd(mut self, enabled: bool) -> Self {
         self.systemd = enabled;
         self
