@@ -25,6 +25,11 @@ function connectionBadge(account) {
   return b;
 }
 
+/** A conversation whose person is linked to no contact of yours: a new one. */
+function isNew(conversation, person) {
+  return !conversation.contact_id && !(person && person.contact_id);
+}
+
 function accountName(ctx, id) {
   const a = ctx.accounts.get(id);
   return a ? a.display_name : short(id);
@@ -380,7 +385,7 @@ export async function conversations(ctx, root, _params, query) {
     return h('li', { 'data-conversation': c.id, 'data-status': c.status },
       h('a', { href: `#/chat/${c.id}`, class: 'who' },
         personName(person),
-        !c.contact_id ? h('span', { class: 'badge badge-new', title: 'Not linked to a contact yet' }, 'new') : null),
+        isNew(c, person) ? h('span', { class: 'badge badge-new', title: 'Not linked to a contact yet' }, 'new') : null),
       h('span', { class: 'meta' }, accountName(ctx, c.account_id)),
       badge(c.status),
       h('span', { class: 'assignee' }, c.assignee ? `assigned to ${c.assignee}` : 'unassigned'),
@@ -437,14 +442,15 @@ export async function chat(ctx, root, [id]) {
   const claim = h('button', { type: 'button', id: 'claim' }, conversation.assignee === me ? 'Release' : 'Claim');
   const assignee = h('span', { class: 'assignee' }, conversation.assignee ? `assigned to ${conversation.assignee}` : 'unassigned');
   const statusBadge = h('span', {}, badge(conversation.status));
+  const olderButton = h('button', { type: 'button', id: 'older', hidden: true }, 'Earlier messages');
   fill(root,
     heading(personName(person),
       h('div', { class: 'chat-meta' },
-        !conversation.contact_id ? h('span', { class: 'badge badge-new' }, 'new') : null,
+        isNew(conversation, person) ? h('span', { class: 'badge badge-new', title: 'Not linked to a contact yet' }, 'new') : null,
         statusBadge, h('span', { class: 'meta' }, accountName(ctx, conversation.account_id)),
         assignee, claim, syncButton, progress)),
     out,
-    h('div', { class: 'chat' }, log, box));
+    h('div', { class: 'chat' }, olderButton, log, box));
 
   claim.addEventListener('click', () => busy(claim, async () => {
     const current = await api(`/conversations/${id}`);
@@ -501,16 +507,29 @@ export async function chat(ctx, root, [id]) {
     }
   }
 
+  // The newest page first; older pages on demand (the API pages newest first).
+  let older;
   async function reload() {
     try {
-      const page = await api(`/conversations/${id}/messages?limit=200`);
+      const page = await api(`/conversations/${id}/messages?limit=100`);
       page.items.slice().reverse().forEach(put);
+      if (older === undefined) {
+        older = page.next;
+        olderButton.hidden = !older;
+      }
       log.lastElementChild?.scrollIntoView({ block: 'end' });
     } catch (e) {
       fill(out, errorBox(e));
     }
   }
   await reload();
+  olderButton.addEventListener('click', () => busy(olderButton, async () => {
+    const page = await api(`/conversations/${id}/messages?limit=100&after=${encodeURIComponent(older)}`);
+    page.items.forEach(put);
+    older = page.next;
+    olderButton.hidden = !older;
+    log.firstElementChild?.scrollIntoView({ block: 'start' });
+  }).catch((e) => fill(out, errorBox(e))));
 
   async function refreshMessage(messageId) {
     try {
