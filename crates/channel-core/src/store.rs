@@ -627,8 +627,8 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Jobs in a state (for example the dead letter: `Discarded`), oldest first.
     async fn jobs_in_state(&self, state: JobState, limit: usize) -> Result<Vec<Job>, StoreError>;
     /// Jobs newest first (by creation time, then id, both descending), those `query`
-    /// matches ([`JobQuery::matches`]), only those before `before` when given, at most
-    /// `limit` (keyset pagination).
+    /// matches ([`JobQuery::matches`](crate::reads::JobQuery::matches)), only those before
+    /// `before` when given, at most `limit` (keyset pagination).
     async fn jobs_before(
         &self,
         query: &crate::reads::JobQuery,
