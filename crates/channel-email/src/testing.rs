@@ -25,15 +25,15 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-
-mod launcher;
-
-pub use launcher::{DEBIAN_PACKAGES, MailStackError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::{EmailConfig, Security, ServerConfig, StartFrom, Timeouts};
+
+mod launcher;
+
+pub use launcher::{DEBIAN_PACKAGES, MailStackError};
 
 /// The parser, for corpus tests of real-world mail: one raw message as the channel delivers
 /// it.
