@@ -17,6 +17,12 @@ pub struct ConversationQuery {
     pub account: Option<AccountId>,
     /// Only those in this status.
     pub status: Option<ConversationStatus>,
+    /// Only those this operator claimed.
+    pub assignee: Option<String>,
+    /// Only those no operator claimed.
+    pub unassigned: bool,
+    /// Only those no contact is linked to yet (the "new" people).
+    pub unlinked: bool,
 }
 
 impl ConversationQuery {
@@ -35,6 +41,34 @@ impl ConversationQuery {
     pub fn status(mut self, status: ConversationStatus) -> Self {
         self.status = Some(status);
         self
+    }
+
+    /// Only those `operator` claimed.
+    pub fn assignee(mut self, operator: impl Into<String>) -> Self {
+        self.assignee = Some(operator.into());
+        self
+    }
+
+    /// Only those no operator claimed.
+    pub fn unassigned(mut self) -> Self {
+        self.unassigned = true;
+        self
+    }
+
+    /// Only those no contact is linked to yet.
+    pub fn unlinked(mut self) -> Self {
+        self.unlinked = true;
+        self
+    }
+
+    /// Whether `c` is one of those listed (what every store's `conversations_before`
+    /// filters by).
+    pub fn matches(&self, c: &Conversation) -> bool {
+        self.account.is_none_or(|a| c.account_id == a)
+            && self.status.is_none_or(|s| c.status == s)
+            && self.assignee.as_deref().is_none_or(|a| c.assignee.as_deref() == Some(a))
+            && (!self.unassigned || c.assignee.is_none())
+            && (!self.unlinked || c.contact_id.is_none())
     }
 }
 
@@ -145,7 +179,7 @@ impl Engine {
     ) -> Result<Page<Conversation>, EngineError> {
         let size = page.size();
         let before = page.after.as_ref().map(|t| t.position());
-        let read = self.store().conversations_before(query.account, query.status, before, size + 1);
+        let read = self.store().conversations_before(query, before, size + 1);
         let rows = self.db("conversations_before", read).await?;
         Ok(Page::from_rows(rows, size, |c| Position {
             at: c.last_activity_at,

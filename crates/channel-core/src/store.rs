@@ -417,12 +417,11 @@ pub trait ConversationStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Conversation>, StoreError>;
     /// Conversations newest activity first (by `last_activity_at`, then id, both descending),
-    /// of one account or all, of one status or any, only those before `before` when given,
-    /// at most `limit` (keyset pagination).
+    /// those `query` matches ([`ConversationQuery::matches`](crate::reads::ConversationQuery::matches)),
+    /// only those before `before` when given, at most `limit` (keyset pagination).
     async fn conversations_before(
         &self,
-        account: Option<AccountId>,
-        status: Option<ConversationStatus>,
+        query: &crate::reads::ConversationQuery,
         before: Option<&Position>,
         limit: usize,
     ) -> Result<Vec<Conversation>, StoreError>;

@@ -604,12 +604,11 @@ pub(crate) async fn conversations(
 
 pub(crate) async fn conversations_before(
     ex: Ex<'_>,
-    account: Option<AccountId>,
-    status: Option<ConversationStatus>,
+    query: &channel_core::reads::ConversationQuery,
     before: Option<&Position>,
     n: usize,
 ) -> Res<Vec<Conversation>> {
-    let acc = account.map(|a| a.to_string());
+    let (status, acc) = (query.status, query.account.map(|a| a.to_string()));
     let mut q = Sql::new(format!(
         "SELECT {} FROM conversations WHERE 1 = 1",
         codec::CONVERSATION_READ_COLS
@@ -619,6 +618,15 @@ pub(crate) async fn conversations_before(
     }
     if let Some(s) = status {
         q.push(" AND status = ").bind(s.as_str());
+    }
+    if let Some(a) = &query.assignee {
+        q.push(" AND assignee = ").bind(a.as_str());
+    }
+    if query.unassigned {
+        q.push(" AND assignee IS NULL");
+    }
+    if query.unlinked {
+        q.push(" AND contact_id IS NULL");
     }
     q.keyset_page("last_activity_at", before, limit(n));
     Ok(all(ex.fetch_all(&q.text, &q.args).await?, codec::conversation)?)

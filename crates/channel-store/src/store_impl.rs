@@ -239,12 +239,11 @@ impl ConversationStore for SqlStore {
 
     async fn conversations_before(
         &self,
-        account: Option<AccountId>,
-        status: Option<ConversationStatus>,
+        query: &channel_core::reads::ConversationQuery,
         before: Option<&Position>,
         limit: usize,
     ) -> Result<Vec<Conversation>, StoreError> {
-        let read = ops::conversations_before(self.pools().reader(), account, status, before, limit);
+        let read = ops::conversations_before(self.pools().reader(), query, before, limit);
         self.run("conversations_before", read).await
     }
 

@@ -1111,19 +1111,31 @@ pub async fn keyset_listings_page_newest_first_without_repeats_or_gaps(store: Ar
 
     let other = new_account(store, "other", T0).await;
     let o = ingest(store, other.id, inbound("o-1", "t", "bob", "z", at(1)), at(30)).await;
-    let all = store.conversations_before(None, None, None, 10).await.expect("all accounts");
+    let q = crate::reads::ConversationQuery::all;
+    let all = store.conversations_before(&q(), None, 10).await.expect("all accounts");
     assert_eq!(all.len(), 2);
     assert_eq!(all[0].id, o.conversation_id, "newest activity first");
-    let mine = store.conversations_before(Some(account.id), None, None, 10).await.expect("one");
+    let mine = store.conversations_before(&q().account(account.id), None, 10).await.expect("one");
     assert_eq!(mine.iter().map(|c| c.id).collect::<Vec<_>>(), vec![conversation]);
     let p = Position { at: all[0].last_activity_at, id: all[0].id.to_string() };
-    let rest = store.conversations_before(None, None, Some(&p), 10).await.expect("after");
+    let rest = store.conversations_before(&q(), Some(&p), 10).await.expect("after");
     assert_eq!(rest.iter().map(|c| c.id).collect::<Vec<_>>(), vec![conversation]);
     let closed = store
-        .conversations_before(None, Some(ConversationStatus::Closed), None, 10)
+        .conversations_before(&q().status(ConversationStatus::Closed), None, 10)
         .await
         .expect("closed");
     assert!(closed.is_empty());
+    // By assignee, unassigned, and unlinked (no contact yet).
+    store.set_assignee(conversation, None, Some("ana"), at(40)).await.expect("claim");
+    let ids = |v: Vec<Conversation>| v.iter().map(|c| c.id).collect::<Vec<_>>();
+    let ana = store.conversations_before(&q().assignee("ana"), None, 10).await.expect("ana");
+    assert_eq!(ids(ana), vec![conversation]);
+    let nobody = store.conversations_before(&q().unassigned(), None, 10).await.expect("nobody");
+    assert_eq!(ids(nobody), vec![o.conversation_id]);
+    let bob = all[0].primary_identity;
+    store.link_identity(bob, Some(ContactId::new("crm-1")), at(41)).await.expect("link");
+    let new = store.conversations_before(&q().unlinked(), None, 10).await.expect("unlinked");
+    assert_eq!(ids(new), vec![conversation], "the linked person's conversation is not new");
 }
 
 /// Jobs list newest first by creation, filtered by state, account, kind and creation time,

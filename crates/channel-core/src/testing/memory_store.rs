@@ -1041,17 +1041,12 @@ impl ConversationStore for MemoryStore {
 
     async fn conversations_before(
         &self,
-        account: Option<AccountId>,
-        status: Option<ConversationStatus>,
+        query: &crate::reads::ConversationQuery,
         before: Option<&Position>,
         limit: usize,
     ) -> Result<Vec<Conversation>, StoreError> {
         let inner = self.lock();
-        let rows = inner
-            .conversations
-            .values()
-            .filter(|c| account.is_none_or(|a| c.account_id == a))
-            .filter(|c| status.is_none_or(|s| c.status == s));
+        let rows = inner.conversations.values().filter(|c| query.matches(c));
         Ok(page_before(rows, |c| (c.last_activity_at, c.id), before, limit))
     }
 
