@@ -355,6 +355,7 @@ export async function conversations(ctx, root, _params, query) {
     if (filter.status) q.set('status', filter.status);
     if (filter.account) q.set('account', filter.account);
     if (filter.assignee === 'me') q.set('assignee', ctx.operator());
+    if (filter.assignee === 'none') q.set('unassigned', 'true');
     if (after) q.set('after', after);
     return `/conversations?${q}`;
   }

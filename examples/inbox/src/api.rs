@@ -49,7 +49,7 @@ use channel_core::reads::{ConversationQuery, JobQuery};
 use channel_core::runtime::Runtime;
 use channel_core::{
     AccountId, ConversationId, ConversationStatus, Engine, EngineError, JobId, JobState, MessageId,
-    OutboundMessage, StoreError,
+    OutboundMessage, StoreError, Timestamp,
 };
 use channel_watchdog::Watchdog;
 use futures::Stream;
@@ -66,6 +66,7 @@ pub struct ApiState {
     token: Arc<str>,
     metrics: Option<PrometheusHandle>,
     open_metrics: bool,
+    stopping: channel_watchdog::CancellationToken,
 }
 
 impl ApiState {
@@ -78,7 +79,14 @@ impl ApiState {
             token: token.into(),
             metrics: None,
             open_metrics: true,
+            stopping: channel_watchdog::CancellationToken::new(),
         }
+    }
+
+    /// Cancelled when the server stops: the event streams end then, so that a graceful stop
+    /// does not wait for clients that never hang up (they reconnect with `Last-Event-ID`).
+    pub fn stopping(&self) -> channel_watchdog::CancellationToken {
+        self.stopping.clone()
     }
 
     /// The runtime that adds, logs in, enables, disables and removes accounts (without it
@@ -613,11 +621,16 @@ async fn history(
 struct ConversationFilter {
     status: Option<String>,
     account: Option<String>,
+    assignee: Option<String>,
+    #[serde(default)]
+    unassigned: bool,
+    #[serde(default)]
+    unlinked: bool,
     limit: Option<usize>,
     after: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/conversations", params(("status" = Option<String>, Query, description = "open, idle, closed or expired"), ("account" = Option<String>, Query, description = "an account's id"), ("limit" = Option<usize>, Query, description = "page size (50 by default, 500 at most)"), ("after" = Option<String>, Query, description = "the previous page's `next`")), responses((status = 200, description = "a page of conversations, newest activity first")))]
+#[utoipa::path(get, path = "/api/v1/conversations", params(("status" = Option<String>, Query, description = "open, idle, closed or expired"), ("account" = Option<String>, Query, description = "an account's id"), ("assignee" = Option<String>, Query, description = "only those this operator claimed"), ("unassigned" = Option<bool>, Query, description = "only those no operator claimed"), ("unlinked" = Option<bool>, Query, description = "only those whose person is linked to no contact yet (the new ones)"), ("limit" = Option<usize>, Query, description = "page size (50 by default, 500 at most)"), ("after" = Option<String>, Query, description = "the previous page's `next`")), responses((status = 200, description = "a page of conversations, newest activity first")))]
 async fn conversations(
     State(state): State<ApiState>,
     Q(filter): Q<ConversationFilter>,
@@ -628,6 +641,19 @@ async fn conversations(
     }
     if let Some(a) = &filter.account {
         query = query.account(parse::<AccountId>("account id", a)?);
+    }
+    match (filter.assignee.as_deref().map(str::trim), filter.unassigned) {
+        (Some(a), true) if !a.is_empty() => {
+            return Err(bad_request(format!(
+                "ask for `assignee={a}` or `unassigned=true`, not both"
+            )));
+        }
+        (Some(""), _) | (None, true) | (Some(_), true) => query = query.unassigned(),
+        (Some(a), false) => query = query.assignee(a),
+        (None, false) => {}
+    }
+    if filter.unlinked {
+        query = query.unlinked();
     }
     let paging = Paging { limit: filter.limit, after: filter.after };
     Ok(Json(state.engine.conversations(&query, paging.request()?).await?.into()))
@@ -771,11 +797,14 @@ async fn attachment(
 struct JobFilter {
     state: Option<String>,
     account: Option<String>,
+    kind: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
     limit: Option<usize>,
     after: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs", params(("state" = Option<String>, Query, description = "available, running, retryable, completed, discarded (the dead letter) or cancelled"), ("account" = Option<String>, Query, description = "an account's id"), ("limit" = Option<usize>, Query, description = "page size (50 by default, 500 at most)"), ("after" = Option<String>, Query, description = "the previous page's `next`")), responses((status = 200, description = "a page of jobs, newest first")))]
+#[utoipa::path(get, path = "/api/v1/jobs", params(("state" = Option<String>, Query, description = "available, running, retryable, completed, discarded (the dead letter) or cancelled"), ("account" = Option<String>, Query, description = "an account's id"), ("kind" = Option<String>, Query, description = "send (an account's sends), history_sync or lifecycle_sweep"), ("since" = Option<String>, Query, description = "created at or after this time (RFC 3339, such as 2026-12-07T10:00:00Z)"), ("until" = Option<String>, Query, description = "created before this time (RFC 3339)"), ("limit" = Option<usize>, Query, description = "page size (50 by default, 500 at most)"), ("after" = Option<String>, Query, description = "the previous page's `next`")), responses((status = 200, description = "a page of jobs, newest first")))]
 async fn jobs(
     State(state): State<ApiState>,
     Q(filter): Q<JobFilter>,
@@ -787,8 +816,24 @@ async fn jobs(
     if let Some(a) = &filter.account {
         query = query.account(parse::<AccountId>("account id", a)?);
     }
+    if let Some(k) = &filter.kind {
+        query = query.kind(parse::<channel_core::JobKind>("job kind", k)?);
+    }
+    let since = filter.since.as_deref().map(|t| time_of("since", t)).transpose()?;
+    let until = filter.until.as_deref().map(|t| time_of("until", t)).transpose()?;
+    query = query.created(since, until);
     let paging = Paging { limit: filter.limit, after: filter.after };
     Ok(Json(state.engine.jobs(&query, paging.request()?).await?.into()))
+}
+
+/// A time given in a query: RFC 3339 (`2026-12-07T10:00:00Z`).
+fn time_of(what: &str, text: &str) -> Result<Timestamp, ApiError> {
+    Timestamp::parse_rfc3339(text).ok_or_else(|| {
+        bad_request(format!(
+            "`{what}` must be a time in RFC 3339, such as 2026-12-07T10:00:00Z, not `{}`",
+            text.chars().take(40).collect::<String>()
+        ))
+    })
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/attempts", params(("id" = String, Path, description = "the job's id")), responses((status = 200, description = "every attempt, with its times and error")))]
@@ -847,6 +892,7 @@ async fn events(
         after,
         pending: first.into(),
         done: false,
+        stopping: state.stopping(),
     };
     let stream = futures::stream::unfold(feed, |mut feed| async move {
         let event = feed.next().await?;
@@ -862,13 +908,14 @@ struct SseFeed {
     after: FeedPosition,
     pending: std::collections::VecDeque<FeedEvent>,
     done: bool,
+    stopping: channel_watchdog::CancellationToken,
 }
 
 impl SseFeed {
     /// The next SSE event, waiting for the feed; an `error` event ends the stream (the
     /// client reconnects with its `Last-Event-ID`).
     async fn next(&mut self) -> Option<SseEvent> {
-        if self.done {
+        if self.done || self.stopping.is_cancelled() {
             return None;
         }
         loop {
@@ -886,6 +933,7 @@ impl SseFeed {
                     tokio::select! {
                         _ = self.wake.recv() => {}
                         _ = tokio::time::sleep(every) => {}
+                        () = self.stopping.cancelled() => return None,
                     }
                 }
                 Err(e) => {

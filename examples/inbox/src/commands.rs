@@ -135,7 +135,7 @@ async fn account(command: AccountCommand, client: &Client) -> Result<(), Error> 
                     serde_json::from_str(&t)
                         .map_err(|e| Error::msg(format!("{} is not JSON: {e}", config.display())))
                 })?;
-            let password = password()?;
+            let password = crate::prompt::ask_secret("email password", "INBOX_EMAIL_PASSWORD")?;
             let new = json!({ "kind": "email", "name": name, "config": config });
             let account =
                 client.call(Method::POST, "/accounts", Some(&new)).await.map_err(Error::msg)?;
@@ -162,6 +162,9 @@ async fn account(command: AccountCommand, client: &Client) -> Result<(), Error> 
         {
             Err(Error::msg("give the account's id (see `inbox account list`)"))
         }
+        AccountCommand::LoginTelegram { account, name, config, qr, phone } => {
+            login_telegram(client, account, &name, config.as_deref(), qr, phone).await
+        }
         AccountCommand::Enable { id } => enabled(client, &id, true).await,
         AccountCommand::Disable { id } => enabled(client, &id, false).await,
         AccountCommand::Remove { id } => {
@@ -183,25 +186,6 @@ async fn enabled(client: &Client, id: &str, on: bool) -> Result<(), Error> {
         .map_err(Error::msg)?;
     println!("account {id} {}", if on { "enabled" } else { "disabled" });
     Ok(())
-}
-
-/// The password: `INBOX_EMAIL_PASSWORD`, else one line of standard input.
-fn password() -> Result<String, Error> {
-    if let Ok(p) = std::env::var("INBOX_EMAIL_PASSWORD")
-        && !p.is_empty()
-    {
-        return Ok(p);
-    }
-    eprint!("password (not shown in the command line; end with Enter): ");
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .map_err(|e| Error::msg(format!("cannot read the password: {e}")))?;
-    let p = line.trim_end_matches(['\r', '\n']).to_owned();
-    if p.is_empty() {
-        return Err(Error::msg("no password: set INBOX_EMAIL_PASSWORD or type it"));
-    }
-    Ok(p)
 }
 
 /// A file's MIME type from its extension (the common ones; else `application/octet-stream`).
@@ -258,6 +242,140 @@ async fn sync_history(
                 )));
             }
             _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// How many times a wrong code or password may be typed again.
+const RETYPES: usize = 3;
+
+/// `inbox account login-telegram`: adds the account if needed, then walks the login's steps.
+async fn login_telegram(
+    client: &Client,
+    account: Option<String>,
+    name: &str,
+    config: Option<&std::path::Path>,
+    qr: bool,
+    phone: Option<String>,
+) -> Result<(), Error> {
+    let (id, added) = match account {
+        Some(id) => (id, false),
+        None => {
+            let config = match config {
+                Some(file) => std::fs::read_to_string(file)
+                    .map_err(|e| Error::msg(format!("cannot read {}: {e}", file.display())))
+                    .and_then(|t| {
+                        serde_json::from_str::<Value>(&t)
+                            .map_err(|e| Error::msg(format!("{} is not JSON: {e}", file.display())))
+                    })?,
+                None => json!({}),
+            };
+            let new = json!({ "kind": "telegram", "name": name, "config": config });
+            let a = client.call(Method::POST, "/accounts", Some(&new)).await.map_err(Error::msg)?;
+            (text(&a["id"]), true)
+        }
+    };
+    let result =
+        if qr { qr_login(client, &id).await } else { phone_login(client, &id, phone).await };
+    match result {
+        Ok(who) => {
+            println!(
+                "logged in{}: account {id}",
+                who.map(|w| format!(" as {w}")).unwrap_or_default()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            if added {
+                // Never logged in: not kept.
+                let _ = client.call(Method::DELETE, &format!("/accounts/{id}"), None).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// One login step: the API's answer, or its error sentence.
+async fn step(client: &Client, id: &str, flow: &str, input: Value) -> Result<Value, String> {
+    let body = json!({ "flow": flow, "input": input });
+    client.call(Method::POST, &format!("/accounts/{id}/login"), Some(&body)).await
+}
+
+/// Answers `Input` steps until `Done`: the code (visible) and the password (hidden), each
+/// asked again after a wrong one.
+async fn answer_inputs(
+    client: &Client,
+    id: &str,
+    flow: &str,
+    mut current: Value,
+) -> Result<Option<String>, Error> {
+    let mut tries = 0;
+    loop {
+        match current["step"].as_str() {
+            Some("done") => return Ok(current["who"].as_str().map(str::to_owned)),
+            Some("input") => {
+                let field = &current["fields"][0];
+                let (key, label) = (text(&field["id"]), text(&field["label"]));
+                if let Some(hint) = current["hint"].as_str() {
+                    eprintln!("({hint})");
+                }
+                let answer = if field["kind"] == "password" || field["kind"] == "token" {
+                    crate::prompt::ask_secret(&label, "INBOX_TELEGRAM_PASSWORD")?
+                } else {
+                    crate::prompt::ask(&label)?
+                };
+                match step(client, id, flow, json!({ key: answer })).await {
+                    Ok(next) => current = next,
+                    Err(e) if tries + 1 < RETYPES => {
+                        tries += 1;
+                        eprintln!("{e}");
+                    }
+                    Err(e) => return Err(Error::msg(e)),
+                }
+            }
+            other => {
+                return Err(Error::msg(format!(
+                    "the worker answered a login step this command does not know ({}); use the API",
+                    other.unwrap_or("none")
+                )));
+            }
+        }
+    }
+}
+
+async fn phone_login(
+    client: &Client,
+    id: &str,
+    phone: Option<String>,
+) -> Result<Option<String>, Error> {
+    let phone = match phone {
+        Some(p) => p,
+        None => crate::prompt::ask("phone number (international, such as +15550100)")?,
+    };
+    let first = step(client, id, "phone", json!({ "phone": phone })).await.map_err(Error::msg)?;
+    answer_inputs(client, id, "phone", first).await
+}
+
+/// Draws the QR code, redraws it when Telegram rotates it, and waits for the scan (and the
+/// password after it, with two-step verification).
+async fn qr_login(client: &Client, id: &str) -> Result<Option<String>, Error> {
+    let mut shown = String::new();
+    loop {
+        let current = step(client, id, "qr", json!({})).await.map_err(Error::msg)?;
+        match current["step"].as_str() {
+            Some("display") => {
+                let data = text(&current["data"]);
+                if data != shown {
+                    println!("{}", crate::prompt::qr(&data)?);
+                    println!(
+                        "Scan this with Telegram on your phone: Settings, Devices, Link Desktop Device. \
+                         (It changes every 30 seconds or so; it is redrawn here.)"
+                    );
+                    shown = data;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            _ => return answer_inputs(client, id, "qr", current).await,
         }
     }
 }

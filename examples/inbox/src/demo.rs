@@ -84,9 +84,8 @@ pub async fn run(options: DemoOptions) -> Result<(), Error> {
         data_dir: options.data_dir.clone(),
         database_url: None,
         listen: options.listen,
-        telegram: Some((API_ID, API_HASH.to_owned())),
-        worker_id: None,
-        metrics_behind_token: false,
+        telegram: Some(inbox::config::TelegramApp::new(API_ID, API_HASH)),
+        ..WorkerOptions::default()
     })
     .await
     .map_err(Error::msg)?;

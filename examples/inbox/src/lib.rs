@@ -3,5 +3,7 @@
 
 pub mod api;
 pub mod client;
+pub mod config;
 pub mod console;
+pub mod webhooks;
 pub mod worker;

@@ -25,6 +25,7 @@ mod commands;
 #[cfg(feature = "demo")]
 mod demo;
 mod error;
+mod prompt;
 mod setup;
 mod simulation;
 mod summary;
@@ -137,28 +138,38 @@ enum Command {
     /// A scripted simulation on the in-memory channel: duplicates, a retried send, the dead
     /// letter, the lifecycle (the default command).
     Simulate(DemoArgs),
-    /// The worker a deployment runs, with its HTTP API, until Ctrl-C or SIGTERM.
+    /// The worker a deployment runs, with its HTTP API, until Ctrl-C or SIGTERM. Settings
+    /// come from the defaults, then the TOML file, then INBOX_* environment variables, then
+    /// these flags (see `inbox.example.toml`).
     Run {
-        /// The data directory (created 0700): database, blobs, state keys, API token.
-        #[arg(long, env = "INBOX_DATA_DIR", default_value = "./inbox-data")]
-        data_dir: std::path::PathBuf,
+        /// A TOML configuration file (every setting is described in inbox.example.toml).
+        #[arg(long, env = "INBOX_CONFIG")]
+        config: Option<std::path::PathBuf>,
+        /// The data directory (created 0700): database, blobs, state keys, API token
+        /// [default: ./inbox-data].
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
         /// A postgres:// URL shared by several workers (needs the `postgres` feature).
-        #[arg(long, env = "INBOX_DATABASE_URL")]
+        #[arg(long)]
         database_url: Option<String>,
-        /// Where the HTTP API listens.
-        #[arg(long, env = "INBOX_LISTEN", default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
+        /// Where the HTTP API listens [default: 127.0.0.1:8080].
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// This worker's id [default: a fresh one per process].
+        #[arg(long)]
+        worker_id: Option<String>,
         /// The Telegram app's id (my.telegram.org); with the hash, Telegram accounts run here.
-        #[arg(long, env = "INBOX_TELEGRAM_API_ID")]
+        #[arg(long)]
         telegram_api_id: Option<i32>,
-        /// The Telegram app's hash.
-        #[arg(long, env = "INBOX_TELEGRAM_API_HASH", hide_env_values = true)]
+        /// The Telegram app's hash (better in the file or INBOX_TELEGRAM_API_HASH: the
+        /// command line is visible to other users of the machine).
+        #[arg(long)]
         telegram_api_hash: Option<String>,
         /// Logs as JSON lines (for a log collector) instead of text.
-        #[arg(long, env = "INBOX_JSON_LOGS")]
+        #[arg(long)]
         json_logs: bool,
         /// `/metrics` asks for the API token too (default: open, as Prometheus scrapes).
-        #[arg(long, env = "INBOX_METRICS_BEHIND_TOKEN")]
+        #[arg(long)]
         metrics_behind_token: bool,
     },
     /// Accounts of the running worker.
@@ -238,6 +249,28 @@ enum AccountCommand {
         /// The account's configuration: a JSON file (address, imap, smtp, ...).
         #[arg(long)]
         config: std::path::PathBuf,
+    },
+    /// Logs a Telegram account in: asks for the phone number, the code Telegram sends and
+    /// (with two-step verification) the password, which is not shown as it is typed (or
+    /// INBOX_TELEGRAM_PASSWORD); with `--qr`, draws a QR code to scan with Telegram on a
+    /// phone instead (Settings, Devices, Link Desktop Device), redrawn as it rotates.
+    LoginTelegram {
+        /// An account already added (see `inbox account list`); without it, a new one is
+        /// added first (and removed again if the login fails).
+        #[arg(long)]
+        account: Option<String>,
+        /// The new account's name.
+        #[arg(long, default_value = "Telegram")]
+        name: String,
+        /// The new account's configuration, a JSON file, if it needs one.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Log in by scanning a QR code instead of with the phone number.
+        #[arg(long, conflicts_with = "phone")]
+        qr: bool,
+        /// The phone number, in international form (asked for when missing).
+        #[arg(long)]
+        phone: Option<String>,
     },
     /// Enables an account.
     Enable {
@@ -324,32 +357,31 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
             "this build has no demo: build the program with its `demo` feature (on by default)",
         )),
         Command::Run {
+            config,
             data_dir,
             database_url,
             listen,
+            worker_id,
             telegram_api_id,
             telegram_api_hash,
             json_logs,
             metrics_behind_token,
         } => {
-            init_logs(false, json_logs);
-            let telegram = match (telegram_api_id, telegram_api_hash) {
-                (Some(id), Some(hash)) => Some((id, hash)),
-                (None, None) => None,
-                _ => {
-                    return Err(Error::msg(
-                        "give both --telegram-api-id and --telegram-api-hash, or neither",
-                    ));
-                }
-            };
-            let options = inbox::worker::WorkerOptions {
+            let flags = inbox::config::Overrides {
                 data_dir,
                 database_url,
                 listen,
-                telegram,
-                worker_id: None,
+                worker_id,
+                json_logs,
                 metrics_behind_token,
+                telegram: inbox::config::TelegramOverrides {
+                    api_id: telegram_api_id,
+                    api_hash: telegram_api_hash,
+                },
             };
+            let options = inbox::worker::WorkerOptions::load(config.as_deref(), &flags)
+                .map_err(|e| Error::msg(e.to_string()))?;
+            init_logs(false, options.json_logs);
             run_worker(options).await
         }
         other => commands::run(other).await,
@@ -374,10 +406,12 @@ async fn start_api(
     let listener = inbox::api::bind(addr).await.map_err(Error::msg)?;
     let bound = listener.local_addr().context("cannot read the bound address")?;
     println!("API on http://{bound}/api/v1 (token: {token}, kept in {})", token_file.display());
+    let stopping = state.stopping();
     let router = inbox::api::router(state);
     Ok(tokio::spawn(async move {
         let stopped = async move {
             let _ = stop.await;
+            stopping.cancel();
         };
         if let Err(e) = inbox::api::serve(listener, router, stopped).await {
             tracing::warn!(error = %e, "the HTTP API stopped");

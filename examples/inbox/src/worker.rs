@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use channel_core::Engine;
@@ -17,26 +16,11 @@ use channel_core::state::{StateKey, StateKeys};
 use channel_email::EmailProvider;
 use channel_store::SqlStore;
 use channel_telegram::TelegramProvider;
+use secrecy::ExposeSecret;
 
 use crate::api::{self, ApiState};
 
-/// How a worker is started.
-#[derive(Clone, Debug)]
-pub struct WorkerOptions {
-    /// The data directory.
-    pub data_dir: PathBuf,
-    /// A `postgres://` URL shared by several workers; `None`: SQLite in the data directory.
-    pub database_url: Option<String>,
-    /// Where the HTTP API listens.
-    pub listen: SocketAddr,
-    /// The Telegram app's id and hash (from my.telegram.org); without them Telegram
-    /// accounts are left to workers that have them.
-    pub telegram: Option<(i32, String)>,
-    /// This worker's id (default: a fresh one per process).
-    pub worker_id: Option<String>,
-    /// Whether `/metrics` asks for the token too (default: open, as Prometheus scrapes).
-    pub metrics_behind_token: bool,
-}
+pub use crate::config::WorkerOptions;
 
 /// The process's Prometheus recorder: installed by the first worker of the process.
 fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
@@ -55,6 +39,9 @@ fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
         .clone()
 }
 
+/// How long a stop waits for the HTTP requests in flight.
+const API_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A running worker: its runtime, its API's address and token.
 pub struct RunningWorker {
     /// The runtime (accounts, logins, workers).
@@ -71,7 +58,12 @@ impl RunningWorker {
     /// Stops the API, then the runtime (its accounts are released for other workers).
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
-        let _ = self.api.await;
+        // Requests in flight finish; a client that holds on past that is cut off.
+        let mut api = self.api;
+        if tokio::time::timeout(API_DRAIN, &mut api).await.is_err() {
+            tracing::warn!("HTTP requests still open after {API_DRAIN:?}: cut off");
+            api.abort();
+        }
         match Arc::try_unwrap(self.runtime) {
             Ok(runtime) => {
                 runtime.shutdown().await;
@@ -100,19 +92,34 @@ pub async fn start(options: WorkerOptions) -> Result<RunningWorker, String> {
             .await
             .map_err(|e| format!("cannot open the database in {}: {e}", dir.display()))?,
     };
-    let mut builder = Engine::builder(Arc::new(store), keys).blob_dir(dir.join("blobs"));
+    let mut builder = Engine::builder(Arc::new(store), keys)
+        .blob_dir(options.blob_dir.clone().unwrap_or_else(|| dir.join("blobs")));
     if let Some(id) = &options.worker_id {
         builder = builder.worker_id(id.clone());
     }
     let engine = builder.build().map_err(|e| format!("cannot start the engine: {e}"))?;
     let mut runtime =
         Runtime::with_providers(engine.clone()).provider(Arc::new(EmailProvider::new()));
-    if let Some((id, hash)) = &options.telegram {
+    if let Some(app) = &options.telegram {
+        let hash = app.api_hash.expose_secret().to_owned();
         runtime =
-            runtime.provider(Arc::new(TelegramProvider::new().api_credentials(*id, hash.clone())));
+            runtime.provider(Arc::new(TelegramProvider::new().api_credentials(app.api_id, hash)));
     }
     let runtime =
         Arc::new(runtime.start().await.map_err(|e| format!("cannot start the worker: {e}"))?);
+    for hook in &options.webhooks {
+        let endpoint = crate::webhooks::Endpoint::new(hook)
+            .map_err(|e| format!("webhook {}: {e}", hook.url))?;
+        // Registered now, whichever worker delivers: what happens from here on is delivered.
+        engine
+            .feed_consumer(&endpoint.consumer(), channel_core::feed::ConsumerStart::End)
+            .await
+            .map_err(|e| format!("cannot register the webhook {} on the feed: {e}", hook.url))?;
+        runtime
+            .watchdog()
+            .register(crate::webhooks::delivery_loop(Arc::downgrade(&runtime), endpoint))
+            .map_err(|e| format!("cannot start the webhook delivery to {}: {e}", hook.url))?;
+    }
     let token = api::token(&dir.join("api.token"))?;
     let listener = api::bind(options.listen).await?;
     let addr = listener.local_addr().map_err(|e| format!("cannot read the API's address: {e}"))?;
@@ -124,9 +131,11 @@ pub async fn start(options: WorkerOptions) -> Result<RunningWorker, String> {
         state = state.metrics(handle, !options.metrics_behind_token);
     }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopping = state.stopping();
     let api = tokio::spawn(async move {
         let stopped = async move {
             let _ = stopped.await;
+            stopping.cancel();
         };
         if let Err(e) = api::serve(listener, api::router(state), stopped).await {
             tracing::warn!(error = %e, "the HTTP API stopped");

@@ -38,9 +38,8 @@ async fn worker(dir: &Path, url: &str, id: &str) -> RunningWorker {
         data_dir: dir.join(id),
         database_url: Some(url.to_owned()),
         listen: "127.0.0.1:0".parse().unwrap(),
-        telegram: None,
         worker_id: Some(id.to_owned()),
-        metrics_behind_token: false,
+        ..WorkerOptions::default()
     })
     .await
     .expect("the worker starts")

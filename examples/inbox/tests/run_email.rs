@@ -28,9 +28,8 @@ async fn an_email_account_added_logged_in_and_answered_over_the_api() {
         data_dir: dir.path().join("data"),
         database_url: None,
         listen: "127.0.0.1:0".parse().unwrap(),
-        telegram: None,
         worker_id: None,
-        metrics_behind_token: false,
+        ..WorkerOptions::default()
     })
     .await
     .expect("the worker starts");
@@ -143,9 +142,8 @@ async fn the_command_line_adds_an_email_account_only_when_its_login_works() {
         data_dir: data.clone(),
         database_url: None,
         listen: "127.0.0.1:0".parse().unwrap(),
-        telegram: None,
         worker_id: None,
-        metrics_behind_token: false,
+        ..WorkerOptions::default()
     })
     .await
     .expect("the worker starts");
