@@ -81,6 +81,7 @@ pub async fn start(options: WorkerOptions) -> Result<RunningWorker, String> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| format!("cannot make {} private (0700): {e}", dir.display()))?;
     let keys = state_keys(&dir.join("state.keys"))?;
+    check_state_keys(&dir.join("state.check"), &keys)?;
     let store = match &options.database_url {
         Some(url) if url.starts_with("postgres") => open_postgres(url).await?,
         Some(other) => {
@@ -171,4 +172,41 @@ fn state_keys(file: &std::path::Path) -> Result<StateKeys, String> {
     keys.create_file(file)
         .map_err(|e| format!("cannot write new state keys to {}: {e}", file.display()))?;
     Ok(keys)
+}
+
+/// The slot name of the keys check.
+const CHECK_SLOT: &str = "inbox/state-keys-check";
+
+/// Refuses keys that cannot open what this data directory sealed: `state.check` holds a value
+/// sealed under the keys of the first start, so that a wrong `CHANNEL_STATE_KEYS` (or a
+/// replaced `state.keys`) stops the worker at once with the id of the key it needs, instead of
+/// every account failing later on state it cannot read.
+fn check_state_keys(file: &std::path::Path, keys: &StateKeys) -> Result<(), String> {
+    use channel_core::state::StateCipher;
+    let cipher = StateCipher::from_keys(keys);
+    let nobody = channel_core::AccountId::from(uuid::Uuid::nil());
+    match std::fs::read(file) {
+        Ok(sealed) => cipher.open(nobody, CHECK_SLOT, &sealed).map(|_| ()).map_err(|e| {
+            let needed = StateCipher::key_id_of(&sealed)
+                .map_or_else(|| "unknown".to_owned(), |id| id.to_string());
+            format!(
+                "the account-state keys given (CHANNEL_STATE_KEYS or state.keys) cannot open this data directory's state: it is sealed under key {needed} ({e}); give the keys it was written with",
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let sealed = cipher
+                .seal(nobody, CHECK_SLOT, b"inbox")
+                .map_err(|e| format!("cannot seal the keys check: {e}"))?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(file)
+                .and_then(|mut f| f.write_all(&sealed))
+                .map_err(|e| format!("cannot write {}: {e}", file.display()))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", file.display())),
+    }
 }
