@@ -37,7 +37,7 @@ fn inbox(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
 
 /// One clear sentence: starts with `inbox: `, mentions `what`, and no panic or backtrace.
 fn assert_one_sentence(stderr: &str, what: &str) {
-    let last = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("");
+    let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
     assert!(last.starts_with("inbox: ") && last.contains(what), "{stderr}");
     assert!(!stderr.contains("panicked") && !stderr.contains("stack backtrace"), "{stderr}");
 }
