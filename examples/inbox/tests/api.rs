@@ -2,6 +2,8 @@
 //! the in-memory store and channel: the token, reads with keyset pages, a send, the audit of
 //! a send, workers, health, metrics, and server-sent events resuming from `Last-Event-ID`.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -383,28 +385,15 @@ async fn read_events(s: &Served, last: Option<&str>, n: usize) -> Vec<(String, S
     }
     let mut response = request.send().await.expect("events");
     assert_eq!(response.status().as_u16(), 200);
-    let mut text = String::new();
     let mut out = Vec::new();
-    let read = async {
-        while out.len() < n {
-            let chunk = response.chunk().await.expect("chunk").expect("the stream stays open");
-            text.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = text.find("\n\n") {
-                let block: String = text.drain(..end + 2).collect();
-                let field = |name: &str| {
-                    block.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned())
-                };
-                // The account's connection states come and go with the runtime: left out.
-                if let (Some(event), Some(id)) = (field("event:"), field("id:"))
-                    && event != "account_state_changed"
-                {
-                    out.push((event, id));
-                }
-            }
+    support::read_sse(&mut response, Duration::from_secs(20), |event, id, _| {
+        // The account's connection states come and go with the runtime: left out.
+        if event != "account_state_changed" {
+            out.push((event.to_owned(), id.to_owned()));
         }
-    };
-    tokio::time::timeout(Duration::from_secs(20), read).await.expect("events in time");
-    out.truncate(n);
+        out.len() >= n
+    })
+    .await;
     out
 }
 

@@ -3,35 +3,16 @@
 //! worker, and every account answers a mail, whichever worker runs it.
 #![cfg(feature = "postgres")]
 
+mod support;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use channel_email::testing::{imap_append, mails_containing, raw_mail, stack};
 use inbox::worker::{RunningWorker, WorkerOptions, start};
 use serde_json::{Value, json};
-use sqlx::{Connection, Executor};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// A fresh database on the server of `TEST_DATABASE_URL` (`scripts/test` exports it).
-async fn fresh_database() -> String {
-    let server = std::env::var("TEST_DATABASE_URL").expect(
-        "TEST_DATABASE_URL: run the tests with scripts/test, which starts PostgreSQL and sets it",
-    );
-    let mut admin = sqlx::PgConnection::connect(&server).await.expect("connect");
-    let name = format!("inbox_{}", uuid::Uuid::new_v4().simple());
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .await
-        .expect("create");
-    let (base, query) = match server.split_once('?') {
-        Some((b, q)) => (b.to_owned(), format!("?{q}")),
-        None => (server.clone(), String::new()),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let path = base[scheme_end..].find('/').map(|i| scheme_end + i).unwrap_or(base.len());
-    format!("{}/{name}{query}", &base[..path])
-}
 
 async fn worker(dir: &Path, url: &str, id: &str) -> RunningWorker {
     start(WorkerOptions {
@@ -63,7 +44,7 @@ async fn call(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_on_postgres_share_the_accounts_and_answer_every_mail() {
     let st = stack();
-    let url = fresh_database().await;
+    let url = support::fresh_database().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (a, b) = (worker(dir.path(), &url, "w-a").await, worker(dir.path(), &url, "w-b").await);
     let customer = st.user("pg-customer");

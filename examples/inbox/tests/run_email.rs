@@ -3,21 +3,16 @@
 //! API, a mail that arrives is listed and streamed as an event, and a reply sent through the
 //! API reaches the sender's mailbox.
 
-use std::time::{Duration, Instant};
+mod support;
+
+use std::time::Duration;
 
 use channel_email::testing::{imap_append, mails_containing, raw_mail, stack};
 use inbox::worker::{WorkerOptions, start};
 use serde_json::{Value, json};
+use support::until;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_email_account_added_logged_in_and_answered_over_the_api() {
@@ -62,7 +57,7 @@ async fn an_email_account_added_logged_in_and_answered_over_the_api() {
     let (status, step) =
         call(reqwest::Method::POST, &format!("/accounts/{id}/login"), Some(right)).await;
     assert_eq!(status, 200, "{step}");
-    until("the account is connected", async || {
+    until("the account is connected", WAIT, async || {
         let (_, account) = call(reqwest::Method::GET, &format!("/accounts/{id}"), None).await;
         account["connection"]["state"] == "connected"
     })
@@ -72,7 +67,7 @@ async fn an_email_account_added_logged_in_and_answered_over_the_api() {
     let mail = raw_mail(&alice.address, &bob.address, "<api-q1@example.org>", "Help", "Hello?");
     imap_append(st.imap_port, &bob, "INBOX", &mail).await;
     let mut conversation = String::new();
-    until("the mail is listed", async || {
+    until("the mail is listed", WAIT, async || {
         let (_, page) = call(reqwest::Method::GET, "/conversations", None).await;
         match page["items"].as_array().and_then(|a| a.first()) {
             Some(c) => {
@@ -94,7 +89,7 @@ async fn an_email_account_added_logged_in_and_answered_over_the_api() {
     assert_eq!(status, 202, "{sent}");
     let (_, again) = call(reqwest::Method::POST, &path, Some(reply)).await;
     assert_eq!(again["message_id"], sent["message_id"], "the same key, the same message");
-    until("Alice has the reply", async || {
+    until("Alice has the reply", WAIT, async || {
         mails_containing(&st.maildir(&alice), "We are on it.") == 1
     })
     .await;
@@ -194,7 +189,7 @@ async fn the_command_line_adds_an_email_account_only_when_its_login_works() {
     .unwrap();
     assert!(ok, "{err}");
     assert!(out.contains("added and logged in"), "{out}");
-    until("the account is connected", async || {
+    until("the account is connected", WAIT, async || {
         let (_, listed, _) = inbox(&["account", "list", "--data-dir", &data_arg], &[]);
         listed.contains("carol") && listed.contains("connected")
     })
@@ -207,7 +202,7 @@ async fn the_command_line_adds_an_email_account_only_when_its_login_works() {
     let mail = raw_mail(&dave.address, &carol.address, "<cli-q1@example.org>", "Files", "Send it?");
     imap_append(st.imap_port, &carol, "INBOX", &mail).await;
     let mut conversation = String::new();
-    until("the conversation is listed", async || {
+    until("the conversation is listed", WAIT, async || {
         let (_, listed, _) = inbox(&["conversations", "--data-dir", &data_arg], &[]);
         match listed.lines().nth(1) {
             Some(line) => {
@@ -226,7 +221,7 @@ async fn the_command_line_adds_an_email_account_only_when_its_login_works() {
         &[],
     );
     assert!(ok && out.contains("queued message"), "{out}{err}");
-    until("Dave has the answer with its file", async || {
+    until("Dave has the answer with its file", WAIT, async || {
         mails_containing(&st.maildir(&dave), "terms.txt") == 1
     })
     .await;

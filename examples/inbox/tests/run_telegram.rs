@@ -67,43 +67,18 @@ async fn receiver(fail: usize) -> (String, Arc<Mutex<Vec<Delivery>>>) {
 }
 
 async fn scenario(database_url: Option<String>) {
-    let server = LoopbackServer::start().await.expect("loopback server");
-    server.require_login();
-    server.add_phone_login(PHONE, CODE, None);
-    server.set_api_credentials(API_ID, API_HASH);
-    server.add_user(3001, "Grace", Some("grace"));
     let (hook_url, deliveries) = receiver(2).await;
     let hook = WebhookConfig {
         url: hook_url,
         secret: SECRET.to_owned().into(),
         events: vec!["message_received".into(), "message_sent".into()],
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let worker = start(WorkerOptions {
-        data_dir: dir.path().join("data"),
-        database_url,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        telegram: Some(TelegramApp::new(API_ID, API_HASH)),
-        webhooks: vec![hook.clone()],
-        ..WorkerOptions::default()
-    })
-    .await
-    .expect("the worker starts");
+    let options = WorkerOptions { database_url, webhooks: vec![hook.clone()], ..options() };
+    let (server, worker, _dir, id) = worker_with_an_account(None, options).await;
+    server.add_user(3001, "Grace", Some("grace"));
     let api = Api::new(worker.addr, &worker.token);
 
-    // Added and logged in over HTTP (the loopback server hands over its auth key first: it
-    // cannot run Telegram's key exchange).
-    let (dc, address) = server.data_centre();
-    let config = json!({ "data_centres": { dc.to_string(): address.to_string() } });
-    let body = json!({ "kind": "telegram", "name": "support", "config": config });
-    let (status, account) = api.call(Method::POST, "/accounts", Some(body)).await;
-    assert_eq!(status, 201, "{account}");
-    let id = account["id"].as_str().unwrap().to_owned();
-    let account_id = id.parse().unwrap();
-    server
-        .provision_auth_key(&worker.runtime.engine().account_state(account_id))
-        .await
-        .expect("auth key");
+    // Logged in over HTTP.
     let login = format!("/accounts/{id}/login");
     let phone = json!({ "flow": "phone", "input": { "phone": PHONE } });
     let (status, step) = api.call(Method::POST, &login, Some(phone)).await;
@@ -237,28 +212,35 @@ async fn a_telegram_account_over_the_api_on_postgres_with_a_webhook() {
     scenario(Some(support::fresh_database().await)).await;
 }
 
-/// A worker with Telegram, a loopback server with a 2FA login, and one account added (and
-/// given the server's key) through the API: (server, worker, data dir, account id).
+/// A worker's settings for these tests: Telegram, an API on a free port (the data directory
+/// is given by `worker_with_an_account`).
+fn options() -> WorkerOptions {
+    WorkerOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        telegram: Some(TelegramApp::new(API_ID, API_HASH)),
+        ..WorkerOptions::default()
+    }
+}
+
+/// A loopback server with a phone login (2FA when `password` is given), a worker started with
+/// `options`, and one Telegram account added over HTTP and given the server's key (the
+/// loopback server cannot run Telegram's key exchange): (server, worker, data dir, account
+/// id).
 async fn worker_with_an_account(
     password: Option<&str>,
+    options: WorkerOptions,
 ) -> (LoopbackServer, inbox::worker::RunningWorker, tempfile::TempDir, String) {
     let server = LoopbackServer::start().await.expect("loopback server");
     server.require_login();
     server.add_phone_login(PHONE, CODE, password);
     server.set_api_credentials(API_ID, API_HASH);
     let dir = tempfile::tempdir().expect("tempdir");
-    let worker = start(WorkerOptions {
-        data_dir: dir.path().join("data"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        telegram: Some(TelegramApp::new(API_ID, API_HASH)),
-        ..WorkerOptions::default()
-    })
-    .await
-    .expect("the worker starts");
+    let options = WorkerOptions { data_dir: dir.path().join("data"), ..options };
+    let worker = start(options).await.expect("the worker starts");
     let api = Api::new(worker.addr, &worker.token);
     let (dc, address) = server.data_centre();
     let config = json!({ "data_centres": { dc.to_string(): address.to_string() } });
-    let body = json!({ "kind": "telegram", "name": "cli", "config": config });
+    let body = json!({ "kind": "telegram", "name": "support", "config": config });
     let (status, account) = api.call(Method::POST, "/accounts", Some(body)).await;
     assert_eq!(status, 201, "{account}");
     let id = account["id"].as_str().unwrap().to_owned();
@@ -285,7 +267,7 @@ fn inbox_child(args: &[&str]) -> tokio::process::Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_logs_in_with_phone_code_and_password_asking_again_after_a_wrong_code() {
     use tokio::io::AsyncWriteExt;
-    let (_server, worker, dir, id) = worker_with_an_account(Some("correct horse")).await;
+    let (_server, worker, dir, id) = worker_with_an_account(Some("correct horse"), options()).await;
     let data = dir.path().join("data");
     let mut child = inbox_child(&[
         "account",
@@ -319,7 +301,7 @@ async fn the_command_line_logs_in_with_phone_code_and_password_asking_again_afte
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_draws_the_qr_code_and_logs_in_when_it_is_scanned() {
     use tokio::io::AsyncBufReadExt;
-    let (server, worker, dir, id) = worker_with_an_account(None).await;
+    let (server, worker, dir, id) = worker_with_an_account(None, options()).await;
     let data = dir.path().join("data");
     let mut child = inbox_child(&[
         "account",
