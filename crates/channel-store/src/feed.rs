@@ -117,25 +117,28 @@ async fn pruned(ex: Ex<'_>) -> Res<FeedPosition> {
 }
 
 /// Where a consumer registered now at `start` begins.
-async fn start_position(tx: &mut Tx, start: ConsumerStart) -> Res<FeedPosition> {
-    let floor = pruned(tx.ex()).await?;
+async fn start_position(ex: Ex<'_>, start: ConsumerStart) -> Res<FeedPosition> {
     match start {
-        ConsumerStart::End => {
-            let sql = if tx.is_pg() {
-                format!(
-                    "SELECT tx, seq FROM channel_events WHERE {PG_VISIBLE} \
-                     ORDER BY tx DESC, seq DESC LIMIT 1"
-                )
-            } else {
-                "SELECT tx, seq FROM channel_events ORDER BY seq DESC LIMIT 1".to_owned()
-            };
-            match tx.fetch_optional(&sql, &[]).await? {
-                Some(row) => Ok(position(&row)?.max(floor)),
-                None => Ok(floor),
-            }
-        }
-        _ => Ok(floor),
+        ConsumerStart::End => end(ex).await,
+        _ => pruned(ex).await,
     }
+}
+
+/// The position of the last event a read can hand out now (the pruned floor when there is
+/// none), in one query.
+async fn end(ex: Ex<'_>) -> Res<FeedPosition> {
+    let visible = if ex.is_pg() { PG_VISIBLE } else { "1 = 1" };
+    let sql = format!(
+        "SELECT tx, seq FROM (SELECT tx, seq FROM channel_events WHERE {visible} \
+         ORDER BY tx DESC, seq DESC LIMIT 1) AS last \
+         UNION ALL SELECT tx, seq FROM feed_pruned WHERE id = 1"
+    );
+    let rows = ex.fetch_all(&sql, &[]).await?;
+    let mut at = FeedPosition::START;
+    for row in &rows {
+        at = at.max(position(row)?);
+    }
+    Ok(at)
 }
 
 async fn upsert_consumer(
@@ -146,7 +149,7 @@ async fn upsert_consumer(
     reset: bool,
 ) -> Res<FeedConsumerInfo> {
     check_name(name)?;
-    let at = start_position(tx, start).await?;
+    let at = start_position(tx.ex(), start).await?;
     let on_conflict = if reset {
         "tx = excluded.tx, seq = excluded.seq, registered_at = excluded.registered_at, \
          seen_at = excluded.seen_at, expired = excluded.expired"
@@ -319,6 +322,10 @@ impl FeedStore for SqlStore {
     ) -> Result<FeedConsumerInfo, StoreError> {
         self.run("feed_ack", async { write_tx!(self, |tx| ack(tx, name, position, now).await?) })
             .await
+    }
+
+    async fn feed_end(&self) -> Result<FeedPosition, StoreError> {
+        self.run("feed_end", end(self.pools().reader())).await
     }
 
     async fn feed_consumers(&self) -> Result<Vec<FeedConsumerInfo>, StoreError> {

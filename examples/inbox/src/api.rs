@@ -872,17 +872,20 @@ struct EventsFrom {
     after: Option<String>,
 }
 
-/// Server-sent events from the durable feed, after `Last-Event-ID` (or `?after=`).
-#[utoipa::path(get, path = "/api/v1/events", params(("Last-Event-ID" = Option<String>, Header, description = "resume after this event"), ("after" = Option<String>, Query, description = "the same, as a query")), responses((status = 200, description = "server-sent events from the durable feed", content_type = "text/event-stream"), (status = 410, description = "the feed no longer holds what comes after that position")))]
+/// Server-sent events from the durable feed, after `Last-Event-ID` (or `?after=`); without
+/// either, from now on.
+#[utoipa::path(get, path = "/api/v1/events", params(("Last-Event-ID" = Option<String>, Header, description = "resume after this event; without it (and without `after`) the stream starts with what happens from now on"), ("after" = Option<String>, Query, description = "the same, as a query; `0-0` reads the whole retained feed first")), responses((status = 200, description = "server-sent events from the durable feed", content_type = "text/event-stream"), (status = 410, description = "the feed no longer holds what comes after that position")))]
 async fn events(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Q(from): Q<EventsFrom>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    // Without a position to resume from, the stream is live: what happens from now on
+    // (`after=0-0` reads the whole retained feed first).
     let after = match last.or(from.after) {
         Some(p) => parse::<FeedPosition>("feed position", &p)?,
-        None => FeedPosition::START,
+        None => state.engine.feed_end().await?,
     };
     // Fails at once (410) when the feed no longer holds what comes after the position.
     let first = state.engine.feed_read(after, 100).await?;

@@ -349,21 +349,30 @@ async fn the_api_answers_over_http_behind_its_token() {
 async fn events_stream_from_the_feed_and_resume_from_last_event_id() {
     let s = Served::start().await;
     s.engine.deliver(s.account, hello("m0", "chat0", 0)).await.unwrap();
-    let first = read_events(&s, None, 2).await;
+    let first = read_events(&s, Some("0-0"), 2).await;
     assert_eq!(first[0].0, "conversation_opened");
     assert_eq!(first[1].0, "message_received");
 
-    // Resuming after the first event gives the second, then a new one as it happens.
-    let engine = s.engine.clone();
-    let account = s.account;
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        engine.deliver(account, hello("m1", "chat1", 1)).await.unwrap();
-    });
-    let resumed = read_events(&s, Some(&first[0].1), 3).await;
+    // Without a position the stream is live: only what happens after it opened.
+    let mut live =
+        s.http.get(format!("{}/api/v1/events", s.base)).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(live.status().as_u16(), 200);
+    s.engine.deliver(s.account, hello("m-live", "chat0", 5)).await.unwrap();
+    let mut seen = Vec::new();
+    support::read_sse(&mut live, Duration::from_secs(20), |event, id, _| {
+        seen.push((event.to_owned(), id.to_owned()));
+        event == "message_received"
+    })
+    .await;
+    assert!(seen.iter().all(|(_, id)| id != &first[0].1 && id != &first[1].1), "{seen:?}");
+    drop(live);
+
+    // Resuming after the first event gives everything after it, in order.
+    s.engine.deliver(s.account, hello("m1", "chat1", 1)).await.unwrap();
+    let resumed = read_events(&s, Some(&first[0].1), 4).await;
     assert_eq!(resumed[0], first[1], "resumed after Last-Event-ID");
-    assert_eq!(resumed[1].0, "conversation_opened");
-    assert_eq!(resumed[2].0, "message_received");
+    let names: Vec<&str> = resumed[1..].iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(names, ["message_received", "conversation_opened", "message_received"]);
 
     let bad = s
         .http

@@ -186,6 +186,13 @@ impl Engine {
         Ok(self.db("feed_read", self.store().feed_read(after, limit)).await?)
     }
 
+    /// The position of the last event written so far that a read can hand out: reading
+    /// after it gives what happens from now on (a live view, such as an event stream opened
+    /// without a position to resume from).
+    pub async fn feed_end(&self) -> Result<FeedPosition, EngineError> {
+        Ok(self.db("feed_end", self.store().feed_end()).await?)
+    }
+
     /// The registered feed consumers, with their cursors (for feed-lag metrics and people).
     pub async fn feed_consumers(&self) -> Result<Vec<FeedConsumerInfo>, EngineError> {
         Ok(self.db("feed_consumers", self.store().feed_consumers()).await?)

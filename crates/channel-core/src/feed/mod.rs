@@ -144,6 +144,10 @@ pub trait FeedStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<FeedEvent>, StoreError>;
 
+    /// The position of the last event a read can hand out now: reading after it gives only
+    /// what is written from now on ([`ConsumerStart::End`] starts there).
+    async fn feed_end(&self) -> Result<FeedPosition, StoreError>;
+
     /// The consumer `name`, registered at `start` if it is new; marks it seen. An expired
     /// consumer is returned as it is (`expired`), not registered again.
     async fn feed_consumer(

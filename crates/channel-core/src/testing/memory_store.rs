@@ -1889,6 +1889,11 @@ impl FeedStore for MemoryStore {
         Ok(c.clone())
     }
 
+    async fn feed_end(&self) -> Result<FeedPosition, StoreError> {
+        let inner = self.lock();
+        Ok(inner.feed.last().map_or(inner.feed_pruned, |e| e.position.max(inner.feed_pruned)))
+    }
+
     async fn feed_consumers(&self) -> Result<Vec<FeedConsumerInfo>, StoreError> {
         Ok(self.lock().consumers.values().cloned().collect())
     }

@@ -179,8 +179,9 @@ pub async fn a_change_that_fails_or_changes_nothing_writes_no_event(store: Arc<d
 }
 
 /// A consumer registers once, reads after what it acknowledged, and its acknowledgements
-/// only move forward; a new consumer starts at the beginning or at the end as asked; an
-/// unknown consumer cannot acknowledge.
+/// only move forward; a new consumer starts at the beginning or at the end as asked (the
+/// end is `feed_end`, after which only new events come); an unknown consumer cannot
+/// acknowledge.
 pub async fn feed_consumers_resume_after_their_acknowledgement(store: Arc<dyn Store>) {
     let store = &*store;
     let account = new_account(store, "acc", T0).await;
@@ -208,6 +209,14 @@ pub async fn feed_consumers_resume_after_their_acknowledgement(store: Arc<dyn St
     let late = store.feed_consumer("audit", ConsumerStart::End, at(14)).await.expect("end");
     assert!(late.position >= events[3].position, "at the end: only what comes next");
     assert!(settled(store, account.id, late.position, 10).await.is_empty());
+    // The feed's end: where a live reader starts; what comes after it is what is new.
+    let end = store.feed_end().await.expect("end");
+    assert!(end >= late.position, "{end:?} {late:?}");
+    assert!(settled(store, account.id, end, 10).await.is_empty());
+    ingest(store, account.id, inbound("p-new", "t", "alice", "more", at(20)), at(20)).await;
+    let new = settled(store, account.id, end, 10).await;
+    assert_eq!(new.len(), 1, "only the new message's event: {new:#?}");
+    assert!(store.feed_end().await.expect("end") >= new[0].position);
     let names: Vec<String> =
         store.feed_consumers().await.expect("list").into_iter().map(|c| c.name).collect();
     assert_eq!(names, ["audit", "replies"]);
