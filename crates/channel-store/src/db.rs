@@ -556,6 +556,8 @@ pub(crate) enum DbFailure {
     Serialization,
     /// Busy, locked, connection lost, server shutting down, too many connections.
     Unavailable,
+    /// The database or its disk is full (SQLite `FULL`, PostgreSQL `53100 disk_full`).
+    Full,
     /// A statement timeout or cancellation on the server.
     Cancelled,
     /// Invalid text (PostgreSQL rejects NUL), a value too long.
@@ -593,9 +595,10 @@ pub(crate) fn classify(e: &sqlx::Error) -> DbFailure {
             if let Ok(n) = code.parse::<i64>() {
                 // SQLite (extended) result codes.
                 return match n & 0xff {
-                    5 | 6 => DbFailure::Unavailable,        // BUSY, LOCKED
-                    10 | 14 | 13 => DbFailure::Unavailable, // IOERR, CANTOPEN, FULL
-                    18 | 25 => DbFailure::BadValue,         // TOOBIG, RANGE
+                    5 | 6 => DbFailure::Unavailable,   // BUSY, LOCKED
+                    10 | 14 => DbFailure::Unavailable, // IOERR, CANTOPEN
+                    13 => DbFailure::Full,
+                    18 | 25 => DbFailure::BadValue, // TOOBIG, RANGE
                     19 => DbFailure::Constraint,
                     _ => DbFailure::Other,
                 };
@@ -604,6 +607,7 @@ pub(crate) fn classify(e: &sqlx::Error) -> DbFailure {
                 "40001" | "40P01" => DbFailure::Serialization,
                 "57014" => DbFailure::Cancelled,
                 "22021" | "22001" | "22P05" | "54000" => DbFailure::BadValue,
+                "53100" => DbFailure::Full, // disk_full
                 c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") => {
                     DbFailure::Unavailable
                 }
@@ -640,6 +644,10 @@ pub(crate) fn to_store_error(e: sqlx::Error, operation: &'static str) -> StoreEr
         DbFailure::Unavailable | DbFailure::Cancelled => {
             StoreError::Unavailable(format!("`{operation}`: {e}"))
         }
+        DbFailure::Full => StoreError::Unavailable(format!(
+            "`{operation}`: the database is full ({}): free disk space (or raise the database's size limit); nothing of this operation was written and it can be tried again",
+            db_message(&e)
+        )),
         DbFailure::Decode => StoreError::Corrupt(format!("`{operation}`: {e}")),
         DbFailure::Other => StoreError::Backend(Box::new(e)),
     }

@@ -240,6 +240,21 @@ impl SqlStore {
         self.inner.sqlite_path.as_deref()
     }
 
+    /// Tests only: sets `PRAGMA max_page_count` on the SQLite writer (a full disk and the
+    /// space that comes back, without filling a disk). Nothing on PostgreSQL.
+    #[doc(hidden)]
+    pub async fn sqlite_set_max_pages(&self, pages: u32) -> Result<(), StoreError> {
+        if self.pools().is_pg() {
+            return Ok(());
+        }
+        let sql = format!("PRAGMA max_page_count = {pages}");
+        self.run("max_page_count", async {
+            self.pools().autocommit_writer().fetch_all(&sql, &[]).await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Whether ingest writes its events (always, but in benchmarks).
     pub(crate) fn ingest_events(&self) -> bool {
         self.inner.options.ingest_events

@@ -43,6 +43,7 @@ pub struct SqlStoreOptions {
     pub(crate) notification_capacity: usize,
     pub(crate) synchronous_commit: bool,
     pub(crate) ingest_events: bool,
+    pub(crate) sqlite_max_pages: Option<u32>,
 }
 
 impl Default for SqlStoreOptions {
@@ -58,11 +59,20 @@ impl Default for SqlStoreOptions {
             notification_capacity: 1024,
             synchronous_commit: true,
             ingest_events: true,
+            sqlite_max_pages: None,
         }
     }
 }
 
 impl SqlStoreOptions {
+    /// Tests only: caps an SQLite database at `pages` pages (`PRAGMA max_page_count` on every
+    /// connection), to see what a full disk does without filling one.
+    #[doc(hidden)]
+    pub fn sqlite_max_pages(mut self, pages: u32) -> Self {
+        self.sqlite_max_pages = Some(pages);
+        self
+    }
+
     /// Benchmarks only: `false` leaves ingest's events out of the event feed, to measure what
     /// writing them costs. A store opened so breaks the feed's promise; never use it otherwise.
     #[doc(hidden)]
@@ -194,6 +204,10 @@ impl SqlStoreOptions {
             // checkpoint syncs the database file, and hot index pages rewritten by many
             // commits are copied back once. Ingest runs about 30 % faster (benches/README.md).
             .pragma("wal_autocheckpoint", "8000");
+        let connect = match self.sqlite_max_pages {
+            Some(pages) => connect.pragma("max_page_count", pages.to_string()),
+            None => connect,
+        };
         let timeout = self.operation_timeout;
         let sqlite_path = Some(connect.get_filename().to_path_buf());
         let locks = crate::workers::LockPlace::beside(connect.get_filename());

@@ -271,3 +271,55 @@ async fn a_big_batch_is_stored_in_one_go() {
     let too_many = vec![request(a, inbound("p", "t", "a", "x")); limits::MAX_BATCH + 1];
     assert!(store.ingest_batch(&too_many).await.as_ref().is_err_and(is_invalid));
 }
+
+/// A full database (here capped with `PRAGMA max_page_count`, as a small full disk would be)
+/// refuses the write with a clear, transient error and writes nothing of it; the file stays
+/// intact; when space comes back the same write succeeds and work goes on, nothing lost.
+#[tokio::test]
+async fn a_full_database_refuses_writes_clearly_and_resumes_when_space_comes_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("full.db");
+    let store = SqlStore::open_sqlite(path.to_str().expect("path")).await.expect("open");
+    let a = account(&store).await;
+    // Room for a few more pages only.
+    let mut c = SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    let (now,): (i64,) = sqlx::query_as("PRAGMA page_count").fetch_one(&mut c).await.unwrap();
+    store.sqlite_set_max_pages(u32::try_from(now + 8).unwrap()).await.expect("cap");
+    let body = "x".repeat(3000);
+    let mut stored = 0;
+    let refused = loop {
+        let m = inbound(&format!("full-{stored}"), &format!("t{stored}"), "alice", &body);
+        match store.ingest(request(a, m)).await {
+            Ok(_) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 1000, "the cap never filled");
+    };
+    let text = refused.to_string();
+    assert!(refused.is_transient(), "a full disk is worth trying again: {text}");
+    assert!(text.contains("full") && text.contains("free disk space"), "{text}");
+    assert!(text.contains("nothing of this operation was written"), "{text}");
+    assert!(stored > 0, "some messages fit before the cap");
+
+    // Nothing of the refused write is there, and the file is intact.
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM messages").fetch_one(&mut c).await.unwrap();
+    assert_eq!(n, stored);
+    let (check,): (String,) =
+        sqlx::query_as("PRAGMA integrity_check").fetch_one(&mut c).await.unwrap();
+    assert_eq!(check, "ok");
+
+    // Space comes back: the refused message and the ones after it are stored, once each.
+    store.sqlite_set_max_pages(1_073_741_823).await.expect("uncap");
+    for k in stored..stored + 5 {
+        let m = inbound(&format!("full-{k}"), &format!("t{k}"), "alice", &body);
+        let out = store.ingest(request(a, m)).await.expect("stored once there is room");
+        assert_eq!(out.disposition, IngestDisposition::Stored);
+    }
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM messages").fetch_one(&mut c).await.unwrap();
+    assert_eq!(n, stored + 5);
+    let (check,): (String,) =
+        sqlx::query_as("PRAGMA integrity_check").fetch_one(&mut c).await.unwrap();
+    assert_eq!(check, "ok");
+}
