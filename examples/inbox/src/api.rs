@@ -319,20 +319,36 @@ async fn openapi() -> Response {
     Json(<ApiDoc as utoipa::OpenApi>::openapi()).into_response()
 }
 
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "every loop is healthy"), (status = 503, description = "names the failed loops")))]
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "every loop is healthy and the database answers"), (status = 503, description = "names the failed loops, and the database's error while it does not answer")))]
 async fn healthz(State(state): State<ApiState>) -> Response {
-    let Some(watchdog) = &state.watchdog else {
-        return Json(json!({ "status": "ok" })).into_response();
+    let failed: Vec<String> = match &state.watchdog {
+        Some(w) => w.status().into_iter().filter(|l| !l.healthy).map(|l| l.name).collect(),
+        None => Vec::new(),
     };
-    let failed: Vec<String> =
-        watchdog.status().into_iter().filter(|l| !l.healthy).map(|l| l.name).collect();
-    if failed.is_empty() {
-        Json(json!({ "status": "ok" })).into_response()
-    } else {
-        let body = json!({ "status": "failed", "failed_loops": failed });
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    // The database is part of health: while it does not answer, nothing can be stored or
+    // sent, whatever the loops say.
+    let store = match tokio::time::timeout(
+        HEALTH_STORE_TIMEOUT,
+        state.engine.accounts(PageRequest::first(1)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("the database did not answer within {HEALTH_STORE_TIMEOUT:?}")),
+    };
+    if failed.is_empty() && store.is_none() {
+        return Json(json!({ "status": "ok" })).into_response();
     }
+    let mut body = json!({ "status": "failed", "failed_loops": failed });
+    if let Some(e) = store {
+        body["store"] = json!(e);
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
+
+/// How long `/healthz` waits for the database.
+const HEALTH_STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "the store answers"), (status = 503, description = "the store does not answer")))]
 async fn readyz(State(state): State<ApiState>) -> Response {

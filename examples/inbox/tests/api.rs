@@ -23,6 +23,7 @@ struct Served {
     base: String,
     http: reqwest::Client,
     engine: Engine,
+    store: Arc<MemoryStore>,
     runtime: Runtime,
     account: channel_core::AccountId,
     channel: Arc<MemoryChannel>,
@@ -47,7 +48,7 @@ impl Served {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
         tokio::spawn(serve(listener, router(state), std::future::pending()));
-        Self { base, http: reqwest::Client::new(), engine, runtime, account, channel }
+        Self { base, http: reqwest::Client::new(), engine, store, runtime, account, channel }
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
@@ -84,6 +85,17 @@ async fn the_api_answers_over_http_behind_its_token() {
     assert_eq!(health.status().as_u16(), 200);
     let ready = s.http.get(format!("{}/readyz", s.base)).send().await.unwrap();
     assert_eq!(ready.status().as_u16(), 200);
+    // While the database does not answer, health says so.
+    let down = || channel_core::StoreError::Unavailable("connection refused".into());
+    s.store.fail_next("accounts_before", [down(), down()]);
+    let health = s.http.get(format!("{}/healthz", s.base)).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 503);
+    let body: Value = health.json().await.unwrap();
+    assert!(body["store"].as_str().unwrap().contains("connection refused"), "{body}");
+    let ready = s.http.get(format!("{}/readyz", s.base)).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let health = s.http.get(format!("{}/healthz", s.base)).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200, "healthy again once it answers");
 
     // Keyset pages of conversations, newest activity first, without repeats or gaps.
     let (status, first) = s.get("/api/v1/conversations?limit=2").await;

@@ -769,6 +769,7 @@ impl AccountStore for MemoryStore {
         before: Option<&Position>,
         limit: usize,
     ) -> Result<Vec<Account>, StoreError> {
+        self.injected("accounts_before")?;
         let inner = self.lock();
         Ok(page_before(inner.accounts.values(), |a| (a.created_at, a.id), before, limit))
     }
