@@ -248,6 +248,13 @@ impl LoopbackServer {
         Self::bind(auth_key, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
     }
 
+    /// Starts a server on `addr` (port 0: a free one) with this auth key: for a server run
+    /// as a process of its own, which listens where it is told and, started again, keeps the
+    /// key its clients hold.
+    pub async fn start_at(addr: SocketAddr, auth_key: [u8; 256]) -> std::io::Result<Self> {
+        Self::bind(auth_key, addr).await
+    }
+
     async fn bind(auth_key: [u8; 256], addr: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
