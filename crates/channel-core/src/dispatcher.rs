@@ -90,33 +90,16 @@ impl Dispatcher {
         if let Err(err) = result {
             // The store failed while the job was ours, before anything irrevocable happened
             // (after a successful send the handler records it itself and never comes here):
-            // try to put it back with backoff; if that fails too, the lease expires and the
-            // rescuer takes it.
+            // put it back with backoff. If the store fails that too (an outage), keep trying
+            // in the background until it answers or the job's lease runs out (then the
+            // rescuer takes it): a short outage delays the job by the outage, not by the
+            // lease.
             let job = &run.lease.job;
             tracing::warn!(job = %job.id, kind = %job.kind, error = %err, "job failed on a store error");
-            match run.retry_or_give_up(e, &err.to_string(), "store").await {
-                Ok(Some(final_error)) => {
-                    let outcome = job
-                        .message_id
-                        .map(|_| MessageOutcome::Failed { error: final_error.clone() });
-                    match run.discard_applied(e, &final_error, outcome).await {
-                        Ok(true) => {
-                            if let (Some(account_id), Some(message_id)) =
-                                (job.account_id, job.message_id)
-                            {
-                                e.publish_if_failed(account_id, message_id).await;
-                            }
-                        }
-                        Ok(false) => {}
-                        Err(e2) => {
-                            tracing::warn!(job = %job.id, error = %e2, "could not discard; left to the rescuer");
-                        }
-                    }
-                }
-                Ok(None) => {}
-                Err(e2) => {
-                    tracing::warn!(job = %job.id, error = %e2, "could not retry; left to the rescuer")
-                }
+            let error = err.to_string();
+            if let Err(e2) = put_back(e, &run, &error).await {
+                tracing::warn!(job = %run.lease.job.id, error = %e2, "could not put the job back; trying again until the store answers");
+                tokio::spawn(put_back_until_the_store_answers(e.clone(), run, error));
             }
         }
     }
@@ -162,6 +145,45 @@ impl Dispatcher {
                 _ = cancel.cancelled() => break,
                 _ = notified => {}
                 _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+/// Puts a job that failed on a store error back with backoff, or in the dead letter after its
+/// last attempt (its message then `Failed`). `Err` only when the store fails again.
+async fn put_back(e: &Engine, run: &JobRun, error: &str) -> Result<(), crate::store::StoreError> {
+    let job = &run.lease.job;
+    match run.retry_or_give_up(e, error, "store").await? {
+        None => Ok(()),
+        Some(final_error) => {
+            let outcome =
+                job.message_id.map(|_| MessageOutcome::Failed { error: final_error.clone() });
+            if run.discard_applied(e, &final_error, outcome).await?
+                && let (Some(account_id), Some(message_id)) = (job.account_id, job.message_id)
+            {
+                e.publish_if_failed(account_id, message_id).await;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// [`put_back`] again every 1 s, 2 s, 4 s, ... (at most 15 s apart) until the store takes it,
+/// the lease is lost, or the job's lease runs out (the rescuer's turn).
+async fn put_back_until_the_store_answers(e: Engine, run: JobRun, error: String) {
+    let expires = run.lease.job.lease_expires_at;
+    let mut wait = Duration::from_secs(1);
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(15));
+        if expires.is_some_and(|t| e.now() >= t) {
+            return;
+        }
+        match put_back(&e, &run, &error).await {
+            Ok(()) | Err(crate::store::StoreError::LeaseLost { .. }) => return,
+            Err(e2) => {
+                tracing::debug!(job = %run.lease.job.id, error = %e2, "the store still fails")
             }
         }
     }

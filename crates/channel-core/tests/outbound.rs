@@ -742,3 +742,29 @@ async fn a_subject_with_a_line_break_is_refused_and_nothing_is_queued() {
     }
     assert!(h.store.jobs_in_state(JobState::Available, 10).await.unwrap().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_job_the_store_failed_before_the_send_goes_soon_after_the_store_answers_again() {
+    let mut h = harness().await;
+    let conversation = h.conversation("chat").await;
+    let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
+    h.drain_events();
+    // The database goes down right after the claim: reading the message fails, and so do
+    // the first two tries to put the job back.
+    store_down(&h, "message", 1);
+    store_down(&h, "retry", 2);
+    Dispatcher::new(h.engine.clone()).run_once().await.unwrap();
+    assert!(h.channel.sends().is_empty(), "nothing was sent");
+    assert_eq!(h.job_of(id).await.state, JobState::Running, "still ours, not put back yet");
+    // Back after a few seconds: the job is put back then, long before its lease would run
+    // out, and goes with the next dispatch.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let job = h.job_of(id).await;
+    assert_eq!(job.state, JobState::Retryable, "put back once the store answered: {job:?}");
+    let lease_end = START.plus(h.engine.config().job_lease_ttl());
+    assert!(h.engine.now() < lease_end, "well before the lease ran out");
+    tokio::time::sleep(h.engine.config().retry().delay(job.attempt)).await;
+    Dispatcher::new(h.engine.clone()).run_once().await.unwrap();
+    assert_eq!(h.store.message(id).await.unwrap().status, MessageStatus::Sent);
+    assert_eq!(h.channel.sends().len(), 1);
+}
