@@ -64,9 +64,16 @@ pub(crate) struct Held<C: Connection> {
     _permit: OwnedSemaphorePermit,
 }
 
-/// Whether `e` means the connection itself is gone.
-fn is_broken(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::WorkerCrashed | sqlx::Error::Io(_) | sqlx::Error::Protocol(_))
+/// Whether `e` means the connection itself is gone: it broke, or PostgreSQL ended it
+/// (`57P01` admin shutdown, `57P02` crash shutdown, `57P03` cannot connect now).
+pub(crate) fn is_broken(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::WorkerCrashed | sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03"))
+        }
+        _ => false,
+    }
 }
 
 impl<C: Connection> Held<C> {

@@ -257,6 +257,11 @@ async fn pg_run(
     }
 }
 
+/// Whether `sql` only reads (a `SELECT`), so that running it twice changes nothing.
+fn is_read_only(sql: &str) -> bool {
+    sql.trim_start().get(..6).is_some_and(|w| w.eq_ignore_ascii_case("select"))
+}
+
 impl Ex<'_> {
     pub(crate) fn is_pg(&self) -> bool {
         match self {
@@ -298,10 +303,27 @@ impl Ex<'_> {
             Ex::PgSlots(slots) => {
                 let mut held = slots.acquire().await?;
                 let r = pg_run(held.conn()?, sql, args, rows).await;
-                if let Err(e) = &r {
-                    held.check(e);
+                match r {
+                    // A pooled connection the server closed while it sat idle (a restart,
+                    // a failover, an idle timeout) fails its next statement before running
+                    // it. A read is safe to run again once on a fresh connection, so the
+                    // first caller after an outage does not see the dead connection.
+                    Err(e) if crate::conns::is_broken(&e) && is_read_only(sql) => {
+                        held.check(&e);
+                        drop(held);
+                        let mut held = slots.acquire().await?;
+                        let r = pg_run(held.conn()?, sql, args, rows).await;
+                        if let Err(e) = &r {
+                            held.check(e);
+                        }
+                        r
+                    }
+                    Err(e) => {
+                        held.check(&e);
+                        Err(e)
+                    }
+                    ok => ok,
                 }
-                r
             }
             #[cfg(feature = "postgres")]
             Ex::PgTx(tx) => {
