@@ -1,8 +1,8 @@
 //! `inbox run` (its worker, as the binary starts it) with a Telegram account on the loopback
 //! MTProto server through the real grammers client, driven over real HTTP: the account is
 //! added and logged in (phone, then code) through the API, a person's message is listed and
-//! streamed as a server-sent event, filtered by assignee and unlinked, a reply sent through the API reaches the server and its
-//! send is listed with date filters and audited; a webhook endpoint that fails twice gets
+//! streamed as a server-sent event, filtered by assignee and unlinked, a reply sent through
+//! the API reaches the server and its send is listed with date filters and audited; a webhook endpoint that fails twice gets
 //! every event afterwards, in order, each signed (Standard Webhooks), the failed ones again
 //! with the same `webhook-id`. On SQLite, and on PostgreSQL.
 
@@ -14,19 +14,15 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use channel_telegram::testing::loopback::LoopbackServer;
-use inbox::config::{TelegramApp, WebhookConfig};
+use inbox::config::WebhookConfig;
 use inbox::webhooks::Endpoint;
-use inbox::worker::{WorkerOptions, start};
+use inbox::worker::WorkerOptions;
 use reqwest::Method;
 use serde_json::{Value, json};
+use support::telegram::{CODE, PHONE, options, worker_with_an_account};
 use support::{Api, read_sse, until};
 
 const WAIT: Duration = Duration::from_secs(30);
-const API_ID: i32 = 4242;
-const API_HASH: &str = "inbox-test-app-hash";
-const PHONE: &str = "+15550123";
-const CODE: &str = "24680";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// One delivery the receiver took: (webhook-id, timestamp, signature, body, status answered).
@@ -210,45 +206,6 @@ async fn a_telegram_account_over_the_api_on_sqlite_with_a_webhook() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_telegram_account_over_the_api_on_postgres_with_a_webhook() {
     scenario(Some(support::fresh_database().await)).await;
-}
-
-/// A worker's settings for these tests: Telegram, an API on a free port (the data directory
-/// is given by `worker_with_an_account`).
-fn options() -> WorkerOptions {
-    WorkerOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        telegram: Some(TelegramApp::new(API_ID, API_HASH)),
-        ..WorkerOptions::default()
-    }
-}
-
-/// A loopback server with a phone login (2FA when `password` is given), a worker started with
-/// `options`, and one Telegram account added over HTTP and given the server's key (the
-/// loopback server cannot run Telegram's key exchange): (server, worker, data dir, account
-/// id).
-async fn worker_with_an_account(
-    password: Option<&str>,
-    options: WorkerOptions,
-) -> (LoopbackServer, inbox::worker::RunningWorker, tempfile::TempDir, String) {
-    let server = LoopbackServer::start().await.expect("loopback server");
-    server.require_login();
-    server.add_phone_login(PHONE, CODE, password);
-    server.set_api_credentials(API_ID, API_HASH);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let options = WorkerOptions { data_dir: dir.path().join("data"), ..options };
-    let worker = start(options).await.expect("the worker starts");
-    let api = Api::new(worker.addr, &worker.token);
-    let (dc, address) = server.data_centre();
-    let config = json!({ "data_centres": { dc.to_string(): address.to_string() } });
-    let body = json!({ "kind": "telegram", "name": "support", "config": config });
-    let (status, account) = api.call(Method::POST, "/accounts", Some(body)).await;
-    assert_eq!(status, 201, "{account}");
-    let id = account["id"].as_str().unwrap().to_owned();
-    server
-        .provision_auth_key(&worker.runtime.engine().account_state(id.parse().unwrap()))
-        .await
-        .expect("auth key");
-    (server, worker, dir, id)
 }
 
 /// The `inbox` binary with `args`, its standard input piped; the child.

@@ -2,6 +2,8 @@
 //! and a fresh PostgreSQL database.
 #![allow(dead_code)]
 
+pub mod telegram;
+
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
