@@ -680,6 +680,18 @@ impl TelegramLogin {
         if previous.map(|p| p.id) != Some(user.id) {
             AccountSession::forget_account_data(account.as_ref()).await?;
         }
+        // The update state at the login is where the account's updates begin: a message that
+        // arrives between the login and the channel's first connection is then fetched by
+        // its catch-up, not skipped by a state taken later.
+        match self.call(conn, &tl::functions::updates::GetState {}).await {
+            Ok(tl::enums::updates::State::State(s)) => {
+                AccountSession::store_login_updates(account.as_ref(), s.pts, s.qts, s.date, s.seq)
+                    .await?;
+            }
+            Err(e) => {
+                tracing::warn!(error = %LoginError::from(e), "no update state at the login: the channel takes one when it connects");
+            }
+        }
         account.state_delete(LOGIN_KEY).await?;
         let display_name = match (user.first_name, user.last_name) {
             (Some(f), Some(l)) => Some(format!("{f} {l}")),

@@ -601,6 +601,25 @@ impl AccountSession {
         Ok(())
     }
 
+    /// Stores the update state taken at a login as the account's first cursor, unless it
+    /// already has one (a login again of the same user goes on from where it was).
+    pub(crate) async fn store_login_updates(
+        state: &dyn Inbound,
+        pts: i32,
+        qts: i32,
+        date: i32,
+        seq: i32,
+    ) -> Result<(), SessionError> {
+        if state.state_get(UPDATES_KEY).await?.is_some() {
+            return Ok(());
+        }
+        let stored =
+            StoredUpdates { pts, qts, date, seq, channels: Vec::new(), recent: Vec::new() };
+        let bytes = serde_json::to_vec(&stored).unwrap_or_default();
+        state.state_put(UPDATES_KEY, &bytes).await?;
+        Ok(())
+    }
+
     fn lock_inner(&self) -> MutexGuard<'_, Inner> {
         lock(&self.inner)
     }

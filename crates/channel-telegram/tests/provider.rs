@@ -423,3 +423,28 @@ async fn a_configuration_the_provider_refuses_names_its_field_and_saves_nothing(
     assert!(worker.engine.store().accounts().await.unwrap().is_empty());
     worker.stop().await;
 }
+
+/// A person who writes the moment the login is done, before the account's channel has
+/// connected, is not skipped: the update state is taken at the login, and the channel's
+/// first connection catches up from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_written_right_after_the_login_is_received() {
+    let (server, alice) = server(None).await;
+    let dir = TempDir::new().unwrap();
+    let worker = Worker::start(dir.path(), None).await;
+    let account = worker.add_account(&server, config(&server)).await;
+    assert!(asks(&worker.step(account, "phone", input("phone", PHONE)).await, "code"));
+    let done = worker.step(account, "phone", input("code", CODE)).await;
+    assert!(matches!(done, LoginStep::Done { .. }), "{done:?}");
+    // At once, pushed to nobody yet: only a catch-up from the login's state finds it.
+    server.incoming_silently(alice.id, "are you there yet?");
+    server.incoming(alice.id, "hello?");
+    for text in ["are you there yet?", "hello?"] {
+        worker
+            .wait_for_message(account, |m| {
+                m.direction == Direction::Inbound && m.text.as_deref() == Some(text)
+            })
+            .await;
+    }
+    worker.stop().await;
+}
