@@ -258,6 +258,7 @@ async fn pg_run(
 }
 
 /// Whether `sql` only reads (a `SELECT`), so that running it twice changes nothing.
+#[cfg(feature = "postgres")]
 fn is_read_only(sql: &str) -> bool {
     sql.trim_start().get(..6).is_some_and(|w| w.eq_ignore_ascii_case("select"))
 }
