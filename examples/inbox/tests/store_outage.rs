@@ -28,16 +28,20 @@ struct PrivatePostgres {
 }
 
 impl PrivatePostgres {
-    fn run(&self, program: &str, args: &[&str]) {
-        let mut command = if is_root() {
-            // initdb and postgres refuse to run as root.
+    /// `program` of PostgreSQL's, as the `postgres` user when the test runs as root
+    /// (initdb and postgres refuse to run as root).
+    fn command(&self, program: &str) -> Command {
+        if is_root() {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(self.bin.join(program));
             c
         } else {
             Command::new(self.bin.join(program))
-        };
-        let out = command.args(args).output().expect("a PostgreSQL program runs");
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = self.command(program).args(args).output().expect("a PostgreSQL program runs");
         assert!(
             out.status.success(),
             "{program} {args:?}: {}{}",
@@ -101,17 +105,8 @@ impl PrivatePostgres {
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        let stop = |args: &[&str]| {
-            let mut c = if is_root() {
-                let mut c = Command::new("runuser");
-                c.args(["-u", "postgres", "--"]).arg(self.bin.join("pg_ctl"));
-                c
-            } else {
-                Command::new(self.bin.join("pg_ctl"))
-            };
-            let _ = c.args(args).output();
-        };
-        stop(&["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"]);
+        let data = self.data.to_str().unwrap_or_default();
+        let _ = self.command("pg_ctl").args(["-D", data, "-m", "immediate", "stop"]).output();
     }
 }
 
