@@ -149,6 +149,49 @@ struct Rule {
     handler: Handler,
 }
 
+/// [`LoopbackServer::provision_auth_key`] for a server in another process (the
+/// `loopback-server` program): stores the auth key `auth_key` of data centre `dc_id` in an
+/// account's state, not logged in, as Telegram's key exchange would at a login's first
+/// connection.
+pub async fn provision_auth_key(
+    state: &channel_core::state::AccountState,
+    dc_id: i32,
+    auth_key: [u8; 256],
+) -> Result<(), channel_core::state::StateError> {
+    let unreachable = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+    let session = crate::session::StoredSession {
+        version: 1,
+        home_dc: dc_id,
+        dcs: vec![crate::session::StoredDc {
+            id: dc_id,
+            ipv4: unreachable,
+            ipv6: SocketAddrV6::new(unreachable.ip().to_ipv6_mapped(), 0, 0, 0),
+            auth_key: Some(hex::encode(auth_key)),
+        }],
+        me: None,
+    };
+    state.put(crate::session::SESSION_KEY, &session.to_bytes()).await
+}
+
+/// One connection the server accepted: who connected, when, and when it closed. A process
+/// running the server can tell from these that an account was never connected from two
+/// clients at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The connection's number on this server (from 1).
+    pub id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// When it was accepted.
+    pub opened: std::time::SystemTime,
+    /// When it closed (`None`: open).
+    pub closed: Option<std::time::SystemTime>,
+}
+
+/// Called with each [`SessionRecord`] when its connection is accepted (before the server
+/// reads from it, so the client is still connected) and again when it closes.
+pub type SessionObserver = Arc<dyn Fn(&SessionRecord) + Send + Sync>;
+
 struct ConnHandle {
     id: u64,
     tx: mpsc::UnboundedSender<Outgoing>,
@@ -166,6 +209,8 @@ pub(crate) struct Shared {
     connections: Mutex<Vec<ConnHandle>>,
     accepted: AtomicUsize,
     gzip_over: Option<usize>,
+    sessions: Mutex<Vec<SessionRecord>>,
+    observer: Mutex<Option<SessionObserver>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -215,6 +260,20 @@ impl Shared {
 
     fn forget_connection(&self, id: u64) {
         lock(&self.connections).retain(|c| c.id != id);
+        let closed = {
+            let mut sessions = lock(&self.sessions);
+            let Some(record) = sessions.iter_mut().find(|r| r.id == id) else { return };
+            record.closed = Some(std::time::SystemTime::now());
+            record.clone()
+        };
+        self.observe(&closed);
+    }
+
+    fn observe(&self, record: &SessionRecord) {
+        let observer = lock(&self.observer).clone();
+        if let Some(observer) = observer {
+            observer(record);
+        }
     }
 }
 
@@ -269,6 +328,8 @@ impl LoopbackServer {
             connections: Mutex::new(Vec::new()),
             accepted: AtomicUsize::new(0),
             gzip_over: Some(4096),
+            sessions: Mutex::new(Vec::new()),
+            observer: Mutex::new(None),
         });
         let (fault, fault_rx) = watch::channel(Fault::None);
         let shutdown = CancellationToken::new();
@@ -352,19 +413,7 @@ impl LoopbackServer {
         &self,
         state: &channel_core::state::AccountState,
     ) -> Result<(), channel_core::state::StateError> {
-        let unreachable = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
-        let session = crate::session::StoredSession {
-            version: 1,
-            home_dc: self.shared.dc_id,
-            dcs: vec![crate::session::StoredDc {
-                id: self.shared.dc_id,
-                ipv4: unreachable,
-                ipv6: SocketAddrV6::new(unreachable.ip().to_ipv6_mapped(), 0, 0, 0),
-                auth_key: Some(hex::encode(self.shared.auth_key)),
-            }],
-            me: None,
-        };
-        state.put(crate::session::SESSION_KEY, &session.to_bytes()).await
+        provision_auth_key(state, self.shared.dc_id, self.shared.auth_key).await
     }
 
     // ----- logins -----
@@ -746,6 +795,18 @@ impl LoopbackServer {
         lock(&self.shared.connections).len()
     }
 
+    /// Every connection served since the start, open or closed, in the order accepted
+    /// (refused ones are not served).
+    pub fn sessions(&self) -> Vec<SessionRecord> {
+        lock(&self.shared.sessions).clone()
+    }
+
+    /// Calls `observer` with each connection when it is accepted and when it closes (see
+    /// [`SessionObserver`]).
+    pub fn observe_sessions(&self, observer: SessionObserver) {
+        *lock(&self.shared.observer) = Some(observer);
+    }
+
     /// How many connections were accepted since the start.
     pub fn accepted_connections(&self) -> usize {
         self.shared.accepted.load(Ordering::SeqCst)
@@ -806,13 +867,21 @@ async fn accept_loop(
             _ = shutdown.cancelled() => break,
             a = listener.accept() => a,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let Ok((stream, peer)) = accepted else { continue };
         shared.accepted.fetch_add(1, Ordering::SeqCst);
         if matches!(*fault.borrow(), Fault::RefuseConnections) {
             drop(stream);
             continue;
         }
         per_server += 1;
+        let record = SessionRecord {
+            id: per_server,
+            peer,
+            opened: std::time::SystemTime::now(),
+            closed: None,
+        };
+        lock(&shared.sessions).push(record.clone());
+        shared.observe(&record);
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = shutdown.child_token();
         lock(&shared.connections).push(ConnHandle {
