@@ -233,6 +233,9 @@ pub struct EmailConfig {
     /// How logs name the account (default: its address; the provider sets the account's id
     /// and address).
     pub(crate) account_label: String,
+    /// The instance named to the IMAP server with `ID` (RFC 2971) after each login, as
+    /// `x-instance`; the provider sets the engine's worker id.
+    pub(crate) client_instance: Option<String>,
 }
 
 impl EmailConfig {
@@ -244,6 +247,7 @@ impl EmailConfig {
         let address = address.into().trim().to_lowercase();
         Self {
             account_label: address.clone(),
+            client_instance: None,
             address,
             display_name: None,
             imap,
@@ -357,6 +361,16 @@ impl EmailConfig {
     /// Sets how logs name the account.
     pub fn account_label(mut self, label: impl Into<String>) -> Self {
         self.account_label = label.into();
+        self
+    }
+
+    /// Names this process to the IMAP server: after each login, when the server offers `ID`
+    /// (RFC 2971), the connection identifies itself as `channel-email`, its version, its
+    /// process id (`x-pid`) and this instance (`x-instance`). Servers log it (Dovecot with `imap_id_log = *`), so an operator
+    /// can tell which worker holds which connection. [`EmailProvider`](crate::EmailProvider)
+    /// sets the engine's worker id. A server that refuses `ID` changes nothing.
+    pub fn client_instance(mut self, instance: impl Into<String>) -> Self {
+        self.client_instance = Some(instance.into());
         self
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_imap::Client;
 use async_imap::imap_proto::{
-    MailboxDatum, NameAttribute, Response, ResponseCode, Status, StatusAttribute,
+    Capability, MailboxDatum, NameAttribute, Response, ResponseCode, Status, StatusAttribute,
 };
 use secrecy::ExposeSecret;
 use tokio::net::TcpStream;
@@ -62,13 +62,18 @@ async fn tls_handshake(
     Ok(MailStream::Tls(Box::new(tls)))
 }
 
-async fn read_greeting(client: &mut Client<MailStream>) -> Result<(), ImapError> {
+/// Reads the greeting; whether it offers `ID` (in its `CAPABILITY` code).
+async fn read_greeting(client: &mut Client<MailStream>) -> Result<bool, ImapError> {
     let greeting = client
         .read_response()
         .await?
         .ok_or_else(|| ImapError::ConnectionLost("closed before the greeting".into()))?;
     match greeting.parsed() {
-        Response::Data { status: Status::Ok | Status::PreAuth, .. } => Ok(()),
+        Response::Data { status: Status::Ok | Status::PreAuth, outcome } => {
+            Ok(matches!(&outcome.code, Some(ResponseCode::Capabilities(caps)) if caps.iter().any(
+                |c| matches!(c, Capability::Atom(a) if a.eq_ignore_ascii_case("ID"))
+            )))
+        }
         Response::Data { status: Status::Bye, outcome } => Err(ImapError::ConnectionLost(format!(
             "greeted with BYE: {}",
             outcome.information.as_deref().unwrap_or("")
@@ -164,16 +169,20 @@ pub(crate) async fn log_in_over(
     tcp.set_nodelay(true)?;
     let handle = TimeoutHandle::new(t.read, t.write);
     let base = TimeoutStream::new(tcp, handle.clone());
-    let client = match config.imap.security {
+    // Whether `ID` went out before the login (when the greeting offers it, on a connection
+    // that is already what it will be: not before STARTTLS).
+    let (client, identified) = match config.imap.security {
         Security::Plaintext => {
             let mut client = Client::new(MailStream::Plain(base));
-            read_greeting(&mut client).await?;
-            client
+            let offers_id = read_greeting(&mut client).await?;
+            let identified = offers_id && identify_before_login(&mut client, config).await?;
+            (client, identified)
         }
         Security::Tls => {
             let mut client = Client::new(tls_handshake(config, base).await?);
-            read_greeting(&mut client).await?;
-            client
+            let offers_id = read_greeting(&mut client).await?;
+            let identified = offers_id && identify_before_login(&mut client, config).await?;
+            (client, identified)
         }
         Security::StartTls => {
             let mut plain = Client::new(MailStream::Plain(base));
@@ -182,7 +191,7 @@ pub(crate) async fn log_in_over(
             let MailStream::Plain(base) = plain.into_inner() else {
                 return Err(ImapError::Protocol("STARTTLS on a TLS stream".into()));
             };
-            Client::new(tls_handshake(config, base).await?)
+            (Client::new(tls_handshake(config, base).await?), false)
         }
     };
     let login = &config.imap.username;
@@ -192,7 +201,58 @@ pub(crate) async fn log_in_over(
         .map_err(|(e, _)| classify_login(e, login))?;
     let caps = session.capabilities().await?;
     let idle = caps.has_str("IDLE");
+    if !identified && caps.has_str("ID") {
+        let sent = session.run_command_and_check_ok(identification(config)).await;
+        refused_id_is_fine(sent)?;
+    }
     Ok(ImapConnection { session, timeouts: handle, idle })
+}
+
+/// The `ID` command (RFC 2971): the client's name, version, process id and instance
+/// ([`EmailConfig::client_instance`]). Servers log it (Dovecot with `imap_id_log = *`), so
+/// an operator can tell which process holds which connection.
+fn identification(config: &EmailConfig) -> String {
+    let pid = std::process::id().to_string();
+    let mut fields = vec![
+        ("name", "channel-email"),
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("x-pid", pid.as_str()),
+    ];
+    // Sent as a quoted string: an instance with a quote, backslash or line break is left out.
+    let instance = config
+        .client_instance
+        .as_deref()
+        .filter(|i| !i.is_empty() && i.len() <= 1024 && !i.contains(['"', '\\', '\r', '\n', '\0']));
+    if let Some(i) = instance {
+        fields.push(("x-instance", i));
+    }
+    let list: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\" \"{v}\"")).collect();
+    format!("ID ({})", list.join(" "))
+}
+
+/// Sends `ID` before the login, so that the server names the connection from its start
+/// (a connection cut between the login and a later `ID` would be nobody's in its log).
+async fn identify_before_login(
+    client: &mut Client<MailStream>,
+    config: &EmailConfig,
+) -> Result<bool, ImapError> {
+    let sent = client.run_command_and_check_ok(&identification(config), None).await;
+    let ok = sent.is_ok();
+    refused_id_is_fine(sent)?;
+    Ok(ok)
+}
+
+/// A `NO` or `BAD` to `ID` is only logged (identifying is a courtesy); a broken connection is
+/// an error like any other.
+fn refused_id_is_fine(sent: async_imap::error::Result<()>) -> Result<(), ImapError> {
+    match sent {
+        Ok(()) => Ok(()),
+        Err(e @ (async_imap::error::Error::No(_) | async_imap::error::Error::Bad(_))) => {
+            tracing::debug!(error = %e, "the IMAP server refused ID");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Quotes a mailbox name or search string; CR, LF and NUL are refused.
@@ -432,6 +492,23 @@ mod tests {
         let busy = r#"code: None, info: Some("[UNAVAILABLE] Temporary failure")"#;
         let e = classify_login(async_imap::error::Error::No(busy.to_owned()), "bob@example.org");
         assert!(matches!(e, ImapError::Protocol(_)), "{e:?}");
+    }
+
+    #[test]
+    fn id_names_the_client_its_process_and_a_safe_instance() {
+        use crate::{EmailConfig, Security, ServerConfig};
+        let config = EmailConfig::new(
+            "me@example.org",
+            ServerConfig::new("imap.example.org", 993, Security::Tls),
+            ServerConfig::new("smtp.example.org", 465, Security::Tls),
+        );
+        let plain = identification(&config.clone().client_instance("worker-1"));
+        assert!(plain.starts_with("ID (\"name\" \"channel-email\" \"version\" "), "{plain}");
+        assert!(plain.contains(&format!("\"x-pid\" \"{}\"", std::process::id())), "{plain}");
+        assert!(plain.ends_with("\"x-instance\" \"worker-1\")"), "{plain}");
+        // A name that would break the quoted string is left out, not sent.
+        let hostile = identification(&config.client_instance("w\" \"x-evil\" \"1"));
+        assert!(!hostile.contains("x-instance") && !hostile.contains("x-evil"), "{hostile}");
     }
 
     #[test]

@@ -116,11 +116,10 @@ impl Provider for EmailProvider {
             ))
         })?;
         let password = stored_password(account, engine, &config).await?;
-        let email = config.to_email_config(&password).account_label(format!(
-            "{} <{}>",
-            account.id,
-            config.address.trim()
-        ));
+        let email = config
+            .to_email_config(&password)
+            .account_label(format!("{} <{}>", account.id, config.address.trim()))
+            .client_instance(engine.config().worker_id());
         let channel = EmailChannel::new(email)?.with_attachments(Arc::new(engine.blobs().clone()));
         Ok(Arc::new(channel))
     }

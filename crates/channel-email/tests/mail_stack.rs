@@ -106,6 +106,34 @@ async fn mail_submitted_over_smtp_arrives_through_idle_in_well_under_a_second() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_logs_which_instance_and_process_hold_each_connection() {
+    let st = stack();
+    let carol = st.user("carol-id");
+    let sink = Arc::new(RecordingInbound::new());
+    let instance = format!("worker-{}", key("id").trim_matches(['<', '>']).replace('@', "-"));
+    let running = start(&channel(st.config(&carol).client_instance(&instance)), &sink);
+    wait_connected(&sink).await;
+    running.stop().await.unwrap();
+    // Dovecot (imap_id_log = *) logs the ID before the login, on the login's session.
+    let log = std::fs::read_to_string(st.dir.join("dovecot.log")).expect("Dovecot's log");
+    let named: Vec<&str> =
+        log.lines().filter(|l| l.contains(&format!("x-instance={instance}"))).collect();
+    assert!(!named.is_empty(), "no ID naming {instance} in Dovecot's log");
+    for line in &named {
+        assert!(line.contains(&format!("x-pid={}", std::process::id())), "{line}");
+        let session = line.split("session=<").nth(1).and_then(|s| s.split('>').next());
+        let session =
+            session.unwrap_or_else(|| panic!("an ID before the login names its session: {line}"));
+        let login = format!("Login: user=<{}>", carol.address);
+        assert!(
+            log.lines().any(|l| l.contains(&login) && l.contains(&format!("session=<{session}>"))),
+            "the ID's session {session} is {}'s login",
+            carol.address
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_idle_in_dovecot_the_channel_polls() {
     let dovecot = PrivateDovecot::start("imap_capability = IMAP4rev1 SASL-IR LITERAL+ ID ENABLE");
     let bob = dovecot.user("bob");
