@@ -192,7 +192,7 @@ pub async fn run(args: Args) -> Result<Verdict, String> {
     let balance_after = wait_balanced(&fleet, &accounts, total).await?;
 
     // The store stopped under traffic and started again.
-    let outage = store_outage(&mut fleet, &postgres).await?;
+    let outage = store_outage(&mut fleet, &postgres, &accounts).await?;
     *lock(&apis) = fleet.running_apis();
 
     // Settle: no more messages; every one stored and answered, every answer final.
@@ -252,7 +252,11 @@ const OUTAGE: Duration = Duration::from_secs(10);
 
 /// Stops PostgreSQL for [`OUTAGE`] while the people write, asking every worker's `/healthz`
 /// twice a second, then starts it again and waits until every worker is healthy.
-async fn store_outage(fleet: &mut Fleet, postgres: &Postgres) -> Result<Outage, String> {
+async fn store_outage(
+    fleet: &mut Fleet,
+    postgres: &Postgres,
+    accounts: &Accounts,
+) -> Result<Outage, String> {
     say(&format!("store outage: PostgreSQL stopped for {OUTAGE:?}"));
     postgres.down().await?;
     let down = Instant::now();
@@ -278,6 +282,13 @@ async fn store_outage(fleet: &mut Fleet, postgres: &Postgres) -> Result<Outage, 
         fleet.wait_healthy(i, WAIT).await?;
     }
     let healthy_after = up.elapsed();
+    // And every account connected again (their channels stopped when their leases could not
+    // be renewed).
+    let total = accounts.ids.len();
+    while connected(fleet, accounts).await < total && up.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let connected_after = (connected(fleet, accounts).await == total).then(|| up.elapsed());
     // Each worker said what is wrong: a 503 whose body names the database.
     let said: Vec<bool> = answers
         .iter()
@@ -292,8 +303,10 @@ async fn store_outage(fleet: &mut Fleet, postgres: &Postgres) -> Result<Outage, 
         .find(|(status, _)| *status == 503)
         .map(|(_, body)| body.clone())
         .unwrap_or_default();
-    say(&format!("store back; workers healthy after {healthy_after:?}"));
-    Ok(Outage { length: OUTAGE, said, sample, exited, healthy_after })
+    say(&format!(
+        "store back; workers healthy after {healthy_after:?}, every account connected after {connected_after:?}"
+    ));
+    Ok(Outage { length: OUTAGE, said, sample, exited, healthy_after, connected_after })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -47,6 +47,9 @@ pub struct Outage {
     pub exited: Vec<String>,
     /// How long after the start every worker was healthy again.
     pub healthy_after: Duration,
+    /// How long after the start every account was connected again (`None`: not within the
+    /// run's wait).
+    pub connected_after: Option<Duration>,
 }
 
 /// What happened in a run.
@@ -285,6 +288,10 @@ pub async fn judge(
     let o = &run.outage;
     check(o.exited.is_empty(), format!("workers ended during the store's outage: {:?}", o.exited));
     check(
+        o.connected_after.is_some(),
+        "not every account connected again after the store's outage".to_owned(),
+    );
+    check(
         o.said.iter().all(|s| *s),
         format!(
             "not every worker's /healthz said 503 naming the database during the outage: {:?}",
@@ -380,11 +387,12 @@ pub async fn judge(
         &mut md,
         &format!("PostgreSQL stopped for {} s under traffic", o.length.as_secs()),
         format!(
-            "workers ended: {}; `/healthz` 503 naming the database: {} of {}; all healthy {:.1} s after the restart",
+            "workers ended: {}; `/healthz` 503 naming the database: {} of {}; all healthy {:.1} s and every account connected {} after the restart",
             o.exited.len(),
             o.said.iter().filter(|s| **s).count(),
             o.said.len(),
-            o.healthy_after.as_secs_f64()
+            o.healthy_after.as_secs_f64(),
+            o.connected_after.map_or_else(|| "never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
         ),
     );
     row(
