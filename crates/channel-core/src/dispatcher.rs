@@ -14,6 +14,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::jobs::JobRun;
 use crate::model::*;
+use crate::store::ClaimPreference;
 
 /// The job kinds the dispatcher runs.
 pub const DISPATCHED_KINDS: [JobKind; 3] =
@@ -67,12 +68,17 @@ impl Dispatcher {
         let e = &self.engine;
         let cfg = e.config();
         let now = e.now();
-        let claim = e.store().claim(
+        // This worker's accounts first: a send claimed by a worker without the account's
+        // channel is only put back, and with several workers that was most of them.
+        let mine = e.attached_accounts();
+        let prefer = ClaimPreference { accounts: &mine, others_after: cfg.others_claim_after };
+        let claim = e.store().claim_preferring(
             &cfg.worker_id,
             &DISPATCHED_KINDS,
             cfg.claim_batch,
             cfg.job_lease_ttl,
             now,
+            prefer,
         );
         let leases = e.db("claim", claim).await?;
         let n = leases.len();
@@ -137,8 +143,10 @@ impl Dispatcher {
             }
             let wait = self.idle_wait().await;
             if wait.is_zero() {
-                // A job became due between the claim and now: look again, without spinning.
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // A job became due between the claim and now, or a job of another worker's
+                // account is due but not ours to take yet: look again, without spinning.
+                let again = self.engine.config().others_claim_after.min(Duration::from_millis(250));
+                tokio::time::sleep(again.max(Duration::from_millis(10))).await;
                 continue;
             }
             tokio::select! {

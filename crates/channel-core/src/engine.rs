@@ -261,6 +261,11 @@ impl Engine {
         write(&self.inner.channels).remove(&account)
     }
 
+    /// The accounts whose channels are attached in this process.
+    pub(crate) fn attached_accounts(&self) -> Vec<AccountId> {
+        read(&self.inner.channels).keys().copied().collect()
+    }
+
     /// The channel attached for `account`, if any.
     pub fn channel(&self, account: AccountId) -> Option<Arc<dyn Channel>> {
         read(&self.inner.channels).get(&account).cloned()

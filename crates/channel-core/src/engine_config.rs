@@ -88,6 +88,12 @@ settings! {
     needs_login_snooze: Duration = Duration::from_secs(300);
     /// How long a job waits when its account is connected by another process (2 s).
     elsewhere_snooze: Duration = Duration::from_secs(2);
+    /// How long a job of an account whose channel does not run in this process must have been
+    /// due before this process claims it (5 s): the worker running the account takes its
+    /// sends first, and a job whose account runs nowhere is still handled after the wait
+    /// (see [`QueueStore::claim_preferring`](crate::QueueStore::claim_preferring)). Zero
+    /// claims any due job at once.
+    others_claim_after: Duration = Duration::from_secs(5);
     /// How often the leader rescues jobs of crashed workers (15 s).
     rescue_interval: Duration = Duration::from_secs(15);
     /// How often the leader schedules lifecycle sweeps (60 s).

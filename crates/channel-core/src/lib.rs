@@ -67,9 +67,9 @@ pub use retry::Backoff;
 /// crate's signatures use).
 pub use secrecy::{self, ExposeSecret, SecretSlice, SecretString};
 pub use store::{
-    AccountStore, ConversationStore, DueConversations, IngestDisposition, IngestOutcome,
-    IngestRequest, LeaseStore, MessageStore, Notification, QueueDepth, QueueStore, SendRequest,
-    Store, StoreError, StoredInbound,
+    AccountStore, ClaimPreference, ConversationStore, DueConversations, IngestDisposition,
+    IngestOutcome, IngestRequest, LeaseStore, MessageStore, Notification, QueueDepth, QueueStore,
+    SendRequest, Store, StoreError, StoredInbound,
 };
 
 /// The README's examples, run as doctests.

@@ -551,6 +551,25 @@ pub trait MessageStore: Send + Sync + 'static {
     ) -> Result<Option<MessageId>, StoreError>;
 }
 
+/// Which due jobs a worker takes first ([`QueueStore::claim_preferring`]): those of the
+/// accounts whose channels run in it, so that a send goes to the worker that can send it
+/// instead of being claimed and put back by the others.
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimPreference<'a> {
+    /// The accounts whose channels run in the claiming worker: their jobs are taken as soon as
+    /// they are due.
+    pub accounts: &'a [AccountId],
+    /// How long a job of any other account must have been due before this worker takes it
+    /// (its own worker has had its chance; a job whose account runs nowhere is still handled).
+    pub others_after: Duration,
+}
+
+impl ClaimPreference<'_> {
+    /// More accounts than this and the preference is not applied (the claim takes any due
+    /// job): a longer list would not fit in one statement everywhere.
+    pub const MAX_ACCOUNTS: usize = 1000;
+}
+
 /// The durable job queue: claims fenced by leases, outcomes applied with the job atomically,
 /// the audit of attempts and the dead letter.
 #[async_trait]
@@ -570,6 +589,23 @@ pub trait QueueStore: Send + Sync + 'static {
         lease_ttl: Duration,
         now: Timestamp,
     ) -> Result<Vec<JobLease>, StoreError>;
+    /// [`claim`](Self::claim), except that a job of an account outside `prefer.accounts` is
+    /// taken only once it has been due for `prefer.others_after` (jobs without an account as
+    /// soon as they are due). Among the jobs it may take, the oldest `run_at` first, as
+    /// `claim`. The default ignores the preference; with more than
+    /// [`ClaimPreference::MAX_ACCOUNTS`] accounts the stores of this workspace do too.
+    async fn claim_preferring(
+        &self,
+        worker: &str,
+        kinds: &[JobKind],
+        limit: usize,
+        lease_ttl: Duration,
+        now: Timestamp,
+        prefer: ClaimPreference<'_>,
+    ) -> Result<Vec<JobLease>, StoreError> {
+        let _ = prefer;
+        self.claim(worker, kinds, limit, lease_ttl, now).await
+    }
     /// Completes a claimed job and applies the message outcome, atomically. `LeaseLost` if the
     /// lease is stale.
     async fn complete(

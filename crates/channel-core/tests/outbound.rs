@@ -318,7 +318,11 @@ async fn a_message_of_an_account_connected_elsewhere_waits_without_spending_atte
     channel_core::testing::detach_channel(&h.engine, h.account.id);
     let id = h.engine.send(None, reply(conversation, "hello")).await.unwrap();
     let d = Dispatcher::new(h.engine.clone());
-    d.run_once().await.unwrap();
+    // Not this process's account: left to the worker that runs it for a while...
+    assert_eq!(d.run_once().await.unwrap(), 0, "another worker's account is not claimed at once");
+    // ...then claimed and put back, without spending an attempt.
+    tokio::time::advance(h.engine.config().others_claim_after()).await;
+    assert_eq!(d.run_once().await.unwrap(), 1);
     let job = h.job_of(id).await;
     assert_eq!((job.attempt, job.state), (0, JobState::Available));
     assert!(job.run_at > h.engine.now());

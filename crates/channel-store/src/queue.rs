@@ -95,6 +95,34 @@ fn kinds_list<'a>(q: &mut Sql<'a>, kinds: &'a [JobKind]) {
     q.in_list(&names);
 }
 
+/// A claim's preference ([`channel_core::ClaimPreference`]): the claiming worker's accounts
+/// (as text) and the `run_at` at or before which any account's job may be taken.
+pub(crate) struct Preference {
+    pub(crate) accounts: Vec<String>,
+    pub(crate) others_due: Timestamp,
+}
+
+impl Preference {
+    /// The preference, unless it names too many accounts to fit in one statement.
+    pub(crate) fn of(p: &channel_core::ClaimPreference<'_>, now: Timestamp) -> Option<Self> {
+        (p.accounts.len() <= channel_core::ClaimPreference::MAX_ACCOUNTS).then(|| Self {
+            accounts: p.accounts.iter().map(ToString::to_string).collect(),
+            others_due: now.minus(p.others_after),
+        })
+    }
+}
+
+/// ` AND (account_id IS NULL OR run_at <= others_due OR account_id IN (...))`.
+fn preferred<'a>(q: &mut Sql<'a>, prefer: Option<&'a Preference>, accounts: &[&'a str]) {
+    let Some(p) = prefer else { return };
+    q.push(" AND (account_id IS NULL OR run_at <= ").bind(p.others_due.0);
+    if !accounts.is_empty() {
+        q.push(" OR account_id IN ");
+        q.in_list(accounts);
+    }
+    q.push(")");
+}
+
 /// Claims on SQLite: one `UPDATE ... RETURNING` and the attempt rows, in the caller's
 /// `BEGIN IMMEDIATE` transaction.
 pub(crate) async fn claim_sqlite(
@@ -104,7 +132,10 @@ pub(crate) async fn claim_sqlite(
     n: usize,
     lease_ttl: Duration,
     now: Timestamp,
+    prefer: Option<&Preference>,
 ) -> Res<Vec<JobLease>> {
+    let accounts: Vec<&str> =
+        prefer.map(|p| p.accounts.iter().map(String::as_str).collect()).unwrap_or_default();
     let expires = now.plus(lease_ttl).0;
     let mut q = Sql::new("UPDATE jobs SET state = 'running', attempt = attempt + 1, leased_by = ");
     q.bind(worker)
@@ -118,6 +149,7 @@ pub(crate) async fn claim_sqlite(
         .bind(now.0)
         .push(" AND kind IN ");
     kinds_list(&mut q, kinds);
+    preferred(&mut q, prefer, &accounts);
     q.push(" ORDER BY run_at, id LIMIT ").bind(limit(n)).push(") RETURNING ").push(JOB_COLS);
     let rows = tx.fetch_all(&q.text, &q.args).await?;
     let mut jobs = all(rows, codec::job)?;
@@ -162,13 +194,17 @@ pub(crate) async fn claim_pg(
     n: usize,
     lease_ttl: Duration,
     now: Timestamp,
+    prefer: Option<&Preference>,
 ) -> Res<Vec<JobLease>> {
+    let accounts: Vec<&str> =
+        prefer.map(|p| p.accounts.iter().map(String::as_str).collect()).unwrap_or_default();
     let expires = now.plus(lease_ttl).0;
     let mut q = Sql::new(
         "WITH picked AS (SELECT id AS pid FROM jobs WHERE state IN ('available', 'retryable') AND run_at <= ",
     );
     q.bind(now.0).push(" AND kind IN ");
     kinds_list(&mut q, kinds);
+    preferred(&mut q, prefer, &accounts);
     q.push(" ORDER BY run_at, id LIMIT ")
         .bind(limit(n))
         .push(" FOR UPDATE SKIP LOCKED), claimed AS (UPDATE jobs SET state = 'running', attempt = attempt + 1, leased_by = ")

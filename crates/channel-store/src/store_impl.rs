@@ -410,20 +410,16 @@ impl MessageStore for SqlStore {
     }
 }
 
-#[async_trait]
-impl QueueStore for SqlStore {
-    async fn enqueue(&self, job: NewJob, now: Timestamp) -> Result<Enqueued, StoreError> {
-        self.run("enqueue", async { write_tx!(self, |tx| queue::enqueue(tx, &job, now).await?) })
-            .await
-    }
-
-    async fn claim(
+impl SqlStore {
+    /// [`QueueStore::claim`], with the claiming worker's preference when given.
+    async fn claim_jobs(
         &self,
         worker: &str,
         kinds: &[JobKind],
         limit: usize,
         lease_ttl: Duration,
         now: Timestamp,
+        prefer: Option<&queue::Preference>,
     ) -> Result<Vec<JobLease>, StoreError> {
         self.run("claim", async {
             limits::key("worker", worker)?;
@@ -439,13 +435,48 @@ impl QueueStore for SqlStore {
                     limit,
                     lease_ttl,
                     now,
+                    prefer,
                 )
                 .await;
             }
-            write_tx!(self, |tx| queue::claim_sqlite(tx, worker, kinds, limit, lease_ttl, now)
-                .await?)
+            write_tx!(self, |tx| queue::claim_sqlite(
+                tx, worker, kinds, limit, lease_ttl, now, prefer
+            )
+            .await?)
         })
         .await
+    }
+}
+
+#[async_trait]
+impl QueueStore for SqlStore {
+    async fn enqueue(&self, job: NewJob, now: Timestamp) -> Result<Enqueued, StoreError> {
+        self.run("enqueue", async { write_tx!(self, |tx| queue::enqueue(tx, &job, now).await?) })
+            .await
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        kinds: &[JobKind],
+        limit: usize,
+        lease_ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Vec<JobLease>, StoreError> {
+        self.claim_jobs(worker, kinds, limit, lease_ttl, now, None).await
+    }
+
+    async fn claim_preferring(
+        &self,
+        worker: &str,
+        kinds: &[JobKind],
+        limit: usize,
+        lease_ttl: Duration,
+        now: Timestamp,
+        prefer: channel_core::ClaimPreference<'_>,
+    ) -> Result<Vec<JobLease>, StoreError> {
+        let prefer = queue::Preference::of(&prefer, now);
+        self.claim_jobs(worker, kinds, limit, lease_ttl, now, prefer.as_ref()).await
     }
 
     async fn complete(

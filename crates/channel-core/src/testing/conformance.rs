@@ -1617,6 +1617,53 @@ pub async fn claim_takes_due_jobs_of_the_kinds_oldest_first(store: Arc<dyn Store
     );
 }
 
+/// `claim_preferring` takes the jobs of the worker's own accounts as soon as they are due, and
+/// jobs without an account; a job of another account only once it has been due for
+/// `others_after`, oldest first among what it may take.
+pub async fn claim_preferring_takes_the_workers_own_accounts_first(store: Arc<dyn Store>) {
+    use crate::store::ClaimPreference;
+    let store = &*store;
+    let (mine, theirs) =
+        (new_account(store, "mine", T0).await, new_account(store, "theirs", T0).await);
+    let their_old = NewJob { account_id: Some(theirs.id), ..history_job(at(1)) };
+    let their_new = NewJob { account_id: Some(theirs.id), ..history_job(at(8)) };
+    let my_job = NewJob { account_id: Some(mine.id), ..history_job(at(9)) };
+    let nobodys = history_job(at(9));
+    for j in [&their_old, &their_new, &my_job, &nobodys] {
+        store.enqueue(j.clone(), T0).await.expect("enqueue");
+    }
+    let ttl = Duration::from_secs(30);
+    let prefer = ClaimPreference { accounts: &[mine.id], others_after: Duration::from_secs(5) };
+    let kinds = [JobKind::HistorySync];
+    let leases =
+        store.claim_preferring("w1", &kinds, 10, ttl, at(10), prefer).await.expect("claim");
+    let mut got: Vec<JobId> = leases.iter().map(|l| l.job.id).collect();
+    got.sort();
+    let mut want = vec![their_old.id, my_job.id, nobodys.id];
+    want.sort();
+    assert_eq!(
+        got, want,
+        "its own, nobody's, and another's due for 9 s; not another's due for 2 s"
+    );
+    assert!(
+        store
+            .claim_preferring("w1", &kinds, 10, ttl, at(12), prefer)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "another's job due for 4 s waits"
+    );
+    let later = store.claim_preferring("w1", &kinds, 10, ttl, at(13), prefer).await.expect("claim");
+    assert_eq!(later.iter().map(|l| l.job.id).collect::<Vec<_>>(), vec![their_new.id]);
+    // Its own account's worker takes it at once.
+    let again = NewJob { account_id: Some(theirs.id), ..history_job(at(20)) };
+    store.enqueue(again.clone(), T0).await.expect("enqueue");
+    let theirs_first = ClaimPreference { accounts: &[theirs.id], ..prefer };
+    let got =
+        store.claim_preferring("w2", &kinds, 10, ttl, at(20), theirs_first).await.expect("claim");
+    assert_eq!(got.iter().map(|l| l.job.id).collect::<Vec<_>>(), vec![again.id]);
+}
+
 /// Concurrent claimers never get the same job: 48 jobs, 6 workers claiming in small batches
 /// at once; every job is handed out exactly once.
 pub async fn concurrent_claimers_never_share_a_job(store: Arc<dyn Store>) {
@@ -2385,6 +2432,7 @@ macro_rules! store_conformance_tests {
             enqueue_send_queues_pending_message_and_job,
             enqueue_unique_key_deduplicates_unfinished_jobs,
             claim_takes_due_jobs_of_the_kinds_oldest_first,
+            claim_preferring_takes_the_workers_own_accounts_first,
             concurrent_claimers_never_share_a_job,
             complete_marks_job_completed_and_message_sent,
             concurrent_completions_each_get_their_own_answer,

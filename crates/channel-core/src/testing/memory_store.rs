@@ -1479,40 +1479,21 @@ impl QueueStore for MemoryStore {
         lease_ttl: Duration,
         now: Timestamp,
     ) -> Result<Vec<JobLease>, StoreError> {
-        self.injected("claim")?;
-        no_nul("worker", worker)?;
-        let mut inner = self.lock();
-        let mut due: Vec<(Timestamp, JobId)> = inner
-            .jobs
-            .values()
-            .filter(|j| matches!(j.state, JobState::Available | JobState::Retryable))
-            .filter(|j| j.run_at <= now && kinds.contains(&j.kind))
-            .map(|j| (j.run_at, j.id))
-            .collect();
-        due.sort();
-        due.truncate(limit);
-        let mut out = Vec::with_capacity(due.len());
-        for (_, id) in due {
-            let Some(job) = inner.jobs.get_mut(&id) else { continue };
-            job.state = JobState::Running;
-            job.attempt += 1;
-            job.leased_by = Some(worker.to_owned());
-            job.lease_expires_at = Some(now.plus(lease_ttl));
-            job.updated_at = now;
-            let lease =
-                JobLease { job: job.clone(), attempt: job.attempt, worker: worker.to_owned() };
-            inner.attempts.entry(id).or_default().push(JobAttempt {
-                job_id: id,
-                attempt: lease.attempt,
-                worker: worker.to_owned(),
-                started_at: now,
-                finished_at: None,
-                outcome: AttemptOutcome::Running,
-                error: None,
-            });
-            out.push(lease);
-        }
-        Ok(out)
+        self.claim_jobs(worker, kinds, limit, lease_ttl, now, None)
+    }
+
+    async fn claim_preferring(
+        &self,
+        worker: &str,
+        kinds: &[JobKind],
+        limit: usize,
+        lease_ttl: Duration,
+        now: Timestamp,
+        prefer: crate::store::ClaimPreference<'_>,
+    ) -> Result<Vec<JobLease>, StoreError> {
+        let prefer = (prefer.accounts.len() <= crate::store::ClaimPreference::MAX_ACCOUNTS)
+            .then_some(prefer);
+        self.claim_jobs(worker, kinds, limit, lease_ttl, now, prefer)
     }
 
     async fn complete(
@@ -1997,5 +1978,57 @@ impl WorkerStore for MemoryStore {
         inner.rescue(&claimed, now);
         taken.jobs = claimed.len() as u64;
         Ok(Some(taken))
+    }
+}
+
+impl MemoryStore {
+    /// [`QueueStore::claim`], with the claiming worker's preference when given.
+    fn claim_jobs(
+        &self,
+        worker: &str,
+        kinds: &[JobKind],
+        limit: usize,
+        lease_ttl: Duration,
+        now: Timestamp,
+        prefer: Option<crate::store::ClaimPreference<'_>>,
+    ) -> Result<Vec<JobLease>, StoreError> {
+        self.injected("claim")?;
+        no_nul("worker", worker)?;
+        let mut inner = self.lock();
+        let takes = |j: &Job| match (prefer, j.account_id) {
+            (Some(p), Some(a)) => p.accounts.contains(&a) || j.run_at <= now.minus(p.others_after),
+            _ => true,
+        };
+        let mut due: Vec<(Timestamp, JobId)> = inner
+            .jobs
+            .values()
+            .filter(|j| matches!(j.state, JobState::Available | JobState::Retryable))
+            .filter(|j| j.run_at <= now && kinds.contains(&j.kind) && takes(j))
+            .map(|j| (j.run_at, j.id))
+            .collect();
+        due.sort();
+        due.truncate(limit);
+        let mut out = Vec::with_capacity(due.len());
+        for (_, id) in due {
+            let Some(job) = inner.jobs.get_mut(&id) else { continue };
+            job.state = JobState::Running;
+            job.attempt += 1;
+            job.leased_by = Some(worker.to_owned());
+            job.lease_expires_at = Some(now.plus(lease_ttl));
+            job.updated_at = now;
+            let lease =
+                JobLease { job: job.clone(), attempt: job.attempt, worker: worker.to_owned() };
+            inner.attempts.entry(id).or_default().push(JobAttempt {
+                job_id: id,
+                attempt: lease.attempt,
+                worker: worker.to_owned(),
+                started_at: now,
+                finished_at: None,
+                outcome: AttemptOutcome::Running,
+                error: None,
+            });
+            out.push(lease);
+        }
+        Ok(out)
     }
 }
