@@ -111,6 +111,51 @@ async fn two_processes_on_one_store_connect_each_account_once_and_take_over_on_s
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_worker_restarted_under_its_id_sends_at_once_what_its_dead_process_had_claimed() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = engine(&store, "w1");
+    let account = store
+        .create_account(NewAccount::new(ChannelKind::from_static("memory"), "a"), engine.now())
+        .await
+        .unwrap();
+    let conversation = engine
+        .deliver(account.id, text("m-1", "chat", "tg:5", "hello"))
+        .await
+        .unwrap()
+        .conversation_id;
+    // The previous process of w1 claimed the send, then died (its liveness lock went with it).
+    let previous = channel_core::workers::WorkerInfo::this_process("w1", engine.now());
+    let lock =
+        channel_core::workers::WorkerStore::register_worker(&*store, &previous).await.unwrap();
+    let id = engine.send(None, reply(conversation, "in flight")).await.unwrap();
+    let claimed =
+        store.claim("w1", &[JobKind::Send], 1, Duration::from_secs(90), engine.now()).await;
+    assert_eq!(claimed.unwrap().len(), 1);
+    drop(lock);
+
+    let channel = Arc::new(MemoryChannel::new());
+    let restarted = Runtime::builder(
+        engine.clone(),
+        Arc::new(StaticChannels::new().with(account.id, channel.clone())),
+    )
+    .start()
+    .await
+    .unwrap();
+    let started = tokio::time::Instant::now();
+    channel.wait_for_sends(1).await;
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(10), "sent after {waited:?}, not after the job's lease");
+    for _ in 0..100 {
+        if store.message(id).await.unwrap().status == MessageStatus::Sent {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.message(id).await.unwrap().status, MessageStatus::Sent);
+    restarted.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_channel_that_needs_login_is_parked_until_reconnect() {
     let store = Arc::new(MemoryStore::new());
     let engine = engine(&store, "w1");

@@ -13,8 +13,26 @@ use crate::model::AccountId;
 use crate::workers::{Liveness, LoopInfo, WorkerInfo};
 
 /// Registers this process as its worker id: takes its liveness lock and writes its row.
+///
+/// A process that ran under this worker id before and died (a crash, `kill -9`, the machine
+/// going down) left its claimed jobs leased until their leases expire
+/// ([`EngineConfig::job_lease_ttl`](crate::EngineConfig::job_lease_ttl), 90 s) and its row
+/// behind: it is taken over first, as any dead worker is, so that a worker restarted by its
+/// supervisor sends what was in flight at once. A live process with the same id is left
+/// alone (and the registration fails).
 pub(super) async fn register(engine: &Engine) -> Result<Box<dyn Liveness>, EngineError> {
     let me = WorkerInfo::this_process(engine.config().worker_id(), engine.now());
+    match engine.db("take_over", engine.store().take_over(&me.id, engine.now())).await {
+        Ok(Some(taken)) => tracing::info!(
+            leases = taken.leases,
+            jobs = taken.jobs,
+            "took back what the previous process of this worker id held when it died"
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not take back what a previous process of this worker id held")
+        }
+    }
     Ok(engine.db("register_worker", engine.store().register_worker(&me)).await?)
 }
 
