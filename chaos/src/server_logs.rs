@@ -154,9 +154,16 @@ pub fn double_connections(sessions: &[Session]) -> Vec<(String, u32, u32, i64)> 
     found
 }
 
-/// Sessions whose client the server could not name, opened at or after `since` (unix ms).
-pub fn unattributed(sessions: &[Session], since: i64) -> usize {
-    sessions.iter().filter(|s| s.pid.is_none() && s.opened >= since).count()
+/// Sessions whose client the server could not name, opened at or after `since` (unix ms):
+/// (those that stayed open longer than `gone_within` ms, those closed within it). A client
+/// killed between its connect and the server's accept is gone before the server can look it
+/// up, and the kernel resets its connection at once: the second kind.
+pub fn unattributed(sessions: &[Session], since: i64, gone_within: i64) -> (usize, usize) {
+    let unnamed = sessions.iter().filter(|s| s.pid.is_none() && s.opened >= since);
+    unnamed.fold((0, 0), |(long, short), s| match s.closed {
+        Some(c) if c - s.opened <= gone_within => (long, short + 1),
+        _ => (long + 1, short),
+    })
 }
 
 /// OpenSMTPD's acceptances, read from its log as they are written: its message id (the `id`

@@ -76,3 +76,38 @@ pub async fn reactions(pool: &PgPool) -> Result<HashMap<u64, Vec<Reaction>>, Str
     }
     Ok(out)
 }
+
+/// A send job as its attempts tell it.
+#[derive(Clone, Debug)]
+pub struct SendJob {
+    /// How long from queued to sent (ms), if sent.
+    pub sent_after: Option<i64>,
+    /// Attempts put back without being spent (claimed where the account's channel does not
+    /// run, rate limits, outages).
+    pub put_back: i64,
+}
+
+/// Every send job of the run.
+pub async fn send_jobs(pool: &PgPool) -> Result<Vec<SendJob>, String> {
+    let rows = sqlx::query(
+        "SELECT j.created_at, \
+                max(a.finished_at) FILTER (WHERE a.outcome = 'completed') AS done, \
+                count(*) FILTER (WHERE a.outcome = 'snoozed') AS put_back \
+         FROM jobs j LEFT JOIN job_attempts a ON a.job_id = j.id \
+         WHERE j.kind = 'send' GROUP BY j.id, j.created_at",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| format!("reading the send jobs: {e}"))?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let created: i64 = row.try_get("created_at").unwrap_or_default();
+            let done: Option<i64> = row.try_get("done").unwrap_or(None);
+            SendJob {
+                sent_after: done.map(|d| d - created),
+                put_back: row.try_get("put_back").unwrap_or_default(),
+            }
+        })
+        .collect())
+}

@@ -183,8 +183,9 @@ pub async fn judge(
     let tg_sessions = server_logs::loopback_sessions(&loopback.sessions)?;
     let dovecot_doubles = server_logs::double_connections(&ours);
     let tg_doubles = server_logs::double_connections(&tg_sessions);
-    let dovecot_unnamed = server_logs::unattributed(&ours, run.setup_done);
-    let tg_unnamed = server_logs::unattributed(&tg_sessions, run.setup_done);
+    let (dovecot_unnamed, dovecot_gone) = server_logs::unattributed(&ours, run.setup_done, 1000);
+    let (tg_unnamed, tg_gone) = server_logs::unattributed(&tg_sessions, run.setup_done, 1000);
+    let sends = crate::store::send_jobs(pool).await?;
 
     // Failover times.
     let mut times: Vec<i64> = Vec::new();
@@ -392,7 +393,8 @@ pub async fn judge(
             o.said.iter().filter(|s| **s).count(),
             o.said.len(),
             o.healthy_after.as_secs_f64(),
-            o.connected_after.map_or_else(|| "never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
+            o.connected_after
+                .map_or_else(|| "never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
         ),
     );
     row(
@@ -405,6 +407,30 @@ pub async fn judge(
             tg_doubles.len(),
             tg_sessions.len()
         ),
+    );
+    row(
+        &mut md,
+        "connections whose client was gone when the server looked (killed while connecting; reset within 1 s)",
+        format!("Dovecot {dovecot_gone}, loopback {tg_gone}"),
+    );
+    let mut waits: Vec<i64> = sends.iter().filter_map(|s| s.sent_after).collect();
+    waits.sort_unstable();
+    let put_back = sends.iter().filter(|s| s.put_back > 0).count();
+    row(
+        &mut md,
+        "sends: queued -> sent (p50 / p99 / max)",
+        format!(
+            "{} sends: {:.2} s / {:.2} s / {:.2} s",
+            sends.len(),
+            percentile(&waits, 0.5).unwrap_or(0) as f64 / 1000.0,
+            percentile(&waits, 0.99).unwrap_or(0) as f64 / 1000.0,
+            waits.last().copied().unwrap_or(0) as f64 / 1000.0
+        ),
+    );
+    row(
+        &mut md,
+        "sends put back at least once (claimed where the account's channel does not run, or during the outage)",
+        format!("{put_back} of {}", sends.len()),
     );
     let _ = writeln!(md);
     if !mail_dups.is_empty() {
