@@ -57,6 +57,10 @@ pub struct Args {
     /// People's messages per second, over all accounts.
     #[arg(long, default_value_t = 4.0)]
     pub rate: f64,
+    /// How long PostgreSQL is stopped under traffic, in seconds (longer than the leases'
+    /// 15 s: every account is given up and taken again).
+    #[arg(long, default_value_t = 10)]
+    pub outage_secs: u64,
     /// The random seed (printed; the same seed draws the same kills and messages).
     #[arg(long, env = "CHAOS_SEED")]
     pub seed: Option<u64>,

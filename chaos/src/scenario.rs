@@ -192,7 +192,16 @@ pub async fn run(args: Args) -> Result<Verdict, String> {
     let balance_after = wait_balanced(&fleet, &accounts, total).await?;
 
     // The store stopped under traffic and started again.
-    let outage = store_outage(&mut fleet, &postgres, &accounts).await?;
+    let outage = store_outage(
+        &mut fleet,
+        &postgres,
+        &accounts,
+        Duration::from_secs(args.outage_secs),
+        &sent,
+        &probes,
+        &pool,
+    )
+    .await?;
     *lock(&apis) = fleet.running_apis();
 
     // Settle: no more messages; every one stored and answered, every answer final.
@@ -247,22 +256,23 @@ pub async fn run(args: Args) -> Result<Verdict, String> {
     Ok(verdict)
 }
 
-/// How long the store is down.
-const OUTAGE: Duration = Duration::from_secs(10);
-
-/// Stops PostgreSQL for [`OUTAGE`] while the people write, asking every worker's `/healthz`
+/// Stops PostgreSQL for `outage` while the people write, asking every worker's `/healthz`
 /// twice a second, then starts it again and waits until every worker is healthy.
 async fn store_outage(
     fleet: &mut Fleet,
     postgres: &Postgres,
     accounts: &Accounts,
+    outage: Duration,
+    sent: &Arc<Mutex<Vec<Sent>>>,
+    probes: &Arc<Mutex<Vec<usize>>>,
+    pool: &sqlx::PgPool,
 ) -> Result<Outage, String> {
-    say(&format!("store outage: PostgreSQL stopped for {OUTAGE:?}"));
+    say(&format!("store outage: PostgreSQL stopped for {outage:?}"));
     postgres.down().await?;
     let down = Instant::now();
     let n = fleet.workers.len();
     let mut answers: Vec<Vec<(u16, String)>> = vec![Vec::new(); n];
-    while down.elapsed() < OUTAGE {
+    while down.elapsed() < outage {
         for (i, list) in answers.iter_mut().enumerate() {
             if let Some(api) = fleet.api(i) {
                 list.push(api.health().await);
@@ -282,13 +292,15 @@ async fn store_outage(
         fleet.wait_healthy(i, WAIT).await?;
     }
     let healthy_after = up.elapsed();
-    // And every account connected again (their channels stopped when their leases could not
-    // be renewed).
-    let total = accounts.ids.len();
-    while connected(fleet, accounts).await < total && up.elapsed() < WAIT {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let connected_after = (connected(fleet, accounts).await == total).then(|| up.elapsed());
+    // And every account receives again (their channels stopped when their leases could not be
+    // renewed): a message written after the restart, stored.
+    let restarted = SystemTime::now() - up.elapsed();
+    let received =
+        wait_received_again(accounts, &accounts.ids, restarted, sent, probes, pool).await?;
+    let mut times: Vec<i64> = received.iter().filter_map(|(_, t)| *t).collect();
+    times.sort_unstable();
+    let received_after = (times.len() == received.len())
+        .then(|| times.last().map(|t| Duration::from_millis(*t as u64)).unwrap_or_default());
     // Each worker said what is wrong: a 503 whose body names the database.
     let said: Vec<bool> = answers
         .iter()
@@ -304,9 +316,9 @@ async fn store_outage(
         .map(|(_, body)| body.clone())
         .unwrap_or_default();
     say(&format!(
-        "store back; workers healthy after {healthy_after:?}, every account connected after {connected_after:?}"
+        "store back; workers healthy after {healthy_after:?}, every account received again after {received_after:?}"
     ));
-    Ok(Outage { length: OUTAGE, said, sample, exited, healthy_after, connected_after })
+    Ok(Outage { length: outage, said, sample, exited, healthy_after, received_after })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

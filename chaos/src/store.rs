@@ -14,6 +14,9 @@ pub struct Reaction {
     pub status: String,
     /// When it was last written (unix ms): for a sent one, when its job completed.
     pub updated_at: i64,
+    /// The workers whose attempts at it were taken from them (rescued: the worker died or
+    /// was taken over).
+    pub rescued_from: Vec<String>,
 }
 
 /// A fresh database on the server of `server_url`: its URL.
@@ -59,8 +62,12 @@ pub async fn inbound(pool: &PgPool) -> Result<HashMap<u64, (usize, String, i64)>
 /// The reactions stored: token -> every outbound message `re chaos-in-N`.
 pub async fn reactions(pool: &PgPool) -> Result<HashMap<u64, Vec<Reaction>>, String> {
     let rows = sqlx::query(
-        "SELECT text, status, updated_at FROM messages \
-         WHERE direction = 'outbound' AND text LIKE 're chaos-in-%'",
+        "SELECT m.text, m.status, m.updated_at, \
+                string_agg(a.worker, ' ') FILTER (WHERE a.outcome = 'rescued') AS rescued_from \
+         FROM messages m LEFT JOIN jobs j ON j.message_id = m.id \
+         LEFT JOIN job_attempts a ON a.job_id = j.id \
+         WHERE m.direction = 'outbound' AND m.text LIKE 're chaos-in-%' \
+         GROUP BY m.id, m.text, m.status, m.updated_at",
     )
     .fetch_all(pool)
     .await
@@ -72,6 +79,11 @@ pub async fn reactions(pool: &PgPool) -> Result<HashMap<u64, Vec<Reaction>>, Str
         out.entry(n).or_default().push(Reaction {
             status: row.try_get("status").unwrap_or_default(),
             updated_at: row.try_get("updated_at").unwrap_or_default(),
+            rescued_from: row
+                .try_get::<Option<String>, _>("rescued_from")
+                .unwrap_or(None)
+                .map(|w| w.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
         });
     }
     Ok(out)
