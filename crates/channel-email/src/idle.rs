@@ -27,8 +27,10 @@ pub(crate) enum Wake {
 /// How often the loop tells the watchdog it is alive while waiting.
 const ALIVE_EVERY: Duration = Duration::from_secs(10);
 
+/// Whether a change was announced while no one waited for it: in async-imap's own commands
+/// (its unsolicited responses) or in ours ([`command`](crate::imap_session::command)).
 fn drain_unsolicited(conn: &mut ImapConnection) -> bool {
-    let mut any = false;
+    let mut any = conn.timeouts.take_change();
     while conn.session.unsolicited_responses.try_recv().is_ok() {
         any = true;
     }

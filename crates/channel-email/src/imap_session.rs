@@ -308,9 +308,27 @@ where
                     outcome.information.as_deref().unwrap_or("")
                 )));
             }
-            other => on_response(other)?,
+            other => {
+                // The server announces new mail once, in the answer of whatever command runs
+                // when it notices: kept for the next wait, or the session would go into IDLE
+                // unaware of it (and the mail would wait for the next one).
+                if announces_change(other) {
+                    session.get_ref().handle().note_change();
+                }
+                on_response(other)?
+            }
         }
     }
+}
+
+/// An untagged response that announces a change of the selected mailbox.
+pub(crate) fn announces_change(resp: &Response<'_>) -> bool {
+    matches!(
+        resp,
+        Response::MailboxData(MailboxDatum::Exists(_) | MailboxDatum::Recent(_))
+            | Response::Expunge(_)
+            | Response::Vanished { .. }
+    )
 }
 
 /// What SELECT or STATUS tells about a folder.
@@ -462,6 +480,45 @@ pub(crate) fn uid_set(uids: &[u32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// A server that greets, takes the login, and answers a `UID SEARCH` with one result and,
+    /// in the same answer, an announcement of new mail (as Dovecot does when mail arrives
+    /// while the command runs).
+    async fn announcing_server() -> std::net::SocketAddr {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let (rd, mut wr) = sock.into_split();
+            wr.write_all(b"* OK ready\r\n").await.unwrap();
+            let mut lines = BufReader::new(rd).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let tag = line.split_whitespace().next().unwrap_or("*").to_owned();
+                let answer = if line.contains("UID SEARCH") {
+                    format!("* SEARCH 1\r\n* 2 EXISTS\r\n{tag} OK done\r\n")
+                } else {
+                    format!("{tag} OK done\r\n")
+                };
+                wr.write_all(answer.as_bytes()).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn new_mail_announced_in_a_commands_answer_is_kept_for_the_next_wait() {
+        let tcp = TcpStream::connect(announcing_server().await).await.unwrap();
+        let handle = TimeoutHandle::new(Duration::from_secs(5), Duration::from_secs(5));
+        let mut client = Client::new(MailStream::Plain(TimeoutStream::new(tcp, handle.clone())));
+        client.read_response().await.unwrap();
+        let mut session = client.login("me", "secret").await.map_err(|(e, _)| e).unwrap();
+        assert!(!handle.take_change(), "nothing announced yet");
+        assert_eq!(uid_search(&mut session, "UID 1:*").await.unwrap(), vec![1]);
+        assert!(handle.take_change(), "the EXISTS in the search's answer is not lost");
+        assert!(!handle.take_change(), "taken once");
+    }
 
     #[test]
     fn uid_sets_are_short_ranges() {

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,7 +19,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-/// Shared, adjustable read and write limits of a [`TimeoutStream`].
+/// Shared, adjustable read and write limits of a [`TimeoutStream`], and the session's note
+/// that the server announced a change of the selected mailbox.
 #[derive(Clone, Debug)]
 pub struct TimeoutHandle {
     limits: Arc<Limits>,
@@ -29,6 +30,10 @@ pub struct TimeoutHandle {
 struct Limits {
     read_ms: AtomicU64,
     write_ms: AtomicU64,
+    /// A change (`EXISTS`, `EXPUNGE`, ...) was announced in the answer of a command that
+    /// does not look for it: the next wait must not go into IDLE, where the server would not
+    /// announce it again.
+    changed: AtomicBool,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -42,6 +47,7 @@ impl TimeoutHandle {
             limits: Arc::new(Limits {
                 read_ms: AtomicU64::new(millis(read)),
                 write_ms: AtomicU64::new(millis(write)),
+                changed: AtomicBool::new(false),
             }),
         }
     }
@@ -59,6 +65,16 @@ impl TimeoutHandle {
     /// Changes the read limit for reads that start from now on.
     pub fn set_read_timeout(&self, d: Duration) {
         self.limits.read_ms.store(millis(d), Ordering::Relaxed);
+    }
+
+    /// Notes that the server announced a change of the selected mailbox.
+    pub(crate) fn note_change(&self) {
+        self.limits.changed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a change was announced since the last call.
+    pub(crate) fn take_change(&self) -> bool {
+        self.limits.changed.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -171,6 +187,16 @@ pub enum MailStream {
     Plain(TimeoutStream<TcpStream>),
     /// TLS (implicit or after STARTTLS).
     Tls(Box<tokio_rustls::client::TlsStream<TimeoutStream<TcpStream>>>),
+}
+
+impl MailStream {
+    /// The limits (and change note) of the connection under it.
+    pub(crate) fn handle(&self) -> &TimeoutHandle {
+        match self {
+            MailStream::Plain(s) => &s.handle,
+            MailStream::Tls(s) => &s.get_ref().0.handle,
+        }
+    }
 }
 
 impl fmt::Debug for MailStream {
