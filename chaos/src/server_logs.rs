@@ -128,6 +128,25 @@ pub fn loopback_sessions(file: &Path) -> Result<Vec<Session>, String> {
     Ok(by_id.into_values().collect())
 }
 
+/// The sessions as their clients held them: a session of a process killed at `K` (unix ms,
+/// by pid) ends at `K` at the latest, and one the server opened only after `K` (a login that
+/// was on its way when the client died) was never held: it is left out and counted.
+pub fn until_killed(sessions: Vec<Session>, killed: &HashMap<u32, i64>) -> (Vec<Session>, usize) {
+    let mut ghosts = 0;
+    let mut held = Vec::with_capacity(sessions.len());
+    for mut s in sessions {
+        if let Some(k) = s.pid.and_then(|p| killed.get(&p)).copied() {
+            if s.opened >= k {
+                ghosts += 1;
+                continue;
+            }
+            s.closed = Some(s.closed.map_or(k, |c| c.min(k)));
+        }
+        held.push(s);
+    }
+    (held, ghosts)
+}
+
 /// Two sessions of one account held by two processes at once: the account, both pids, and
 /// how long they overlapped (ms). Sessions without a pid are left to [`unattributed`].
 pub fn double_connections(sessions: &[Session]) -> Vec<(String, u32, u32, i64)> {
@@ -245,6 +264,12 @@ mod tests {
         let doubles = double_connections(&sessions);
         assert_eq!(doubles.len(), 1, "{doubles:?}");
         assert_eq!(doubles[0].3, 1762);
+        // Process 12 killed 0.1 s after its login: it held the mailbox until then only; process
+        // 14's login came after its kill, so it never held it.
+        let killed = HashMap::from([(12, sessions[0].opened + 100), (14, 0)]);
+        let (held, ghosts) = until_killed(sessions, &killed);
+        assert_eq!((held.len(), ghosts), (2, 1));
+        assert!(double_connections(&held).is_empty(), "{held:?}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -197,6 +197,11 @@ pub async fn judge(
     let ours: Vec<server_logs::Session> =
         dovecot.into_iter().filter(|s| s.account.starts_with("chaos-box")).collect();
     let tg_sessions = server_logs::loopback_sessions(&loopback.sessions)?;
+    // A killed process holds nothing after its kill, whatever the server logs later: Dovecot
+    // may finish a LOGIN that was on its way when the client died, seconds later.
+    let killed: HashMap<u32, i64> = run.kills.iter().map(|k| (k.pid, k.at)).collect();
+    let (ours, dovecot_ghosts) = server_logs::until_killed(ours, &killed);
+    let (tg_sessions, tg_ghosts) = server_logs::until_killed(tg_sessions, &killed);
     let dovecot_doubles = server_logs::double_connections(&ours);
     let tg_doubles = server_logs::double_connections(&tg_sessions);
     let (dovecot_unnamed, dovecot_gone) = server_logs::unattributed(&ours, run.setup_done, 1000);
@@ -428,6 +433,11 @@ pub async fn judge(
         &mut md,
         "connections whose client was gone when the server looked (killed while connecting; reset within 1 s)",
         format!("Dovecot {dovecot_gone}, loopback {tg_gone}"),
+    );
+    row(
+        &mut md,
+        "logins the server completed after their client was killed (not counted as held)",
+        format!("Dovecot {dovecot_ghosts}, loopback {tg_ghosts}"),
     );
     let mut waits: Vec<i64> = sends.iter().filter_map(|s| s.sent_after).collect();
     waits.sort_unstable();
