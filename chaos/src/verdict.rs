@@ -194,8 +194,17 @@ pub async fn judge(
 
     // From the servers' logs: never connected from two processes at once.
     let dovecot = server_logs::dovecot_sessions(dovecot_log)?;
+    // This run's mailboxes only: the log also holds the tests' and earlier runs'.
+    let addresses: Vec<&str> = run
+        .accounts
+        .iter()
+        .filter_map(|a| match a {
+            Account::Email { address, .. } => Some(address.as_str()),
+            Account::Telegram { .. } => None,
+        })
+        .collect();
     let ours: Vec<server_logs::Session> =
-        dovecot.into_iter().filter(|s| s.account.starts_with("chaos-box")).collect();
+        dovecot.into_iter().filter(|s| addresses.contains(&s.account.as_str())).collect();
     let tg_sessions = server_logs::loopback_sessions(&loopback.sessions)?;
     // A killed process holds nothing after its kill, whatever the server logs later: Dovecot
     // may finish a LOGIN that was on its way when the client died, seconds later.
