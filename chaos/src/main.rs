@@ -68,7 +68,7 @@ pub struct Args {
     #[arg(long, default_value = "target/debug")]
     pub bin_dir: PathBuf,
     /// Where the run keeps its files (workers' logs, data directories); default a new
-    /// directory under the system's temporary one.
+    /// directory under the system's temporary one, removed when every promise held.
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Writes the figures to this file as Markdown.
@@ -91,9 +91,15 @@ impl Args {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    let keep = args.dir.is_some();
     match scenario::run(args).await {
         Ok(verdict) => {
             println!("{}", verdict.markdown);
+            if verdict.broken.is_empty() && !keep {
+                // Its own temporary directory (workers' data and logs, PostgreSQL): kept only
+                // when a promise broke, to be read.
+                let _ = std::fs::remove_dir_all(&verdict.dir);
+            }
             if !verdict.broken.is_empty() {
                 eprintln!("chaos: {} promise(s) broken:", verdict.broken.len());
                 for b in &verdict.broken {

@@ -88,6 +88,8 @@ pub struct Run {
 
 /// The outcome: the figures as Markdown and each promise broken.
 pub struct Verdict {
+    /// The run's files.
+    pub dir: PathBuf,
     /// The figures.
     pub markdown: String,
     /// The promises that did not hold, one sentence each.
@@ -495,7 +497,7 @@ pub async fn judge(
             let _ = writeln!(md, "- {b}");
         }
     }
-    Ok(Verdict { markdown: md, broken })
+    Ok(Verdict { dir: run.dir.clone(), markdown: md, broken })
 }
 
 fn head<T: Clone>(v: &[T]) -> Vec<T> {
